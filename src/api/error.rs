@@ -1,0 +1,101 @@
+//! API errors in the original's format: `{"code": N, "description": "...", "<ErrorName>": true}`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The arsenal error name (`RouteNotFound`, ...).
+    pub name: &'static str,
+    /// Human-readable description.
+    pub description: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, name: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            name,
+            description: description.into(),
+        }
+    }
+
+    /// 403 AccessDenied.
+    pub fn access_denied(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "AccessDenied", description)
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+        )
+    }
+
+    /// 404 RouteNotFound.
+    pub fn route_not_found(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "RouteNotFound", description)
+    }
+
+    /// 400 InvalidQueryParameter.
+    pub fn invalid_query(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidQueryParameter", description)
+    }
+
+    /// 400 MalformedPOSTRequest, with the original's description prefix.
+    pub fn malformed_post(detail: impl AsRef<str>) -> Self {
+        let detail = detail.as_ref();
+        let description = if detail.is_empty() {
+            "The body of your POST request is not well-formed multipart/form-data.".to_string()
+        } else {
+            format!("The body of your POST request is not well-formed: {detail}")
+        };
+        Self::new(StatusCode::BAD_REQUEST, "MalformedPOSTRequest", description)
+    }
+
+    /// 500 InternalError.
+    pub fn internal(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", description)
+    }
+
+    /// 401 with the original's `InvalidToken`-like name for a missing or wrong bearer token.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "AccessDenied",
+            "missing or invalid bearer token",
+        )
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("code".into(), self.status.as_u16().into());
+        m.insert("description".into(), self.description.clone().into());
+        m.insert(self.name.into(), true.into());
+        serde_json::Value::Object(m)
+    }
+
+    /// The HTTP response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        json_response(self.status, &self.body())
+    }
+}
+
+/// A JSON response with `Content-Type: application/json` and an explicit length.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let len = bytes.len();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    resp
+}

@@ -1,0 +1,80 @@
+//! `GET healthcheck`: the original's shape (reference section 1.5) over our own log and store.
+//!
+//! ```json
+//! {"topics": {"backbeat-replication": {"name": "...", "partitions": [{"id": 0, "leader": 0,
+//!   "replicas": [0], "isrs": [0]}]}, ...},
+//!  "internalConnections": {"isrHealth": "ok", "zookeeper": {...}, "kafkaProducer": {...}},
+//!  "log": {...}, "store": {...}}
+//! ```
+//! Our log has one replica per partition (this node), so a partition's leader, replicas and
+//! in-sync replicas are all node 0 while the log accepts writes. `zookeeper` reports the state
+//! store (the original's ZooKeeper role), `kafkaProducer` the log. Any unusable part answers
+//! 500 InternalError, once, with the same details.
+
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, AppState};
+
+/// Builds the healthcheck body and whether everything is healthy.
+pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
+    let log_ok = state.log.check().is_ok();
+    let store_ok = state.store.check().is_ok() && state.store.cursor("\u{1}probe").await.is_ok();
+    let topics_res = state.log.topics().await;
+    let mut topics = Map::new();
+    let mut all_isr = true;
+    let mut topic_list = Vec::new();
+    match &topics_res {
+        Ok(list) => {
+            for t in list {
+                let isrs: Vec<u32> = if log_ok { vec![0] } else { vec![] };
+                if isrs.is_empty() {
+                    all_isr = false;
+                }
+                let partitions: Vec<Value> = (0..t.partitions)
+                    .map(|id| json!({"id": id, "leader": 0, "replicas": [0], "isrs": isrs}))
+                    .collect();
+                topics.insert(
+                    t.name.clone(),
+                    json!({"name": t.name, "partitions": partitions}),
+                );
+                topic_list.push(json!({"name": t.name, "partitions": t.partitions}));
+            }
+        }
+        Err(_) => all_isr = false,
+    }
+    let zk = if store_ok {
+        json!({"status": "ok", "details": {"name": "SYNC_CONNECTED", "code": 3}})
+    } else {
+        json!({"status": "error", "details": {"name": "DISCONNECTED", "code": 0}})
+    };
+    let producer = if log_ok {
+        json!({"status": "ok"})
+    } else {
+        json!({"status": "error"})
+    };
+    let mut conns = Map::new();
+    if !topics.is_empty() {
+        conns.insert("isrHealth".into(), Value::from(if all_isr { "ok" } else { "error" }));
+    }
+    conns.insert("zookeeper".into(), zk);
+    conns.insert("kafkaProducer".into(), producer);
+    let consumers = state.consumers_health().await;
+    let body = json!({
+        "topics": topics,
+        "internalConnections": conns,
+        "log": {"kind": state.log.kind(), "durability": state.durability.as_str(), "topics": topic_list},
+        "store": {"kind": state.store.kind(), "status": if store_ok { "ok" } else { "error" }},
+        "consumers": consumers,
+    });
+    if log_ok && store_ok && topics_res.is_ok() && all_isr {
+        Ok(body)
+    } else {
+        let what = match (log_ok && topics_res.is_ok(), store_ok) {
+            (false, false) => "log and state store unusable",
+            (false, true) => "log unusable",
+            (true, false) => "state store unusable",
+            (true, true) => "a log partition has no in-sync replica",
+        };
+        Err((ApiError::internal(format!("error connecting to internal client: {what}")), body))
+    }
+}

@@ -1,0 +1,222 @@
+//! The REST API (hyper): the original's routes under `/_/backbeat/api/<route>` and `/_/<route>`.
+//!
+//! Request pipeline, in the original's order (reference section 1.2):
+//! 1. client IP allow-list -> 403 AccessDenied;
+//! 2. bearer token, when configured -> 401;
+//! 3. method (GET, POST, DELETE, plus HEAD for our own object route) -> 405;
+//! 4. route (exact match) -> 404 RouteNotFound;
+//! 5. query validation -> 400 InvalidQueryParameter;
+//! 6. body validation -> 400 MalformedPOSTRequest;
+//! 7. store or log unusable -> 500 InternalError.
+
+pub mod error;
+pub mod health;
+pub mod router;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::error::{json_response, ApiError};
+use crate::config::Config;
+use crate::durability::Durability;
+use crate::log::Log;
+use crate::store::StateStore;
+
+/// Largest request body read (a retry body of thousands of entries fits).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The durable log.
+    pub log: Arc<dyn Log>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Durability mode of the log.
+    pub durability: Durability,
+    /// Names of the configured CRR sites, in configuration order.
+    pub sites: Vec<String>,
+    /// Client networks allowed.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Bearer token, when required.
+    pub token: Option<String>,
+    /// When the API started.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("sites", &self.sites).finish()
+    }
+}
+
+impl AppState {
+    /// Builds the API state from the configuration and the opened log and store.
+    pub fn new(config: Arc<Config>, log: Arc<dyn Log>, store: Arc<dyn StateStore>) -> AppState {
+        let allow = config
+            .server
+            .allow_from
+            .iter()
+            .filter_map(|s| crate::config::parse_net(s))
+            .collect();
+        AppState {
+            durability: config.storage.durability,
+            sites: config.sites.iter().map(|s| s.name.clone()).collect(),
+            token: config.api_token(),
+            allow,
+            log,
+            store,
+            config,
+            started: Instant::now(),
+        }
+    }
+
+    /// Per-site consumer state for the healthcheck: the lag of each site's consumer group.
+    pub async fn consumers_health(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for site in &self.sites {
+            let group = crate::log::replication_group(site);
+            let v = match self.log.lag(crate::log::TOPIC_REPLICATION, &group).await {
+                Ok(lags) => {
+                    let lag: u64 = lags.iter().map(|l| l.lag).sum();
+                    serde_json::json!({"group": group, "status": "ok", "lag": lag})
+                }
+                Err(e) => serde_json::json!({"group": group, "status": "error", "error": e.to_string()}),
+            };
+            out.insert(site.clone(), v);
+        }
+        serde_json::Value::Object(out)
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Answers one request.
+pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match dispatch(&state, peer, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "API request.");
+    if method == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Full::new(Bytes::new()));
+    }
+    resp
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !state.allowed(peer.ip()) {
+        return Err(ApiError::access_denied("invalid origin ip request"));
+    }
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.map(|g| constant_time_eq(g.as_bytes(), token.as_bytes())).unwrap_or(false) {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::POST | Method::DELETE | Method::HEAD) {
+        return Err(ApiError::method_not_allowed());
+    }
+    let uri = req.uri().clone();
+    let route = router::parse(&method, uri.path(), uri.query())?;
+    let body = if method == Method::POST {
+        read_body(req.into_body()).await?
+    } else {
+        Bytes::new()
+    };
+    router::run(state, route, body).await
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(ApiError::malformed_post("body too large or unreadable")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves the API on `listener` until `shutdown` fires, then lets open requests finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            res = listener.accept() => match res {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let st = state.clone();
+        let svc = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(st, peer, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "Connection ended with an error.");
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+/// A plain-text response (Prometheus exposition).
+pub fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    resp
+}

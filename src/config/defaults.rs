@@ -1,0 +1,92 @@
+//! Default values of the configuration, one named function each (serde needs functions).
+
+use std::path::PathBuf;
+
+/// API bind address: loopback only.
+pub fn host() -> String {
+    "127.0.0.1".into()
+}
+/// API port, as the original.
+pub fn port() -> u16 {
+    8900
+}
+/// Clients allowed by default: loopback, as the original's `healthChecks.allowFrom`.
+pub fn allow_from() -> Vec<String> {
+    vec!["127.0.0.1/8".into(), "::1".into()]
+}
+/// Embedded database directory.
+pub fn data_path() -> PathBuf {
+    PathBuf::from("./backbeat-data")
+}
+/// Interval-mode flush period.
+pub fn flush_interval_ms() -> u64 {
+    100
+}
+/// Partitions per topic.
+pub fn partitions() -> u32 {
+    8
+}
+/// Retention and expiry sweep period.
+pub fn retention_interval_s() -> u64 {
+    60
+}
+/// MongoDB database.
+pub fn mongo_database() -> String {
+    "backbeat".into()
+}
+/// S3 region.
+pub fn region() -> String {
+    "us-east-1".into()
+}
+/// Versions listing period.
+pub fn scan_interval_s() -> u64 {
+    30
+}
+/// Path-style addressing (what self-hosted S3 servers expect).
+pub fn path_style() -> bool {
+    true
+}
+/// Copies in flight per site, as the original's `queueProcessor.concurrency`.
+pub fn concurrency() -> usize {
+    10
+}
+/// Multipart threshold, as the original's `minMPUSizeMB`.
+pub fn mpu_threshold_mb() -> u64 {
+    20
+}
+/// Attempts per entry, as the original's cloud targets.
+pub fn max_retries() -> u32 {
+    5
+}
+/// Retry timeout of the original's cloud targets.
+pub fn timeout_s() -> u64 {
+    900
+}
+/// First backoff of the original's cloud targets.
+pub fn backoff_min_ms() -> u64 {
+    60_000
+}
+/// Largest backoff of the original's cloud targets.
+pub fn backoff_max_ms() -> u64 {
+    900_000
+}
+/// Backoff factor of the original.
+pub fn backoff_factor() -> f64 {
+    1.5
+}
+/// Backoff jitter of the original.
+pub fn jitter() -> f64 {
+    0.1
+}
+/// Whole-entry replays before FAILED, as the original's replay topic.
+pub fn replay() -> u32 {
+    5
+}
+/// Rules are enabled unless said otherwise.
+pub fn enabled() -> bool {
+    true
+}
+/// Grace period after SIGTERM.
+pub fn grace_period_s() -> u64 {
+    30
+}

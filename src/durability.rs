@@ -1,0 +1,333 @@
+//! The embedded sled database and its flush policy (group commit).
+//!
+//! One `sled::Db` holds both the log (`log.*` trees) and the state store (`state` tree), so a
+//! single fsync makes an offset commit and a state update durable together.
+//!
+//! Durability modes ([`Durability`]):
+//!
+//! | mode       | an acknowledged write survives              | flushes                         |
+//! |------------|---------------------------------------------|---------------------------------|
+//! | `every`    | `kill -9` and power loss                     | one per write call              |
+//! | `group`    | `kill -9` and power loss                     | one per batch of waiting writes |
+//! | `interval` | `kill -9`; power loss may drop the last `flush_interval_ms` of writes | one per interval |
+//!
+//! sled keeps written data in its own page cache and log buffers until `flush`; a process killed
+//! with `kill -9` before a flush loses those writes, so in `interval` mode the loss window covers
+//! both `kill -9` and power loss: anything written in the last `flush_interval_ms` (default
+//! 100 ms) may be lost. `every` and `group` return only after `fsync`.
+//!
+//! Group commit: writers insert into sled, then take a ticket (a sequence number) and wait until
+//! the flusher thread has completed a flush that started after their ticket. While one flush
+//! runs (~4 ms here), every writer that arrives queues behind the next one, so concurrent writers
+//! share flushes.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// How writes are made durable before they are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// One flush per write call.
+    Every,
+    /// Concurrent writers share one flush (the default).
+    #[default]
+    Group,
+    /// A background flush every `flush_interval_ms`; writes are acknowledged before they are
+    /// durable.
+    Interval,
+}
+
+impl Durability {
+    /// The configuration name of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Every => "every",
+            Durability::Group => "group",
+            Durability::Interval => "interval",
+        }
+    }
+}
+
+/// Errors of the embedded database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// sled failed to open, read or write.
+    #[error("embedded database failure")]
+    Sled(#[from] sled::Error),
+    /// An earlier flush failed; nothing written since can be acknowledged. Restart the process.
+    #[error("embedded database is poisoned by an earlier flush failure: {0}")]
+    Poisoned(String),
+    /// The flusher stopped (the database is closing).
+    #[error("embedded database is closed")]
+    Closed,
+}
+
+/// Counters of flush activity, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlushStats {
+    /// Number of fsyncs performed through this handle.
+    pub flushes: u64,
+    /// Number of durable-write requests acknowledged.
+    pub syncs: u64,
+}
+
+struct Signal {
+    wake: Mutex<bool>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+impl Signal {
+    fn notify(&self) {
+        let mut w = self.wake.lock();
+        *w = true;
+        self.cv.notify_one();
+    }
+}
+
+struct Shared {
+    db: sled::Db,
+    mode: Durability,
+    /// Tickets handed out; a ticket is taken after the caller's writes are in sled.
+    written: AtomicU64,
+    /// Highest ticket known durable.
+    durable: watch::Sender<u64>,
+    poisoned: Mutex<Option<String>>,
+    poisoned_flag: AtomicBool,
+    signal: Arc<Signal>,
+    flushes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.signal.stop.store(true, Ordering::SeqCst);
+        self.signal.notify();
+    }
+}
+
+impl Shared {
+    fn poison(&self, msg: String) -> DbError {
+        tracing::error!(error = %msg, "Flush failed; refusing further writes.");
+        *self.poisoned.lock() = Some(msg.clone());
+        self.poisoned_flag.store(true, Ordering::Release);
+        // Wake waiters so they observe the poison.
+        self.durable.send_modify(|_| {});
+        DbError::Poisoned(msg)
+    }
+}
+
+/// The opened embedded database with its flush policy. Cheap to clone; the database closes
+/// (and releases its file lock) when the last clone is dropped.
+#[derive(Clone)]
+pub struct SledDb {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SledDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledDb")
+            .field("mode", &self.shared.mode)
+            .finish()
+    }
+}
+
+impl SledDb {
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// # Errors
+    /// `DbError::Sled` when sled cannot open the directory (locked by another process, no
+    /// permission, corrupt files).
+    pub fn open(dir: &Path, mode: Durability, flush_interval: Duration) -> Result<SledDb, DbError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput);
+        // sled's own background flusher runs only in interval mode; in the other modes we flush
+        // ourselves and an extra fsync every 500 ms would only compete with ours.
+        let config = match mode {
+            Durability::Interval => {
+                config.flush_every_ms(Some(flush_interval.as_millis().max(1) as u64))
+            }
+            _ => config.flush_every_ms(None),
+        };
+        let db = config.open()?;
+        let (durable, _) = watch::channel(0u64);
+        let signal = Arc::new(Signal {
+            wake: Mutex::new(false),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let shared = Arc::new(Shared {
+            db,
+            mode,
+            written: AtomicU64::new(0),
+            durable,
+            poisoned: Mutex::new(None),
+            poisoned_flag: AtomicBool::new(false),
+            signal: signal.clone(),
+            flushes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        });
+        if mode == Durability::Group {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("backbeat-flusher".into())
+                .spawn(move || flusher_loop(weak, signal))
+                .map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
+        }
+        Ok(SledDb { shared })
+    }
+
+    /// The underlying sled database.
+    pub fn db(&self) -> &sled::Db {
+        &self.shared.db
+    }
+
+    /// The durability mode.
+    pub fn mode(&self) -> Durability {
+        self.shared.mode
+    }
+
+    /// Whether writes become visible to consumers only once durable.
+    pub fn acknowledges_after_flush(&self) -> bool {
+        self.shared.mode != Durability::Interval
+    }
+
+    /// Flush counters.
+    pub fn stats(&self) -> FlushStats {
+        FlushStats {
+            flushes: self.shared.flushes.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Fails if an earlier flush failed.
+    ///
+    /// # Errors
+    /// `DbError::Poisoned` after a failed flush.
+    pub fn check(&self) -> Result<(), DbError> {
+        if self.shared.poisoned_flag.load(Ordering::Acquire) {
+            let msg = self.shared.poisoned.lock().clone().unwrap_or_default();
+            return Err(DbError::Poisoned(msg));
+        }
+        Ok(())
+    }
+
+    /// Makes every write already applied to sled durable, according to the mode. Call after
+    /// the writes and before acknowledging them.
+    ///
+    /// # Errors
+    /// `DbError::Poisoned` if this or an earlier flush failed.
+    pub async fn sync(&self) -> Result<(), DbError> {
+        self.check()?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        match self.shared.mode {
+            Durability::Interval => Ok(()),
+            Durability::Every => {
+                let shared = self.shared.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = shared.db.flush();
+                    shared.flushes.fetch_add(1, Ordering::Relaxed);
+                    r.map(|_| ()).map_err(|e| shared.poison(e.to_string()))
+                })
+                .await;
+                match res {
+                    Ok(r) => r,
+                    Err(e) => Err(self.shared.poison(e.to_string())),
+                }
+            }
+            Durability::Group => {
+                let ticket = self.shared.written.fetch_add(1, Ordering::AcqRel) + 1;
+                let mut rx = self.shared.durable.subscribe();
+                self.shared.signal.notify();
+                loop {
+                    if *rx.borrow_and_update() >= ticket {
+                        return Ok(());
+                    }
+                    self.check()?;
+                    if rx.changed().await.is_err() {
+                        return Err(DbError::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Like [`SledDb::sync`], for synchronous callers (the crash-test child, benches): one flush
+    /// per call except in interval mode.
+    ///
+    /// # Errors
+    /// As [`SledDb::sync`].
+    pub fn sync_blocking(&self) -> Result<(), DbError> {
+        self.check()?;
+        match self.shared.mode {
+            Durability::Interval => Ok(()),
+            _ => {
+                let r = self.shared.db.flush();
+                self.shared.flushes.fetch_add(1, Ordering::Relaxed);
+                r.map(|_| ()).map_err(|e| self.shared.poison(e.to_string()))
+            }
+        }
+    }
+
+    /// Flushes everything now, whatever the mode (used at shutdown).
+    ///
+    /// # Errors
+    /// `DbError::Sled` when the flush fails.
+    pub async fn flush_now(&self) -> Result<(), DbError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.db.flush())
+            .await
+            .map_err(|_| DbError::Closed)??;
+        Ok(())
+    }
+
+    /// Size on disk of the database, in bytes.
+    ///
+    /// # Errors
+    /// `DbError::Sled` when sled cannot report it.
+    pub fn size_on_disk(&self) -> Result<u64, DbError> {
+        Ok(self.shared.db.size_on_disk()?)
+    }
+}
+
+/// The group-commit flusher. Holds the database only while flushing, so dropping the last
+/// handle closes the database at once.
+fn flusher_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>) {
+    loop {
+        {
+            let mut w = signal.wake.lock();
+            while !*w && !signal.stop.load(Ordering::SeqCst) {
+                signal.cv.wait_for(&mut w, Duration::from_millis(500));
+            }
+            *w = false;
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        let target = shared.written.load(Ordering::Acquire);
+        if target <= *shared.durable.borrow() {
+            if signal.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        }
+        let res = shared.db.flush();
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        match res {
+            Ok(_) => {
+                shared.durable.send_replace(target);
+            }
+            Err(e) => {
+                shared.poison(e.to_string());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! backbeat: an asynchronous object replication engine (a Rust re-implementation of Scality's
+//! Backbeat) on an embedded durable log and state store.
+//!
+//! Crate map:
+//! - [`config`]: the TOML configuration, parsed then validated as a whole.
+//! - [`durability`]: the embedded sled database and its flush policy (group commit).
+//! - [`log`]: the durable log (topics, partitions, consumer groups); [`log::SledLog`].
+//! - [`store`]: the state store (replication info, failed set, pause state, metrics, cursors,
+//!   locks); [`store::SledStore`].
+//! - [`entry`]: the JSON wire format of replication entries (the original's).
+//! - [`model`]: versions, replication statuses and the status merge.
+//! - [`api`]: the REST API (hyper).
+//! - [`app`]: builds the engine from a configuration and runs it until shutdown.
+//! - [`clock`]: wall-clock time, injectable for expiry tests.
+//! - [`telemetry`]: logging setup.
+//! - [`testkit`]: helpers for crash tests that need a separate process.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod durability;
+pub mod entry;
+pub mod log;
+pub mod model;
+pub mod store;
+pub mod telemetry;
+pub mod testkit;

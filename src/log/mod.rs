@@ -1,0 +1,275 @@
+//! The durable log: topics, partitions, consumer groups and committed offsets (Kafka's model).
+//!
+//! The pipeline talks to the [`Log`] trait only. [`SledLog`] is the embedded implementation;
+//! a Kafka implementation sits behind the `kafka` feature.
+//!
+//! Semantics every implementation keeps:
+//! - A record goes to the partition chosen by a hash of its key (murmur2, as Kafka's default
+//!   partitioner), so records with one key stay in order.
+//! - `append` returns only when its records are durable (per the durability mode), with the
+//!   position given to each record, in input order.
+//! - A consumer group's committed offset is the *next* offset it will read (Kafka's convention);
+//!   a group with no commit starts at the earliest retained record.
+//! - Retention deletes records below every group's committed offset, never above.
+
+pub mod codec;
+pub mod sled;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use self::sled::SledLog;
+
+/// The topic the populator feeds and each site's processor consumes.
+pub const TOPIC_REPLICATION: &str = "backbeat-replication";
+/// The topic processors report per-site outcomes on; the status processor consumes it.
+pub const TOPIC_REPLICATION_STATUS: &str = "backbeat-replication-status";
+
+/// One record of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Partitioning key (`bucket/key` for replication entries).
+    pub key: Vec<u8>,
+    /// Payload.
+    pub value: Vec<u8>,
+    /// Milliseconds since the epoch when the record was produced.
+    pub timestamp_ms: u64,
+}
+
+impl Record {
+    /// A record stamped with the current time.
+    pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Record {
+        use crate::clock::Clock;
+        Record {
+            key: key.into(),
+            value: value.into(),
+            timestamp_ms: crate::clock::SystemClock.now_ms(),
+        }
+    }
+}
+
+/// Where a record sits in a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Position {
+    /// Partition number.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+}
+
+/// A record handed to a consumer, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Where the record sits.
+    pub position: Position,
+    /// The record.
+    pub record: Record,
+}
+
+/// A topic's layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+}
+
+/// Consumer lag of one group on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionLag {
+    /// Partition number.
+    pub partition: u32,
+    /// The group's committed offset (next to read).
+    pub committed: u64,
+    /// The partition's end offset (next to be written).
+    pub end: u64,
+    /// `end - committed`.
+    pub lag: u64,
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The topic was never created.
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    /// A partition number outside the topic.
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+    },
+    /// A stored record failed its checksum or could not be decoded. It is never returned as
+    /// data; the consumer stays before it until an operator skips it with a commit.
+    #[error("corrupt record at {topic}/{partition}@{offset}: {reason}")]
+    Corrupt {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Offset.
+        offset: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// The on-disk format is newer or older than this binary understands.
+    #[error("log format version {found} is not supported (expected {expected})")]
+    UnsupportedFormat {
+        /// Version found on disk.
+        found: u32,
+        /// Version this binary writes.
+        expected: u32,
+    },
+    /// Another consumer of the same group is open in this process.
+    #[error("consumer group {group} already has an open consumer on {topic}")]
+    GroupBusy {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+    },
+    /// Invalid argument (empty topic name, zero partitions, commit beyond the end).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The storage engine failed; the log refuses further writes.
+    #[error("log storage failure")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<crate::durability::DbError> for LogError {
+    fn from(e: crate::durability::DbError) -> Self {
+        LogError::Storage(Box::new(e))
+    }
+}
+
+impl From<::sled::Error> for LogError {
+    fn from(e: ::sled::Error) -> Self {
+        LogError::Storage(Box::new(e))
+    }
+}
+
+/// A durable, partitioned, append-only log with consumer groups.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// The name of the implementation (`sled`, `kafka`).
+    fn kind(&self) -> &'static str;
+
+    /// Creates `topic` with `partitions` partitions if it does not exist. An existing topic keeps
+    /// its partition count, which is returned.
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32, LogError>;
+
+    /// The topics and their partition counts.
+    async fn topics(&self) -> Result<Vec<TopicInfo>, LogError>;
+
+    /// Appends `records` to `topic`; returns each record's position, in input order. The records
+    /// are durable when this returns.
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError>;
+
+    /// Opens a consumer of `topic` for `group`, positioned at the group's committed offsets.
+    async fn consumer(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, LogError>;
+
+    /// Lag of `group` on each partition of `topic`.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Vec<PartitionLag>, LogError>;
+
+    /// Consumer groups that have committed offsets on `topic`.
+    async fn groups(&self, topic: &str) -> Result<Vec<String>, LogError>;
+
+    /// Forgets `group`'s offsets on `topic`, so retention no longer waits for it.
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<(), LogError>;
+
+    /// Deletes the records of `topic` below every group's committed offset; returns how many
+    /// were deleted. A topic no group has committed on keeps everything.
+    async fn retain(&self, topic: &str) -> Result<u64, LogError>;
+
+    /// Fails when the log cannot accept writes.
+    fn check(&self) -> Result<(), LogError>;
+}
+
+/// A member of a consumer group reading every partition of one topic.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Waits up to `wait` for records; returns at most `max`, possibly none.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, LogError>;
+
+    /// Records that the group has processed everything before `next_offset` on each given
+    /// partition. Durable on return. Offsets never move backwards through this call.
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+
+    /// Moves this consumer's read position (not the committed offset) on one partition.
+    fn seek(&mut self, position: Position) -> Result<(), LogError>;
+
+    /// The committed offset (next to read) of each partition, by partition number.
+    fn committed(&self) -> Vec<u64>;
+}
+
+/// Kafka's murmur2 hash of a key (the Java client's default partitioner).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition of `key` among `partitions`, as Kafka's default partitioner picks it.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    if partitions == 0 {
+        return 0;
+    }
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka_vectors() {
+        // Vectors from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+}
+
+/// The consumer group of a site's replication processor (the original's
+/// `backbeat-replication-group-<site>`).
+pub fn replication_group(site: &str) -> String {
+    format!("backbeat-replication-group-{site}")
+}
+
+/// The consumer group of the status processor.
+pub const STATUS_GROUP: &str = "backbeat-replication-group";

@@ -1,0 +1,336 @@
+//! The state store: replication info per version, the failed set, pause state, metrics
+//! counters, source cursors and locks (what the original keeps in MongoDB, Redis and ZooKeeper).
+//!
+//! Updates go through [`StateStore::apply`]: a list of guards and a list of operations applied
+//! atomically, all or nothing, and only when every guard holds. This is how the pipeline keeps
+//! counters exact under at-least-once delivery: "site A of version v COMPLETED" is applied as
+//! `guard: A is PENDING` + `set A COMPLETED` + `pending -= 1` + `opsdone += 1`, so a replayed
+//! entry finds the guard false and changes nothing.
+//!
+//! Time windows (as the original):
+//! - failed set: hourly buckets, an entry lives until 24 h after the start of its hour; listings
+//!   cover the current hour and the 23 before it, newest first;
+//! - metrics: 5-minute buckets aligned on the wall clock, kept 24 h (288 buckets);
+//! - pending counters never expire.
+
+pub mod sled;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use self::sled::SledStore;
+use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+
+/// Length of a metrics bucket.
+pub const METRICS_BUCKET_MS: u64 = 5 * 60 * 1000;
+/// Number of metrics buckets kept (24 h).
+pub const METRICS_BUCKETS: usize = 288;
+/// Length of a failed-set bucket.
+pub const FAILED_BUCKET_MS: u64 = 60 * 60 * 1000;
+/// Number of hourly failed-set buckets kept.
+pub const FAILED_BUCKETS: u64 = 24;
+/// Page size of failed-set listings.
+pub const FAILED_PAGE: usize = 100;
+
+/// Site-level counters, as the original's `bb:crr:<dp>` data points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Metric {
+    /// Operations queued.
+    Ops,
+    /// Bytes queued.
+    Bytes,
+    /// Operations completed.
+    OpsDone,
+    /// Bytes completed.
+    BytesDone,
+    /// Operations failed.
+    OpsFail,
+    /// Bytes failed.
+    BytesFail,
+}
+
+impl Metric {
+    /// Every metric.
+    pub const ALL: [Metric; 6] = [
+        Metric::Ops,
+        Metric::Bytes,
+        Metric::OpsDone,
+        Metric::BytesDone,
+        Metric::OpsFail,
+        Metric::BytesFail,
+    ];
+
+    fn code(self) -> u8 {
+        match self {
+            Metric::Ops => 1,
+            Metric::Bytes => 2,
+            Metric::OpsDone => 3,
+            Metric::BytesDone => 4,
+            Metric::OpsFail => 5,
+            Metric::BytesFail => 6,
+        }
+    }
+}
+
+/// Object-level counters (progress and throughput of one version's transfer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ObjectMetric {
+    /// Total bytes announced when the transfer started.
+    Bytes,
+    /// Bytes written to the destination.
+    BytesDone,
+}
+
+impl ObjectMetric {
+    fn code(self) -> u8 {
+        match self {
+            ObjectMetric::Bytes => 1,
+            ObjectMetric::BytesDone => 2,
+        }
+    }
+}
+
+/// A condition an atomic update requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The version has no replication info yet.
+    Absent(VersionRef),
+    /// The version has replication info.
+    Present(VersionRef),
+    /// The version's status at `site` is one of `any_of`.
+    SiteStatus {
+        /// The version.
+        version: VersionRef,
+        /// The site.
+        site: String,
+        /// Accepted statuses.
+        any_of: Vec<ReplicationStatus>,
+    },
+}
+
+/// One part of an atomic update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Creates or replaces a version's replication info.
+    PutReplication {
+        /// The version.
+        version: VersionRef,
+        /// Its replication info.
+        info: ReplicationInfo,
+    },
+    /// Sets one site's status (COMPLETED stays final) and re-merges the global status.
+    SetSiteStatus {
+        /// The version.
+        version: VersionRef,
+        /// The site.
+        site: String,
+        /// New status.
+        status: ReplicationStatus,
+        /// The replica's version id at the site, when known.
+        data_store_version_id: Option<String>,
+    },
+    /// Adds to the non-expiring pending counters of `site` (may be negative).
+    AddPending {
+        /// The site.
+        site: String,
+        /// Operations delta.
+        ops: i64,
+        /// Bytes delta.
+        bytes: i64,
+    },
+    /// Adds to a 5-minute metrics bucket of `site`.
+    AddMetric {
+        /// The site.
+        site: String,
+        /// Which counter.
+        metric: Metric,
+        /// Amount.
+        value: u64,
+        /// When it happened (ms); picks the bucket.
+        at_ms: u64,
+    },
+    /// Adds to a 5-minute object-level metrics bucket.
+    AddObjectMetric {
+        /// The site.
+        site: String,
+        /// The version.
+        version: VersionRef,
+        /// Which counter.
+        metric: ObjectMetric,
+        /// Amount.
+        value: u64,
+        /// When it happened (ms).
+        at_ms: u64,
+    },
+    /// Puts `(site, version)` in the failed set with `score_ms` as failure time (moved there if
+    /// already present: one entry per pair). Scores are unique per site: a taken score is bumped
+    /// by 1 ms, so markers page without duplicates.
+    AddFailed {
+        /// The site.
+        site: String,
+        /// The version.
+        version: VersionRef,
+        /// Failure time (ms).
+        score_ms: u64,
+    },
+    /// Removes `(site, version)` from the failed set, if present.
+    RemoveFailed {
+        /// The site.
+        site: String,
+        /// The version.
+        version: VersionRef,
+    },
+    /// Stores a source cursor.
+    PutCursor {
+        /// Cursor name.
+        name: String,
+        /// Opaque value.
+        value: Vec<u8>,
+    },
+}
+
+/// One failed-set entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedEntry {
+    /// The site that failed.
+    pub site: String,
+    /// The version.
+    pub version: VersionRef,
+    /// When it failed (ms), also its listing marker.
+    pub score_ms: u64,
+}
+
+/// One page of a site's failed set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailedPage {
+    /// Entries, newest first.
+    pub entries: Vec<FailedEntry>,
+    /// Marker of the next page, present only when there is one.
+    pub next_marker: Option<u64>,
+}
+
+/// Pause state of a site for one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PauseState {
+    /// Whether the site is paused.
+    pub paused: bool,
+    /// When a scheduled resume fires (ms since the epoch).
+    pub scheduled_resume_ms: Option<u64>,
+}
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store's files are unreadable or written by an incompatible version.
+    #[error("state store format version {found} is not supported (expected {expected})")]
+    UnsupportedFormat {
+        /// Version on disk.
+        found: u32,
+        /// Version this binary writes.
+        expected: u32,
+    },
+    /// A stored value failed to decode.
+    #[error("corrupt state store value under {0}")]
+    Corrupt(String),
+    /// Invalid argument (site name with a NUL byte, ...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The storage engine failed; the store refuses further writes.
+    #[error("state store storage failure")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<crate::durability::DbError> for StoreError {
+    fn from(e: crate::durability::DbError) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+/// Start of the 5-minute metrics bucket holding `ms`.
+pub fn metrics_bucket(ms: u64) -> u64 {
+    ms - ms % METRICS_BUCKET_MS
+}
+
+/// Start of the hourly failed-set bucket holding `ms`.
+pub fn failed_bucket(ms: u64) -> u64 {
+    ms - ms % FAILED_BUCKET_MS
+}
+
+/// Oldest score still inside the failed-set window at `now_ms`.
+pub fn failed_window_start(now_ms: u64) -> u64 {
+    failed_bucket(now_ms).saturating_sub((FAILED_BUCKETS - 1) * FAILED_BUCKET_MS)
+}
+
+/// The state store.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The name of the implementation (`sled`, `mongodb`).
+    fn kind(&self) -> &'static str;
+
+    /// The store's clock (ms since the epoch).
+    fn now_ms(&self) -> u64;
+
+    /// Applies `ops` atomically if every guard holds; returns whether they were applied.
+    /// Durable on return.
+    async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError>;
+
+    /// The replication info of a version.
+    async fn replication(&self, version: &VersionRef) -> Result<Option<ReplicationInfo>, StoreError>;
+
+    /// A page (at most `limit`) of `site`'s failed set, newest first, starting at `marker`
+    /// (a score: entries with a score at or below it) or at the newest entry.
+    async fn failed_page(
+        &self,
+        site: &str,
+        marker: Option<u64>,
+        limit: usize,
+    ) -> Result<FailedPage, StoreError>;
+
+    /// The failed-set entry of `(site, version)`, if present and not expired.
+    async fn failed_entry(&self, site: &str, version: &VersionRef) -> Result<Option<FailedEntry>, StoreError>;
+
+    /// Number of entries in `site`'s failed set (24 h window).
+    async fn failed_count(&self, site: &str) -> Result<u64, StoreError>;
+
+    /// The 288 five-minute buckets of a site metric, newest (current) first.
+    async fn metric_buckets(&self, site: &str, metric: Metric) -> Result<Vec<u64>, StoreError>;
+
+    /// The 288 five-minute buckets of an object metric, newest (current) first.
+    async fn object_metric_buckets(
+        &self,
+        site: &str,
+        version: &VersionRef,
+        metric: ObjectMetric,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// The pending counters `(ops, bytes)` of a site (raw, may be negative).
+    async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError>;
+
+    /// The pause state of `site` for `service` (`crr`, ...); `None` if never set.
+    async fn pause_state(&self, service: &str, site: &str) -> Result<Option<PauseState>, StoreError>;
+
+    /// Writes the pause state. Durable on return.
+    async fn set_pause_state(&self, service: &str, site: &str, state: PauseState) -> Result<(), StoreError>;
+
+    /// A source cursor.
+    async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Takes the lock `name` for `ttl_ms` if it is free or expired. Durable on return.
+    async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError>;
+
+    /// Releases the lock `name`.
+    async fn unlock(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Deletes expired failed entries, metrics buckets and locks; returns how many keys went.
+    async fn expire(&self) -> Result<u64, StoreError>;
+
+    /// Fails when the store cannot serve requests.
+    fn check(&self) -> Result<(), StoreError>;
+}
