@@ -8,6 +8,7 @@
 //! - [`store`]: the state store (replication info, failed set, pause state, metrics, cursors,
 //!   locks); [`store::SledStore`].
 //! - [`entry`]: the JSON wire format of replication entries (the original's).
+//! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod durability;
 pub mod entry;
+pub mod intake;
 pub mod log;
 pub mod model;
 pub mod store;

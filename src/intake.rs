@@ -1,0 +1,39 @@
+//! Intake of discovered versions from outside the engine's own scanners: the S3 event
+//! notification webhook (`POST notifications/s3`) hands what it parsed to an [`Intake`], which
+//! the pipeline's populator implements.
+
+use async_trait::async_trait;
+
+/// A version named by an S3 event notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredVersion {
+    /// The event name (`ObjectCreated:Put`, `ObjectRemoved:DeleteMarkerCreated`, ...).
+    pub event_name: String,
+    /// Source bucket.
+    pub bucket: String,
+    /// Object key, URL-decoded.
+    pub key: String,
+    /// Version id; `None` for non-versioned buckets.
+    pub version_id: Option<String>,
+    /// Size announced by the event, if any.
+    pub size: Option<u64>,
+    /// ETag announced by the event, if any.
+    pub etag: Option<String>,
+}
+
+/// Errors of an intake.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The versions could not be queued durably; the caller should answer 5xx so the sender
+    /// retries.
+    #[error("cannot queue discovered versions")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Something that queues discovered versions for replication.
+#[async_trait]
+pub trait Intake: Send + Sync + 'static {
+    /// Queues the versions (each once, however often it is discovered); returns how many were
+    /// newly queued. Durable on return.
+    async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError>;
+}
