@@ -9,6 +9,8 @@
 //!   locks); [`store::SledStore`].
 //! - [`entry`]: the JSON wire format of replication entries (the original's).
 //! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
+//! - [`error`]: the retry/fail disposition shared by adapters and stages.
+//! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
@@ -22,9 +24,12 @@ pub mod clock;
 pub mod config;
 pub mod durability;
 pub mod entry;
+pub mod error;
 pub mod intake;
 pub mod log;
 pub mod model;
+pub mod site;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod testkit;

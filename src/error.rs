@@ -1,0 +1,15 @@
+//! Error vocabulary shared by stages: what the pipeline does with a failed attempt.
+
+use std::time::Duration;
+
+/// What the pipeline should do with an entry whose attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient: try again, no sooner than `after` if the remote said so.
+    Retry {
+        /// Delay asked by the remote.
+        after: Option<Duration>,
+    },
+    /// Permanent for this entry: record FAILED for the site, keep the pipeline going.
+    Fail,
+}

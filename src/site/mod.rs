@@ -1,0 +1,137 @@
+//! Sites: destinations replicas are written to (DESIGN section 4).
+//!
+//! A [`Site`] puts a replica, streaming; large objects go through the optional
+//! [`MultipartSite`] capability. Implementations: `aws_s3`, `azure`, `file`.
+//! Every error is classified where it arises ([`SiteError::disposition`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::SiteKind;
+use crate::error::Disposition;
+use crate::source::{ByteStream, ObjectInfo};
+
+/// What a site answered for a written replica.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PutReceipt {
+    /// The replica's version id at the site, when the site versions objects.
+    pub version_id: Option<String>,
+    /// The replica's ETag at the site.
+    pub etag: Option<String>,
+}
+
+/// One uploaded part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    /// Part number, from 1.
+    pub number: u32,
+    /// Part ETag (S3) or block id (Azure).
+    pub etag: String,
+}
+
+/// Errors of a site.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SiteError {
+    /// Throttled (429/503 SlowDown); retry no sooner than `retry_after`.
+    #[error("site {site} throttled the request")]
+    Throttled {
+        /// Site name.
+        site: String,
+        /// Delay asked by the site.
+        retry_after: Option<Duration>,
+    },
+    /// Credentials refused (401/403, bad signature, bad account key).
+    #[error("site {site} rejected our credentials or the operation: {detail}")]
+    Unauthorized {
+        /// Site name.
+        site: String,
+        /// What the site said.
+        detail: String,
+    },
+    /// The target bucket or container does not exist.
+    #[error("target bucket {bucket} does not exist on site {site}")]
+    NoSuchBucket {
+        /// Site name.
+        site: String,
+        /// Bucket or container.
+        bucket: String,
+    },
+    /// The request can never succeed as it is (invalid key for the site, 4xx).
+    #[error("site {site} refused the request: {detail}")]
+    Rejected {
+        /// Site name.
+        site: String,
+        /// What the site said.
+        detail: String,
+    },
+    /// Network failure, timeout, 5xx, or a source stream that broke mid-copy.
+    #[error("transient failure talking to site {site}: {detail}")]
+    Transient {
+        /// Site name.
+        site: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl SiteError {
+    /// What to do with an entry that hit this error.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            SiteError::Throttled { retry_after, .. } => Disposition::Retry { after: *retry_after },
+            SiteError::Transient { .. } => Disposition::Retry { after: None },
+            SiteError::Unauthorized { .. } | SiteError::NoSuchBucket { .. } | SiteError::Rejected { .. } => {
+                Disposition::Fail
+            }
+        }
+    }
+}
+
+/// A destination site.
+#[async_trait]
+pub trait Site: Send + Sync + 'static {
+    /// The site's name.
+    fn name(&self) -> &str;
+
+    /// The site's kind.
+    fn kind(&self) -> SiteKind;
+
+    /// Writes the replica of `obj` in one request, streaming `body` (exactly `obj.size` bytes).
+    /// The replica carries the REPLICA markers (`scal-replication-status: REPLICA`,
+    /// `scal-version-id: <source version id>`, under the site's naming rules), the content type,
+    /// user metadata and tags.
+    async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError>;
+
+    /// Multipart capability, when the site has it.
+    fn multipart(&self) -> Option<&dyn MultipartSite> {
+        None
+    }
+
+    /// Checks that the site is reachable and the target exists.
+    async fn health(&self) -> Result<(), SiteError>;
+}
+
+/// Multipart uploads (S3 multipart, Azure blocks + block list).
+#[async_trait]
+pub trait MultipartSite: Send + Sync {
+    /// Starts an upload for `obj`; returns its id.
+    async fn create(&self, obj: &ObjectInfo) -> Result<String, SiteError>;
+
+    /// Uploads part `number` (from 1) of `len` bytes.
+    async fn put_part(
+        &self,
+        obj: &ObjectInfo,
+        upload_id: &str,
+        number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartReceipt, SiteError>;
+
+    /// Completes the upload from its parts, in order.
+    async fn complete(&self, obj: &ObjectInfo, upload_id: &str, parts: &[PartReceipt]) -> Result<PutReceipt, SiteError>;
+
+    /// Aborts the upload so no part remains at the site.
+    async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError>;
+}

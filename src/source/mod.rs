@@ -1,0 +1,121 @@
+//! Sources: where object versions come from (DESIGN section 4).
+//!
+//! A [`Source`] lists versions (for scans and the initial sync), reads one version's metadata,
+//! streams its data (whole or by range), and reads a bucket's own replication rules when it has
+//! them. Implementations: `s3` (any S3-compatible server, SigV4) and `file` (a local
+//! directory).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::error::Disposition;
+use crate::model::VersionRef;
+
+/// A stream of object data. Never a whole object in memory: items are chunks.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// What replication needs to know about one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The version.
+    pub version: VersionRef,
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    /// Last-modified, ISO-8601 with milliseconds.
+    pub last_modified: String,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// User metadata (names without `x-amz-meta-`).
+    pub user_metadata: BTreeMap<String, String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Whether the version is a delete marker.
+    pub is_delete_marker: bool,
+}
+
+/// A replication rule of a source bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Rule id, when the source has one.
+    pub id: String,
+    /// Whether the rule is enabled.
+    pub enabled: bool,
+    /// Key prefix.
+    pub prefix: String,
+    /// Destination sites (the comma list of the rule's `StorageClass`).
+    pub sites: Vec<String>,
+    /// Destination bucket, when given (ARN or name).
+    pub destination: String,
+}
+
+/// One page of a versions listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VersionPage {
+    /// Versions listed (metadata as a listing gives it; `head` completes it).
+    pub versions: Vec<ObjectInfo>,
+    /// Where the next page starts; `None` at the end of the bucket.
+    pub next: Option<String>,
+}
+
+/// Errors of a source, classified where they arise.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The version or bucket does not exist (any more).
+    #[error("not found at the source: {0}")]
+    NotFound(String),
+    /// The source refused our credentials or the operation.
+    #[error("source denied access: {0}")]
+    Denied(String),
+    /// Throttled; retry no sooner than the given delay.
+    #[error("source throttled the request")]
+    Throttled {
+        /// Delay asked by the source.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Network failure, timeout or 5xx.
+    #[error("transient source failure: {0}")]
+    Transient(String),
+    /// The source answered something we cannot use.
+    #[error("invalid answer from the source: {0}")]
+    Invalid(String),
+}
+
+impl SourceError {
+    /// What to do with an entry that hit this error.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            SourceError::Throttled { retry_after } => Disposition::Retry { after: *retry_after },
+            SourceError::Transient(_) => Disposition::Retry { after: None },
+            SourceError::NotFound(_) | SourceError::Denied(_) | SourceError::Invalid(_) => Disposition::Fail,
+        }
+    }
+}
+
+/// A source of object versions.
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// `s3` or `file`.
+    fn kind(&self) -> &'static str;
+
+    /// The buckets this source replicates from.
+    fn buckets(&self) -> Vec<String>;
+
+    /// One page of `bucket`'s versions, starting at `cursor` (from a previous page's `next`).
+    async fn list_versions(&self, bucket: &str, cursor: Option<&str>) -> Result<VersionPage, SourceError>;
+
+    /// The full metadata of one version; `Ok(None)` when it no longer exists.
+    async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError>;
+
+    /// Streams a version's data; `range` is an inclusive byte range.
+    async fn get(&self, version: &VersionRef, range: Option<(u64, u64)>) -> Result<ByteStream, SourceError>;
+
+    /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
+    async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
+}
