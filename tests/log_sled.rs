@@ -1,0 +1,279 @@
+//! The log contract and the sled log's own guarantees: corrupt records are errors, retention
+//! gives the disk back, and a model check of append/poll/commit/restart.
+
+mod conformance;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backbeat::durability::{Durability, SledDb};
+use backbeat::log::{Consumer, Log, LogError, Position, Record, SledLog};
+use conformance::log as suite;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the database, retrying while a just-dropped handle still holds sled's file lock.
+pub fn open_db(dir: &Path, mode: Durability) -> SledDb {
+    let mut tries = 0;
+    loop {
+        match SledDb::open(dir, mode, Duration::from_millis(20)) {
+            Ok(db) => return db,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    }
+}
+
+fn opener(dir: PathBuf, mode: Durability) -> suite::Opener {
+    Box::new(move || {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let db = open_db(&dir, mode);
+            Arc::new(SledLog::open(db).expect("open log")) as Arc<dyn Log>
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_log_conformance_in_every_mode() {
+    for mode in [Durability::Group, Durability::Every, Durability::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = opener(dir.path().to_path_buf(), mode);
+        suite::append_and_consume(&open, "t-append", WAIT).await;
+        suite::resume_from_committed(&open, "t-resume", WAIT).await;
+        suite::groups_and_lag(&open, "t-groups", WAIT).await;
+        suite::poll_wakes_on_append(&open, "t-wake", WAIT).await;
+        suite::unknown_topic_is_an_error(&open, "t-unknown").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_record_is_an_error_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+        log.create_topic("t", 1).await.unwrap();
+        let recs = (0..3).map(|i| Record { key: b"k".to_vec(), value: format!("v{i}").into_bytes(), timestamp_ms: 0 });
+        log.append("t", recs.collect()).await.unwrap();
+    }
+    // Flip one byte of the record at offset 1, behind the log's back.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("log.p:t:0").unwrap();
+        let mut v = tree.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0x40;
+        tree.insert(1u64.to_be_bytes(), v).unwrap();
+        db.flush().unwrap();
+    }
+    let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+    let mut c = log.consumer("t", "g").await.unwrap();
+    let first = c.poll(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(first.len(), 1, "records before the corrupt one are delivered");
+    assert_eq!(first[0].record.value, b"v0");
+    match c.poll(10, Duration::from_millis(100)).await {
+        Err(LogError::Corrupt { partition: 0, offset: 1, .. }) => {}
+        other => panic!("expected a corrupt-record error, got {other:?}"),
+    }
+    // An operator can skip it by committing past it.
+    c.commit(&[Position { partition: 0, offset: 2 }]).await.unwrap();
+    let rest = c.poll(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].record.value, b"v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("log.meta").unwrap().insert("format", &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    match SledLog::open(open_db(dir.path(), Durability::Group)) {
+        Err(LogError::UnsupportedFormat { found: 99, expected: 1 }) => {}
+        other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Bound on the data directory after 1,000,000 records (16-byte values) were appended and
+/// consumed with retention running every 100,000. Measured here: it levels off at 23-25 MB from
+/// the 300,000th record on (sled reuses the segments retention frees; it never shrinks its
+/// file), where keeping every record would need well over 60 MB.
+const RETENTION_BOUND_BYTES: u64 = 32 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bounds_the_directory_after_a_million_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+    log.create_topic("r", 4).await.unwrap();
+    let mut c = log.consumer("r", "g").await.unwrap();
+    let total = 1_000_000u64;
+    let batch = 5_000u64;
+    let mut consumed = 0u64;
+    let mut peak = 0u64;
+    for b in 0..total / batch {
+        let recs = (0..batch)
+            .map(|i| {
+                let n = b * batch + i;
+                Record { key: format!("k{}", n % 64).into_bytes(), value: format!("value-{n:010}").into_bytes(), timestamp_ms: n }
+            })
+            .collect();
+        log.append("r", recs).await.unwrap();
+        let mut got = 0;
+        while got < batch {
+            let ds = c.poll(batch as usize, Duration::from_secs(5)).await.unwrap();
+            assert!(!ds.is_empty(), "records appended are delivered");
+            got += ds.len() as u64;
+            c.commit(&conformance::log::commit_positions(&ds)).await.unwrap();
+        }
+        consumed += got;
+        if b % 20 == 19 {
+            log.retain("r").await.unwrap();
+            peak = peak.max(dir_size(dir.path()));
+        }
+    }
+    assert_eq!(consumed, total);
+    log.retain("r").await.unwrap();
+    log.db().flush_now().await.unwrap();
+    let size = dir_size(dir.path());
+    eprintln!("retention: directory {size} bytes after {total} records (peak {peak})");
+    assert!(size <= RETENTION_BOUND_BYTES, "directory is {size} bytes, bound {RETENTION_BOUND_BYTES}");
+    let lag: u64 = log.lag("r", "g").await.unwrap().iter().map(|l| l.lag).sum();
+    assert_eq!(lag, 0);
+}
+
+mod model {
+    //! Model check: random append / poll / commit / restart sequences against a simple
+    //! in-memory model of one topic and one consumer group.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(Vec<u8>),
+        Poll(usize),
+        CommitPolled,
+        Restart,
+        Retain,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => proptest::collection::vec(0u8..6, 1..8).prop_map(Op::Append),
+            3 => (1usize..10).prop_map(Op::Poll),
+            2 => Just(Op::CommitPolled),
+            1 => Just(Op::Restart),
+            1 => Just(Op::Retain),
+        ]
+    }
+
+    /// The model: per partition, the records; the committed and the read positions.
+    #[derive(Default)]
+    struct Model {
+        parts: BTreeMap<u32, Vec<Vec<u8>>>,
+        committed: BTreeMap<u32, u64>,
+        read: BTreeMap<u32, u64>,
+        polled: BTreeMap<u32, u64>,
+    }
+
+    async fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+        let mut log = open();
+        log.create_topic("m", 3).await.unwrap();
+        let mut c: Box<dyn Consumer> = log.consumer("m", "g").await.unwrap();
+        let mut m = Model::default();
+        let mut seq = 0u32;
+        for op in ops {
+            match op {
+                Op::Append(keys) => {
+                    let recs: Vec<Record> = keys
+                        .iter()
+                        .map(|k| {
+                            seq += 1;
+                            Record { key: vec![b'k', *k], value: seq.to_be_bytes().to_vec(), timestamp_ms: 0 }
+                        })
+                        .collect();
+                    let pos = log.append("m", recs.clone()).await.unwrap();
+                    for (r, p) in recs.iter().zip(pos) {
+                        let part = m.parts.entry(p.partition).or_default();
+                        assert_eq!(p.offset, part.len() as u64, "offsets are dense");
+                        part.push(r.value.clone());
+                    }
+                }
+                Op::Poll(n) => {
+                    let got = c.poll(n, Duration::from_millis(0)).await.unwrap();
+                    assert!(got.len() <= n);
+                    let available: u64 = m
+                        .parts
+                        .iter()
+                        .map(|(p, recs)| recs.len() as u64 - m.read.get(p).copied().unwrap_or(0))
+                        .sum();
+                    assert_eq!(got.len() as u64, available.min(n as u64), "poll returns what is available");
+                    for d in got {
+                        let p = d.position.partition;
+                        let expect_off = m.read.get(&p).copied().unwrap_or(0);
+                        assert_eq!(d.position.offset, expect_off, "partition {p} read in order");
+                        assert_eq!(&d.record.value, &m.parts[&p][expect_off as usize]);
+                        m.read.insert(p, expect_off + 1);
+                        m.polled.insert(p, expect_off + 1);
+                    }
+                }
+                Op::CommitPolled => {
+                    let pos: Vec<Position> =
+                        m.polled.iter().map(|(p, o)| Position { partition: *p, offset: *o }).collect();
+                    c.commit(&pos).await.unwrap();
+                    for (p, o) in &m.polled {
+                        let e = m.committed.entry(*p).or_insert(0);
+                        *e = (*e).max(*o);
+                    }
+                }
+                Op::Restart => {
+                    drop(c);
+                    drop(log);
+                    log = open();
+                    c = log.consumer("m", "g").await.unwrap();
+                    m.read = m.committed.clone();
+                    m.polled.clear();
+                }
+                Op::Retain => {
+                    log.retain("m").await.unwrap();
+                }
+            }
+            let lag: u64 = log.lag("m", "g").await.unwrap().iter().map(|l| l.lag).sum();
+            let model_lag: u64 = m
+                .parts
+                .iter()
+                .map(|(p, recs)| recs.len() as u64 - m.committed.get(p).copied().unwrap_or(0))
+                .sum();
+            assert_eq!(lag, model_lag, "lag matches the model");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn log_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(run(ops));
+        }
+    }
+}
