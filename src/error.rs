@@ -13,3 +13,15 @@ pub enum Disposition {
     /// Permanent for this entry: record FAILED for the site, keep the pipeline going.
     Fail,
 }
+
+/// An error and its sources, `: `-separated, for a one-line report.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

@@ -31,15 +31,26 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
         "interval" => Durability::Interval,
         _ => Durability::Group,
     };
-    let db = SledDb::open(path, mode, Duration::from_millis(50)).map_err(|e| e.to_string())?;
-    let log = SledLog::open(db).map_err(|e| e.to_string())?;
+    // The parent may still be closing its own handle on the directory: retry for a while.
+    let mut attempt = 0;
+    let db = loop {
+        match SledDb::open(path, mode, Duration::from_millis(50)) {
+            Ok(db) => break db,
+            Err(e) if attempt >= 250 => return Err(crate::error::chain(&e)),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let log = SledLog::open(db).map_err(|e| crate::error::chain(&e))?;
     log.create_topic(TORTURE_TOPIC, TORTURE_PARTITIONS)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     let mut consumer = log
         .consumer(TORTURE_TOPIC, TORTURE_GROUP)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     let mut n = first;
     let mut i: u64 = 0;
     let stdout = std::io::stdout();
@@ -53,7 +64,10 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
                 timestamp_ms: 0,
             })
             .collect();
-        let positions = log.append(TORTURE_TOPIC, records).await.map_err(|e| e.to_string())?;
+        let positions = log
+            .append(TORTURE_TOPIC, records)
+            .await
+            .map_err(|e| crate::error::chain(&e))?;
         {
             let mut out = stdout.lock();
             for (j, p) in positions.iter().enumerate() {
@@ -66,7 +80,7 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
             let got = consumer
                 .poll(64, Duration::from_millis(0))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::error::chain(&e))?;
             let mut last: std::collections::BTreeMap<u32, u64> = Default::default();
             for d in &got {
                 last.insert(d.position.partition, d.position.offset + 1);
@@ -75,7 +89,10 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
                 .into_iter()
                 .map(|(partition, offset)| crate::log::Position { partition, offset })
                 .collect();
-            consumer.commit(&commits).await.map_err(|e| e.to_string())?;
+            consumer
+                .commit(&commits)
+                .await
+                .map_err(|e| crate::error::chain(&e))?;
             let mut out = stdout.lock();
             for c in &commits {
                 let _ = writeln!(out, "C {} {}", c.partition, c.offset);

@@ -1,6 +1,8 @@
 //! The log contract and the sled log's own guarantees: corrupt records are errors, retention
 //! gives the disk back, and a model check of append/poll/commit/restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod conformance;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +60,11 @@ async fn corrupt_record_is_an_error_never_data() {
     {
         let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
         log.create_topic("t", 1).await.unwrap();
-        let recs = (0..3).map(|i| Record { key: b"k".to_vec(), value: format!("v{i}").into_bytes(), timestamp_ms: 0 });
+        let recs = (0..3).map(|i| Record {
+            key: b"k".to_vec(),
+            value: format!("v{i}").into_bytes(),
+            timestamp_ms: 0,
+        });
         log.append("t", recs.collect()).await.unwrap();
     }
     // Flip one byte of the record at offset 1, behind the log's back.
@@ -74,14 +80,27 @@ async fn corrupt_record_is_an_error_never_data() {
     let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
     let mut c = log.consumer("t", "g").await.unwrap();
     let first = c.poll(10, Duration::from_millis(100)).await.unwrap();
-    assert_eq!(first.len(), 1, "records before the corrupt one are delivered");
+    assert_eq!(
+        first.len(),
+        1,
+        "records before the corrupt one are delivered"
+    );
     assert_eq!(first[0].record.value, b"v0");
     match c.poll(10, Duration::from_millis(100)).await {
-        Err(LogError::Corrupt { partition: 0, offset: 1, .. }) => {}
+        Err(LogError::Corrupt {
+            partition: 0,
+            offset: 1,
+            ..
+        }) => {}
         other => panic!("expected a corrupt-record error, got {other:?}"),
     }
     // An operator can skip it by committing past it.
-    c.commit(&[Position { partition: 0, offset: 2 }]).await.unwrap();
+    c.commit(&[Position {
+        partition: 0,
+        offset: 2,
+    }])
+    .await
+    .unwrap();
     let rest = c.poll(10, Duration::from_millis(100)).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].record.value, b"v2");
@@ -92,11 +111,17 @@ async fn unsupported_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
-        db.open_tree("log.meta").unwrap().insert("format", &99u32.to_be_bytes()).unwrap();
+        db.open_tree("log.meta")
+            .unwrap()
+            .insert("format", &99u32.to_be_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
     match SledLog::open(open_db(dir.path(), Durability::Group)) {
-        Err(LogError::UnsupportedFormat { found: 99, expected: 1 }) => {}
+        Err(LogError::UnsupportedFormat {
+            found: 99,
+            expected: 1,
+        }) => {}
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
 }
@@ -106,7 +131,11 @@ fn dir_size(p: &Path) -> u64 {
     for e in std::fs::read_dir(p).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
@@ -131,16 +160,25 @@ async fn retention_bounds_the_directory_after_a_million_records() {
         let recs = (0..batch)
             .map(|i| {
                 let n = b * batch + i;
-                Record { key: format!("k{}", n % 64).into_bytes(), value: format!("value-{n:010}").into_bytes(), timestamp_ms: n }
+                Record {
+                    key: format!("k{}", n % 64).into_bytes(),
+                    value: format!("value-{n:010}").into_bytes(),
+                    timestamp_ms: n,
+                }
             })
             .collect();
         log.append("r", recs).await.unwrap();
         let mut got = 0;
         while got < batch {
-            let ds = c.poll(batch as usize, Duration::from_secs(5)).await.unwrap();
+            let ds = c
+                .poll(batch as usize, Duration::from_secs(5))
+                .await
+                .unwrap();
             assert!(!ds.is_empty(), "records appended are delivered");
             got += ds.len() as u64;
-            c.commit(&conformance::log::commit_positions(&ds)).await.unwrap();
+            c.commit(&conformance::log::commit_positions(&ds))
+                .await
+                .unwrap();
         }
         consumed += got;
         if b % 20 == 19 {
@@ -153,7 +191,10 @@ async fn retention_bounds_the_directory_after_a_million_records() {
     log.db().flush_now().await.unwrap();
     let size = dir_size(dir.path());
     eprintln!("retention: directory {size} bytes after {total} records (peak {peak})");
-    assert!(size <= RETENTION_BOUND_BYTES, "directory is {size} bytes, bound {RETENTION_BOUND_BYTES}");
+    assert!(
+        size <= RETENTION_BOUND_BYTES,
+        "directory is {size} bytes, bound {RETENTION_BOUND_BYTES}"
+    );
     let lag: u64 = log.lag("r", "g").await.unwrap().iter().map(|l| l.lag).sum();
     assert_eq!(lag, 0);
 }
@@ -209,7 +250,11 @@ mod model {
                         .iter()
                         .map(|k| {
                             seq += 1;
-                            Record { key: vec![b'k', *k], value: seq.to_be_bytes().to_vec(), timestamp_ms: 0 }
+                            Record {
+                                key: vec![b'k', *k],
+                                value: seq.to_be_bytes().to_vec(),
+                                timestamp_ms: 0,
+                            }
                         })
                         .collect();
                     let pos = log.append("m", recs.clone()).await.unwrap();
@@ -227,7 +272,11 @@ mod model {
                         .iter()
                         .map(|(p, recs)| recs.len() as u64 - m.read.get(p).copied().unwrap_or(0))
                         .sum();
-                    assert_eq!(got.len() as u64, available.min(n as u64), "poll returns what is available");
+                    assert_eq!(
+                        got.len() as u64,
+                        available.min(n as u64),
+                        "poll returns what is available"
+                    );
                     for d in got {
                         let p = d.position.partition;
                         let expect_off = m.read.get(&p).copied().unwrap_or(0);
@@ -238,8 +287,14 @@ mod model {
                     }
                 }
                 Op::CommitPolled => {
-                    let pos: Vec<Position> =
-                        m.polled.iter().map(|(p, o)| Position { partition: *p, offset: *o }).collect();
+                    let pos: Vec<Position> = m
+                        .polled
+                        .iter()
+                        .map(|(p, o)| Position {
+                            partition: *p,
+                            offset: *o,
+                        })
+                        .collect();
                     c.commit(&pos).await.unwrap();
                     for (p, o) in &m.polled {
                         let e = m.committed.entry(*p).or_insert(0);

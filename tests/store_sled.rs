@@ -1,5 +1,7 @@
 //! The state store contract against the sled store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod conformance;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +28,8 @@ fn opener(dir: PathBuf) -> suite::Opener {
         let dir = dir.clone();
         Box::pin(async move {
             let clock: SharedClock = clock;
-            Arc::new(SledStore::open(open_db(&dir), clock).expect("open store")) as Arc<dyn StateStore>
+            Arc::new(SledStore::open(open_db(&dir), clock).expect("open store"))
+                as Arc<dyn StateStore>
         })
     })
 }

@@ -249,6 +249,15 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
+/// The consumer group of a site's replication processor (the original's
+/// `backbeat-replication-group-<site>`).
+pub fn replication_group(site: &str) -> String {
+    format!("backbeat-replication-group-{site}")
+}
+
+/// The consumer group of the status processor.
+pub const STATUS_GROUP: &str = "backbeat-replication-group";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,16 +269,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar") as i32, -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 }
-
-/// The consumer group of a site's replication processor (the original's
-/// `backbeat-replication-group-<site>`).
-pub fn replication_group(site: &str) -> String {
-    format!("backbeat-replication-group-{site}")
-}
-
-/// The consumer group of the status processor.
-pub const STATUS_GROUP: &str = "backbeat-replication-group";

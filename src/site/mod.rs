@@ -80,11 +80,13 @@ impl SiteError {
     /// What to do with an entry that hit this error.
     pub fn disposition(&self) -> Disposition {
         match self {
-            SiteError::Throttled { retry_after, .. } => Disposition::Retry { after: *retry_after },
+            SiteError::Throttled { retry_after, .. } => Disposition::Retry {
+                after: *retry_after,
+            },
             SiteError::Transient { .. } => Disposition::Retry { after: None },
-            SiteError::Unauthorized { .. } | SiteError::NoSuchBucket { .. } | SiteError::Rejected { .. } => {
-                Disposition::Fail
-            }
+            SiteError::Unauthorized { .. }
+            | SiteError::NoSuchBucket { .. }
+            | SiteError::Rejected { .. } => Disposition::Fail,
         }
     }
 }
@@ -130,7 +132,12 @@ pub trait MultipartSite: Send + Sync {
     ) -> Result<PartReceipt, SiteError>;
 
     /// Completes the upload from its parts, in order.
-    async fn complete(&self, obj: &ObjectInfo, upload_id: &str, parts: &[PartReceipt]) -> Result<PutReceipt, SiteError>;
+    async fn complete(
+        &self,
+        obj: &ObjectInfo,
+        upload_id: &str,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt, SiteError>;
 
     /// Aborts the upload so no part remains at the site.
     async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError>;

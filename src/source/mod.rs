@@ -91,9 +91,13 @@ impl SourceError {
     /// What to do with an entry that hit this error.
     pub fn disposition(&self) -> Disposition {
         match self {
-            SourceError::Throttled { retry_after } => Disposition::Retry { after: *retry_after },
+            SourceError::Throttled { retry_after } => Disposition::Retry {
+                after: *retry_after,
+            },
             SourceError::Transient(_) => Disposition::Retry { after: None },
-            SourceError::NotFound(_) | SourceError::Denied(_) | SourceError::Invalid(_) => Disposition::Fail,
+            SourceError::NotFound(_) | SourceError::Denied(_) | SourceError::Invalid(_) => {
+                Disposition::Fail
+            }
         }
     }
 }
@@ -108,13 +112,21 @@ pub trait Source: Send + Sync + 'static {
     fn buckets(&self) -> Vec<String>;
 
     /// One page of `bucket`'s versions, starting at `cursor` (from a previous page's `next`).
-    async fn list_versions(&self, bucket: &str, cursor: Option<&str>) -> Result<VersionPage, SourceError>;
+    async fn list_versions(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+    ) -> Result<VersionPage, SourceError>;
 
     /// The full metadata of one version; `Ok(None)` when it no longer exists.
     async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError>;
 
     /// Streams a version's data; `range` is an inclusive byte range.
-    async fn get(&self, version: &VersionRef, range: Option<(u64, u64)>) -> Result<ByteStream, SourceError>;
+    async fn get(
+        &self,
+        version: &VersionRef,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteStream, SourceError>;
 
     /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
