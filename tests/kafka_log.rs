@@ -252,3 +252,83 @@ async fn kafka_log_conformance() {
     suite::poll_wakes_on_append(&open, "t-wake", WAIT).await;
     suite::unknown_topic_is_an_error(&open, "t-unknown").await;
 }
+
+/// Polls both members for `for_` and returns what each received.
+async fn poll_both(
+    a: &mut Box<dyn Consumer>,
+    b: &mut Box<dyn Consumer>,
+    for_: Duration,
+) -> (Vec<Delivery>, Vec<Delivery>) {
+    let deadline = tokio::time::Instant::now() + for_;
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    while tokio::time::Instant::now() < deadline {
+        ga.extend(
+            a.poll(100, Duration::from_millis(100))
+                .await
+                .expect("poll a"),
+        );
+        gb.extend(
+            b.poll(100, Duration::from_millis(100))
+                .await
+                .expect("poll b"),
+        );
+    }
+    (ga, gb)
+}
+
+/// Two engines (two `KafkaLog`s) in one group share the partitions; when one leaves, the other
+/// takes its partitions over from their committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_of_a_group_share_partitions_and_take_over_on_leave() -> anyhow::Result<()> {
+    let topic = "shared";
+    let log_a = open();
+    let log_b = open();
+    log_a.create_topic(topic, 4).await?;
+    let mut a = log_a.consumer(topic, "g-shared").await?;
+    let mut b = log_b.consumer(topic, "g-shared").await?;
+    // Let the group settle with both members.
+    let (none_a, none_b) = poll_both(&mut a, &mut b, Duration::from_secs(15)).await;
+    assert!(none_a.is_empty() && none_b.is_empty());
+    let records: Vec<Record> = (0..40)
+        .map(|i| rec(&format!("obj-{i}"), format!("v{i}")))
+        .collect();
+    log_a.append(topic, records).await?;
+    let (got_a, got_b) = poll_both(&mut a, &mut b, Duration::from_secs(8)).await;
+    let parts_a: HashSet<u32> = got_a.iter().map(|d| d.position.partition).collect();
+    let parts_b: HashSet<u32> = got_b.iter().map(|d| d.position.partition).collect();
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both members work: {parts_a:?} {parts_b:?}"
+    );
+    assert!(
+        parts_a.is_disjoint(&parts_b),
+        "a partition has one owner: {parts_a:?} {parts_b:?}"
+    );
+    let all: HashSet<Position> = got_a.iter().chain(&got_b).map(|d| d.position).collect();
+    assert_eq!(all.len(), 40, "every record delivered");
+    a.commit(&next_offsets(&got_a)).await?;
+    b.commit(&next_offsets(&got_b)).await?;
+    // B leaves; A takes its partitions over from B's committed offsets.
+    drop(b);
+    drop(log_b);
+    let more: Vec<Record> = (40..60)
+        .map(|i| rec(&format!("obj-{i}"), format!("v{i}")))
+        .collect();
+    let new_positions: HashSet<Position> = log_a.append(topic, more).await?.into_iter().collect();
+    // A rebalance may deliver A's own uncommitted new records twice (at-least-once); what
+    // matters is that every new record arrives and no committed one comes back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got: HashSet<Position> = HashSet::new();
+    while !new_positions.is_subset(&got) && tokio::time::Instant::now() < deadline {
+        let batch = a.poll(100, Duration::from_millis(200)).await?;
+        got.extend(batch.iter().map(|d| d.position));
+    }
+    // Anything already committed would have shown up by now.
+    let late = a.poll(100, Duration::from_secs(2)).await?;
+    got.extend(late.iter().map(|d| d.position));
+    assert_eq!(
+        got, new_positions,
+        "only the new records: B's committed ones are not redelivered"
+    );
+    Ok(())
+}
