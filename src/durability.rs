@@ -290,6 +290,12 @@ impl SledDb {
         Ok(())
     }
 
+    /// Records a failed write: the database refuses every later write, so nothing is
+    /// acknowledged that might not be on disk. Returns the error to hand up.
+    pub fn poison_on(&self, err: &sled::Error) -> DbError {
+        self.shared.poison(format!("write failed: {err}"))
+    }
+
     /// Size on disk of the database, in bytes.
     ///
     /// # Errors
