@@ -68,7 +68,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("api_addr", &self.api_addr).finish()
+        f.debug_struct("Engine")
+            .field("api_addr", &self.api_addr)
+            .finish()
     }
 }
 
@@ -113,8 +115,12 @@ impl Engine {
         for topic in TOPICS {
             let n = log.create_topic(topic, st.partitions).await?;
             if n != st.partitions {
-                tracing::warn!(topic, existing = n, configured = st.partitions,
-                    "Topic keeps its existing partition count.");
+                tracing::warn!(
+                    topic,
+                    existing = n,
+                    configured = st.partitions,
+                    "Topic keeps its existing partition count."
+                );
             }
         }
         let store: Arc<dyn StateStore> = match (st.store, &db) {
@@ -125,8 +131,13 @@ impl Engine {
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await
-            .map_err(|source| AppError::Bind { addr: addr.clone(), source })?;
-        let api_addr = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
+            .map_err(|source| AppError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr, source })?;
 
         let root = CancellationToken::new();
         let api_tracker = TaskTracker::new();
@@ -150,7 +161,9 @@ impl Engine {
                     }
                     for topic in TOPICS {
                         match log.retain(topic).await {
-                            Ok(n) if n > 0 => tracing::debug!(topic, deleted = n, "Retention pass."),
+                            Ok(n) if n > 0 => {
+                                tracing::debug!(topic, deleted = n, "Retention pass.")
+                            }
                             Ok(_) => {}
                             Err(e) => tracing::warn!(topic, error = %e, "Retention pass failed."),
                         }
@@ -215,7 +228,10 @@ impl Engine {
         .await
         .is_err()
         {
-            tracing::warn!(grace_s = grace.as_secs(), "Grace period over; stopping with work in flight.");
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "Grace period over; stopping with work in flight."
+            );
         }
         if let Some(db) = &self.db {
             if let Err(e) = db.flush_now().await {

@@ -38,7 +38,11 @@ pub struct QueueEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     /// Whole-entry re-attempts left, absent until the first failure.
-    #[serde(rename = "replayCount", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replayCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub replay_count: Option<u32>,
 }
 
@@ -98,7 +102,11 @@ pub struct ObjectMd {
     #[serde(rename = "content-length", default)]
     pub content_length: u64,
     /// Content type.
-    #[serde(rename = "content-type", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "content-type",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub content_type: Option<String>,
     /// ETag without quotes.
     #[serde(rename = "content-md5", default)]
@@ -107,7 +115,11 @@ pub struct ObjectMd {
     #[serde(rename = "last-modified", default)]
     pub last_modified: String,
     /// Whether this version is a delete marker.
-    #[serde(rename = "isDeleteMarker", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "isDeleteMarker",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub is_delete_marker: bool,
     /// Object tags.
     #[serde(default)]
@@ -147,7 +159,10 @@ impl ObjectMd {
             is_delete_marker: false,
             tags: info.tags.clone(),
             replication_info: ReplicationInfoMd {
-                status: info.status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                status: info
+                    .status
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
                 backends: info.backends.clone(),
                 content: info.content.clone(),
                 destination: info.destination.clone(),
@@ -319,7 +334,10 @@ mod tests {
 
     #[test]
     fn encode_uri_component_matches_javascript() {
-        assert_eq!(encode_uri_component("a b/c:d?#%+é"), "a%20b%2Fc%3Ad%3F%23%25%2B%C3%A9");
+        assert_eq!(
+            encode_uri_component("a b/c:d?#%+é"),
+            "a%20b%2Fc%3Ad%3F%23%25%2B%C3%A9"
+        );
         assert_eq!(log_key("bk", "x/y"), b"bk%2Fx%2Fy".to_vec());
     }
 
@@ -333,7 +351,10 @@ mod tests {
         let d = QueueEntry::decode(&e.encode()).unwrap();
         assert_eq!(d.version().unwrap(), v);
         let md = d.metadata().unwrap();
-        assert_eq!(md.user_metadata().get("color").map(String::as_str), Some("blue"));
+        assert_eq!(
+            md.user_metadata().get("color").map(String::as_str),
+            Some("blue")
+        );
         assert_eq!(md.sites(), vec!["s1".to_string(), "s2".to_string()]);
         assert_eq!(md.to_info().size, 10);
         let r = QueueEntry::retry(&v, &info, "s2");

@@ -11,7 +11,11 @@ use backbeat::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "backbeat", version, about = "Asynchronous object replication engine")]
+#[command(
+    name = "backbeat",
+    version,
+    about = "Asynchronous object replication engine"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -76,7 +80,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             telemetry::init(cli.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("backbeat: cannot start the runtime: {e}");
@@ -85,9 +92,16 @@ fn main() -> ExitCode {
             };
             rt.block_on(serve(cfg))
         }
-        Command::LogTorture { path, first, durability } => {
+        Command::LogTorture {
+            path,
+            first,
+            durability,
+        } => {
             telemetry::init(cli.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(_) => return ExitCode::from(1),
             };
@@ -127,7 +141,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -22,7 +22,11 @@ pub struct VersionRef {
 
 impl VersionRef {
     /// A version reference.
-    pub fn new(bucket: impl Into<String>, key: impl Into<String>, version_id: impl Into<String>) -> Self {
+    pub fn new(
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        version_id: impl Into<String>,
+    ) -> Self {
         VersionRef {
             bucket: bucket.into(),
             key: key.into(),
@@ -42,7 +46,8 @@ impl VersionRef {
     /// A structured, unambiguous byte encoding (length-prefixed fields), used in store keys so
     /// that `:` or `/` in a key can never be mis-parsed.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.bucket.len() + self.key.len() + self.version_id.len());
+        let mut out =
+            Vec::with_capacity(12 + self.bucket.len() + self.key.len() + self.version_id.len());
         for part in [&self.bucket, &self.key, &self.version_id] {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part.as_bytes());
@@ -66,13 +71,21 @@ impl VersionRef {
         let version_id = parts.pop()?;
         let key = parts.pop()?;
         let bucket = parts.pop()?;
-        Some(VersionRef { bucket, key, version_id })
+        Some(VersionRef {
+            bucket,
+            key,
+            version_id,
+        })
     }
 }
 
 impl fmt::Display for VersionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}?versionId={}", self.bucket, self.key, self.version_id)
+        write!(
+            f,
+            "{}/{}?versionId={}",
+            self.bucket, self.key, self.version_id
+        )
     }
 }
 
@@ -206,12 +219,20 @@ impl ReplicationInfo {
 /// The global status from the per-site statuses (DESIGN section 3): any FAILED -> FAILED; else
 /// any PENDING -> PROCESSING if at least one site is done, PENDING if none is; else COMPLETED.
 pub fn merge_status(backends: &[SiteState]) -> ReplicationStatus {
-    if backends.iter().any(|b| b.status == ReplicationStatus::Failed) {
+    if backends
+        .iter()
+        .any(|b| b.status == ReplicationStatus::Failed)
+    {
         return ReplicationStatus::Failed;
     }
     let pending = backends
         .iter()
-        .filter(|b| matches!(b.status, ReplicationStatus::Pending | ReplicationStatus::Processing))
+        .filter(|b| {
+            matches!(
+                b.status,
+                ReplicationStatus::Pending | ReplicationStatus::Processing
+            )
+        })
         .count();
     if pending > 0 {
         if pending < backends.len() {
@@ -252,7 +273,10 @@ mod tests {
         assert!(info.set_site_status("a", ReplicationStatus::Completed, Some("v1")));
         assert_eq!(info.status, Some(ReplicationStatus::Processing));
         assert!(!info.set_site_status("a", ReplicationStatus::Failed, None));
-        assert_eq!(info.site("a").map(|s| s.status), Some(ReplicationStatus::Completed));
+        assert_eq!(
+            info.site("a").map(|s| s.status),
+            Some(ReplicationStatus::Completed)
+        );
         assert!(info.set_site_status("b", ReplicationStatus::Failed, None));
         assert_eq!(info.status, Some(ReplicationStatus::Failed));
         assert!(info.set_site_status("b", ReplicationStatus::Pending, None));

@@ -53,7 +53,10 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
                 timestamp_ms: 0,
             })
             .collect();
-        let positions = log.append(TORTURE_TOPIC, records).await.map_err(|e| e.to_string())?;
+        let positions = log
+            .append(TORTURE_TOPIC, records)
+            .await
+            .map_err(|e| e.to_string())?;
         {
             let mut out = stdout.lock();
             for (j, p) in positions.iter().enumerate() {

@@ -45,7 +45,11 @@ impl ApiError {
 
     /// 400 InvalidQueryParameter.
     pub fn invalid_query(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "InvalidQueryParameter", description)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidQueryParameter",
+            description,
+        )
     }
 
     /// 400 MalformedPOSTRequest, with the original's description prefix.
@@ -61,7 +65,11 @@ impl ApiError {
 
     /// 500 InternalError.
     pub fn internal(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", description)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            description,
+        )
     }
 
     /// 401 with the original's `InvalidToken`-like name for a missing or wrong bearer token.
@@ -95,7 +103,10 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     resp
 }

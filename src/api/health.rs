@@ -54,7 +54,10 @@ pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
     };
     let mut conns = Map::new();
     if !topics.is_empty() {
-        conns.insert("isrHealth".into(), Value::from(if all_isr { "ok" } else { "error" }));
+        conns.insert(
+            "isrHealth".into(),
+            Value::from(if all_isr { "ok" } else { "error" }),
+        );
     }
     conns.insert("zookeeper".into(), zk);
     conns.insert("kafkaProducer".into(), producer);
@@ -75,6 +78,9 @@ pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
             (true, false) => "state store unusable",
             (true, true) => "a log partition has no in-sync replica",
         };
-        Err((ApiError::internal(format!("error connecting to internal client: {what}")), body))
+        Err((
+            ApiError::internal(format!("error connecting to internal client: {what}")),
+            body,
+        ))
     }
 }

@@ -60,7 +60,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("sites", &self.sites).finish()
+        f.debug_struct("AppState")
+            .field("sites", &self.sites)
+            .finish()
     }
 }
 
@@ -95,7 +97,9 @@ impl AppState {
                     let lag: u64 = lags.iter().map(|l| l.lag).sum();
                     serde_json::json!({"group": group, "status": "ok", "lag": lag})
                 }
-                Err(e) => serde_json::json!({"group": group, "status": "error", "error": e.to_string()}),
+                Err(e) => {
+                    serde_json::json!({"group": group, "status": "error", "error": e.to_string()})
+                }
             };
             out.insert(site.clone(), v);
         }
@@ -104,7 +108,10 @@ impl AppState {
 
     fn allowed(&self, ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.allow.iter().any(|n| n.contains(&ip))
@@ -112,7 +119,11 @@ impl AppState {
 }
 
 /// Answers one request.
-pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = match dispatch(&state, peer, req).await {
@@ -141,12 +152,18 @@ async fn dispatch(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.map(|g| constant_time_eq(g.as_bytes(), token.as_bytes())).unwrap_or(false) {
+        if !given
+            .map(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+            .unwrap_or(false)
+        {
             return Err(ApiError::unauthorized());
         }
     }
     let method = req.method().clone();
-    if !matches!(method, Method::GET | Method::POST | Method::DELETE | Method::HEAD) {
+    if !matches!(
+        method,
+        Method::GET | Method::POST | Method::DELETE | Method::HEAD
+    ) {
         return Err(ApiError::method_not_allowed());
     }
     let uri = req.uri().clone();
@@ -210,12 +227,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
 }
 
 /// A plain-text response (Prometheus exposition).
-pub fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+pub fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let len = body.len();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     resp

@@ -28,7 +28,9 @@ pub fn strip_prefix(path: &str) -> Option<&str> {
 /// 404 RouteNotFound, 405 MethodNotAllowed or 400 InvalidQueryParameter, as the original.
 pub fn parse(method: &Method, path: &str, _query: Option<&str>) -> Result<Route, ApiError> {
     let Some(route) = strip_prefix(path) else {
-        return Err(ApiError::route_not_found(format!("path {path} does not exist")));
+        return Err(ApiError::route_not_found(format!(
+            "path {path} does not exist"
+        )));
     };
     match route {
         "healthcheck" => {
@@ -38,7 +40,9 @@ pub fn parse(method: &Method, path: &str, _query: Option<&str>) -> Result<Route,
                 Err(ApiError::method_not_allowed())
             }
         }
-        _ => Err(ApiError::route_not_found(format!("path {route} does not exist"))),
+        _ => Err(ApiError::route_not_found(format!(
+            "path {route} does not exist"
+        ))),
     }
 }
 
@@ -46,7 +50,11 @@ pub fn parse(method: &Method, path: &str, _query: Option<&str>) -> Result<Route,
 ///
 /// # Errors
 /// The route's own errors.
-pub async fn run(state: &Arc<AppState>, route: Route, _body: Bytes) -> Result<Response<Full<Bytes>>, ApiError> {
+pub async fn run(
+    state: &Arc<AppState>,
+    route: Route,
+    _body: Bytes,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     match route {
         Route::Healthcheck => match health::healthcheck(state).await {
             Ok(body) => Ok(json_response(StatusCode::OK, &body)),

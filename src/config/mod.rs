@@ -420,7 +420,11 @@ impl Default for ShutdownConfig {
     }
 }
 
-fn section<T: DeserializeOwned>(name: &str, value: toml::Value, errors: &mut Vec<String>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    errors: &mut Vec<String>,
+) -> Option<T> {
     match value.try_into::<T>() {
         Ok(v) => Some(v),
         Err(e) => {
@@ -448,7 +452,9 @@ fn resolve_secret(
 ) -> Option<String> {
     match (inline, env) {
         (Some(_), Some(_)) => {
-            errors.push(format!("{field}: give either {field} or {field}_env, not both"));
+            errors.push(format!(
+                "{field}: give either {field} or {field}_env, not both"
+            ));
             None
         }
         (Some(s), None) => {
@@ -459,13 +465,17 @@ fn resolve_secret(
         }
         (None, Some(var)) => {
             if !is_env_name(var) {
-                errors.push(format!("{field}_env: {var:?} is not a valid environment variable name"));
+                errors.push(format!(
+                    "{field}_env: {var:?} is not a valid environment variable name"
+                ));
                 return None;
             }
             match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Some(v),
                 _ => {
-                    errors.push(format!("{field}_env: environment variable {var} is not set"));
+                    errors.push(format!(
+                        "{field}_env: environment variable {var} is not set"
+                    ));
                     None
                 }
             }
@@ -484,7 +494,10 @@ fn check_url(field: &str, url: &Option<String>, errors: &mut Vec<String>) {
         None => errors.push(format!("{field}: missing")),
         Some(u) => {
             let ok = (u.starts_with("http://") || u.starts_with("https://"))
-                && u.split("://").nth(1).map(|r| !r.is_empty()).unwrap_or(false)
+                && u.split("://")
+                    .nth(1)
+                    .map(|r| !r.is_empty())
+                    .unwrap_or(false)
                 && !u.contains(char::is_whitespace);
             if !ok {
                 errors.push(format!("{field}: {u:?} is not an http:// or https:// URL"));
@@ -529,9 +542,12 @@ impl Config {
     /// # Errors
     /// `ConfigError::Invalid` listing every problem, each naming its field.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(vec![format!("syntax: {}", e.to_string().trim().replace('\n', " "))]))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(vec![format!(
+                "syntax: {}",
+                e.to_string().trim().replace('\n', " ")
+            )])
+        })?;
         let mut errors = Vec::new();
         let mut cfg = Config::default();
         for (key, value) in table {
@@ -595,7 +611,13 @@ impl Config {
     /// The bearer token required by the API, if configured.
     pub fn api_token(&self) -> Option<String> {
         let mut ignored = Vec::new();
-        resolve_secret("server.token", &self.server.token, &self.server.token_env, false, &mut ignored)
+        resolve_secret(
+            "server.token",
+            &self.server.token,
+            &self.server.token_env,
+            false,
+            &mut ignored,
+        )
     }
 
     fn collect_problems(&self, e: &mut Vec<String>) {
@@ -604,13 +626,21 @@ impl Config {
         if s.host.trim().is_empty() {
             e.push("server.host: must not be empty".into());
         } else if s.host.parse::<IpAddr>().is_err()
-            && !s.host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !s
+                .host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
-            e.push(format!("server.host: {:?} is neither an IP address nor a host name", s.host));
+            e.push(format!(
+                "server.host: {:?} is neither an IP address nor a host name",
+                s.host
+            ));
         }
         for (i, net) in s.allow_from.iter().enumerate() {
             if parse_net(net).is_none() {
-                e.push(format!("server.allow_from[{i}]: {net:?} is not a CIDR or IP address"));
+                e.push(format!(
+                    "server.allow_from[{i}]: {net:?} is not a CIDR or IP address"
+                ));
             }
         }
         if s.token.is_some() || s.token_env.is_some() {
@@ -623,7 +653,10 @@ impl Config {
             e.push("storage.path: must not be empty".into());
         }
         if st.partitions == 0 || st.partitions > 10_000 {
-            e.push(format!("storage.partitions: {} must be between 1 and 10000", st.partitions));
+            e.push(format!(
+                "storage.partitions: {} must be between 1 and 10000",
+                st.partitions
+            ));
         }
         if st.flush_interval_ms == 0 || st.flush_interval_ms > 60_000 {
             e.push(format!(
@@ -653,8 +686,12 @@ impl Config {
             match &st.mongodb {
                 None => e.push("storage.mongodb: required when storage.store = \"mongodb\"".into()),
                 Some(m) => {
-                    if !m.uri.0.starts_with("mongodb://") && !m.uri.0.starts_with("mongodb+srv://") {
-                        e.push("storage.mongodb.uri: must start with mongodb:// or mongodb+srv://".into());
+                    if !m.uri.0.starts_with("mongodb://") && !m.uri.0.starts_with("mongodb+srv://")
+                    {
+                        e.push(
+                            "storage.mongodb.uri: must start with mongodb:// or mongodb+srv://"
+                                .into(),
+                        );
                     }
                     if m.database.is_empty() {
                         e.push("storage.mongodb.database: must not be empty".into());
@@ -668,8 +705,20 @@ impl Config {
             match src.kind {
                 SourceKind::S3 => {
                     check_url("source.endpoint", &src.endpoint, e);
-                    resolve_secret("source.access_key", &src.access_key, &src.access_key_env, true, e);
-                    resolve_secret("source.secret_key", &src.secret_key, &src.secret_key_env, true, e);
+                    resolve_secret(
+                        "source.access_key",
+                        &src.access_key,
+                        &src.access_key_env,
+                        true,
+                        e,
+                    );
+                    resolve_secret(
+                        "source.secret_key",
+                        &src.secret_key,
+                        &src.secret_key_env,
+                        true,
+                        e,
+                    );
                     if src.buckets.is_empty() {
                         e.push("source.buckets: at least one bucket is required".into());
                     }
@@ -689,7 +738,10 @@ impl Config {
                 },
                 SourceKind::Mongodb => {
                     if !cfg!(feature = "mongodb") {
-                        e.push("source.type: \"mongodb\" needs a build with the mongodb feature".into());
+                        e.push(
+                            "source.type: \"mongodb\" needs a build with the mongodb feature"
+                                .into(),
+                        );
                     }
                 }
             }
@@ -709,7 +761,11 @@ impl Config {
                     site.name
                 ));
             } else if !names.insert(site.name.as_str()) {
-                e.push(format!("{}: {:?} is used by another site", f("name"), site.name));
+                e.push(format!(
+                    "{}: {:?} is used by another site",
+                    f("name"),
+                    site.name
+                ));
             }
             match site.kind {
                 SiteKind::AwsS3 => {
@@ -721,8 +777,20 @@ impl Config {
                         }
                         Some(_) => {}
                     }
-                    resolve_secret(&f("access_key"), &site.access_key, &site.access_key_env, true, e);
-                    resolve_secret(&f("secret_key"), &site.secret_key, &site.secret_key_env, true, e);
+                    resolve_secret(
+                        &f("access_key"),
+                        &site.access_key,
+                        &site.access_key_env,
+                        true,
+                        e,
+                    );
+                    resolve_secret(
+                        &f("secret_key"),
+                        &site.secret_key,
+                        &site.secret_key_env,
+                        true,
+                        e,
+                    );
                 }
                 SiteKind::Azure => {
                     check_url(&f("endpoint"), &site.endpoint, e);
@@ -739,7 +807,12 @@ impl Config {
                     }
                 }
                 SiteKind::File => {
-                    if site.path.as_ref().map(|p| p.as_os_str().is_empty()).unwrap_or(true) {
+                    if site
+                        .path
+                        .as_ref()
+                        .map(|p| p.as_os_str().is_empty())
+                        .unwrap_or(true)
+                    {
                         e.push(format!("{}: missing", f("path")));
                     }
                 }
@@ -749,7 +822,10 @@ impl Config {
         // [replication]
         let r = &self.replication;
         if r.concurrency == 0 || r.concurrency > 1000 {
-            e.push(format!("replication.concurrency: {} must be between 1 and 1000", r.concurrency));
+            e.push(format!(
+                "replication.concurrency: {} must be between 1 and 1000",
+                r.concurrency
+            ));
         }
         if r.mpu_threshold_mb < 5 || r.mpu_threshold_mb > 5_000_000 {
             e.push(format!(
@@ -768,27 +844,40 @@ impl Config {
             ));
         }
         if !(rt.factor.is_finite() && rt.factor >= 1.0) {
-            e.push(format!("replication.retry.factor: {} must be at least 1", rt.factor));
+            e.push(format!(
+                "replication.retry.factor: {} must be at least 1",
+                rt.factor
+            ));
         }
         if !(rt.jitter.is_finite() && (0.0..1.0).contains(&rt.jitter)) {
-            e.push(format!("replication.retry.jitter: {} must be in [0, 1)", rt.jitter));
+            e.push(format!(
+                "replication.retry.jitter: {} must be in [0, 1)",
+                rt.jitter
+            ));
         }
         if rt.timeout_s == 0 {
             e.push("replication.retry.timeout_s: must be at least 1".into());
         }
         if rt.replay > 100 {
-            e.push(format!("replication.retry.replay: {} must be at most 100", rt.replay));
+            e.push(format!(
+                "replication.retry.replay: {} must be at most 100",
+                rt.replay
+            ));
         }
         for (i, rule) in r.rules.iter().enumerate() {
             if rule.bucket.is_empty() {
                 e.push(format!("replication.rules[{i}].bucket: must not be empty"));
             }
             if rule.sites.is_empty() {
-                e.push(format!("replication.rules[{i}].sites: at least one site is required"));
+                e.push(format!(
+                    "replication.rules[{i}].sites: at least one site is required"
+                ));
             }
             for (j, s) in rule.sites.iter().enumerate() {
                 if !self.sites.iter().any(|site| &site.name == s) {
-                    e.push(format!("replication.rules[{i}].sites[{j}]: unknown site {s:?}"));
+                    e.push(format!(
+                        "replication.rules[{i}].sites[{j}]: unknown site {s:?}"
+                    ));
                 }
             }
         }

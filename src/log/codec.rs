@@ -15,7 +15,8 @@ const HEADER: usize = 5;
 
 /// Encodes a record for storage.
 pub fn encode(record: &Record) -> Vec<u8> {
-    let body = bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap_or_default();
+    let body =
+        bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap_or_default();
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.push(RECORD_VERSION);
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -29,7 +30,10 @@ pub fn encode(record: &Record) -> Vec<u8> {
 /// A description of what failed.
 pub fn decode(bytes: &[u8]) -> Result<Record, String> {
     if bytes.len() < HEADER {
-        return Err(format!("record of {} bytes is shorter than its header", bytes.len()));
+        return Err(format!(
+            "record of {} bytes is shorter than its header",
+            bytes.len()
+        ));
     }
     let (header, body) = bytes.split_at(HEADER);
     if header[0] != RECORD_VERSION {
@@ -38,7 +42,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
     let expected = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
     let actual = crc32fast::hash(body);
     if expected != actual {
-        return Err(format!("checksum mismatch (stored {expected:08x}, computed {actual:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {expected:08x}, computed {actual:08x})"
+        ));
     }
     let (record, used): (Record, usize) =
         bincode::serde::decode_from_slice(body, bincode::config::standard())

@@ -28,7 +28,10 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::{codec, partition_for, Consumer, Delivery, Log, LogError, PartitionLag, Position, Record, TopicInfo};
+use super::{
+    codec, partition_for, Consumer, Delivery, Log, LogError, PartitionLag, Position, Record,
+    TopicInfo,
+};
 use crate::durability::SledDb;
 
 /// On-disk format version of the log.
@@ -71,7 +74,9 @@ pub struct SledLog {
 
 impl std::fmt::Debug for SledLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledLog").field("db", &self.inner.db).finish()
+        f.debug_struct("SledLog")
+            .field("db", &self.inner.db)
+            .finish()
     }
 }
 
@@ -194,7 +199,11 @@ impl SledLog {
     ///
     /// # Errors
     /// As [`Log::append`].
-    pub fn append_blocking(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+    pub fn append_blocking(
+        &self,
+        topic: &str,
+        records: Vec<Record>,
+    ) -> Result<Vec<Position>, LogError> {
         let t = self.topic(topic)?;
         self.inner.db.check()?;
         let (positions, ends) = self.inner.insert(&t, records)?;
@@ -244,7 +253,10 @@ impl Inner {
         let count = records.len();
         for (i, r) in records.iter().enumerate() {
             let p = partition_for(&r.key, n);
-            by_partition.entry(p).or_default().push((i, codec::encode(r)));
+            by_partition
+                .entry(p)
+                .or_default()
+                .push((i, codec::encode(r)));
         }
         let mut positions = vec![
             Position {
@@ -293,10 +305,19 @@ impl Inner {
         t.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn committed_offsets(&self, topic: &str, group: &str, partitions: u32) -> Result<Vec<Option<u64>>, LogError> {
+    fn committed_offsets(
+        &self,
+        topic: &str,
+        group: &str,
+        partitions: u32,
+    ) -> Result<Vec<Option<u64>>, LogError> {
         let mut out = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            out.push(self.offsets.get(offset_key(topic, group, p))?.and_then(|v| be_u64(&v)));
+            out.push(
+                self.offsets
+                    .get(offset_key(topic, group, p))?
+                    .and_then(|v| be_u64(&v)),
+            );
         }
         Ok(out)
     }
@@ -386,7 +407,11 @@ impl Log for SledLog {
         let mut batch = sled::Batch::default();
         let mut registered = false;
         for (p, c) in stored.into_iter().enumerate() {
-            let start = t.partitions.get(p).map(|s| s.start.load(Ordering::Acquire)).unwrap_or(0);
+            let start = t
+                .partitions
+                .get(p)
+                .map(|s| s.start.load(Ordering::Acquire))
+                .unwrap_or(0);
             match c {
                 Some(off) => committed.push(off.max(start)),
                 None => {
@@ -418,8 +443,7 @@ impl Log for SledLog {
         let t = self.topic(topic)?;
         let n = t.partitions.len() as u32;
         let stored = self.inner.committed_offsets(topic, group, n)?;
-        Ok(t
-            .partitions
+        Ok(t.partitions
             .iter()
             .zip(stored)
             .enumerate()
@@ -475,7 +499,12 @@ impl Log for SledLog {
         let n = t.partitions.len() as u32;
         let mut floors: Vec<u64> = vec![u64::MAX; n as usize];
         for g in &groups {
-            for (p, c) in self.inner.committed_offsets(topic, g, n)?.into_iter().enumerate() {
+            for (p, c) in self
+                .inner
+                .committed_offsets(topic, g, n)?
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(slot) = floors.get_mut(p) {
                     *slot = (*slot).min(c.unwrap_or(0));
                 }
@@ -487,11 +516,15 @@ impl Log for SledLog {
         // First persist the new start offsets, durably.
         let mut moves = Vec::new();
         for (p, floor) in floors.into_iter().enumerate() {
-            let Some(part) = t.partitions.get(p) else { continue };
+            let Some(part) = t.partitions.get(p) else {
+                continue;
+            };
             let floor = floor.min(part.visible.load(Ordering::Acquire));
             let start = part.start.load(Ordering::Acquire);
             if floor > start {
-                inner.meta.insert(start_key(topic, p as u32), &floor.to_be_bytes())?;
+                inner
+                    .meta
+                    .insert(start_key(topic, p as u32), &floor.to_be_bytes())?;
                 part.start.store(floor, Ordering::Release);
                 moves.push((p, start, floor));
             }
@@ -503,7 +536,9 @@ impl Log for SledLog {
         let deleted = tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
             let mut deleted = 0u64;
             for (p, _start, floor) in moves {
-                let Some(part) = t2.partitions.get(p) else { continue };
+                let Some(part) = t2.partitions.get(p) else {
+                    continue;
+                };
                 // Delete from the first key actually present (an earlier pass may have been
                 // cut short), up to the floor.
                 loop {
@@ -575,7 +610,8 @@ impl SledConsumer {
                 break;
             }
             let p = (first + i) % n;
-            let (Some(part), Some(pos)) = (self.topic.partitions.get(p), self.read.get_mut(p)) else {
+            let (Some(part), Some(pos)) = (self.topic.partitions.get(p), self.read.get_mut(p))
+            else {
                 continue;
             };
             let start = part.start.load(Ordering::Acquire);
@@ -643,7 +679,10 @@ impl Consumer for SledConsumer {
             if now >= deadline {
                 return Ok(out);
             }
-            if tokio::time::timeout(deadline - now, self.rx.changed()).await.is_err() {
+            if tokio::time::timeout(deadline - now, self.rx.changed())
+                .await
+                .is_err()
+            {
                 // Timed out; one last look happens at the top of the loop.
                 let out = self.read_available(max)?;
                 return Ok(out);
@@ -656,10 +695,14 @@ impl Consumer for SledConsumer {
         let mut updates = Vec::new();
         for pos in positions {
             let p = pos.partition as usize;
-            let part = self.topic.partitions.get(p).ok_or_else(|| LogError::UnknownPartition {
-                topic: self.topic.name.clone(),
-                partition: pos.partition,
-            })?;
+            let part = self
+                .topic
+                .partitions
+                .get(p)
+                .ok_or_else(|| LogError::UnknownPartition {
+                    topic: self.topic.name.clone(),
+                    partition: pos.partition,
+                })?;
             let end = *part.next.lock();
             if pos.offset > end {
                 return Err(LogError::Invalid(format!(

@@ -282,7 +282,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError>;
 
     /// The replication info of a version.
-    async fn replication(&self, version: &VersionRef) -> Result<Option<ReplicationInfo>, StoreError>;
+    async fn replication(
+        &self,
+        version: &VersionRef,
+    ) -> Result<Option<ReplicationInfo>, StoreError>;
 
     /// A page (at most `limit`) of `site`'s failed set, newest first, starting at `marker`
     /// (a score: entries with a score at or below it) or at the newest entry.
@@ -294,7 +297,11 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<FailedPage, StoreError>;
 
     /// The failed-set entry of `(site, version)`, if present and not expired.
-    async fn failed_entry(&self, site: &str, version: &VersionRef) -> Result<Option<FailedEntry>, StoreError>;
+    async fn failed_entry(
+        &self,
+        site: &str,
+        version: &VersionRef,
+    ) -> Result<Option<FailedEntry>, StoreError>;
 
     /// Number of entries in `site`'s failed set (24 h window).
     async fn failed_count(&self, site: &str) -> Result<u64, StoreError>;
@@ -314,10 +321,19 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError>;
 
     /// The pause state of `site` for `service` (`crr`, ...); `None` if never set.
-    async fn pause_state(&self, service: &str, site: &str) -> Result<Option<PauseState>, StoreError>;
+    async fn pause_state(
+        &self,
+        service: &str,
+        site: &str,
+    ) -> Result<Option<PauseState>, StoreError>;
 
     /// Writes the pause state. Durable on return.
-    async fn set_pause_state(&self, service: &str, site: &str, state: PauseState) -> Result<(), StoreError>;
+    async fn set_pause_state(
+        &self,
+        service: &str,
+        site: &str,
+        state: PauseState,
+    ) -> Result<(), StoreError>;
 
     /// A source cursor.
     async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -61,7 +61,9 @@ fn be_i64(v: &[u8]) -> i64 {
 
 fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.as_bytes().contains(&0) {
-        return Err(StoreError::Invalid(format!("{what} name {name:?} is empty or has a NUL byte")));
+        return Err(StoreError::Invalid(format!(
+            "{what} name {name:?} is empty or has a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -143,10 +145,14 @@ fn encode_info(info: &ReplicationInfo) -> Vec<u8> {
 
 fn decode_info(bytes: &[u8]) -> Result<ReplicationInfo, StoreError> {
     match bytes.split_first() {
-        Some((&INFO_VERSION, body)) => bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map(|(info, _)| info)
-            .map_err(|e| StoreError::Corrupt(format!("replication info: {e}"))),
-        _ => Err(StoreError::Corrupt("replication info: unknown version".into())),
+        Some((&INFO_VERSION, body)) => {
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map(|(info, _)| info)
+                .map_err(|e| StoreError::Corrupt(format!("replication info: {e}")))
+        }
+        _ => Err(StoreError::Corrupt(
+            "replication info: unknown version".into(),
+        )),
     }
 }
 
@@ -196,7 +202,11 @@ fn eval_guard(tx: &TransactionalTree, g: &Guard) -> TxResult<bool> {
     Ok(match g {
         Guard::Absent(v) => tx.get(info_key(v))?.is_none(),
         Guard::Present(v) => tx.get(info_key(v))?.is_some(),
-        Guard::SiteStatus { version, site, any_of } => match tx_info(tx, version)? {
+        Guard::SiteStatus {
+            version,
+            site,
+            any_of,
+        } => match tx_info(tx, version)? {
             Some(info) => info
                 .site(site)
                 .map(|s| any_of.contains(&s.status))
@@ -240,7 +250,11 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
             at_ms,
         } => {
             if *value > 0 {
-                tx_add_u64(tx, m_key(site, *metric, metrics_bucket(*at_ms)), *value as i64)?;
+                tx_add_u64(
+                    tx,
+                    m_key(site, *metric, metrics_bucket(*at_ms)),
+                    *value as i64,
+                )?;
             }
         }
         StoreOp::AddObjectMetric {
@@ -251,7 +265,11 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
             at_ms,
         } => {
             if *value > 0 {
-                tx_add_u64(tx, o_key(metrics_bucket(*at_ms), *metric, site, version), *value as i64)?;
+                tx_add_u64(
+                    tx,
+                    o_key(metrics_bucket(*at_ms), *metric, site, version),
+                    *value as i64,
+                )?;
             }
         }
         StoreOp::AddFailed {
@@ -298,7 +316,11 @@ impl SledStore {
         let tree = db.db().open_tree("state")?;
         match tree.get("V")? {
             Some(v) => {
-                let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX);
+                let found = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
                 if found != FORMAT_VERSION {
                     return Err(StoreError::UnsupportedFormat {
                         found,
@@ -318,7 +340,10 @@ impl SledStore {
         &self.db
     }
 
-    fn buckets_newest_first(&self, mut get: impl FnMut(u64) -> Result<u64, StoreError>) -> Result<Vec<u64>, StoreError> {
+    fn buckets_newest_first(
+        &self,
+        mut get: impl FnMut(u64) -> Result<u64, StoreError>,
+    ) -> Result<Vec<u64>, StoreError> {
         let current = metrics_bucket(self.now_ms());
         let mut out = Vec::with_capacity(METRICS_BUCKETS);
         for i in 0..METRICS_BUCKETS as u64 {
@@ -375,7 +400,10 @@ impl StateStore for SledStore {
         Ok(applied)
     }
 
-    async fn replication(&self, version: &VersionRef) -> Result<Option<ReplicationInfo>, StoreError> {
+    async fn replication(
+        &self,
+        version: &VersionRef,
+    ) -> Result<Option<ReplicationInfo>, StoreError> {
         match self.tree.get(info_key(version))? {
             Some(b) => Ok(Some(decode_info(&b)?)),
             None => Ok(None),
@@ -432,7 +460,11 @@ impl StateStore for SledStore {
         .map_err(|e| StoreError::Storage(Box::new(e)))?
     }
 
-    async fn failed_entry(&self, site: &str, version: &VersionRef) -> Result<Option<FailedEntry>, StoreError> {
+    async fn failed_entry(
+        &self,
+        site: &str,
+        version: &VersionRef,
+    ) -> Result<Option<FailedEntry>, StoreError> {
         check_name("site", site)?;
         let window_start = failed_window_start(self.now_ms());
         Ok(match self.tree.get(g_key(site, version))? {
@@ -452,7 +484,10 @@ impl StateStore for SledStore {
         check_name("site", site)?;
         let window_start = failed_window_start(self.now_ms());
         let mut total = 0;
-        for item in self.tree.range(h_key(site, window_start)..=h_key(site, u64::MAX)) {
+        for item in self
+            .tree
+            .range(h_key(site, window_start)..=h_key(site, u64::MAX))
+        {
             let (_, v) = item?;
             total += be_u64(&v);
         }
@@ -496,12 +531,24 @@ impl StateStore for SledStore {
 
     async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError> {
         check_name("site", site)?;
-        let ops = self.tree.get(p_key(site, b'o'))?.map(|v| be_i64(&v)).unwrap_or(0);
-        let bytes = self.tree.get(p_key(site, b'b'))?.map(|v| be_i64(&v)).unwrap_or(0);
+        let ops = self
+            .tree
+            .get(p_key(site, b'o'))?
+            .map(|v| be_i64(&v))
+            .unwrap_or(0);
+        let bytes = self
+            .tree
+            .get(p_key(site, b'b'))?
+            .map(|v| be_i64(&v))
+            .unwrap_or(0);
         Ok((ops, bytes))
     }
 
-    async fn pause_state(&self, service: &str, site: &str) -> Result<Option<PauseState>, StoreError> {
+    async fn pause_state(
+        &self,
+        service: &str,
+        site: &str,
+    ) -> Result<Option<PauseState>, StoreError> {
         check_name("service", service)?;
         match self.tree.get(s_key(service, site))? {
             Some(v) => serde_json::from_slice(&v)
@@ -511,7 +558,12 @@ impl StateStore for SledStore {
         }
     }
 
-    async fn set_pause_state(&self, service: &str, site: &str, state: PauseState) -> Result<(), StoreError> {
+    async fn set_pause_state(
+        &self,
+        service: &str,
+        site: &str,
+        state: PauseState,
+    ) -> Result<(), StoreError> {
         check_name("service", service)?;
         check_name("site", site)?;
         self.db.check()?;
@@ -603,7 +655,8 @@ impl StateStore for SledStore {
                 }
             }
             // Site metrics older than 24 h.
-            let oldest = metrics_bucket(now).saturating_sub((METRICS_BUCKETS as u64 - 1) * METRICS_BUCKET_MS);
+            let oldest = metrics_bucket(now)
+                .saturating_sub((METRICS_BUCKETS as u64 - 1) * METRICS_BUCKET_MS);
             for item in tree.scan_prefix(b"M") {
                 let (k, _) = item?;
                 let b = k.len().checked_sub(8).map(|i| be_u64(&k[i..])).unwrap_or(0);
