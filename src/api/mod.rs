@@ -8,6 +8,12 @@
 //! 5. query validation -> 400 InvalidQueryParameter;
 //! 6. body validation -> 400 MalformedPOSTRequest;
 //! 7. store or log unusable -> 500 InternalError.
+//!
+//! Modules: [`router`] (the route table, matching, dispatch; its rows are the OpenAPI
+//! document's operations, `openapi.json`), [`health`], [`metrics`] (JSON metrics),
+//! [`failed`] (failed CRR list/get/retry), [`pause`] (pause/resume/schedule/status, through
+//! [`Control`]), [`object`] (our version view and S3 notification intake), [`monitoring`]
+//! (Prometheus text), [`error`].
 
 pub mod error;
 pub mod failed;
