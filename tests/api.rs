@@ -1074,6 +1074,25 @@ async fn s3_notifications_reach_the_intake() {
 }
 
 #[tokio::test]
+async fn s3_notifications_without_a_source_are_503() {
+    let api = TestApi::start_without_intake(&["site1"], T0).await;
+    let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#;
+    let r = api.call("POST", "notifications/s3", Some(body)).await;
+    assert_eq!(r.status, 503);
+    let e = r.json();
+    assert_eq!(e["ServiceUnavailable"], true);
+    assert_eq!(e["description"], "no source configured");
+    // Body validation still comes first.
+    assert_eq!(
+        api.call("POST", "notifications/s3", Some(b"x"))
+            .await
+            .status,
+        400
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn prometheus_exposition() {
     let api = TestApi::start(&["site1", "site2"], T0 + 60_000).await;
     seed_reference_fixture(&api).await;
