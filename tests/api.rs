@@ -743,6 +743,59 @@ async fn force_retry_requeues_expired_failures_and_stuck_pending_versions() {
 }
 
 #[tokio::test]
+async fn an_interrupted_retry_is_requeued_by_the_next_one() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    // The state a crash between the retry's first step and its append leaves: PENDING,
+    // counted, still in the failed set, nothing queued.
+    let v = VersionRef::new("b", "interrupted", "1");
+    let mut info = failed_info(&["site1", "site2"], "site1", 9);
+    info.set_site_status("site1", ReplicationStatus::Pending, None);
+    let stale = VersionRef::new("b", "stale", "1");
+    let mut done = failed_info(&["site1", "site2"], "site1", 9);
+    done.set_site_status("site1", ReplicationStatus::Completed, Some("r"));
+    let ops = vec![
+        StoreOp::PutReplication {
+            version: v.clone(),
+            info,
+        },
+        StoreOp::AddFailed {
+            site: "site1".into(),
+            version: v.clone(),
+            score_ms: T0 - 1,
+        },
+        StoreOp::AddPending {
+            site: "site1".into(),
+            ops: 1,
+            bytes: 9,
+        },
+        StoreOp::PutReplication {
+            version: stale.clone(),
+            info: done,
+        },
+        StoreOp::AddFailed {
+            site: "site1".into(),
+            version: stale.clone(),
+            score_ms: T0 - 2,
+        },
+    ];
+    assert!(api.store.apply(vec![], ops).await.unwrap());
+    let body = br#"[{"Bucket":"b","Key":"interrupted","VersionId":"1","StorageClass":"site1"},
+                    {"Bucket":"b","Key":"stale","VersionId":"1","StorageClass":"site1"}]"#;
+    let r = api.call("POST", "crr/failed", Some(body)).await.json();
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["Key"], "interrupted");
+    assert_eq!(log_end(&api).await, 1);
+    assert_eq!(api.store.pending("site1").await.unwrap(), (1, 9));
+    // Both entries left the failed set: one re-queued, the stale COMPLETED one dropped.
+    assert_eq!(api.store.failed_count("site1").await.unwrap(), 0);
+    assert_eq!(
+        site_status(&api, &stale, "site1").await,
+        ReplicationStatus::Completed
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn retry_of_50_sites_answers_50() {
     let sites: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
     let names: Vec<&str> = sites.iter().map(String::as_str).collect();
