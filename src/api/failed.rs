@@ -191,12 +191,14 @@ fn lock_name(req: &RetryRequest) -> String {
     name
 }
 
-/// `POST crr/failed`.
+/// `POST crr/failed`, with the body validated by [`parse_retry_body`].
 ///
 /// # Errors
-/// 400 MalformedPOSTRequest on a bad body; 500 InternalError when the log or store fails.
-pub async fn retry(state: &std::sync::Arc<AppState>, body: &[u8]) -> Result<Value, ApiError> {
-    let requests = parse_retry_body(body)?;
+/// 500 InternalError when the log or store fails.
+pub async fn retry(
+    state: &std::sync::Arc<AppState>,
+    requests: Vec<RetryRequest>,
+) -> Result<Value, ApiError> {
     let mut results: Vec<Option<Value>> = vec![None; requests.len()];
     let mut set = JoinSet::new();
     let mut first_error = None;
