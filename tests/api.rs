@@ -371,11 +371,18 @@ async fn route_matrix() {
         ("GET", "/_/configuration/workflows", 404),
         ("GET", "/_/metrics/crr/%ZZ", 404),
     ];
+    let h = request(api.addr, "POST", "/_/healthcheck", None).await;
+    assert_eq!(h.header("allow"), Some("GET"));
+    let t = request(api.addr, "TRACE", "/_/crr/object/b/k", None).await;
+    assert_eq!(t.header("allow"), Some("GET, HEAD"));
     for (method, path, status) in cases {
         let r = request(api.addr, method, path, None).await;
         assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
         if *method != "HEAD" {
             assert!(r.header("content-type").is_some(), "{method} {path}");
+        }
+        if r.status == 405 {
+            assert!(r.header("allow").is_some(), "{method} {path}");
         }
         if r.status >= 400 && *method != "HEAD" {
             let body = r.json();

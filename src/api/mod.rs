@@ -156,10 +156,17 @@ pub async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match dispatch(&state, peer, req).await {
+    let mut resp = match dispatch(&state, peer, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110: a 405 lists the methods the resource supports.
+        let allow = router::allowed_methods(&path).join(", ");
+        if let Ok(v) = header::HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "API request.");
     if method == Method::HEAD {
         let (parts, _) = resp.into_parts();

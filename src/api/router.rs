@@ -328,6 +328,24 @@ fn match_template(
     (segments.len() == parts.len()).then_some((site, bucket, key))
 }
 
+/// The methods the route table serves at `path` (for the `Allow` header of a 405).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let Some(rest) = strip_prefix(path) else {
+        return Vec::new();
+    };
+    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
+    let Some(segments) = segments else {
+        return Vec::new();
+    };
+    let mut out: Vec<&'static str> = Vec::new();
+    for spec in ROUTES {
+        if match_template(spec.path, &segments).is_some() && !out.contains(&spec.method) {
+            out.push(spec.method);
+        }
+    }
+    out
+}
+
 /// Matches a request to a route.
 ///
 /// # Errors
