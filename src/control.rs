@@ -160,3 +160,25 @@ async fn fire_due(store: &dyn StateStore, control: &Control, sites: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_see_published_states() {
+        let control = Control::new();
+        let mut early = control.subscribe("s1");
+        assert!(!early.borrow().paused);
+        let paused = PauseState {
+            paused: true,
+            scheduled_resume_ms: Some(5),
+        };
+        control.publish("s1", paused);
+        assert!(early.has_changed().unwrap());
+        assert_eq!(*early.borrow_and_update(), paused);
+        assert_eq!(*control.subscribe("s1").borrow(), paused);
+        assert_eq!(control.current("s1"), paused);
+        assert_eq!(control.current("s2"), PauseState::default());
+    }
+}

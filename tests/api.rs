@@ -357,14 +357,32 @@ async fn route_matrix() {
         ("GET", "/_/notifications/s3", 404),
         ("GET", "/_/notifications/s", 404),
         ("GET", "/_/openapi.json", 200),
+        ("HEAD", "/_/healthcheck", 405),
+        ("HEAD", "/_/metrics/crr/all", 404),
+        ("DELETE", "/_/crr/resume", 200),
+        ("DELETE", "/_/crr/resume/all/schedule", 200),
+        ("POST", "/_/crr/resume/all/schedule", 200),
+        ("GET", "/_/crr/resume/all", 200),
+        ("POST", "/_/backbeat/api/crr/pause/all", 200),
+        ("POST", "/_/crr/resume", 200),
+        ("GET", "/_/backbeat/api", 404),
+        ("GET", "/_/", 404),
+        ("GET", "/", 404),
         ("GET", "/_/configuration/workflows", 404),
         ("GET", "/_/metrics/crr/%ZZ", 404),
     ];
+    let h = request(api.addr, "POST", "/_/healthcheck", None).await;
+    assert_eq!(h.header("allow"), Some("GET"));
+    let t = request(api.addr, "TRACE", "/_/crr/object/b/k", None).await;
+    assert_eq!(t.header("allow"), Some("GET, HEAD"));
     for (method, path, status) in cases {
         let r = request(api.addr, method, path, None).await;
         assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
         if *method != "HEAD" {
             assert!(r.header("content-type").is_some(), "{method} {path}");
+        }
+        if r.status == 405 {
+            assert!(r.header("allow").is_some(), "{method} {path}");
         }
         if r.status >= 400 && *method != "HEAD" {
             let body = r.json();
@@ -732,6 +750,59 @@ async fn force_retry_requeues_expired_failures_and_stuck_pending_versions() {
 }
 
 #[tokio::test]
+async fn an_interrupted_retry_is_requeued_by_the_next_one() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    // The state a crash between the retry's first step and its append leaves: PENDING,
+    // counted, still in the failed set, nothing queued.
+    let v = VersionRef::new("b", "interrupted", "1");
+    let mut info = failed_info(&["site1", "site2"], "site1", 9);
+    info.set_site_status("site1", ReplicationStatus::Pending, None);
+    let stale = VersionRef::new("b", "stale", "1");
+    let mut done = failed_info(&["site1", "site2"], "site1", 9);
+    done.set_site_status("site1", ReplicationStatus::Completed, Some("r"));
+    let ops = vec![
+        StoreOp::PutReplication {
+            version: v.clone(),
+            info,
+        },
+        StoreOp::AddFailed {
+            site: "site1".into(),
+            version: v.clone(),
+            score_ms: T0 - 1,
+        },
+        StoreOp::AddPending {
+            site: "site1".into(),
+            ops: 1,
+            bytes: 9,
+        },
+        StoreOp::PutReplication {
+            version: stale.clone(),
+            info: done,
+        },
+        StoreOp::AddFailed {
+            site: "site1".into(),
+            version: stale.clone(),
+            score_ms: T0 - 2,
+        },
+    ];
+    assert!(api.store.apply(vec![], ops).await.unwrap());
+    let body = br#"[{"Bucket":"b","Key":"interrupted","VersionId":"1","StorageClass":"site1"},
+                    {"Bucket":"b","Key":"stale","VersionId":"1","StorageClass":"site1"}]"#;
+    let r = api.call("POST", "crr/failed", Some(body)).await.json();
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["Key"], "interrupted");
+    assert_eq!(log_end(&api).await, 1);
+    assert_eq!(api.store.pending("site1").await.unwrap(), (1, 9));
+    // Both entries left the failed set: one re-queued, the stale COMPLETED one dropped.
+    assert_eq!(api.store.failed_count("site1").await.unwrap(), 0);
+    assert_eq!(
+        site_status(&api, &stale, "site1").await,
+        ReplicationStatus::Completed
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn retry_of_50_sites_answers_50() {
     let sites: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
     let names: Vec<&str> = sites.iter().map(String::as_str).collect();
@@ -1059,6 +1130,25 @@ async fn s3_notifications_reach_the_intake() {
     let r = api.call("POST", "notifications/s3", Some(test_event)).await;
     assert_eq!(r.status, 200);
     assert_eq!(api.intake.got.lock().len(), 2);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn s3_notifications_without_a_source_are_503() {
+    let api = TestApi::start_without_intake(&["site1"], T0).await;
+    let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#;
+    let r = api.call("POST", "notifications/s3", Some(body)).await;
+    assert_eq!(r.status, 503);
+    let e = r.json();
+    assert_eq!(e["ServiceUnavailable"], true);
+    assert_eq!(e["description"], "no source configured");
+    // Body validation still comes first.
+    assert_eq!(
+        api.call("POST", "notifications/s3", Some(b"x"))
+            .await
+            .status,
+        400
+    );
     api.stop().await;
 }
 

@@ -8,15 +8,22 @@
 //! A retry of `(version, site)`:
 //! 1. takes the retry lock (with a TTL, so a crashed retry never blocks the version forever);
 //! 2. without `ForceRetry`, the pair must be in the failed set;
-//! 3. the site must be FAILED in the version's info, or, with `ForceRetry` only, PENDING (a
-//!    stuck version is re-queued without touching the counters, which already count it);
-//!    anything else (COMPLETED, unknown site, no info) is skipped;
-//! 4. appends the retry entry to `backbeat-replication` *before* the store update, so a crash
-//!    in between re-queues at worst (at-least-once), never loses the retry;
-//! 5. for a FAILED site, one atomic update guarded by "site is FAILED": site PENDING, out of
-//!    the failed set, pending counters +1 op / +size; a concurrent change makes the guard fail
-//!    and the element is left out of the answer (the extra log entry is a harmless duplicate);
+//! 3. a FAILED site: one atomic update guarded by "site is FAILED" sets it PENDING and adds
+//!    1 op / size to the pending counters, *keeping* the failed-set entry; then the retry entry
+//!    is appended to `backbeat-replication`; then the failed-set entry is removed (guarded by
+//!    "site is PENDING or COMPLETED", so a new failure recorded meanwhile stays listed).
+//!    The site is PENDING before its entry is queued, so the status processor's "site is
+//!    PENDING" guard always accepts the outcome, however fast the copy is. A crash between the
+//!    steps leaves the version PENDING *and* listed as failed: the next retry of it (step 4)
+//!    re-queues it, so a retry is never lost (at-least-once) and never counted twice;
+//! 4. a PENDING site still in the failed set (an interrupted retry), or any PENDING site with
+//!    `ForceRetry` (a stuck version): the entry is appended again, counters untouched;
+//! 5. anything else (COMPLETED, unknown site, no info) is skipped; a COMPLETED site's stale
+//!    failed entry is dropped;
 //! 6. releases the lock.
+//!
+//! A skipped element is left out of the answer; the answer lists the re-queued ones with
+//! `"ReplicationStatus": "PENDING"`.
 
 use std::collections::HashSet;
 
@@ -184,12 +191,14 @@ fn lock_name(req: &RetryRequest) -> String {
     name
 }
 
-/// `POST crr/failed`.
+/// `POST crr/failed`, with the body validated by [`parse_retry_body`].
 ///
 /// # Errors
-/// 400 MalformedPOSTRequest on a bad body; 500 InternalError when the log or store fails.
-pub async fn retry(state: &std::sync::Arc<AppState>, body: &[u8]) -> Result<Value, ApiError> {
-    let requests = parse_retry_body(body)?;
+/// 500 InternalError when the log or store fails.
+pub async fn retry(
+    state: &std::sync::Arc<AppState>,
+    requests: Vec<RetryRequest>,
+) -> Result<Value, ApiError> {
     let mut results: Vec<Option<Value>> = vec![None; requests.len()];
     let mut set = JoinSet::new();
     let mut first_error = None;
@@ -250,7 +259,20 @@ async fn retry_one(state: &AppState, req: &RetryRequest) -> Result<Option<Value>
     res
 }
 
+fn site_guard(v: &VersionRef, site: &str, any_of: Vec<ReplicationStatus>) -> Guard {
+    Guard::SiteStatus {
+        version: v.clone(),
+        site: site.to_string(),
+        any_of,
+    }
+}
+
+fn size_i64(info: &ReplicationInfo) -> i64 {
+    i64::try_from(info.size).unwrap_or(i64::MAX)
+}
+
 async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Value>, ApiError> {
+    use ReplicationStatus::{Completed, Failed, Pending};
     let store = &state.store;
     let (v, site) = (&req.version, req.site.as_str());
     let in_failed_set = match store.failed_entry(site, v).await {
@@ -261,29 +283,112 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     if !req.force && !in_failed_set {
         return Ok(None);
     }
+    let remove_failed = || StoreOp::RemoveFailed {
+        site: site.to_string(),
+        version: v.clone(),
+    };
     let Some(info) = store.replication(v).await.map_err(store_error)? else {
         if in_failed_set && !req.force {
             // The original removes a member whose metadata cannot be fetched.
             store
-                .apply(
-                    vec![],
-                    vec![StoreOp::RemoveFailed {
-                        site: site.to_string(),
-                        version: v.clone(),
-                    }],
-                )
+                .apply(vec![], vec![remove_failed()])
                 .await
                 .map_err(store_error)?;
         }
         return Ok(None);
     };
-    let status = info.site(site).map(|s| s.status);
-    let requeue_only = match status {
-        Some(ReplicationStatus::Failed) => false,
-        Some(ReplicationStatus::Pending) if req.force => true,
+    match info.site(site).map(|s| s.status) {
+        Some(Failed) => {
+            // Step 1: PENDING and counted, still listed as failed until the entry is queued.
+            let applied = store
+                .apply(
+                    vec![site_guard(v, site, vec![Failed])],
+                    vec![
+                        StoreOp::SetSiteStatus {
+                            version: v.clone(),
+                            site: site.to_string(),
+                            status: Pending,
+                            data_store_version_id: None,
+                        },
+                        StoreOp::AddPending {
+                            site: site.to_string(),
+                            ops: 1,
+                            bytes: size_i64(&info),
+                        },
+                    ],
+                )
+                .await
+                .map_err(store_error)?;
+            if !applied {
+                return Ok(None);
+            }
+            if let Err(e) = append_retry(state, v, &info, site).await {
+                // Best effort back to FAILED; if this fails too, the version stays PENDING and
+                // in the failed set, and the next retry re-queues it.
+                let undo = store
+                    .apply(
+                        vec![site_guard(v, site, vec![Pending])],
+                        vec![
+                            StoreOp::SetSiteStatus {
+                                version: v.clone(),
+                                site: site.to_string(),
+                                status: Failed,
+                                data_store_version_id: None,
+                            },
+                            StoreOp::AddPending {
+                                site: site.to_string(),
+                                ops: -1,
+                                bytes: -size_i64(&info),
+                            },
+                        ],
+                    )
+                    .await;
+                if let Err(u) = undo {
+                    tracing::warn!(error = %u, site, version = %v, "Cannot undo a retry.");
+                }
+                return Err(e);
+            }
+        }
+        // PENDING and still in the failed set: a retry interrupted between its two steps;
+        // with ForceRetry, a stuck version. Re-queued; the counters already count it.
+        Some(Pending) if in_failed_set || req.force => append_retry(state, v, &info, site).await?,
+        Some(Completed) if in_failed_set => {
+            // A stale failed entry: drop it, nothing to retry.
+            store
+                .apply(
+                    vec![site_guard(v, site, vec![Completed])],
+                    vec![remove_failed()],
+                )
+                .await
+                .map_err(store_error)?;
+            return Ok(None);
+        }
         _ => return Ok(None),
-    };
-    let entry = QueueEntry::retry(v, &info, site);
+    }
+    // Step 2: out of the failed set, unless the site already failed again meanwhile.
+    store
+        .apply(
+            vec![site_guard(v, site, vec![Pending, Completed])],
+            vec![remove_failed()],
+        )
+        .await
+        .map_err(store_error)?;
+    tracing::info!(site, version = %v, force = req.force, "Failed version re-queued.");
+    let mut out = version_json(v, site, &info);
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("ReplicationStatus".into(), "PENDING".into());
+    }
+    Ok(Some(out))
+}
+
+/// Appends the original's retry entry of `(v, site)` to `backbeat-replication`.
+async fn append_retry(
+    state: &AppState,
+    v: &VersionRef,
+    info: &ReplicationInfo,
+    site: &str,
+) -> Result<(), ApiError> {
+    let entry = QueueEntry::retry(v, info, site);
     state
         .log
         .append(
@@ -291,48 +396,11 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
             vec![Record::new(entry.log_key(), entry.encode())],
         )
         .await
+        .map(|_| ())
         .map_err(|e| {
             tracing::warn!(error = %e, "Cannot append a retry entry.");
             ApiError::internal(format!("error connecting to internal client: {e}"))
-        })?;
-    if !requeue_only {
-        let applied = store
-            .apply(
-                vec![Guard::SiteStatus {
-                    version: v.clone(),
-                    site: site.to_string(),
-                    any_of: vec![ReplicationStatus::Failed],
-                }],
-                vec![
-                    StoreOp::SetSiteStatus {
-                        version: v.clone(),
-                        site: site.to_string(),
-                        status: ReplicationStatus::Pending,
-                        data_store_version_id: None,
-                    },
-                    StoreOp::RemoveFailed {
-                        site: site.to_string(),
-                        version: v.clone(),
-                    },
-                    StoreOp::AddPending {
-                        site: site.to_string(),
-                        ops: 1,
-                        bytes: i64::try_from(info.size).unwrap_or(i64::MAX),
-                    },
-                ],
-            )
-            .await
-            .map_err(store_error)?;
-        if !applied {
-            return Ok(None);
-        }
-    }
-    tracing::info!(site, version = %v, force = req.force, "Failed version re-queued.");
-    let mut out = version_json(v, site, &info);
-    if let Some(obj) = out.as_object_mut() {
-        obj.insert("ReplicationStatus".into(), "PENDING".into());
-    }
-    Ok(Some(out))
+        })
 }
 
 #[cfg(test)]

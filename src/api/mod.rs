@@ -8,6 +8,12 @@
 //! 5. query validation -> 400 InvalidQueryParameter;
 //! 6. body validation -> 400 MalformedPOSTRequest;
 //! 7. store or log unusable -> 500 InternalError.
+//!
+//! Modules: [`router`] (the route table, matching, dispatch; its rows are the OpenAPI
+//! document's operations, `openapi.json`), [`health`], [`metrics`] (JSON metrics),
+//! [`failed`] (failed CRR list/get/retry), [`pause`] (pause/resume/schedule/status, through
+//! [`Control`]), [`object`] (our version view and S3 notification intake), [`monitoring`]
+//! (Prometheus text), [`error`].
 
 pub mod error;
 pub mod failed;
@@ -150,10 +156,17 @@ pub async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match dispatch(&state, peer, req).await {
+    let mut resp = match dispatch(&state, peer, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110: a 405 lists the methods the resource supports.
+        let allow = router::allowed_methods(&path).join(", ");
+        if let Ok(v) = header::HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "API request.");
     if method == Method::HEAD {
         let (parts, _) = resp.into_parts();

@@ -95,12 +95,11 @@ pub fn parse_hours(body: &[u8]) -> Result<f64, ApiError> {
     }
 }
 
-/// `POST crr/resume/<site>/schedule`.
+/// `POST crr/resume/<site>/schedule`, `hours` from [`parse_hours`].
 ///
 /// # Errors
-/// 400 MalformedPOSTRequest on a bad body; 500 InternalError when the store fails.
-pub async fn schedule(state: &AppState, site: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let hours = parse_hours(body)?;
+/// 500 InternalError when the store fails.
+pub async fn schedule(state: &AppState, site: &str, hours: f64) -> Result<Value, ApiError> {
     let at = state
         .store
         .now_ms()

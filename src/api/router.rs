@@ -328,6 +328,24 @@ fn match_template(
     (segments.len() == parts.len()).then_some((site, bucket, key))
 }
 
+/// The methods the route table serves at `path` (for the `Allow` header of a 405).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let Some(rest) = strip_prefix(path) else {
+        return Vec::new();
+    };
+    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
+    let Some(segments) = segments else {
+        return Vec::new();
+    };
+    let mut out: Vec<&'static str> = Vec::new();
+    for spec in ROUTES {
+        if match_template(spec.path, &segments).is_some() && !out.contains(&spec.method) {
+            out.push(spec.method);
+        }
+    }
+    out
+}
+
 /// Matches a request to a route.
 ///
 /// # Errors
@@ -421,6 +439,23 @@ pub fn parse_marker(s: &str) -> Option<i128> {
     Some(if neg { -n } else { n })
 }
 
+/// The original's dependency check (reference 1.2 step 6): the log and the state store must
+/// accept writes, else 500 InternalError.
+fn dependencies_ok(state: &AppState) -> Result<(), ApiError> {
+    let log = state.log.check().err().map(|e| e.to_string());
+    let store = state.store.check().err().map(|e| e.to_string());
+    match (log, store) {
+        (None, None) => Ok(()),
+        (l, s) => {
+            let what: Vec<String> = l.into_iter().chain(s).collect();
+            Err(ApiError::internal(format!(
+                "error connecting to internal client: {}",
+                what.join("; ")
+            )))
+        }
+    }
+}
+
 /// Runs a matched route.
 ///
 /// # Errors
@@ -431,6 +466,21 @@ pub async fn run(
     body: Bytes,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
+    // Body validation (400) before the dependency check (500), as the original's pipeline.
+    let retries = match route.id {
+        R::Retry => failed::parse_retry_body(&body)?,
+        _ => Vec::new(),
+    };
+    let hours = match route.id {
+        R::ScheduleResume => pause::parse_hours(&body)?,
+        _ => pause::DEFAULT_RESUME_HOURS,
+    };
+    if !matches!(
+        route.id,
+        R::Healthcheck | R::OpenApi | R::Monitoring | R::NotifyS3
+    ) {
+        dependencies_ok(state)?;
+    }
     match route.id {
         R::Healthcheck => match health::healthcheck(state).await {
             Ok(body) => ok(body),
@@ -467,10 +517,10 @@ pub async fn run(
             Some(v) => ok(failed::of_version(state, &v).await?),
             None => ok(failed::list(state, &route).await?),
         },
-        R::Retry => ok(failed::retry(state, &body).await?),
+        R::Retry => ok(failed::retry(state, retries).await?),
         R::Pause => ok(pause::pause(state, &route.site).await?),
         R::Resume => ok(pause::resume(state, &route.site).await?),
-        R::ScheduleResume => ok(pause::schedule(state, &route.site, &body).await?),
+        R::ScheduleResume => ok(pause::schedule(state, &route.site, hours).await?),
         R::CancelSchedule => ok(pause::cancel_schedule(state, &route.site).await?),
         R::GetSchedule => ok(pause::get_schedule(state, &route.site).await?),
         R::Status => ok(pause::status(state, &route.site).await?),

@@ -86,9 +86,30 @@ impl TestApi {
         toml: String,
         clock: Arc<ManualClock>,
     ) -> TestApi {
+        TestApi::start_in_with(dir, toml, clock, true).await
+    }
+
+    /// An engine without an intake (no source configured).
+    pub async fn start_without_intake(sites: &[&str], now_ms: u64) -> TestApi {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let toml = config_text(dir.path(), sites, "");
+        TestApi::start_in_with(dir, toml, ManualClock::new(now_ms), false).await
+    }
+
+    async fn start_in_with(
+        dir: Arc<tempfile::TempDir>,
+        toml: String,
+        clock: Arc<ManualClock>,
+        with_intake: bool,
+    ) -> TestApi {
         let config = Config::parse(&toml).expect("valid test config");
         let intake = Arc::new(RecordingIntake::default());
-        let engine = Engine::start_with_intake(config, clock.clone(), Some(intake.clone()))
+        let given: Option<Arc<dyn Intake>> = if with_intake {
+            Some(intake.clone())
+        } else {
+            None
+        };
+        let engine = Engine::start_with_intake(config, clock.clone(), given)
             .await
             .expect("engine starts");
         TestApi {
