@@ -17,7 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, LogKind, StoreKind};
+use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
+use crate::intake::Intake;
 use crate::log::{Log, LogError, SledLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::store::{SledStore, StateStore, StoreError};
 
@@ -61,6 +63,8 @@ pub struct Engine {
     pub log: Arc<dyn Log>,
     /// The store.
     pub store: Arc<dyn StateStore>,
+    /// The per-site pause channels (replication processors subscribe here).
+    pub control: Arc<Control>,
     root: CancellationToken,
     api_tracker: TaskTracker,
     background: TaskTracker,
@@ -85,6 +89,18 @@ impl Engine {
     /// # Errors
     /// `AppError` when storage cannot be opened or the API cannot bind.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Engine, AppError> {
+        Engine::start_with_intake(config, clock, None).await
+    }
+
+    /// As [`Engine::start`], with the intake `POST notifications/s3` hands versions to.
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with_intake(
+        config: Config,
+        clock: SharedClock,
+        intake: Option<Arc<dyn Intake>>,
+    ) -> Result<Engine, AppError> {
         let config = Arc::new(config);
         let st = &config.storage;
         let needs_sled = st.log == LogKind::Sled || st.store == StoreKind::Sled;
@@ -162,8 +178,21 @@ impl Engine {
         let root = CancellationToken::new();
         let api_tracker = TaskTracker::new();
         let background = TaskTracker::new();
-        let state = Arc::new(AppState::new(config.clone(), log.clone(), store.clone()));
-        api_tracker.spawn(api::serve(listener, state, root.child_token()));
+        let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
+        let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone());
+        if let Some(intake) = intake {
+            state = state.with_intake(intake);
+        }
+        api_tracker.spawn(api::serve(listener, Arc::new(state), root.child_token()));
+
+        // Scheduled resumes (also those set before a restart).
+        background.spawn(control::run_scheduler(
+            store.clone(),
+            control.clone(),
+            sites,
+            root.child_token(),
+        ));
 
         // Retention of consumed records and expiry of old state.
         {
@@ -208,6 +237,7 @@ impl Engine {
             api_addr,
             log,
             store,
+            control,
             root,
             api_tracker,
             background,
