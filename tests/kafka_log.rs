@@ -5,9 +5,6 @@
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// The peers helper locks its install directory with `File::lock` (Rust 1.89; the toolchain here
-// is newer than the declared MSRV).
-#[allow(clippy::incompatible_msrv)]
 mod common;
 mod conformance;
 
