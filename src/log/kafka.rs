@@ -844,7 +844,13 @@ impl Consumer for KafkaConsumer {
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => None,
             Ok(Ok(m)) => Some(to_delivery(&m)),
-            Ok(Err(e)) => return Err(storage(e)),
+            // librdkafka recovers from everything but a fatal error (broker restarts, leader
+            // moves): report it and let the caller poll again.
+            Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error; polling again.");
+                None
+            }
         };
         if let Some(d) = first {
             out.push(d);
