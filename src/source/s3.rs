@@ -3,7 +3,8 @@
 //! - `list_versions`: `ListObjectVersions` (`encoding-type=url`, so any key survives XML), one
 //!   page per call. The cursor is a JSON array `[key-marker, version-id-marker]`; delete markers
 //!   are listed with `is_delete_marker`.
-//! - `head`: `HeadObject?versionId=` (`null` for non-versioned objects) plus
+//! - `head`: `HeadObject?versionId=` (the `null` version is asked without `versionId` and
+//!   accepted only if the answer has no other version id) plus
 //!   `GetObjectTagging` when the object has tags. A delete marker (405 with
 //!   `x-amz-delete-marker: true`) is reported as one.
 //! - `get`: `GetObject?versionId=`, ranged with `Range: bytes=s-e`, streamed.
@@ -19,7 +20,7 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFI
 use hyper::{HeaderMap, Method};
 
 use super::{ByteStream, ObjectInfo, Rule, Source, SourceError, VersionPage};
-use crate::model::VersionRef;
+use crate::model::{VersionRef, NULL_VERSION};
 use crate::s3::{http_date_to_iso, uri_decode, S3Client, S3Error, S3ErrorKind, S3Request, Xml};
 
 /// Default versions per listing page (S3's maximum).
@@ -60,9 +61,10 @@ impl S3Source {
     }
 
     async fn tags(&self, v: &VersionRef) -> Result<BTreeMap<String, String>, SourceError> {
-        let req = S3Request::new(Method::GET, &v.bucket, Some(&v.key))
-            .flag("tagging")
-            .query("versionId", v.version_id.clone());
+        let req = with_version(
+            S3Request::new(Method::GET, &v.bucket, Some(&v.key)).flag("tagging"),
+            &v.version_id,
+        );
         let (_, xml) = self.client.send_xml(req).await.map_err(to_source)?;
         Ok(parse_tags(&xml))
     }
@@ -181,6 +183,29 @@ pub fn parse_versions(bucket: &str, xml: &Xml) -> Result<VersionPage, SourceErro
     Ok(VersionPage { versions, next })
 }
 
+/// Adds `versionId` for a real version id. The `null` version is asked for without it (moto,
+/// like some S3 servers, refuses `versionId=null` on unversioned buckets); the answer's
+/// `x-amz-version-id` is then checked by [`is_null_version`].
+fn with_version<'a>(req: S3Request<'a>, vid: &str) -> S3Request<'a> {
+    if vid == NULL_VERSION {
+        req
+    } else {
+        req.query("versionId", vid.to_string())
+    }
+}
+
+/// Whether an answer asked without `versionId` is the `null` version (no version id, or
+/// `null`), rather than a newer version of a versioned bucket.
+fn is_null_version(headers: &HeaderMap) -> bool {
+    match headers
+        .get("x-amz-version-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(v) => v.is_empty() || v == NULL_VERSION,
+    }
+}
+
 fn info_from_head(v: &VersionRef, headers: &HeaderMap) -> ObjectInfo {
     let get = |n: &str| headers.get(n).and_then(|h| h.to_str().ok());
     let mut user_metadata = BTreeMap::new();
@@ -239,8 +264,10 @@ impl Source for S3Source {
     }
 
     async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError> {
-        let req = S3Request::new(Method::HEAD, &version.bucket, Some(&version.key))
-            .query("versionId", version.version_id.clone());
+        let req = with_version(
+            S3Request::new(Method::HEAD, &version.bucket, Some(&version.key)),
+            &version.version_id,
+        );
         let headers = match self.client.send(req).await {
             Ok(resp) => resp.headers().clone(),
             Err(e) if e.status == Some(404) && e.kind != S3ErrorKind::NoSuchBucket => {
@@ -254,6 +281,9 @@ impl Source for S3Source {
             }
             Err(e) => return Err(to_source(e)),
         };
+        if version.version_id == NULL_VERSION && !is_null_version(&headers) {
+            return Ok(None); // the null version is no longer the current one
+        }
         let mut info = info_from_head(version, &headers);
         let tag_count = headers
             .get("x-amz-tagging-count")
@@ -274,8 +304,10 @@ impl Source for S3Source {
         version: &VersionRef,
         range: Option<(u64, u64)>,
     ) -> Result<ByteStream, SourceError> {
-        let mut req = S3Request::new(Method::GET, &version.bucket, Some(&version.key))
-            .query("versionId", version.version_id.clone());
+        let mut req = with_version(
+            S3Request::new(Method::GET, &version.bucket, Some(&version.key)),
+            &version.version_id,
+        );
         if let Some((s, e)) = range {
             if s > e {
                 return Err(SourceError::Invalid(format!("empty range {s}-{e}")));
@@ -285,6 +317,11 @@ impl Source for S3Source {
             req = req.header(RANGE, v);
         }
         let resp = self.client.send(req).await.map_err(to_source)?;
+        if version.version_id == NULL_VERSION && !is_null_version(resp.headers()) {
+            return Err(SourceError::NotFound(format!(
+                "{version} is no longer the current version"
+            )));
+        }
         Ok(self.client.stream_body(resp.into_body()))
     }
 
