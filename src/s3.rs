@@ -9,9 +9,9 @@
 //! - Bodies are streamed (`Content-Length` set, `UNSIGNED-PAYLOAD`); response bodies are streams
 //!   with an idle timeout, and XML answers are read with a size cap.
 //! - Errors are classified here ([`S3ErrorKind`]), once, from the status and the S3 error code.
-//! - Only `http://` endpoints: TLS is not built in yet (an edge binary reaching a remote S3
-//!   goes through a local TLS-terminating proxy until it is). Environment variables such as
-//!   `AWS_CA_BUNDLE` or `AWS_PROFILE` are never read: credentials come from the configuration.
+//! - `http://` and `https://` endpoints; TLS by rustls with the Mozilla roots compiled in.
+//!   Environment variables such as `AWS_CA_BUNDLE` or `AWS_PROFILE` are never read:
+//!   credentials come from the configuration, trust from the bundled roots.
 
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -375,17 +376,25 @@ impl Default for S3Options {
     }
 }
 
-/// The pooled HTTP/1 client, with streaming request bodies.
-pub type HttpClient = Client<HttpConnector, UnsyncBoxBody<Bytes, std::io::Error>>;
+/// The pooled HTTP/1 client (http or https), with streaming request bodies.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UnsyncBoxBody<Bytes, std::io::Error>>;
 
 /// A pooled HTTP/1 client with a connect timeout (shared by the S3 and Azure adapters).
+/// `https://` goes through rustls (ring) with the Mozilla roots compiled in (webpki-roots):
+/// the system store and variables such as `AWS_CA_BUNDLE` are not read.
 pub fn http_client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let https = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+        .build(https)
 }
 
 /// A signed S3 client for one endpoint and one set of credentials.
@@ -428,9 +437,9 @@ impl S3Client {
         let (scheme, rest) = endpoint
             .split_once("://")
             .ok_or_else(|| format!("endpoint {endpoint:?} is not a URL"))?;
-        if scheme != "http" {
+        if scheme != "http" && scheme != "https" {
             return Err(format!(
-                "endpoint {endpoint:?}: only http:// is supported (no TLS built in yet)"
+                "endpoint {endpoint:?} is not an http:// or https:// URL"
             ));
         }
         let (authority, base_path) = match rest.find('/') {
@@ -796,6 +805,39 @@ mod tests {
         assert_eq!(x.path(&["C", "D"]), Some("d"));
         assert!(Xml::parse(b"<R><A></R>").is_err());
         assert!(Xml::parse(b"").is_err());
+    }
+
+    #[test]
+    fn path_and_virtual_host_urls() {
+        let mut opts = S3Options::default();
+        let c = S3Client::new(
+            "http://127.0.0.1:9000/base/",
+            "us-east-1",
+            "ak",
+            "sk",
+            opts.clone(),
+        )
+        .unwrap();
+        let q = [("versionId", Some("a+b".to_string())), ("uploads", None)];
+        assert_eq!(
+            c.url("bkt", Some("k x/é"), &q),
+            (
+                "127.0.0.1:9000".to_string(),
+                "http://127.0.0.1:9000/base/bkt/k%20x/%C3%A9?versionId=a%2Bb&uploads".to_string()
+            )
+        );
+        opts.path_style = false;
+        let c = S3Client::new("https://s3.example.com", "eu-west-1", "ak", "sk", opts).unwrap();
+        assert_eq!(
+            c.url("bkt", Some("k"), &[]),
+            (
+                "bkt.s3.example.com".to_string(),
+                "https://bkt.s3.example.com/k".to_string()
+            )
+        );
+        assert_eq!(c.url("bkt", None, &[]).1, "https://bkt.s3.example.com/");
+        assert!(S3Client::new("ftp://x", "r", "a", "s", S3Options::default()).is_err());
+        assert!(S3Client::new("http://", "r", "a", "s", S3Options::default()).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `azure` site: Azure Blob Storage block blobs, shared-key authentication.
 //!
 //! Requests are signed by `object_store`'s [`AzureAuthorizer`] (built with only its
-//! `azure-base` and `ring` features: no reqwest, no TLS stack) and sent, streaming, through the
-//! same hyper-util client as the S3 code. The endpoint is the account URL, e.g.
+//! `azure-base` and `ring` features: no reqwest, no second TLS stack) and sent, streaming,
+//! through the same hyper-util client (rustls for `https://`) as the S3 code. The endpoint is the account URL, e.g.
 //! `https://<account>.blob.core.windows.net` or, for Azurite,
 //! `http://127.0.0.1:10000/devstoreaccount1`.
 //!
@@ -129,9 +129,9 @@ impl AzureSite {
         key: &str,
         container: &str,
     ) -> Result<AzureSite, String> {
-        if !endpoint.starts_with("http://") {
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             return Err(format!(
-                "endpoint {endpoint:?}: only http:// is supported (no TLS built in yet)"
+                "endpoint {endpoint:?} is not an http:// or https:// URL"
             ));
         }
         let key = AzureAccessKey::try_new(key).map_err(|e| format!("account key: {e}"))?;
