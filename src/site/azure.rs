@@ -112,6 +112,7 @@ impl std::fmt::Debug for AzureSite {
 
 /// Azure's answer, classified.
 struct AzureError {
+    retry_after: Option<Duration>,
     status: Option<u16>,
     code: String,
     detail: String,
@@ -176,6 +177,7 @@ impl AzureSite {
         small: Option<Bytes>,
     ) -> Result<Response<Incoming>, AzureError> {
         let transient = |detail: String| AzureError {
+            retry_after: None,
             status: None,
             code: String::new(),
             detail,
@@ -221,6 +223,12 @@ impl AzureSite {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let mut code = resp
             .headers()
             .get("x-ms-error-code")
@@ -248,6 +256,7 @@ impl AzureSite {
             }
         }
         Err(AzureError {
+            retry_after,
             status: Some(status),
             detail: format!("HTTP {status} {code}: {message}"),
             code,
@@ -261,12 +270,10 @@ impl AzureSite {
                 site,
                 detail: e.detail,
             },
-            (_, "ServerBusy" | "OperationTimedOut") | (Some(429 | 503), _) => {
-                SiteError::Throttled {
-                    site,
-                    retry_after: None,
-                }
-            }
+            (_, "ServerBusy") | (Some(429 | 503), _) => SiteError::Throttled {
+                site,
+                retry_after: e.retry_after,
+            },
             (_, "ContainerNotFound") => SiteError::NoSuchBucket {
                 site,
                 bucket: self.container.clone(),

@@ -236,3 +236,46 @@ pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(toml_text: &str) -> SiteConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn factory_builds_each_kind_and_names_missing_fields() {
+        let dir = tempfile_dir();
+        let file = site(&format!(
+            "name = \"local\"\ntype = \"file\"\npath = {:?}",
+            dir.display()
+        ));
+        let built = build_site(&file).unwrap();
+        assert_eq!((built.name(), built.kind()), ("local", SiteKind::File));
+
+        std::env::set_var("BACKBEAT_TEST_SITE_SK", "secret");
+        let s3 = site(
+            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\n\
+             access_key = \"ak\"\nsecret_key_env = \"BACKBEAT_TEST_SITE_SK\"",
+        );
+        assert_eq!(build_site(&s3).unwrap().kind(), SiteKind::AwsS3);
+
+        let no_bucket = site("name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://h\"\naccess_key = \"a\"\nsecret_key = \"s\"");
+        let err = build_site(&no_bucket).err().unwrap().to_string();
+        assert!(err.contains("sites.aws.bucket"), "{err}");
+
+        let unset = site(
+            "name = \"az\"\ntype = \"azure\"\nendpoint = \"http://127.0.0.1:1/acct\"\naccount = \"acct\"\n\
+             container = \"c\"\nkey_env = \"BACKBEAT_TEST_UNSET_VARIABLE\"",
+        );
+        let err = build_site(&unset).err().unwrap().to_string();
+        assert!(err.contains("BACKBEAT_TEST_UNSET_VARIABLE"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("backbeat-site-factory-{}", std::process::id()))
+    }
+}
