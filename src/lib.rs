@@ -11,6 +11,7 @@
 //! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
 //! - [`error`]: the retry/fail disposition shared by adapters and stages.
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
+//! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod intake;
 pub mod log;
 pub mod model;
+pub mod pipeline;
 pub mod site;
 pub mod source;
 pub mod store;
