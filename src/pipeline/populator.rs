@@ -526,11 +526,7 @@ impl Scanner {
                 None => break,
             }
         }
-        if queued > 0 {
-            tracing::info!(bucket, listed, queued, "Scan pass done.");
-        } else {
-            tracing::debug!(bucket, listed, "Scan pass done.");
-        }
+        tracing::info!(bucket, listed, queued, "Scan pass done.");
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ use crate::log::{
     replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
 use crate::model::{merge_status, ReplicationStatus, SiteState, VersionRef};
+use crate::site::parts::part_ranges;
 use crate::site::{PutReceipt, Site, SiteError};
 use crate::source::{ObjectInfo, Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp};
@@ -109,6 +110,7 @@ impl ReplicationProcessor {
             concurrency: cfg.concurrency,
             prefetch: cfg.concurrency.saturating_mul(4).max(64),
             output_topic: Some(TOPIC_REPLICATION_STATUS),
+            drain_on_stop: false,
         };
         let handler = Arc::new(ReplicationProcessor {
             site,
@@ -291,26 +293,4 @@ impl Handler for ReplicationProcessor {
         };
         Ok(Outcome::Done(Some(record)))
     }
-}
-
-/// Inclusive byte ranges of the parts of an object of `len` bytes (16 MiB parts doubling as
-/// the original). Stand-in until `site::parts::part_ranges` of the adapters is merged.
-fn part_ranges(len: u64) -> Vec<(u64, u64)> {
-    const MIN: u64 = 16 * 1024 * 1024;
-    let parts = |size: u64| len.div_ceil(size);
-    let mut size = MIN;
-    while parts(size) > 1000 && size < 512 * 1024 * 1024 {
-        size *= 2;
-    }
-    while parts(size) > 10_000 {
-        size *= 2;
-    }
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < len {
-        let end = (start + size).min(len) - 1;
-        out.push((start, end));
-        start = end + 1;
-    }
-    out
 }

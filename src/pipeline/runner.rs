@@ -61,6 +61,9 @@ pub struct RunnerConfig {
     pub prefetch: usize,
     /// Topic the outputs go to.
     pub output_topic: Option<&'static str>,
+    /// On stop, read on until the topic is empty (the status processor drains its topic once
+    /// the processors have stopped) instead of dropping what was not started.
+    pub drain_on_stop: bool,
 }
 
 /// Read-but-unfinished offsets per partition.
@@ -151,7 +154,8 @@ pub async fn run<H: Handler>(
     let mut stopping = false;
     let mut finished: Vec<Finished> = Vec::new();
     loop {
-        if !stopping && token.is_cancelled() {
+        let draining = cfg.drain_on_stop && token.is_cancelled();
+        if !stopping && !draining && token.is_cancelled() {
             stopping = true;
             ready.clear();
             blocked.clear();
@@ -181,12 +185,15 @@ pub async fn run<H: Handler>(
             let outstanding = running + ready.len() + blocked_count;
             let room = prefetch.saturating_sub(outstanding);
             if room > 0 {
-                let wait = if outstanding == 0 {
+                let wait = if outstanding == 0 && !draining {
                     IDLE_POLL
                 } else {
                     Duration::ZERO
                 };
                 let batch = consumer.poll(room, wait).await?;
+                if draining && batch.is_empty() && outstanding == 0 {
+                    break;
+                }
                 let mut any_skipped = false;
                 for d in batch {
                     ledger.start(d.position);

@@ -67,6 +67,7 @@ impl StatusProcessor {
             concurrency: STATUS_CONCURRENCY,
             prefetch: STATUS_CONCURRENCY * 4,
             output_topic: None,
+            drain_on_stop: true,
         };
         let handler = Arc::new(StatusProcessor {
             store,
