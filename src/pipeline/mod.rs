@@ -9,9 +9,11 @@
 //! - [`status`]: applies the outcomes to the state store, exactly once per (version, site).
 //! - [`runner`]: the consuming loop shared by both consumers: bounded concurrency, per-key
 //!   order, an offset ledger so only contiguous finished offsets are committed.
+//! - [`batch`]: concurrent store updates merged into one transaction.
 //! - [`retry`]: bounded retries with exponential backoff and jitter.
 //! - [`stage`]: stage tasks with their own cancellation token, stopped in data-flow order.
 
+pub mod batch;
 pub mod populator;
 pub mod processor;
 pub mod retry;

@@ -23,6 +23,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::apply_merged;
 use super::{StageError, StageTasks};
 use crate::config::{Config, SiteKind};
 use crate::entry::{ObjectMd, QueueEntry};
@@ -36,8 +37,6 @@ use crate::store::{Guard, Metric, StateStore, StoreOp};
 const MAX_BATCH: usize = 4096;
 /// Metadata reads in flight.
 const HEAD_CONCURRENCY: usize = 16;
-/// Store updates in flight (their flushes are shared).
-const APPLY_CONCURRENCY: usize = 64;
 
 /// The guard and operations that record a newly queued version: its replication info and, per
 /// site, pending +1/+size and the queued metrics.
@@ -371,21 +370,21 @@ impl PopulatorTask {
         }
         let n = records.len();
         self.log.append(TOPIC_REPLICATION, records).await?;
+        // One transaction for the whole batch (versions are distinct and were absent); if a
+        // guard fails after all (a racing status processor recreated one), one by one.
         let now = self.store.now_ms();
-        let store = self.store.clone();
-        let applied: Vec<(usize, Result<bool, crate::store::StoreError>)> = stream::iter(updates)
-            .map(|(i, v, ri)| {
-                let store = store.clone();
-                async move {
-                    let (g, o) = queued_ops(&v, ri, now);
-                    (i, store.apply(g, o).await)
-                }
-            })
-            .buffer_unordered(APPLY_CONCURRENCY)
-            .collect()
-            .await;
-        for (i, r) in applied {
-            if r? {
+        let mut merged = Vec::with_capacity(updates.len());
+        let mut waits = Vec::with_capacity(updates.len());
+        for (i, v, ri) in updates {
+            let (g, o) = queued_ops(&v, ri, now);
+            let (reply, rx) = oneshot::channel();
+            merged.push((g, o, reply));
+            waits.push((i, rx));
+        }
+        apply_merged(&*self.store, merged).await;
+        for (i, rx) in waits {
+            let applied = rx.await.map_err(|_| StageError::Closed)??;
+            if applied {
                 if let Some(Ok(c)) = results.get_mut(i) {
                     *c += 1;
                 }

@@ -165,23 +165,14 @@ pub async fn run<H: Handler>(
             break;
         }
         if !stopping {
-            while running < concurrency {
-                let Some(q) = ready.pop_front() else { break };
-                running += 1;
-                let h = handler.clone();
-                let tx = tx.clone();
-                tracker.spawn(async move {
-                    let result = match AssertUnwindSafe(h.handle(q.job)).catch_unwind().await {
-                        Ok(r) => r,
-                        Err(_) => Err(StageError::Panicked),
-                    };
-                    let _ = tx.send(Finished {
-                        position: q.position,
-                        key: q.key,
-                        result,
-                    });
-                });
-            }
+            spawn_ready(
+                &mut ready,
+                &mut running,
+                concurrency,
+                &handler,
+                &tx,
+                &tracker,
+            );
             let outstanding = running + ready.len() + blocked_count;
             let room = prefetch.saturating_sub(outstanding);
             if room > 0 {
@@ -279,6 +270,17 @@ pub async fn run<H: Handler>(
         if let Some(e) = fatal {
             return Err(e);
         }
+        // Keep the slots busy while the outputs and offsets are flushed.
+        if !stopping {
+            spawn_ready(
+                &mut ready,
+                &mut running,
+                concurrency,
+                &handler,
+                &tx,
+                &tracker,
+            );
+        }
         if !outputs.is_empty() {
             if let Some(topic) = cfg.output_topic {
                 log.append(topic, outputs).await?;
@@ -292,6 +294,34 @@ pub async fn run<H: Handler>(
     commit(&mut *consumer, &mut ledger).await?;
     tracing::debug!(stage = cfg.stage, "Consumer drained.");
     Ok(())
+}
+
+/// Starts ready entries while fewer than `concurrency` run.
+fn spawn_ready<H: Handler>(
+    ready: &mut VecDeque<Queued<H::Job>>,
+    running: &mut usize,
+    concurrency: usize,
+    handler: &Arc<H>,
+    tx: &mpsc::UnboundedSender<Finished>,
+    tracker: &TaskTracker,
+) {
+    while *running < concurrency {
+        let Some(q) = ready.pop_front() else { break };
+        *running += 1;
+        let h = handler.clone();
+        let tx = tx.clone();
+        tracker.spawn(async move {
+            let result = match AssertUnwindSafe(h.handle(q.job)).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => Err(StageError::Panicked),
+            };
+            let _ = tx.send(Finished {
+                position: q.position,
+                key: q.key,
+                result,
+            });
+        });
+    }
 }
 
 async fn commit(consumer: &mut dyn Consumer, ledger: &mut Ledger) -> Result<(), StageError> {

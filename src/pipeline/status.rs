@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::batch::StoreBatcher;
 use super::populator::queued_ops;
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
@@ -31,6 +32,7 @@ const STATUS_CONCURRENCY: usize = 64;
 /// The status processor.
 pub struct StatusProcessor {
     store: Arc<dyn StateStore>,
+    batcher: StoreBatcher,
     mpu_threshold: u64,
 }
 
@@ -69,8 +71,10 @@ impl StatusProcessor {
             output_topic: None,
             drain_on_stop: true,
         };
+        let batcher = StoreBatcher::start(store.clone(), stage.tracker());
         let handler = Arc::new(StatusProcessor {
             store,
+            batcher,
             mpu_threshold,
         });
         let token = stage.token().clone();
@@ -176,7 +180,7 @@ impl Handler for StatusProcessor {
     async fn handle(&self, job: StatusJob) -> Result<Outcome, StageError> {
         let now = self.store.now_ms();
         let (guards, ops) = self.outcome_update(&job, now);
-        if self.store.apply(guards.clone(), ops.clone()).await? {
+        if self.batcher.apply(guards.clone(), ops.clone()).await? {
             tracing::debug!(site = %job.site, version = %job.version, status = %job.status, "Status applied.");
             return Ok(Outcome::Done(None));
         }
