@@ -4,8 +4,10 @@
 //! [`MultipartSite`] capability. Implementations: `aws_s3`, `azure`, `file`.
 //! Every error is classified where it arises ([`SiteError::disposition`]).
 
+pub mod azure;
 pub mod file;
 pub mod parts;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,7 +162,6 @@ pub trait MultipartSite: Send + Sync {
 }
 
 /// Resolves a secret given inline or through the environment variable `env` names.
-#[allow(dead_code)] // used by the S3 and Azure builders, which come next
 pub(crate) fn resolve_secret(
     field: &str,
     inline: &Option<Secret>,
@@ -197,10 +198,41 @@ pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
                 .map_err(|e| ConfigError::Invalid(vec![format!("sites.{}.path: {e}", cfg.name)]))?;
             Ok(Arc::new(site))
         }
-        SiteKind::AwsS3 | SiteKind::Azure => Err(ConfigError::Invalid(vec![format!(
-            "sites.{}.type: {} sites are not built yet",
-            cfg.name,
-            cfg.kind.as_str()
-        )])),
+        SiteKind::AwsS3 => {
+            let field = |f: &str| format!("sites.{}.{f}", cfg.name);
+            let endpoint = cfg
+                .endpoint
+                .as_deref()
+                .ok_or_else(|| missing(cfg, "endpoint"))?;
+            let bucket = cfg.bucket.clone().ok_or_else(|| missing(cfg, "bucket"))?;
+            let ak = resolve_secret(&field("access_key"), &cfg.access_key, &cfg.access_key_env)?;
+            let sk = resolve_secret(&field("secret_key"), &cfg.secret_key, &cfg.secret_key_env)?;
+            let opts = crate::s3::S3Options {
+                path_style: cfg.path_style,
+                ..Default::default()
+            };
+            let client = crate::s3::S3Client::new(endpoint, &cfg.region, &ak, &sk, opts)
+                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", field("endpoint"))]))?;
+            Ok(Arc::new(s3::S3Site::new(cfg.name.clone(), bucket, client)))
+        }
+        SiteKind::Azure => {
+            let field = |f: &str| format!("sites.{}.{f}", cfg.name);
+            let endpoint = cfg
+                .endpoint
+                .as_deref()
+                .ok_or_else(|| missing(cfg, "endpoint"))?;
+            let account = cfg
+                .account
+                .as_deref()
+                .ok_or_else(|| missing(cfg, "account"))?;
+            let container = cfg
+                .container
+                .as_deref()
+                .ok_or_else(|| missing(cfg, "container"))?;
+            let key = resolve_secret(&field("key"), &cfg.key, &cfg.key_env)?;
+            let site = azure::AzureSite::new(&cfg.name, endpoint, account, &key, container)
+                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", field("endpoint"))]))?;
+            Ok(Arc::new(site))
+        }
     }
 }

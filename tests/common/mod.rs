@@ -2,4 +2,6 @@
 
 #![allow(dead_code)]
 
+pub mod azure;
+pub mod moto;
 pub mod peers;
