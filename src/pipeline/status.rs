@@ -154,7 +154,7 @@ impl Handler for StatusProcessor {
     type Job = StatusJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<StatusJob> {
-        let entry = match QueueEntry::decode(&delivery.record.value) {
+        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
             Ok(e) => e,
             Err(error) => {
                 tracing::warn!(partition = delivery.position.partition, offset = delivery.position.offset,
@@ -162,9 +162,12 @@ impl Handler for StatusProcessor {
                 return None;
             }
         };
+        if entry.bucket.is_empty() {
+            return None;
+        }
         let site = entry.site.clone()?;
         let md = entry.metadata().ok()?;
-        let version = entry.version().ok()?;
+        let version = super::processor::version_of(&entry, &md);
         let state = md
             .replication_info
             .backends
