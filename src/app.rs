@@ -2,11 +2,16 @@
 //!
 //! Start-up: open the embedded database when the log or the store is sled, and Kafka
 //! (`[storage] log = "kafka"`, feature `kafka`) or MongoDB (`store = "mongodb"`, feature
-//! `mongodb`) for the others, in any combination; create the topics, open
-//! the state store, bind the API. Shutdown, in data-flow order: stop taking API requests, stop
-//! the background stages, flush the database.
+//! `mongodb`) for the others, in any combination; create the topics, open the state store,
+//! build the source and sites, start the pipeline stages (status processor, one replication
+//! processor per site, populator and scanner), bind the API. Shutdown, in data-flow order
+//! (STYLE section D): stop taking API requests, stop the populator and scanner, let the
+//! processors finish the objects in hand, let the status processor drain, then flush the
+//! database. A stage that fails (log or store error) stops the process, which then exits
+//! with code 1.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +21,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, LogKind, StoreKind};
+use crate::config::{Config, ConfigError, LogKind, StoreKind};
 use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
 use crate::log::{Log, LogError, SledLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::pipeline::processor::ProcessorConfig;
+use crate::pipeline::retry::RetryPolicy;
+use crate::pipeline::{
+    Populator, ReplicationProcessor, Scanner, StageError, StageTasks, StatusProcessor,
+};
 use crate::store::{SledStore, StateStore, StoreError};
 
 /// Errors that stop the engine.
@@ -53,6 +63,15 @@ pub enum AppError {
     /// A configured engine is not part of this build.
     #[error("{0} is not available in this build")]
     Unsupported(&'static str),
+    /// The source or a site could not be built from the configuration.
+    #[error("cannot build the source or a site")]
+    Adapter(#[from] ConfigError),
+    /// A pipeline stage could not start, or failed while running.
+    #[error("pipeline stage failure")]
+    Stage(#[from] StageError),
+    /// A pipeline stage failed while running (the reason was logged where it happened).
+    #[error("a pipeline stage failed")]
+    StageFailed,
 }
 
 /// A running engine.
@@ -65,6 +84,11 @@ pub struct Engine {
     pub store: Arc<dyn StateStore>,
     /// The per-site pause channels (replication processors subscribe here).
     pub control: Arc<Control>,
+    /// Where webhook-discovered versions go (the populator); `None` without a source.
+    pub intake: Option<Arc<dyn Intake>>,
+    /// Pipeline stages, in data-flow (and stop) order.
+    stages: Vec<StageTasks>,
+    failed: Arc<AtomicBool>,
     root: CancellationToken,
     api_tracker: TaskTracker,
     background: TaskTracker,
@@ -176,13 +200,24 @@ impl Engine {
             .map_err(|source| AppError::Bind { addr, source })?;
 
         let root = CancellationToken::new();
-        let api_tracker = TaskTracker::new();
-        let background = TaskTracker::new();
+        let failed = Arc::new(AtomicBool::new(false));
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
         let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
+        let (pipeline_intake, stages) =
+            match start_pipeline(&config, &log, &store, &root, &failed).await {
+                Ok(x) => x,
+                Err(e) => {
+                    root.cancel();
+                    return Err(e);
+                }
+            };
+        // An intake given by the caller (tests) wins over the pipeline's populator.
+        let intake = intake.or(pipeline_intake);
+        let api_tracker = TaskTracker::new();
+        let background = TaskTracker::new();
         let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone());
-        if let Some(intake) = intake {
-            state = state.with_intake(intake);
+        if let Some(intake) = &intake {
+            state = state.with_intake(intake.clone());
         }
         api_tracker.spawn(api::serve(listener, Arc::new(state), root.child_token()));
 
@@ -238,6 +273,9 @@ impl Engine {
             log,
             store,
             control,
+            intake,
+            stages,
+            failed,
             root,
             api_tracker,
             background,
@@ -260,17 +298,41 @@ impl Engine {
     }
 
     /// Waits until the engine is asked to stop, then drains it.
-    pub async fn run_until_stopped(self) {
+    ///
+    /// # Errors
+    /// `AppError::StageFailed` when a pipeline stage failed (the process should exit 1).
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
         self.root.cancelled().await;
+        let failed = self.failed.clone();
         self.stop().await;
+        if failed.load(Ordering::SeqCst) {
+            return Err(AppError::StageFailed);
+        }
+        Ok(())
     }
 
-    /// Stops intake, waits up to the grace period for in-flight work, flushes storage.
+    /// Whether a pipeline stage failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Stops intake, stops the pipeline stages in data-flow order, waits up to the grace
+    /// period for in-flight work, flushes storage.
     pub async fn stop(self) {
         self.root.cancel();
         self.api_tracker.close();
         self.background.close();
         let grace = self.grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        for stage in &self.stages {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !stage.stop(left).await {
+                tracing::warn!(
+                    grace_s = grace.as_secs(),
+                    "Grace period over; a stage stopped with work in flight."
+                );
+            }
+        }
         if tokio::time::timeout(grace, async {
             self.api_tracker.wait().await;
             self.background.wait().await;
@@ -289,5 +351,83 @@ impl Engine {
             }
         }
         tracing::info!("Backbeat stopped.");
+    }
+}
+
+type Pipeline = (Option<Arc<dyn Intake>>, Vec<StageTasks>);
+
+/// Builds the source and sites and starts the stages; returns the intake and the stages in
+/// stop order. Without a source, nothing runs.
+async fn start_pipeline(
+    config: &Arc<Config>,
+    log: &Arc<dyn Log>,
+    store: &Arc<dyn StateStore>,
+    root: &CancellationToken,
+    failed: &Arc<AtomicBool>,
+) -> Result<Pipeline, AppError> {
+    let Some(source_cfg) = &config.source else {
+        return Ok((None, Vec::new()));
+    };
+    let source = crate::source::build_source(source_cfg)?;
+    let mut sites = Vec::with_capacity(config.sites.len());
+    for s in &config.sites {
+        sites.push(crate::site::build_site(s)?);
+    }
+    let populator_stage = StageTasks::new("populator", root.clone(), failed.clone());
+    let processor_stage = StageTasks::new("replication-processor", root.clone(), failed.clone());
+    let status_stage = StageTasks::new("status-processor", root.clone(), failed.clone());
+    let stages = vec![
+        populator_stage.clone(),
+        processor_stage.clone(),
+        status_stage.clone(),
+    ];
+    let started = async {
+        let r = &config.replication;
+        let mpu_threshold = r.mpu_threshold_mb.saturating_mul(1_000_000);
+        StatusProcessor::start(log.clone(), store.clone(), mpu_threshold, &status_stage).await?;
+        let pcfg = ProcessorConfig {
+            concurrency: r.concurrency.max(1),
+            mpu_threshold,
+            retry: RetryPolicy::from(&r.retry),
+        };
+        for site in sites {
+            ReplicationProcessor::start(
+                log.clone(),
+                source.clone(),
+                site,
+                store.clone(),
+                pcfg.clone(),
+                &processor_stage,
+            )
+            .await?;
+        }
+        let populator = Populator::start(
+            source.clone(),
+            store.clone(),
+            log.clone(),
+            config.clone(),
+            &populator_stage,
+        );
+        Scanner::start(
+            populator.clone(),
+            source.clone(),
+            store.clone(),
+            Duration::from_secs(source_cfg.scan_interval_s),
+            &populator_stage,
+        );
+        Ok::<_, StageError>(populator)
+    }
+    .await;
+    match started {
+        Ok(populator) => {
+            let intake: Arc<dyn Intake> = Arc::new(populator);
+            Ok((Some(intake), stages))
+        }
+        Err(e) => {
+            for s in &stages {
+                s.stop(Duration::from_secs(5)).await;
+            }
+            Err(e.into())
+        }
     }
 }

@@ -167,8 +167,13 @@ async fn serve(cfg: Config) -> ExitCode {
         tracing::warn!("Second stop signal; exiting now.");
         std::process::exit(1);
     });
-    engine.run_until_stopped().await;
-    ExitCode::SUCCESS
+    match engine.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Backbeat stopped after a failure.");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn wait_for_signal() {

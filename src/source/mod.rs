@@ -5,13 +5,18 @@
 //! them. Implementations: `s3` (any S3-compatible server, SigV4) and `file` (a local
 //! directory).
 
+pub mod file;
+pub mod s3;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::config::{ConfigError, SourceConfig, SourceKind};
 use crate::error::Disposition;
 use crate::model::VersionRef;
 
@@ -130,4 +135,50 @@ pub trait Source: Send + Sync + 'static {
 
     /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
+}
+
+/// Builds the source a `[source]` section describes, resolving `*_env` secrets. Never logs
+/// secrets.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the field that is missing or unusable.
+pub fn build_source(cfg: &SourceConfig) -> Result<Arc<dyn Source>, ConfigError> {
+    match cfg.kind {
+        SourceKind::File => {
+            let path = cfg
+                .path
+                .as_ref()
+                .ok_or_else(|| ConfigError::Invalid(vec!["source.path: missing".into()]))?;
+            let src = file::FileSource::new(path)
+                .map_err(|e| ConfigError::Invalid(vec![format!("source.path: {e}")]))?;
+            Ok(Arc::new(src))
+        }
+        SourceKind::S3 => {
+            let endpoint = cfg
+                .endpoint
+                .as_deref()
+                .ok_or_else(|| ConfigError::Invalid(vec!["source.endpoint: missing".into()]))?;
+            let ak = crate::site::resolve_secret(
+                "source.access_key",
+                &cfg.access_key,
+                &cfg.access_key_env,
+            )?;
+            let sk = crate::site::resolve_secret(
+                "source.secret_key",
+                &cfg.secret_key,
+                &cfg.secret_key_env,
+            )?;
+            let opts = crate::s3::S3Options {
+                path_style: cfg.path_style,
+                ..Default::default()
+            };
+            let client = crate::s3::S3Client::new(endpoint, &cfg.region, &ak, &sk, opts)
+                .map_err(|e| ConfigError::Invalid(vec![format!("source.endpoint: {e}")]))?;
+            Ok(Arc::new(s3::S3Source::new(client, cfg.buckets.clone())))
+        }
+        SourceKind::Mongodb => Err(ConfigError::Invalid(vec![format!(
+            "source.type: {:?} sources are not built by this factory yet",
+            cfg.kind
+        )])),
+    }
 }

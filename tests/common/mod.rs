@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod azure;
+pub mod moto;
 pub mod peers;

@@ -1,0 +1,234 @@
+//! End-to-end throughput: 4,000 objects of 4 KiB from a file source, through the real binary,
+//! to (a) a file site, and (b) an `aws_s3` site on s3s-fs, compared with `rclone copy` of the
+//! same directory to the same s3s-fs (same concurrency, same run).
+//!
+//! `cargo bench --bench e2e` (release build). (b) runs when `BACKBEAT_BENCH_S3S` names the
+//! s3s-fs binary (`cargo install s3s-fs@0.14.1 --locked --features binary --root
+//! /work/.peers-bench` puts it in `/work/.peers-bench/bin/s3s-fs`) and `rclone` is on PATH.
+//! Objects/s = objects / (time from engine start to the last replica written).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const N: usize = 4000;
+const SIZE: usize = 4096;
+const CONCURRENCY: usize = 10;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn make_source(dir: &Path) {
+    for i in 0..N {
+        let p = dir.join(format!("d{:02}/obj-{i:05}", i % 50));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut body = vec![b'x'; SIZE];
+        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        std::fs::write(p, body).unwrap();
+    }
+}
+
+fn config(data: &Path, src: &Path, site: &str) -> String {
+    format!(
+        r#"
+[server]
+host = "127.0.0.1"
+port = 0
+[storage]
+path = "{}"
+[source]
+type = "file"
+path = "{}"
+scan_interval_s = 0
+{site}
+[replication]
+concurrency = {CONCURRENCY}
+[[replication.rules]]
+bucket = "photos"
+sites = ["bench"]
+"#,
+        data.display(),
+        src.display()
+    )
+}
+
+/// Runs the engine until `done()` and returns objects/s.
+fn run_engine(tmp: &Path, cfg: &str, done: impl Fn() -> bool) -> f64 {
+    let cfg_path = tmp.join("bench.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let start = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let engine = Proc(child);
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "bench timed out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(engine);
+    N as f64 / secs
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.to_string_lossy().contains('%') {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn file_to_file(tmp: &Path, src: &Path) {
+    let site = tmp.join("site-file");
+    let cfg = config(
+        &tmp.join("data-file"),
+        src,
+        &format!(
+            "[[sites]]\nname = \"bench\"\ntype = \"file\"\npath = \"{}\"\n",
+            site.display()
+        ),
+    );
+    // The file site writes the sidecar after the data: count sidecars.
+    let sidecars = |d: &Path| -> usize {
+        let mut n = 0;
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with("%meta.json") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let ops = run_engine(tmp, &cfg, || sidecars(&site) >= N);
+    println!("e2e file -> file: {N} objects of {SIZE} B: {ops:.0} objects/s");
+}
+
+fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, PathBuf) {
+    let port = free_port();
+    let root = tmp.join(name);
+    std::fs::create_dir_all(root.join("replica")).unwrap();
+    let child = Command::new(bin)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "AK",
+            "--secret-key",
+            "SK",
+        ])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s3s-fs did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port, root.join("replica"))
+}
+
+fn file_to_s3(tmp: &Path, src: &Path, bin: &Path) {
+    let (_s3s, port, bucket_dir) = s3s_to(bin, tmp, "s3s-engine");
+    let site = format!(
+        "[[sites]]\nname = \"bench\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"replica\"\naccess_key = \"AK\"\nsecret_key = \"SK\"\npath_style = true\n"
+    );
+    let cfg = config(&tmp.join("data-s3"), src, &site);
+    let ours = run_engine(tmp, &cfg, || count_files(&bucket_dir) >= N);
+    println!("e2e file -> aws_s3 (s3s-fs): {N} objects of {SIZE} B: {ours:.0} objects/s");
+
+    let (_s3s2, port2, _) = s3s_to(bin, tmp, "s3s-rclone");
+    let start = Instant::now();
+    let status = Command::new("rclone")
+        .args([
+            "copy",
+            "--transfers",
+            &CONCURRENCY.to_string(),
+            "--checkers",
+            &CONCURRENCY.to_string(),
+        ])
+        .arg(src)
+        .arg("s3remote:replica")
+        .env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG_S3REMOTE_TYPE", "s3")
+        .env("RCLONE_CONFIG_S3REMOTE_PROVIDER", "Other")
+        .env(
+            "RCLONE_CONFIG_S3REMOTE_ENDPOINT",
+            format!("http://127.0.0.1:{port2}"),
+        )
+        .env("RCLONE_CONFIG_S3REMOTE_ACCESS_KEY_ID", "AK")
+        .env("RCLONE_CONFIG_S3REMOTE_SECRET_ACCESS_KEY", "SK")
+        .env("RCLONE_CONFIG_S3REMOTE_FORCE_PATH_STYLE", "true")
+        .status()
+        .expect("rclone");
+    assert!(status.success());
+    let rclone = N as f64 / start.elapsed().as_secs_f64();
+    println!("rclone copy file -> s3s-fs: {N} objects of {SIZE} B: {rclone:.0} objects/s");
+    println!("ratio backbeat / rclone: {:.2}", ours / rclone);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run only on bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    make_source(&src);
+    file_to_file(tmp.path(), &src);
+    match std::env::var_os("BACKBEAT_BENCH_S3S") {
+        Some(bin) => file_to_s3(tmp.path(), &src, Path::new(&bin)),
+        None => println!("BACKBEAT_BENCH_S3S not set: file -> aws_s3 vs rclone skipped"),
+    }
+}

@@ -1,0 +1,307 @@
+//! [`ReplicationProcessor`]: one per site. Reads `backbeat-replication` in the site's consumer
+//! group, keeps the entries whose `storageClass` names the site, copies each version's data
+//! from the source to the site (streaming; multipart from `replication.mpu_threshold_mb`), and
+//! appends the outcome (COMPLETED with the replica's version id, or FAILED) to
+//! `backbeat-replication-status`. Offsets are committed only after the status entries are
+//! appended (see [`super::runner`]).
+//!
+//! Outcomes as the original (reference 3.3 step 9, 3.4 step 8): a version that is gone from
+//! the source, or changed since it was queued, is skipped silently (no status); a site already
+//! COMPLETED for the version is skipped; transient errors are retried ([`super::retry`]);
+//! permanent errors, or retries exhausted, give FAILED.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{retry, Retried, RetryPolicy};
+use super::runner::{self, Handler, Outcome, RunnerConfig};
+use super::{StageError, StageTasks};
+use crate::entry::{ObjectMd, QueueEntry};
+use crate::error::Disposition;
+use crate::log::{
+    replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
+};
+use crate::model::{merge_status, ReplicationStatus, SiteState, VersionRef};
+use crate::site::parts::part_ranges;
+use crate::site::{PutReceipt, Site, SiteError};
+use crate::source::{ObjectInfo, Source, SourceError};
+use crate::store::{ObjectMetric, StateStore, StoreOp};
+
+/// Settings of a replication processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Copies in flight.
+    pub concurrency: usize,
+    /// Objects of at least this many bytes go by multipart.
+    pub mpu_threshold: u64,
+    /// Retry policy of one copy.
+    pub retry: RetryPolicy,
+}
+
+/// The replication processor of one site.
+pub struct ReplicationProcessor {
+    site: Arc<dyn Site>,
+    source: Arc<dyn Source>,
+    store: Arc<dyn StateStore>,
+    cfg: ProcessorConfig,
+    token: CancellationToken,
+}
+
+impl std::fmt::Debug for ReplicationProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationProcessor")
+            .field("site", &self.site.name())
+            .finish()
+    }
+}
+
+/// A parsed entry for this site.
+pub struct CopyJob {
+    version: VersionRef,
+    entry: QueueEntry,
+    md: ObjectMd,
+}
+
+/// Why one copy attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+}
+
+impl CopyError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            CopyError::Source(e) => e.disposition(),
+            CopyError::Site(e) => e.disposition(),
+        }
+    }
+}
+
+/// What one copy attempt achieved.
+enum Copied {
+    Written(PutReceipt),
+    /// Gone or changed at the source: nothing to report.
+    Skipped(&'static str),
+}
+
+impl ReplicationProcessor {
+    /// Starts the processor of `site` as a task of `stage`.
+    ///
+    /// # Errors
+    /// `StageError::Log` when the consumer cannot be opened.
+    pub async fn start(
+        log: Arc<dyn Log>,
+        source: Arc<dyn Source>,
+        site: Arc<dyn Site>,
+        store: Arc<dyn StateStore>,
+        cfg: ProcessorConfig,
+        stage: &StageTasks,
+    ) -> Result<(), StageError> {
+        let consumer = log
+            .consumer(TOPIC_REPLICATION, &replication_group(site.name()))
+            .await?;
+        let runner_cfg = RunnerConfig {
+            stage: "replication-processor",
+            concurrency: cfg.concurrency,
+            prefetch: cfg.concurrency.saturating_mul(4).max(64),
+            output_topic: Some(TOPIC_REPLICATION_STATUS),
+            drain_on_stop: false,
+        };
+        let handler = Arc::new(ReplicationProcessor {
+            site,
+            source,
+            store,
+            cfg,
+            token: stage.token().clone(),
+        });
+        let token = stage.token().clone();
+        let tracker = stage.tracker().clone();
+        stage.spawn(runner::run(
+            log, consumer, handler, runner_cfg, token, tracker,
+        ));
+        Ok(())
+    }
+
+    fn object_info(&self, job: &CopyJob, head: &ObjectInfo) -> ObjectInfo {
+        let mut obj = head.clone();
+        obj.version = job.version.clone();
+        obj
+    }
+
+    async fn copy_once(&self, job: &CopyJob) -> Result<Copied, CopyError> {
+        let Some(head) = self.source.head(&job.version).await? else {
+            return Ok(Copied::Skipped("gone"));
+        };
+        let md = &job.md;
+        if head.size != md.content_length
+            || (!md.content_md5.is_empty() && head.etag != md.content_md5)
+        {
+            return Ok(Copied::Skipped("changed"));
+        }
+        let obj = self.object_info(job, &head);
+        let mp = self
+            .site
+            .multipart()
+            .filter(|_| obj.size >= self.cfg.mpu_threshold && obj.size > 0);
+        match mp {
+            None => {
+                let body = self.source.get(&job.version, None).await?;
+                Ok(Copied::Written(self.site.put(&obj, body).await?))
+            }
+            Some(mp) => {
+                self.object_metric(&obj, ObjectMetric::Bytes, obj.size)
+                    .await;
+                let upload = mp.create(&obj).await?;
+                let result = async {
+                    let mut parts = Vec::new();
+                    for (i, (start, end)) in part_ranges(obj.size).into_iter().enumerate() {
+                        let len = end - start + 1;
+                        let body = self.source.get(&job.version, Some((start, end))).await?;
+                        let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                        parts.push(mp.put_part(&obj, &upload, number, len, body).await?);
+                        self.object_metric(&obj, ObjectMetric::BytesDone, len).await;
+                    }
+                    Ok::<_, CopyError>(mp.complete(&obj, &upload, &parts).await?)
+                }
+                .await;
+                match result {
+                    Ok(r) => Ok(Copied::Written(r)),
+                    Err(e) => {
+                        if let Err(abort) = mp.abort(&obj, &upload).await {
+                            tracing::warn!(site = self.site.name(), version = %job.version, error = %abort,
+                                "Could not abort a multipart upload.");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Object-level progress counters; a failure is only logged (the status update that
+    /// follows reports a broken store).
+    async fn object_metric(&self, obj: &ObjectInfo, metric: ObjectMetric, value: u64) {
+        let op = StoreOp::AddObjectMetric {
+            site: self.site.name().to_string(),
+            version: obj.version.clone(),
+            metric,
+            value,
+            at_ms: self.store.now_ms(),
+        };
+        if let Err(e) = self.store.apply(Vec::new(), vec![op]).await {
+            tracing::warn!(site = self.site.name(), error = %e, "Could not record object progress.");
+        }
+    }
+
+    fn status_record(
+        &self,
+        job: &CopyJob,
+        status: ReplicationStatus,
+        dsv: Option<String>,
+    ) -> Record {
+        let site = self.site.name();
+        let mut md = job.md.clone();
+        let ri = &mut md.replication_info;
+        match ri.backends.iter_mut().find(|b| b.site == site) {
+            Some(b) => {
+                b.status = status;
+                if let Some(v) = &dsv {
+                    b.data_store_version_id = v.clone();
+                }
+            }
+            None => ri.backends.push(SiteState {
+                site: site.to_string(),
+                status,
+                data_store_version_id: dsv.unwrap_or_default(),
+            }),
+        }
+        ri.status = if status == ReplicationStatus::Failed {
+            ReplicationStatus::Failed.as_str().to_string()
+        } else {
+            merge_status(&ri.backends).as_str().to_string()
+        };
+        let mut e = QueueEntry::new(&job.version, &md);
+        e.kind = job.entry.kind.clone();
+        e.site = Some(site.to_string());
+        e.replay_count = job.entry.replay_count;
+        Record::new(e.log_key(), e.encode())
+    }
+}
+
+#[async_trait]
+impl Handler for ReplicationProcessor {
+    type Job = CopyJob;
+
+    fn prepare(&self, delivery: &Delivery) -> Option<CopyJob> {
+        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(site = self.site.name(), partition = delivery.position.partition,
+                    offset = delivery.position.offset, %error, "Skipping an undecodable entry.");
+                return None;
+            }
+        };
+        if entry.kind != "put" || entry.bucket.is_empty() {
+            return None;
+        }
+        let md = entry.metadata().ok()?;
+        if !md.sites().iter().any(|s| s == self.site.name()) {
+            return None;
+        }
+        let version = version_of(&entry, &md);
+        Some(CopyJob { version, entry, md })
+    }
+
+    async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
+        let site = self.site.name();
+        if let Some(info) = self.store.replication(&job.version).await? {
+            if info.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed) {
+                tracing::debug!(site, version = %job.version, "Already replicated; skipping.");
+                return Ok(Outcome::Done(None));
+            }
+        }
+        let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |_| {
+            self.copy_once(&job)
+        })
+        .await;
+        let record = match out {
+            Retried::Cancelled => return Ok(Outcome::Abandoned),
+            Retried::Done(Copied::Skipped(why)) => {
+                tracing::debug!(site, version = %job.version, why, "Version gone or changed at the source; skipped.");
+                return Ok(Outcome::Done(None));
+            }
+            Retried::Done(Copied::Written(receipt)) => {
+                tracing::debug!(site, version = %job.version, "Replicated.");
+                self.status_record(&job, ReplicationStatus::Completed, receipt.version_id)
+            }
+            Retried::Failed {
+                error: CopyError::Source(SourceError::NotFound(_)),
+                ..
+            } => {
+                tracing::debug!(site, version = %job.version, "Version gone at the source; skipped.");
+                return Ok(Outcome::Done(None));
+            }
+            Retried::Failed { error, attempts } => {
+                tracing::warn!(site, version = %job.version, attempts, %error, "Replication failed.");
+                self.status_record(&job, ReplicationStatus::Failed, None)
+            }
+        };
+        Ok(Outcome::Done(Some(record)))
+    }
+}
+
+/// The version an entry is about, from its already parsed metadata.
+pub(crate) fn version_of(entry: &QueueEntry, md: &ObjectMd) -> VersionRef {
+    VersionRef::new(
+        entry.bucket.clone(),
+        entry.key.clone(),
+        md.version_id
+            .clone()
+            .unwrap_or_else(|| crate::model::NULL_VERSION.to_string()),
+    )
+}

@@ -1,0 +1,442 @@
+//! The consuming loop shared by the replication processors and the status processor.
+//!
+//! - Bounded concurrency: at most `concurrency` handlers run at once; up to `prefetch` entries
+//!   are read ahead.
+//! - Per-key order: entries with the same record key (`bucket/key`) run one after another, in
+//!   log order; different keys run in parallel.
+//! - Offset ledger: per partition, the offsets read but not finished. The committed offset is
+//!   the lowest unfinished offset (or the end of what was read), so a crash replays exactly
+//!   the unfinished entries and never skips one.
+//! - Outputs (status entries) are appended in one batch before the offsets of the entries that
+//!   produced them are committed.
+//! - Shutdown: the loop stops reading, entries not started are dropped (they stay uncommitted
+//!   and are replayed after the restart), entries in hand finish, their outputs are appended
+//!   and the offsets committed.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::StageError;
+use crate::log::{Consumer, Delivery, Log, LogError, Position, Record};
+
+/// What a handler did with an entry.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Finished; the optional record is appended to the output topic before the commit.
+    Done(Option<Record>),
+    /// Not finished (the stage is stopping); the entry stays uncommitted.
+    Abandoned,
+}
+
+/// The work done for each entry of a topic.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// A parsed entry.
+    type Job: Send + 'static;
+
+    /// Parses an entry; `None` when this stage has nothing to do with it (it is then finished
+    /// at once).
+    fn prepare(&self, delivery: &Delivery) -> Option<Self::Job>;
+
+    /// Handles one entry. `Err` is fatal for the stage.
+    async fn handle(&self, job: Self::Job) -> Result<Outcome, StageError>;
+}
+
+/// Settings of one consuming loop.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Stage name for logs.
+    pub stage: &'static str,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Entries read ahead (at least `concurrency`).
+    pub prefetch: usize,
+    /// Topic the outputs go to.
+    pub output_topic: Option<&'static str>,
+    /// On stop, read on until the topic is empty (the status processor drains its topic once
+    /// the processors have stopped) instead of dropping what was not started.
+    pub drain_on_stop: bool,
+}
+
+/// Read-but-unfinished offsets per partition.
+#[derive(Debug, Default)]
+struct Ledger {
+    parts: HashMap<u32, PartLedger>,
+}
+
+#[derive(Debug, Default)]
+struct PartLedger {
+    open: BTreeSet<u64>,
+    next: u64,
+    committed: u64,
+}
+
+impl Ledger {
+    fn start(&mut self, p: Position) {
+        // The first offset read on a partition is where the group's commit already stands.
+        let l = self.parts.entry(p.partition).or_insert_with(|| PartLedger {
+            open: BTreeSet::new(),
+            next: p.offset,
+            committed: p.offset,
+        });
+        l.open.insert(p.offset);
+        if p.offset + 1 > l.next {
+            l.next = p.offset + 1;
+        }
+    }
+
+    fn finish(&mut self, p: Position) {
+        if let Some(l) = self.parts.get_mut(&p.partition) {
+            l.open.remove(&p.offset);
+        }
+    }
+
+    /// Positions to commit now (the committable offset moved forward).
+    fn commits(&mut self) -> Vec<Position> {
+        let mut out = Vec::new();
+        for (&partition, l) in &mut self.parts {
+            let upto = l.open.first().copied().unwrap_or(l.next);
+            if upto > l.committed {
+                l.committed = upto;
+                out.push(Position {
+                    partition,
+                    offset: upto,
+                });
+            }
+        }
+        out
+    }
+}
+
+struct Queued<J> {
+    position: Position,
+    key: Vec<u8>,
+    job: J,
+}
+
+struct Finished {
+    position: Position,
+    key: Vec<u8>,
+    result: Result<Outcome, StageError>,
+}
+
+/// Idle wait of a poll when nothing is in flight.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How long to wait for completions before reading more entries.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
+/// Offsets are committed at most this often while entries are in flight.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// The append in flight: its outcome and the positions it finishes.
+type InFlightAppend = (oneshot::Receiver<Result<(), LogError>>, Vec<Position>);
+
+/// What woke the loop up.
+enum Event {
+    Finished(Option<Finished>),
+    Appended(Result<Result<(), LogError>, oneshot::error::RecvError>),
+    Timeout,
+}
+
+/// Runs the loop until `token` is cancelled (then drains what is in hand) or a fatal error.
+///
+/// The outputs of finished entries are appended by one append in flight at a time, pipelined
+/// with the copies (the next batch gathers while the previous one is flushed); offsets are
+/// committed at most every [`COMMIT_EVERY`] while busy, at once when idle, and at the end.
+pub async fn run<H: Handler>(
+    log: Arc<dyn Log>,
+    mut consumer: Box<dyn Consumer>,
+    handler: Arc<H>,
+    cfg: RunnerConfig,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), StageError> {
+    let concurrency = cfg.concurrency.max(1);
+    let prefetch = cfg.prefetch.max(concurrency);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+    let mut ledger = Ledger::default();
+    let mut ready: VecDeque<Queued<H::Job>> = VecDeque::new();
+    let mut blocked: HashMap<Vec<u8>, VecDeque<Queued<H::Job>>> = HashMap::new();
+    let mut blocked_count = 0usize;
+    let mut active: HashSet<Vec<u8>> = HashSet::new();
+    let mut running = 0usize;
+    let mut stopping = false;
+    let mut finished: Vec<Finished> = Vec::new();
+    // The append in flight and the positions it finishes; the outputs gathered meanwhile.
+    let mut append: Option<InFlightAppend> = None;
+    let mut out_records: Vec<Record> = Vec::new();
+    let mut out_positions: Vec<Position> = Vec::new();
+    let mut last_commit = Instant::now();
+    loop {
+        let draining = cfg.drain_on_stop && token.is_cancelled();
+        if !stopping && !draining && token.is_cancelled() {
+            stopping = true;
+            ready.clear();
+            blocked.clear();
+            blocked_count = 0;
+        }
+        let flushed = append.is_none() && out_records.is_empty();
+        if stopping && running == 0 && flushed {
+            break;
+        }
+        if !stopping {
+            spawn_ready(
+                &mut ready,
+                &mut running,
+                concurrency,
+                &handler,
+                &tx,
+                &tracker,
+            );
+            let outstanding = running + ready.len() + blocked_count;
+            let room = prefetch.saturating_sub(outstanding);
+            if room > 0 {
+                let idle = outstanding == 0 && flushed;
+                let wait = if idle && !draining {
+                    IDLE_POLL
+                } else {
+                    Duration::ZERO
+                };
+                let batch = consumer.poll(room, wait).await?;
+                if draining && batch.is_empty() && idle {
+                    break;
+                }
+                for d in batch {
+                    ledger.start(d.position);
+                    match handler.prepare(&d) {
+                        None => ledger.finish(d.position),
+                        Some(job) => {
+                            let q = Queued {
+                                position: d.position,
+                                key: d.record.key,
+                                job,
+                            };
+                            if active.contains(&q.key) {
+                                blocked.entry(q.key.clone()).or_default().push_back(q);
+                                blocked_count += 1;
+                            } else {
+                                active.insert(q.key.clone());
+                                ready.push_back(q);
+                            }
+                        }
+                    }
+                }
+                if !ready.is_empty() && running < concurrency {
+                    continue;
+                }
+            }
+        }
+        if running == 0 && append.is_none() {
+            // Idle (or only outputs waiting, handled below): commit what is finished.
+            start_append(
+                &log,
+                &cfg,
+                &tracker,
+                &mut append,
+                &mut out_records,
+                &mut out_positions,
+                &mut ledger,
+            );
+            if append.is_none() {
+                commit(&mut *consumer, &mut ledger).await?;
+                last_commit = Instant::now();
+                continue;
+            }
+        }
+        let full = prefetch.saturating_sub(running + ready.len() + blocked_count) == 0;
+        let wait = if stopping || full {
+            Duration::from_secs(1)
+        } else {
+            BUSY_WAIT
+        };
+        let event = {
+            let appended = async {
+                match append.as_mut() {
+                    Some((rx, _)) => rx.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = rx.recv(), if running > 0 => Event::Finished(r),
+                r = appended => Event::Appended(r),
+                () = tokio::time::sleep(wait) => Event::Timeout,
+            }
+        };
+        match event {
+            Event::Timeout => {}
+            Event::Appended(r) => {
+                r.map_err(|_| StageError::Closed)??;
+                if let Some((_, positions)) = append.take() {
+                    for p in positions {
+                        ledger.finish(p);
+                    }
+                }
+            }
+            Event::Finished(None) => return Err(StageError::Closed),
+            Event::Finished(Some(f)) => {
+                finished.push(f);
+                while let Ok(f) = rx.try_recv() {
+                    finished.push(f);
+                }
+                let mut fatal = None;
+                for f in finished.drain(..) {
+                    running -= 1;
+                    match f.result {
+                        Ok(Outcome::Done(Some(r))) => {
+                            out_records.push(r);
+                            out_positions.push(f.position);
+                        }
+                        Ok(Outcome::Done(None)) => ledger.finish(f.position),
+                        Ok(Outcome::Abandoned) => {}
+                        Err(e) => {
+                            if fatal.is_none() {
+                                fatal = Some(e);
+                            }
+                        }
+                    }
+                    // Release the key: the next entry of the same key may start.
+                    match blocked.get_mut(&f.key).and_then(VecDeque::pop_front) {
+                        Some(next) => {
+                            blocked_count -= 1;
+                            ready.push_back(next);
+                        }
+                        None => {
+                            blocked.remove(&f.key);
+                            active.remove(&f.key);
+                        }
+                    }
+                }
+                if let Some(e) = fatal {
+                    return Err(e);
+                }
+                if !stopping {
+                    spawn_ready(
+                        &mut ready,
+                        &mut running,
+                        concurrency,
+                        &handler,
+                        &tx,
+                        &tracker,
+                    );
+                }
+            }
+        }
+        start_append(
+            &log,
+            &cfg,
+            &tracker,
+            &mut append,
+            &mut out_records,
+            &mut out_positions,
+            &mut ledger,
+        );
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(&mut *consumer, &mut ledger).await?;
+            last_commit = Instant::now();
+        }
+    }
+    commit(&mut *consumer, &mut ledger).await?;
+    tracing::debug!(stage = cfg.stage, "Consumer drained.");
+    Ok(())
+}
+
+/// Starts appending the gathered outputs if no append is in flight.
+fn start_append(
+    log: &Arc<dyn Log>,
+    cfg: &RunnerConfig,
+    tracker: &TaskTracker,
+    append: &mut Option<InFlightAppend>,
+    out_records: &mut Vec<Record>,
+    out_positions: &mut Vec<Position>,
+    ledger: &mut Ledger,
+) {
+    if append.is_some() || out_records.is_empty() {
+        return;
+    }
+    let records = std::mem::take(out_records);
+    let positions = std::mem::take(out_positions);
+    let Some(topic) = cfg.output_topic else {
+        for p in positions {
+            ledger.finish(p);
+        }
+        return;
+    };
+    let (done, rx) = oneshot::channel();
+    let log = log.clone();
+    tracker.spawn(async move {
+        let _ = done.send(log.append(topic, records).await.map(|_| ()));
+    });
+    *append = Some((rx, positions));
+}
+
+/// Starts ready entries while fewer than `concurrency` run.
+fn spawn_ready<H: Handler>(
+    ready: &mut VecDeque<Queued<H::Job>>,
+    running: &mut usize,
+    concurrency: usize,
+    handler: &Arc<H>,
+    tx: &mpsc::UnboundedSender<Finished>,
+    tracker: &TaskTracker,
+) {
+    while *running < concurrency {
+        let Some(q) = ready.pop_front() else { break };
+        *running += 1;
+        let h = handler.clone();
+        let tx = tx.clone();
+        tracker.spawn(async move {
+            let result = match AssertUnwindSafe(h.handle(q.job)).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => Err(StageError::Panicked),
+            };
+            let _ = tx.send(Finished {
+                position: q.position,
+                key: q.key,
+                result,
+            });
+        });
+    }
+}
+
+async fn commit(consumer: &mut dyn Consumer, ledger: &mut Ledger) -> Result<(), StageError> {
+    let positions = ledger.commits();
+    if !positions.is_empty() {
+        consumer.commit(&positions).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(partition: u32, offset: u64) -> Position {
+        Position { partition, offset }
+    }
+
+    #[test]
+    fn ledger_commits_only_contiguous_finished_offsets() {
+        let mut l = Ledger::default();
+        for o in 0..4 {
+            l.start(pos(0, o));
+        }
+        l.start(pos(1, 7));
+        l.finish(pos(0, 1));
+        l.finish(pos(0, 2));
+        assert_eq!(l.commits(), Vec::<Position>::new());
+        l.finish(pos(0, 0));
+        assert_eq!(l.commits(), vec![pos(0, 3)]);
+        l.finish(pos(0, 3));
+        l.finish(pos(1, 7));
+        let mut c = l.commits();
+        c.sort();
+        assert_eq!(c, vec![pos(0, 4), pos(1, 8)]);
+        assert!(l.commits().is_empty());
+    }
+}
