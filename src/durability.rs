@@ -97,8 +97,10 @@ struct Shared {
     mode: Durability,
     /// Tickets handed out; a ticket is taken after the caller's writes are in sled.
     written: AtomicU64,
-    /// Highest ticket known durable.
-    durable: watch::Sender<u64>,
+    /// Highest ticket known durable. Shared with the flusher thread, which releases its
+    /// database handle before announcing a flush, so a writer that drops the last handle
+    /// right after its acknowledgement closes the database at once.
+    durable: Arc<watch::Sender<u64>>,
     poisoned: Mutex<Option<String>>,
     poisoned_flag: AtomicBool,
     signal: Arc<Signal>,
@@ -159,7 +161,7 @@ impl SledDb {
             _ => config.flush_every_ms(None),
         };
         let db = config.open()?;
-        let (durable, _) = watch::channel(0u64);
+        let durable = Arc::new(watch::channel(0u64).0);
         let signal = Arc::new(Signal {
             wake: Mutex::new(false),
             cv: Condvar::new(),
@@ -366,7 +368,9 @@ fn flusher_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>) {
             Ok(_) => {
                 let batch = (target - durable).max(1);
                 expected_x8 = (batch * 8).max(expected_x8 - expected_x8 / 8).max(8);
-                shared.durable.send_replace(target);
+                let announce = shared.durable.clone();
+                drop(shared);
+                announce.send_replace(target);
             }
             Err(e) => {
                 shared.poison(e.to_string());
