@@ -20,9 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, LogKind, StoreKind};
+use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
 use crate::log::{Log, LogError, SledLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::ProcessorConfig;
 use crate::pipeline::retry::RetryPolicy;
 use crate::pipeline::{
@@ -84,6 +86,8 @@ pub struct Engine {
     /// Pipeline stages, in data-flow (and stop) order.
     stages: Vec<StageTasks>,
     failed: Arc<AtomicBool>,
+    /// The per-site pause channels (replication processors subscribe here).
+    pub control: Arc<Control>,
     root: CancellationToken,
     api_tracker: TaskTracker,
     background: TaskTracker,
@@ -108,6 +112,18 @@ impl Engine {
     /// # Errors
     /// `AppError` when storage cannot be opened or the API cannot bind.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Engine, AppError> {
+        Engine::start_with_intake(config, clock, None).await
+    }
+
+    /// As [`Engine::start`], with the intake `POST notifications/s3` hands versions to.
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with_intake(
+        config: Config,
+        clock: SharedClock,
+        intake: Option<Arc<dyn Intake>>,
+    ) -> Result<Engine, AppError> {
         let config = Arc::new(config);
         let st = &config.storage;
         let needs_sled = st.log == LogKind::Sled || st.store == StoreKind::Sled;
@@ -166,17 +182,34 @@ impl Engine {
 
         let root = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
-        let (intake, stages) = match start_pipeline(&config, &log, &store, &root, &failed).await {
-            Ok(x) => x,
-            Err(e) => {
-                root.cancel();
-                return Err(e);
-            }
-        };
+        let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        // Loaded before the processors start, so a site paused before a restart starts paused.
+        let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
+        let (pipeline_intake, stages) =
+            match start_pipeline(&config, &log, &store, &control, &root, &failed).await {
+                Ok(x) => x,
+                Err(e) => {
+                    root.cancel();
+                    return Err(e);
+                }
+            };
+        // An intake given by the caller wins over the populator's.
+        let intake = intake.or(pipeline_intake);
         let api_tracker = TaskTracker::new();
         let background = TaskTracker::new();
-        let state = Arc::new(AppState::new(config.clone(), log.clone(), store.clone()));
-        api_tracker.spawn(api::serve(listener, state, root.child_token()));
+        let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone());
+        if let Some(intake) = intake.clone() {
+            state = state.with_intake(intake);
+        }
+        api_tracker.spawn(api::serve(listener, Arc::new(state), root.child_token()));
+
+        // Scheduled resumes (also those set before a restart).
+        background.spawn(control::run_scheduler(
+            store.clone(),
+            control.clone(),
+            sites,
+            root.child_token(),
+        ));
 
         // Retention of consumed records and expiry of old state.
         {
@@ -224,6 +257,7 @@ impl Engine {
             intake,
             stages,
             failed,
+            control,
             root,
             api_tracker,
             background,
@@ -310,6 +344,7 @@ async fn start_pipeline(
     config: &Arc<Config>,
     log: &Arc<dyn Log>,
     store: &Arc<dyn StateStore>,
+    control: &Arc<Control>,
     root: &CancellationToken,
     failed: &Arc<AtomicBool>,
 ) -> Result<Pipeline, AppError> {
@@ -337,14 +372,17 @@ async fn start_pipeline(
             concurrency: r.concurrency.max(1),
             mpu_threshold,
             retry: RetryPolicy::from(&r.retry),
+            replay: r.retry.replay,
         };
         for site in sites {
+            let gate = PauseGate::new(control.subscribe(site.name()));
             ReplicationProcessor::start(
                 log.clone(),
                 source.clone(),
                 site,
                 store.clone(),
                 pcfg.clone(),
+                gate,
                 &processor_stage,
             )
             .await?;

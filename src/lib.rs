@@ -3,6 +3,7 @@
 //!
 //! Crate map:
 //! - [`config`]: the TOML configuration, parsed then validated as a whole.
+//! - [`control`]: per-site pause/resume channels and the scheduled-resume task.
 //! - [`durability`]: the embedded sled database and its flush policy (group commit).
 //! - [`log`]: the durable log (topics, partitions, consumer groups); [`log::SledLog`].
 //! - [`store`]: the state store (replication info, failed set, pause state, metrics, cursors,
@@ -14,6 +15,7 @@
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
+//! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
 //! - [`clock`]: wall-clock time, injectable for expiry tests.
 //! - [`telemetry`]: logging setup.
@@ -23,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod durability;
 pub mod entry;
 pub mod error;

@@ -1,4 +1,4 @@
-//! Helpers for tests that need a real separate process (crash tests).
+//! Helpers for tests that need a real separate process (crash tests, load tests).
 
 use std::io::Write;
 use std::path::Path;
@@ -100,4 +100,71 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
             let _ = out.flush();
         }
     }
+}
+
+/// Seeds the state store under `config.storage.path` with `count` failed versions per
+/// configured site (spread over the last hour, each with replication info) and some completed
+/// counters, for load measurements of the API. Returns how many failed entries were written.
+///
+/// # Errors
+/// A description of the failure.
+pub async fn seed_failed(config: &crate::config::Config, count: u64) -> Result<u64, String> {
+    use crate::clock::Clock;
+    use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+    use crate::store::{Metric, SledStore, StateStore, StoreOp};
+
+    let st = &config.storage;
+    std::fs::create_dir_all(&st.path).map_err(|e| e.to_string())?;
+    let db = SledDb::open(
+        &st.path,
+        st.durability,
+        Duration::from_millis(st.flush_interval_ms),
+    )
+    .map_err(|e| e.to_string())?;
+    let clock = std::sync::Arc::new(crate::clock::SystemClock);
+    let now = clock.now_ms();
+    let store = SledStore::open(db.clone(), clock).map_err(|e| e.to_string())?;
+    let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+    let mut written = 0;
+    for site in &sites {
+        let mut ops = Vec::new();
+        for i in 0..count {
+            let v = VersionRef::new("load", format!("{site}/key-{i}"), format!("v{i}"));
+            let mut info = ReplicationInfo::pending(&sites);
+            info.size = 1000 + i;
+            info.last_modified = crate::clock::iso8601_ms(now);
+            info.set_site_status(site, ReplicationStatus::Failed, None);
+            ops.push(StoreOp::PutReplication {
+                version: v.clone(),
+                info,
+            });
+            ops.push(StoreOp::AddFailed {
+                site: site.clone(),
+                version: v,
+                score_ms: now.saturating_sub(i * 300),
+            });
+            if ops.len() >= 1000 {
+                store
+                    .apply(vec![], std::mem::take(&mut ops))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            written += 1;
+        }
+        ops.push(StoreOp::AddMetric {
+            site: site.clone(),
+            metric: Metric::OpsDone,
+            value: 450,
+            at_ms: now,
+        });
+        ops.push(StoreOp::AddMetric {
+            site: site.clone(),
+            metric: Metric::BytesDone,
+            value: 1027,
+            at_ms: now,
+        });
+        store.apply(vec![], ops).await.map_err(|e| e.to_string())?;
+    }
+    db.flush_now().await.map_err(|e| e.to_string())?;
+    Ok(written)
 }

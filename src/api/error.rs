@@ -81,6 +81,24 @@ impl ApiError {
         )
     }
 
+    /// 404 NoSuchKey: the version is unknown to the state store.
+    pub fn no_such_key() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+        )
+    }
+
+    /// 503 ServiceUnavailable.
+    pub fn service_unavailable(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            description,
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();

@@ -8,9 +8,20 @@
 //! 5. query validation -> 400 InvalidQueryParameter;
 //! 6. body validation -> 400 MalformedPOSTRequest;
 //! 7. store or log unusable -> 500 InternalError.
+//!
+//! Modules: [`router`] (the route table, matching, dispatch; its rows are the OpenAPI
+//! document's operations, `openapi.json`), [`health`], [`metrics`] (JSON metrics),
+//! [`failed`] (failed CRR list/get/retry), [`pause`] (pause/resume/schedule/status, through
+//! [`Control`]), [`object`] (our version view and S3 notification intake), [`monitoring`]
+//! (Prometheus text), [`error`].
 
 pub mod error;
+pub mod failed;
 pub mod health;
+pub mod metrics;
+pub mod monitoring;
+pub mod object;
+pub mod pause;
 pub mod router;
 
 use std::convert::Infallible;
@@ -31,7 +42,9 @@ use tokio_util::task::TaskTracker;
 
 pub use self::error::{json_response, ApiError};
 use crate::config::Config;
+use crate::control::Control;
 use crate::durability::Durability;
+use crate::intake::Intake;
 use crate::log::Log;
 use crate::store::StateStore;
 
@@ -56,6 +69,10 @@ pub struct AppState {
     pub token: Option<String>,
     /// When the API started.
     pub started: Instant,
+    /// The per-site pause channels.
+    pub control: Arc<Control>,
+    /// Where `POST notifications/s3` hands discovered versions; `None` without a source.
+    pub intake: Option<Arc<dyn Intake>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -68,7 +85,12 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// Builds the API state from the configuration and the opened log and store.
-    pub fn new(config: Arc<Config>, log: Arc<dyn Log>, store: Arc<dyn StateStore>) -> AppState {
+    pub fn new(
+        config: Arc<Config>,
+        log: Arc<dyn Log>,
+        store: Arc<dyn StateStore>,
+        control: Arc<Control>,
+    ) -> AppState {
         let allow = config
             .server
             .allow_from
@@ -84,7 +106,15 @@ impl AppState {
             store,
             config,
             started: Instant::now(),
+            control,
+            intake: None,
         }
+    }
+
+    /// Sets the intake of S3 event notifications.
+    pub fn with_intake(mut self, intake: Arc<dyn Intake>) -> AppState {
+        self.intake = Some(intake);
+        self
     }
 
     /// Per-site consumer state for the healthcheck: the lag of each site's consumer group.
@@ -126,10 +156,17 @@ pub async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match dispatch(&state, peer, req).await {
+    let mut resp = match dispatch(&state, peer, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110: a 405 lists the methods the resource supports.
+        let allow = router::allowed_methods(&path).join(", ");
+        if let Ok(v) = header::HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "API request.");
     if method == Method::HEAD {
         let (parts, _) = resp.into_parts();
@@ -167,7 +204,7 @@ async fn dispatch(
         return Err(ApiError::method_not_allowed());
     }
     let uri = req.uri().clone();
-    let route = router::parse(&method, uri.path(), uri.query())?;
+    let route = router::parse(&method, uri.path(), uri.query(), &state.sites)?;
     let body = if method == Method::POST {
         read_body(req.into_body()).await?
     } else {

@@ -1,19 +1,238 @@
-//! Route parsing and dispatch (reference sections 1.3 and 1.4). Matching is exact: a misspelt
-//! service, type or site is a 404, never a guess.
+//! Route parsing and dispatch (reference sections 1.3 and 1.4).
+//!
+//! Every route is a row of [`ROUTES`]: a method, a path template and what it runs. Matching
+//! walks the table, so the table is the whole API (the OpenAPI document is checked against it
+//! by a test). Matching is exact: literal segments must be equal, `{site}` must name a
+//! configured site (or `all` where allowed), `{bucket}` is one non-empty segment and `{key}` the
+//! non-empty rest of the path (keys may contain `/`). Segments are percent-decoded after the
+//! split, so `%2F` inside a key stays part of it. A misspelt service, type or site is a 404,
+//! never a guess; a trailing segment is a 404.
+//!
+//! Deliberate choices where the original is loose:
+//! - `ingestion` has no sites in this engine: `metrics/ingestion/all[/<type>]` answers zeros,
+//!   any other ingestion site is a 404 (as the original with an empty ingestion site list);
+//!   `ingestion` and `lifecycle` pause/resume/status routes are 404 (no such services here).
+//! - `GET crr/failed/<bucket>` and `GET crr/failed/<bucket>/<key>` without a (non-empty)
+//!   `versionId` are site listings, as in the original; `POST crr/failed/<anything>` is a 404.
+//! - A query string on `healthcheck` or `monitoring/metrics` is ignored (the original's exact
+//!   string compare made it a 404).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
 
-use super::{health, json_response, ApiError, AppState};
+use super::{
+    failed, health, json_response, metrics, monitoring, object, pause, ApiError, AppState,
+};
+use crate::model::VersionRef;
 
-/// A matched route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+/// The OpenAPI 3 document of every route, served at `openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Type of a site-level metrics route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Every metric of the service.
+    All,
+    /// Incomplete operations (crr only).
+    Backlog,
+    /// Completed in 24 h.
+    Completions,
+    /// Failed in 24 h (crr only).
+    Failures,
+    /// Over 900 s.
+    Throughput,
+    /// Pending counters.
+    Pending,
+}
+
+/// Services with metrics routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Cross-region replication.
+    Crr,
+    /// Ingestion (no sites in this engine).
+    Ingestion,
+}
+
+/// What a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteId {
     /// `GET healthcheck`.
     Healthcheck,
+    /// `GET monitoring/metrics`.
+    Monitoring,
+    /// `GET openapi.json`.
+    OpenApi,
+    /// Site-level metrics.
+    Metrics(Service, MetricKind),
+    /// Object replication progress.
+    ObjectProgress,
+    /// Object replication throughput.
+    ObjectThroughput,
+    /// Failed list of a site.
+    FailedList,
+    /// Failed entries of one version (a listing without `versionId`).
+    FailedVersion,
+    /// Retry failed entries.
+    Retry,
+    /// Pause sites.
+    Pause,
+    /// Resume sites now.
+    Resume,
+    /// Schedule a resume.
+    ScheduleResume,
+    /// Cancel a scheduled resume.
+    CancelSchedule,
+    /// Read scheduled resumes.
+    GetSchedule,
+    /// Read pause status.
+    Status,
+    /// The replication view of one version (ours).
+    ObjectView,
+    /// S3 event notifications (ours).
+    NotifyS3,
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template relative to the prefix, starting with `/`.
+    pub path: &'static str,
+    /// What it runs.
+    pub id: RouteId,
+}
+
+const fn r(method: &'static str, path: &'static str, id: RouteId) -> RouteSpec {
+    RouteSpec { method, path, id }
+}
+
+use MetricKind as K;
+use RouteId as R;
+use Service as S;
+
+/// The route table: every route of the API, relative to `/_/backbeat/api` and `/_`.
+pub const ROUTES: &[RouteSpec] = &[
+    r("GET", "/healthcheck", R::Healthcheck),
+    r("GET", "/monitoring/metrics", R::Monitoring),
+    r("GET", "/openapi.json", R::OpenApi),
+    r("GET", "/metrics/crr/{site}", R::Metrics(S::Crr, K::All)),
+    r("GET", "/metrics/crr/{site}/all", R::Metrics(S::Crr, K::All)),
+    r(
+        "GET",
+        "/metrics/crr/{site}/backlog",
+        R::Metrics(S::Crr, K::Backlog),
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/completions",
+        R::Metrics(S::Crr, K::Completions),
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/failures",
+        R::Metrics(S::Crr, K::Failures),
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/throughput",
+        R::Metrics(S::Crr, K::Throughput),
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/pending",
+        R::Metrics(S::Crr, K::Pending),
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/progress/{bucket}/{key}",
+        R::ObjectProgress,
+    ),
+    r(
+        "GET",
+        "/metrics/crr/{site}/throughput/{bucket}/{key}",
+        R::ObjectThroughput,
+    ),
+    r(
+        "GET",
+        "/metrics/ingestion/{site}",
+        R::Metrics(S::Ingestion, K::All),
+    ),
+    r(
+        "GET",
+        "/metrics/ingestion/{site}/all",
+        R::Metrics(S::Ingestion, K::All),
+    ),
+    r(
+        "GET",
+        "/metrics/ingestion/{site}/completions",
+        R::Metrics(S::Ingestion, K::Completions),
+    ),
+    r(
+        "GET",
+        "/metrics/ingestion/{site}/throughput",
+        R::Metrics(S::Ingestion, K::Throughput),
+    ),
+    r(
+        "GET",
+        "/metrics/ingestion/{site}/pending",
+        R::Metrics(S::Ingestion, K::Pending),
+    ),
+    r("GET", "/crr/failed", R::FailedList),
+    r("GET", "/crr/failed/{bucket}", R::FailedList),
+    r("GET", "/crr/failed/{bucket}/{key}", R::FailedVersion),
+    r("POST", "/crr/failed", R::Retry),
+    r("POST", "/crr/pause", R::Pause),
+    r("POST", "/crr/pause/{site}", R::Pause),
+    r("POST", "/crr/resume", R::Resume),
+    r("POST", "/crr/resume/{site}", R::Resume),
+    r("POST", "/crr/resume/{site}/schedule", R::ScheduleResume),
+    r("DELETE", "/crr/resume", R::CancelSchedule),
+    r("DELETE", "/crr/resume/{site}", R::CancelSchedule),
+    r("DELETE", "/crr/resume/{site}/schedule", R::CancelSchedule),
+    r("GET", "/crr/resume", R::GetSchedule),
+    r("GET", "/crr/resume/{site}", R::GetSchedule),
+    r("GET", "/crr/resume/{site}/schedule", R::GetSchedule),
+    r("GET", "/crr/status", R::Status),
+    r("GET", "/crr/status/{site}", R::Status),
+    r("GET", "/crr/object/{bucket}/{key}", R::ObjectView),
+    r("HEAD", "/crr/object/{bucket}/{key}", R::ObjectView),
+    r("POST", "/notifications/s3", R::NotifyS3),
+];
+
+/// Routes that answer 405 (not 404) to a wrong method, as the original's fixed routes.
+const FIXED: &[RouteId] = &[R::Healthcheck, R::Monitoring, R::OpenApi];
+
+/// A matched route with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// What it runs.
+    pub id: RouteId,
+    /// The `{site}` parameter; `all` when the template has none.
+    pub site: String,
+    /// The `{bucket}` parameter.
+    pub bucket: Option<String>,
+    /// The `{key}` parameter.
+    pub key: Option<String>,
+    /// The query string, decoded (first value of each name).
+    pub query: HashMap<String, String>,
+}
+
+impl Route {
+    /// The version named by `{bucket}`, `{key}` and a non-empty `versionId`.
+    pub fn version(&self) -> Option<VersionRef> {
+        let vid = self.query.get("versionId").filter(|v| !v.is_empty())?;
+        Some(VersionRef::new(
+            self.bucket.clone()?,
+            self.key.clone()?,
+            vid.clone(),
+        ))
+    }
 }
 
 /// Strips the two accepted prefixes; `None` if the path has neither.
@@ -22,27 +241,218 @@ pub fn strip_prefix(path: &str) -> Option<&str> {
         .or_else(|| path.strip_prefix("/_/"))
 }
 
+/// Percent-decodes `s` (and `+` as a space when `plus` is set); `None` on a bad escape or
+/// invalid UTF-8.
+pub fn percent_decode(s: &str, plus: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses a query string (form encoding); the first value of a name wins.
+///
+/// # Errors
+/// 400 InvalidQueryParameter on a bad escape or invalid UTF-8.
+pub fn parse_query(query: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || ApiError::invalid_query("query string is not valid percent-encoded UTF-8");
+        let k = percent_decode(k, true).ok_or_else(bad)?;
+        let v = percent_decode(v, true).ok_or_else(bad)?;
+        out.entry(k).or_insert(v);
+    }
+    Ok(out)
+}
+
+fn site_ok(id: RouteId, site: &str, sites: &[String]) -> bool {
+    match id {
+        R::Metrics(S::Ingestion, _) => site == "all",
+        R::ObjectProgress | R::ObjectThroughput => sites.iter().any(|s| s == site),
+        _ => site == "all" || sites.iter().any(|s| s == site),
+    }
+}
+
+/// Matches `segments` against one template; returns `(site, bucket, key)`.
+fn match_template(
+    template: &str,
+    segments: &[String],
+) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    let (mut site, mut bucket, mut key) = (None, None, None);
+    for (i, part) in parts.iter().enumerate() {
+        match *part {
+            "{key}" => {
+                let rest = segments.get(i..).filter(|r| !r.is_empty())?;
+                let k = rest.join("/");
+                if k.is_empty() {
+                    return None;
+                }
+                key = Some(k);
+                return Some((site, bucket, key));
+            }
+            "{site}" | "{bucket}" => {
+                let seg = segments.get(i).filter(|s| !s.is_empty())?;
+                if *part == "{site}" {
+                    site = Some(seg.clone());
+                } else {
+                    bucket = Some(seg.clone());
+                }
+            }
+            lit => {
+                if segments.get(i).map(String::as_str) != Some(lit) {
+                    return None;
+                }
+            }
+        }
+    }
+    (segments.len() == parts.len()).then_some((site, bucket, key))
+}
+
+/// The methods the route table serves at `path` (for the `Allow` header of a 405).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let Some(rest) = strip_prefix(path) else {
+        return Vec::new();
+    };
+    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
+    let Some(segments) = segments else {
+        return Vec::new();
+    };
+    let mut out: Vec<&'static str> = Vec::new();
+    for spec in ROUTES {
+        if match_template(spec.path, &segments).is_some() && !out.contains(&spec.method) {
+            out.push(spec.method);
+        }
+    }
+    out
+}
+
 /// Matches a request to a route.
 ///
 /// # Errors
 /// 404 RouteNotFound, 405 MethodNotAllowed or 400 InvalidQueryParameter, as the original.
-pub fn parse(method: &Method, path: &str, _query: Option<&str>) -> Result<Route, ApiError> {
-    let Some(route) = strip_prefix(path) else {
-        return Err(ApiError::route_not_found(format!(
-            "path {path} does not exist"
-        )));
+pub fn parse(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    sites: &[String],
+) -> Result<Route, ApiError> {
+    let not_found = |what: &str| ApiError::route_not_found(format!("path {what} does not exist"));
+    let Some(rest) = strip_prefix(path) else {
+        return Err(not_found(path));
     };
-    match route {
-        "healthcheck" => {
-            if method == Method::GET {
-                Ok(Route::Healthcheck)
-            } else {
-                Err(ApiError::method_not_allowed())
-            }
+    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
+    let Some(segments) = segments else {
+        return Err(not_found(rest));
+    };
+    let mut wrong_method = false;
+    for spec in ROUTES {
+        let Some((site, bucket, key)) = match_template(spec.path, &segments) else {
+            continue;
+        };
+        if spec.method != method.as_str() {
+            wrong_method |= FIXED.contains(&spec.id);
+            continue;
         }
-        _ => Err(ApiError::route_not_found(format!(
-            "path {route} does not exist"
-        ))),
+        let site = site.unwrap_or_else(|| "all".to_string());
+        if !site_ok(spec.id, &site, sites) {
+            return Err(not_found(rest));
+        }
+        let query = parse_query(query)?;
+        let route = Route {
+            id: spec.id,
+            site,
+            bucket,
+            key,
+            query,
+        };
+        validate_query(&route)?;
+        if matches!(
+            route.id,
+            R::ObjectProgress | R::ObjectThroughput | R::ObjectView
+        ) && route.version().is_none()
+        {
+            return Err(ApiError::route_not_found(format!(
+                "must provide object key and version ID in route: {rest}"
+            )));
+        }
+        return Ok(route);
+    }
+    if wrong_method {
+        return Err(ApiError::method_not_allowed());
+    }
+    Err(not_found(rest))
+}
+
+/// The original's query checks (reference 1.2 step 5), on the failed-listing routes.
+fn validate_query(route: &Route) -> Result<(), ApiError> {
+    if !matches!(route.id, R::FailedList | R::FailedVersion) {
+        return Ok(());
+    }
+    if let Some(m) = route.query.get("marker") {
+        if parse_marker(m).is_none() {
+            return Err(ApiError::invalid_query("marker must be a number"));
+        }
+    }
+    if route.query.get("sitename").is_some_and(|s| s.is_empty()) {
+        return Err(ApiError::invalid_query("must be a non-empty string"));
+    }
+    Ok(())
+}
+
+/// JavaScript's `parseInt` on a marker: optional whitespace and sign, then the leading digits;
+/// `None` when there are none.
+pub fn parse_marker(s: &str) -> Option<i128> {
+    let t = s.trim_start();
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let end = digits
+        .bytes()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let n: i128 = digits[..end.min(30)].parse().ok()?;
+    Some(if neg { -n } else { n })
+}
+
+/// The original's dependency check (reference 1.2 step 6): the log and the state store must
+/// accept writes, else 500 InternalError.
+fn dependencies_ok(state: &AppState) -> Result<(), ApiError> {
+    let log = state.log.check().err().map(|e| e.to_string());
+    let store = state.store.check().err().map(|e| e.to_string());
+    match (log, store) {
+        (None, None) => Ok(()),
+        (l, s) => {
+            let what: Vec<String> = l.into_iter().chain(s).collect();
+            Err(ApiError::internal(format!(
+                "error connecting to internal client: {}",
+                what.join("; ")
+            )))
+        }
     }
 }
 
@@ -53,11 +463,27 @@ pub fn parse(method: &Method, path: &str, _query: Option<&str>) -> Result<Route,
 pub async fn run(
     state: &Arc<AppState>,
     route: Route,
-    _body: Bytes,
+    body: Bytes,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    match route {
-        Route::Healthcheck => match health::healthcheck(state).await {
-            Ok(body) => Ok(json_response(StatusCode::OK, &body)),
+    let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
+    // Body validation (400) before the dependency check (500), as the original's pipeline.
+    let retries = match route.id {
+        R::Retry => failed::parse_retry_body(&body)?,
+        _ => Vec::new(),
+    };
+    let hours = match route.id {
+        R::ScheduleResume => pause::parse_hours(&body)?,
+        _ => pause::DEFAULT_RESUME_HOURS,
+    };
+    if !matches!(
+        route.id,
+        R::Healthcheck | R::OpenApi | R::Monitoring | R::NotifyS3
+    ) {
+        dependencies_ok(state)?;
+    }
+    match route.id {
+        R::Healthcheck => match health::healthcheck(state).await {
+            Ok(body) => ok(body),
             Err((err, details)) => {
                 let mut body = err.body();
                 if let (Some(obj), serde_json::Value::Object(d)) = (body.as_object_mut(), details) {
@@ -68,5 +494,144 @@ pub async fn run(
                 Ok(json_response(err.status, &body))
             }
         },
+        R::Monitoring => monitoring::prometheus(state).await,
+        R::OpenApi => Ok(super::text_response(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.to_string(),
+        )),
+        R::Metrics(service, kind) => {
+            ok(metrics::site_metrics(state, service, kind, &route.site).await?)
+        }
+        R::ObjectProgress | R::ObjectThroughput => {
+            let Some(version) = route.version() else {
+                return Err(ApiError::route_not_found(
+                    "must provide object key and version ID",
+                ));
+            };
+            let progress = route.id == R::ObjectProgress;
+            ok(metrics::object_metrics(state, &route.site, &version, progress).await?)
+        }
+        R::FailedList => ok(failed::list(state, &route).await?),
+        R::FailedVersion => match route.version() {
+            Some(v) => ok(failed::of_version(state, &v).await?),
+            None => ok(failed::list(state, &route).await?),
+        },
+        R::Retry => ok(failed::retry(state, retries).await?),
+        R::Pause => ok(pause::pause(state, &route.site).await?),
+        R::Resume => ok(pause::resume(state, &route.site).await?),
+        R::ScheduleResume => ok(pause::schedule(state, &route.site, hours).await?),
+        R::CancelSchedule => ok(pause::cancel_schedule(state, &route.site).await?),
+        R::GetSchedule => ok(pause::get_schedule(state, &route.site).await?),
+        R::Status => ok(pause::status(state, &route.site).await?),
+        R::ObjectView => {
+            let Some(version) = route.version() else {
+                return Err(ApiError::route_not_found(
+                    "must provide object key and version ID",
+                ));
+            };
+            object::view(state, &version).await
+        }
+        R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sites() -> Vec<String> {
+        vec!["s1".into(), "s2".into()]
+    }
+
+    fn p(method: Method, path: &str, q: Option<&str>) -> Result<Route, u16> {
+        parse(&method, path, q, &sites()).map_err(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn exact_matching() {
+        assert_eq!(
+            p(Method::GET, "/_/healthcheck", None).map(|r| r.id),
+            Ok(R::Healthcheck)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/healthcheck", None).map(|r| r.id),
+            Err(405)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/healthcheck/", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/backbeat/api/metrics/crr/s1", None).map(|r| r.id),
+            Ok(R::Metrics(S::Crr, K::All))
+        );
+        assert_eq!(
+            p(Method::GET, "/_/metrics/crr/s3/backlog", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/metrics/crrr/s1/backlog", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/metrics/crr/s1/backlogs", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/metrics/ingestion/all/backlog", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/status", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(p(Method::GET, "/_/crr/pause", None).map(|r| r.id), Err(404));
+        assert_eq!(
+            p(Method::POST, "/_/ingestion/pause", None).map(|r| r.id),
+            Err(404)
+        );
+    }
+
+    #[test]
+    fn keys_keep_slashes_and_escapes() {
+        let r = p(
+            Method::GET,
+            "/_/crr/object/b/a/b%2Fc%20d",
+            Some("versionId=v+1"),
+        )
+        .unwrap();
+        assert_eq!(r.version(), Some(VersionRef::new("b", "a/b/c d", "v 1")));
+        assert_eq!(
+            p(Method::GET, "/_/crr/object/b/k", None).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/crr/object/b/k", Some("versionId=")).map(|r| r.id),
+            Err(404)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/crr/object/b", Some("versionId=1")).map(|r| r.id),
+            Err(404)
+        );
+    }
+
+    #[test]
+    fn marker_validation() {
+        assert_eq!(parse_marker("12abc"), Some(12));
+        assert_eq!(parse_marker(""), None);
+        assert_eq!(parse_marker("x"), None);
+        assert_eq!(
+            p(Method::GET, "/_/crr/failed", Some("marker=")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/crr/failed", Some("sitename=")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/crr/failed", Some("marker=%zz")).map(|r| r.id),
+            Err(400)
+        );
     }
 }

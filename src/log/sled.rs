@@ -286,7 +286,9 @@ impl Inner {
                 }
                 offset += 1;
             }
-            part.tree.apply_batch(batch)?;
+            if let Err(e) = part.tree.apply_batch(batch) {
+                return Err(self.db.poison_on(&e).into());
+            }
             *next = offset;
             ends.push((p, offset));
         }
@@ -721,7 +723,9 @@ impl Consumer for SledConsumer {
         if updates.is_empty() {
             return Ok(());
         }
-        self.inner.offsets.apply_batch(batch)?;
+        if let Err(e) = self.inner.offsets.apply_batch(batch) {
+            return Err(self.inner.db.poison_on(&e).into());
+        }
         self.inner.db.sync().await?;
         for (p, off) in updates {
             if let Some(c) = self.committed.get_mut(p) {

