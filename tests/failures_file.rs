@@ -446,6 +446,19 @@ async fn pause_survives_restart_resume_drains_and_scheduled_resume_fires_after_r
     assert!(e.stop().success());
 }
 
+/// Removes the site directory `dir`, moving what was written into it meanwhile to `keep`.
+fn kill_dir(dir: &Path, keep: &Path) {
+    for _ in 0..100 {
+        for f in std::fs::read_dir(dir).unwrap().flatten() {
+            let _ = std::fs::rename(f.path(), keep.join(f.file_name()));
+        }
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+    }
+    panic!("cannot remove {}", dir.display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     let d = dirs();
@@ -454,21 +467,31 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], retry);
     let cfg_path = write_config(&d.root, &cfg);
     let dead = d.root.join("site-a.dead");
-    std::fs::rename(&d.a, &dead).unwrap();
+    // The file site creates its directory at start: A dies once the engine runs, and every
+    // restart below happens with A's directory in place, then A dies again.
     let e = EngineProc::start(&cfg_path, &d.logs);
+    std::fs::rename(&d.a, &dead).unwrap();
     put_objects(&d.src, 0..30);
     e.wait_log("queued again for a replay", Duration::from_secs(60));
     e.kill9();
-    // A few half-done revivals: A comes back for a moment between kills.
+    // Restarted while A is dead (its directory is recreated at start, so kill it again at
+    // once), killed mid-replay; restarted, killed once some versions are FAILED and others
+    // are still being replayed; restarted for good.
     let e = EngineProc::start(&cfg_path, &d.logs);
+    kill_dir(&d.a, &dead);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     e.kill9();
-    std::fs::rename(&dead, &d.a).unwrap();
     let e = EngineProc::start(&cfg_path, &d.logs);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill_dir(&d.a, &dead);
+    let api = api_of(&e);
+    wait_for("some FAILED", Duration::from_secs(60), || async {
+        !failed_list(api, "A").await.is_empty()
+    })
+    .await;
+    let partial = failed_list(api, "A").await.len();
     e.kill9();
-    std::fs::rename(&d.a, &dead).unwrap();
     let e = EngineProc::start(&cfg_path, &d.logs);
+    kill_dir(&d.a, &dead);
     let api = api_of(&e);
     // Every version ends COMPLETED or FAILED at A, each once.
     wait_for(
@@ -505,7 +528,7 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
         replicas(&d.b, 0..30) == 30
     });
     eprintln!(
-        "after kill -9 cycles: {} FAILED, {completed_here} COMPLETED at A",
+        "after kill -9 cycles: {} FAILED ({partial} at the last kill), {completed_here} replicas at A",
         failed.len()
     );
     // A comes back; the retry completes the rest.
