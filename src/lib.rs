@@ -13,6 +13,7 @@
 //! - [`error`]: the retry/fail disposition shared by adapters and stages.
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
+//! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
 //! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
@@ -33,6 +34,7 @@ pub mod intake;
 pub mod log;
 pub mod model;
 pub mod pipeline;
+pub mod s3;
 pub mod site;
 pub mod source;
 pub mod store;

@@ -8,14 +8,23 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use backbeat::model::VersionRef;
+use backbeat::s3::{uri_decode, S3Client, S3Options, S3Request, Xml};
+use backbeat::site::azure::AzureSite;
 use backbeat::site::file::{FileSite, Sidecar};
 use backbeat::site::parts::part_ranges;
+use backbeat::site::s3::S3Site;
 use backbeat::site::{Site, SiteError};
 use backbeat::source::{ByteStream, ObjectInfo};
 use bytes::Bytes;
+use common::peers::{
+    free_port, moto_bin, start_azurite, start_moto, start_peer, Peer, AZURITE_ACCOUNT, AZURITE_KEY,
+};
+use common::{azure, moto};
+use hyper::Method;
 
 /// What a site holds for one key, read back independently.
 #[derive(Debug, Default)]
@@ -69,7 +78,8 @@ pub fn info(key: &str, size: u64, vid: &str) -> ObjectInfo {
         ]),
         tags: BTreeMap::from([
             ("project".to_string(), "x y".to_string()),
-            ("k&".to_string(), "v=1".to_string()),
+            // Needs URL-encoding in x-amz-tagging; valid for S3, not for Azure index tags.
+            ("k+:/".to_string(), "v=1 @".to_string()),
         ]),
         is_delete_marker: false,
     }
@@ -356,5 +366,344 @@ async fn file_site_rejects_a_key_that_is_both_file_and_directory() -> anyhow::Re
     site.put(&info("a", 1, "v1"), body(b"x".to_vec())).await?;
     let res = site.put(&info("a/b", 1, "v1"), body(b"y".to_vec())).await;
     assert!(matches!(res, Err(SiteError::Rejected { .. })), "{res:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// aws_s3 site on moto
+
+static MOTO: LazyLock<Peer> = LazyLock::new(start_moto);
+
+struct S3Inspect {
+    client: S3Client,
+    bucket: String,
+}
+
+#[async_trait]
+impl Inspect for S3Inspect {
+    async fn read(&self, key: &str) -> anyhow::Result<Option<Replica>> {
+        // moto's own listing must show the exact key.
+        let listed = moto::list_keys(&self.client, &self.bucket, key).await?;
+        if !listed.iter().any(|k| k == key) {
+            return Ok(None);
+        }
+        let resp = self
+            .client
+            .send(S3Request::new(Method::GET, &self.bucket, Some(key)))
+            .await?;
+        let h = resp.headers().clone();
+        let data = self
+            .client
+            .read_capped(resp.into_body(), 64 << 20)
+            .await?
+            .to_vec();
+        let mut user_metadata = BTreeMap::new();
+        let (mut status, mut vid) = (String::new(), String::new());
+        for (n, v) in &h {
+            if let Some(k) = n.as_str().strip_prefix("x-amz-meta-") {
+                let v = v.to_str()?.to_string();
+                match k {
+                    "scal-replication-status" => status = v,
+                    "scal-version-id" => vid = v,
+                    _ => {
+                        user_metadata.insert(k.to_string(), v);
+                    }
+                }
+            }
+        }
+        let tagging = moto::get_xml(&self.client, &self.bucket, Some(key), "tagging").await?;
+        Ok(Some(Replica {
+            data,
+            content_type: h
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string()),
+            user_metadata,
+            tags: backbeat::source::s3::parse_tags(&tagging),
+            replication_status: status,
+            version_id: vid,
+        }))
+    }
+
+    async fn pending_uploads(&self, key: &str) -> anyhow::Result<usize> {
+        let (_, xml) = self
+            .client
+            .send_xml(
+                S3Request::new(Method::GET, &self.bucket, None)
+                    .flag("uploads")
+                    .query("prefix", key),
+            )
+            .await?;
+        Ok(xml.all("Upload").count())
+    }
+}
+
+#[tokio::test]
+async fn s3_site_meets_the_contract_on_moto() -> anyhow::Result<()> {
+    let client = moto::client(&MOTO);
+    moto::create_bucket(&client, "replica-conf", true).await?;
+    let site = S3Site::new("aws-1", "replica-conf", client.clone());
+    let inspect = S3Inspect {
+        client,
+        bucket: "replica-conf".into(),
+    };
+    conformance(&site, &inspect, "p/").await?;
+    // The receipt carries the replica's version id in a versioned bucket.
+    let r = site
+        .put(&info("receipt", 1, "v1"), body(b"r".to_vec()))
+        .await?;
+    assert!(r.version_id.is_some(), "{r:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_site_missing_bucket_is_no_such_bucket() -> anyhow::Result<()> {
+    let site = S3Site::new("aws-1", "no-such-bucket", moto::client(&MOTO));
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(
+        matches!(res, Err(SiteError::NoSuchBucket { .. })),
+        "{res:?}"
+    );
+    let res = site.health().await;
+    assert!(
+        matches!(res, Err(SiteError::NoSuchBucket { .. })),
+        "{res:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_site_closed_port_is_transient() -> anyhow::Result<()> {
+    let port = free_port();
+    let client = S3Client::new(
+        &format!("http://127.0.0.1:{port}"),
+        "us-east-1",
+        "ak",
+        "sk",
+        S3Options::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let site = S3Site::new("aws-1", "b", client);
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
+    assert!(matches!(
+        site.health().await,
+        Err(SiteError::Transient { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_site_wrong_credentials_are_unauthorized() -> anyhow::Result<()> {
+    // A separate moto that enforces authentication from its first request.
+    let bin = moto_bin();
+    let port = free_port();
+    let peer = start_peer(
+        "moto-auth",
+        &bin,
+        &[
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")],
+        port,
+        None,
+    );
+    let site = S3Site::new("aws-1", "b", moto::client_with(&peer, "AKIDWRONG", "wrong"));
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(
+        matches!(res, Err(SiteError::Unauthorized { .. })),
+        "{res:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// azure site on Azurite
+
+static AZURITE: LazyLock<Peer> = LazyLock::new(start_azurite);
+
+fn azurite_endpoint() -> String {
+    format!("{}/{AZURITE_ACCOUNT}", AZURITE.url())
+}
+
+async fn create_container(name: &str) -> anyhow::Result<()> {
+    let url = format!("{}/{name}?restype=container", azurite_endpoint());
+    let (status, _, body) =
+        azure::call(AZURITE_ACCOUNT, AZURITE_KEY, Method::PUT, &url, b"").await?;
+    anyhow::ensure!(
+        status == 201 || status == 409,
+        "create container: {status} {body:?}"
+    );
+    Ok(())
+}
+
+struct AzureInspect {
+    site: AzureSite,
+}
+
+impl AzureInspect {
+    async fn get(&self, key: &str, query: &str) -> anyhow::Result<(u16, hyper::HeaderMap, Bytes)> {
+        azure::call(
+            AZURITE_ACCOUNT,
+            AZURITE_KEY,
+            Method::GET,
+            &self.site.url(Some(key), query),
+            b"",
+        )
+        .await
+    }
+}
+
+fn decode_tags(s: &str) -> BTreeMap<String, String> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (uri_decode(k).unwrap(), uri_decode(v).unwrap()))
+        .collect()
+}
+
+#[async_trait]
+impl Inspect for AzureInspect {
+    async fn read(&self, key: &str) -> anyhow::Result<Option<Replica>> {
+        let (status, h, data) = self.get(key, "").await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        anyhow::ensure!(status == 200, "GET {key:?}: {status}");
+        let mut r = Replica {
+            data: data.to_vec(),
+            content_type: h
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string()),
+            ..Replica::default()
+        };
+        for (n, v) in &h {
+            if let Some(k) = n.as_str().strip_prefix("x-ms-meta-") {
+                let v = v.to_str()?.to_string();
+                match k {
+                    "scal_replication_status" => r.replication_status = v,
+                    "scal_version_id" => r.version_id = v,
+                    "scal_tags" => r.tags = decode_tags(&v),
+                    _ => {
+                        r.user_metadata.insert(k.to_string(), v);
+                    }
+                }
+            }
+        }
+        if r.tags.is_empty() {
+            let (status, _, body) = self.get(key, "comp=tags").await?;
+            anyhow::ensure!(status == 200, "GET tags {key:?}: {status}");
+            let xml = Xml::parse(&body).map_err(anyhow::Error::msg)?;
+            if let Some(set) = xml.child("TagSet") {
+                for t in set.all("Tag") {
+                    r.tags.insert(
+                        t.text_of("Key").unwrap_or_default().to_string(),
+                        t.text_of("Value").unwrap_or_default().to_string(),
+                    );
+                }
+            }
+        }
+        Ok(Some(r))
+    }
+
+    async fn pending_uploads(&self, key: &str) -> anyhow::Result<usize> {
+        let (status, _, body) = self
+            .get(key, "comp=blocklist&blocklisttype=uncommitted")
+            .await?;
+        if status == 404 {
+            return Ok(0);
+        }
+        anyhow::ensure!(status == 200, "GET block list {key:?}: {status}");
+        let xml = Xml::parse(&body).map_err(anyhow::Error::msg)?;
+        Ok(xml
+            .child("UncommittedBlocks")
+            .map(|u| u.all("Block").count())
+            .unwrap_or(0))
+    }
+}
+
+fn azure_site(container: &str, key: &str) -> AzureSite {
+    AzureSite::new(
+        "azure-1",
+        &azurite_endpoint(),
+        AZURITE_ACCOUNT,
+        key,
+        container,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn azure_site_meets_the_contract_on_azurite() -> anyhow::Result<()> {
+    create_container("replica").await?;
+    let site = azure_site("replica", AZURITE_KEY);
+    let inspect = AzureInspect {
+        site: azure_site("replica", AZURITE_KEY),
+    };
+    conformance(&site, &inspect, "p/").await
+}
+
+#[tokio::test]
+async fn azure_site_stores_compatible_tags_as_index_tags() -> anyhow::Result<()> {
+    create_container("tagged").await?;
+    let site = azure_site("tagged", AZURITE_KEY);
+    let mut obj = info("tagged object", 2, "v1");
+    obj.tags = BTreeMap::from([
+        ("project".to_string(), "x y".to_string()),
+        ("k".to_string(), "v=1".to_string()),
+    ]);
+    site.put(&obj, body(b"ok".to_vec())).await?;
+    let inspect = AzureInspect { site };
+    let (status, h, body) = inspect.get("tagged object", "comp=tags").await?;
+    assert_eq!(status, 200);
+    let xml = Xml::parse(&body).map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        xml.child("TagSet").map(|s| s.all("Tag").count()),
+        Some(2),
+        "{body:?}"
+    );
+    assert!(h.get("x-ms-meta-scal_tags").is_none());
+    let r = inspect.read("tagged object").await?.unwrap();
+    assert_eq!(r.tags, obj.tags);
+    Ok(())
+}
+
+#[tokio::test]
+async fn azure_site_wrong_key_is_unauthorized() -> anyhow::Result<()> {
+    create_container("authz").await?;
+    let wrong = "d3JvbmcgYWNjb3VudCBrZXkgZm9yIHRoZSB0ZXN0cyBvZiBiYWNrYmVhdCBhenVyZSBzaXRl";
+    let site = azure_site("authz", wrong);
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(
+        matches!(res, Err(SiteError::Unauthorized { .. })),
+        "{res:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn azure_site_missing_container_is_no_such_bucket() -> anyhow::Result<()> {
+    let site = azure_site("no-such-container", AZURITE_KEY);
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(
+        matches!(res, Err(SiteError::NoSuchBucket { .. })),
+        "{res:?}"
+    );
+    assert!(matches!(
+        site.health().await,
+        Err(SiteError::NoSuchBucket { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn azure_site_closed_port_is_transient() -> anyhow::Result<()> {
+    let endpoint = format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", free_port());
+    let site = AzureSite::new("azure-1", &endpoint, AZURITE_ACCOUNT, AZURITE_KEY, "c")
+        .map_err(anyhow::Error::msg)?;
+    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
     Ok(())
 }

@@ -187,3 +187,30 @@ async fn a_file_changed_while_read_fails_the_stream() -> anyhow::Result<()> {
     assert!(failed, "a torn read completed");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_watch_reports_new_and_changed_files_quickly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("sub"))?;
+    let src = FileSource::new(&root)?;
+    let mut watch = src.watch(64)?;
+    std::fs::write(root.join("sub/new file"), b"hello")?;
+    let deadline = std::time::Duration::from_secs(5);
+    let mut seen = BTreeSet::new();
+    while !seen.contains("sub/new file") {
+        let key = tokio::time::timeout(deadline, watch.changes.recv())
+            .await?
+            .expect("watch open");
+        seen.insert(key);
+    }
+    // The reported key heads to the file's current version.
+    let page = src.list_versions("inbox", None).await?;
+    let v = page
+        .versions
+        .iter()
+        .find(|v| v.version.key == "sub/new file")
+        .unwrap();
+    assert_eq!(src.head(&v.version).await?.map(|i| i.size), Some(5));
+    Ok(())
+}

@@ -13,6 +13,10 @@
 //!   file's current one is gone (`Ok(None)` / [`SourceError::NotFound`]). A `get` stream ends
 //!   with an error if the file changed while it was read, so a torn copy is never completed.
 //! - No replication configuration: rules come from the configuration file.
+//! - [`FileSource::watch`] reports changed keys within milliseconds (inotify, through the
+//!   `notify` crate), so new files need not wait for the next rescan. It is a hint: events may
+//!   repeat, and some are lost (a full channel, a directory moved in whole, an overflowing
+//!   kernel queue); the periodic rescan catches those.
 
 use std::cmp::Ordering;
 use std::io::ErrorKind;
@@ -40,6 +44,34 @@ pub struct FileSource {
     root: PathBuf,
     bucket: String,
     page_size: usize,
+}
+
+/// Changed keys of a watched [`FileSource`]; watching stops when this is dropped.
+pub struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+    /// Keys whose file was created, written, renamed or removed (not deduplicated). Head them
+    /// to learn their current version, if any.
+    pub changes: tokio::sync::mpsc::Receiver<String>,
+}
+
+impl std::fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWatch").finish_non_exhaustive()
+    }
+}
+
+/// The key of `path` under `root`, if it is a UTF-8 path strictly inside it.
+fn key_of(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let segs: Option<Vec<&str>> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect();
+    let segs = segs?;
+    (!segs.is_empty()).then(|| segs.join("/"))
 }
 
 /// The version id of a file with metadata `m`.
@@ -105,6 +137,48 @@ impl FileSource {
     /// The directory (canonical).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Watches the directory tree and sends the key of every changed file on
+    /// [`FileWatch::changes`] (at most `capacity` waiting; more are dropped, for the rescan to
+    /// find).
+    ///
+    /// # Errors
+    /// [`SourceError::Transient`] if the watch cannot be set up (e.g. the inotify watch limit).
+    pub fn watch(&self, capacity: usize) -> Result<FileWatch, SourceError> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let root = self.root.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
+                        return;
+                    }
+                    for p in &ev.paths {
+                        if let Some(key) = key_of(&root, p) {
+                            if tx.try_send(key).is_err() {
+                                tracing::debug!(
+                                    "File watch channel full or closed; the rescan will catch up."
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "File watch error; the rescan will catch up."),
+            })
+            .map_err(|e| {
+                SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
+            })?;
+        watcher
+            .watch(&self.root, RecursiveMode::Recursive)
+            .map_err(|e| {
+                SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
+            })?;
+        Ok(FileWatch {
+            _watcher: watcher,
+            changes: rx,
+        })
     }
 
     /// The bucket name (the directory's last segment).

@@ -6,6 +6,7 @@
 //! directory).
 
 pub mod file;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -152,7 +153,30 @@ pub fn build_source(cfg: &SourceConfig) -> Result<Arc<dyn Source>, ConfigError> 
                 .map_err(|e| ConfigError::Invalid(vec![format!("source.path: {e}")]))?;
             Ok(Arc::new(src))
         }
-        SourceKind::S3 | SourceKind::Mongodb => Err(ConfigError::Invalid(vec![format!(
+        SourceKind::S3 => {
+            let endpoint = cfg
+                .endpoint
+                .as_deref()
+                .ok_or_else(|| ConfigError::Invalid(vec!["source.endpoint: missing".into()]))?;
+            let ak = crate::site::resolve_secret(
+                "source.access_key",
+                &cfg.access_key,
+                &cfg.access_key_env,
+            )?;
+            let sk = crate::site::resolve_secret(
+                "source.secret_key",
+                &cfg.secret_key,
+                &cfg.secret_key_env,
+            )?;
+            let opts = crate::s3::S3Options {
+                path_style: cfg.path_style,
+                ..Default::default()
+            };
+            let client = crate::s3::S3Client::new(endpoint, &cfg.region, &ak, &sk, opts)
+                .map_err(|e| ConfigError::Invalid(vec![format!("source.endpoint: {e}")]))?;
+            Ok(Arc::new(s3::S3Source::new(client, cfg.buckets.clone())))
+        }
+        SourceKind::Mongodb => Err(ConfigError::Invalid(vec![format!(
             "source.type: {:?} sources are not built by this factory yet",
             cfg.kind
         )])),

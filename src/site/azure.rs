@@ -1,0 +1,576 @@
+//! The `azure` site: Azure Blob Storage block blobs, shared-key authentication.
+//!
+//! Requests are signed by `object_store`'s [`AzureAuthorizer`] (built with only its
+//! `azure-base` and `ring` features: no reqwest, no second TLS stack) and sent, streaming,
+//! through the same hyper-util client (rustls for `https://`) as the S3 code. The endpoint is the account URL, e.g.
+//! `https://<account>.blob.core.windows.net` or, for Azurite,
+//! `http://127.0.0.1:10000/devstoreaccount1`.
+//!
+//! - `put`: one `Put Blob` (streamed, `Content-Length`).
+//! - Multipart ([`MultipartSite`]): `Put Block` per part, block id
+//!   `<16-hex upload id><8-hex part number>` (24 characters of the base64 alphabet, so a valid
+//!   base64 string of fixed length); `Put Block List` commits them with the content type,
+//!   metadata and tags. `abort` of an upload whose blob does not exist yet commits an empty list
+//!   and deletes the blob, which discards the uncommitted blocks; when an older replica exists,
+//!   its uncommitted blocks are left to Azure (discarded at the next commit or after 7 days).
+//! - Metadata names must be C# identifiers: every character outside `[A-Za-z0-9_]` becomes `_`
+//!   and a leading digit gets a `_` prefix ([`azure_metadata_name`]); so the markers are
+//!   `scal_replication_status: REPLICA` and `scal_version_id: <source version id>`. Azure
+//!   metadata names are case-insensitive. Values must be ASCII header values.
+//! - Tags: blob index tags (`x-ms-tags`) when the tag set fits Azure's rules (at most 10 tags,
+//!   keys 1-128 and values 0-256 characters of `[A-Za-z0-9 +-./:=_]`); otherwise the whole tag
+//!   set goes, URL-encoded like a query string, into the metadata entry `scal_tags`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, ETAG};
+use hyper::{HeaderMap, Method, Request, Response};
+use object_store::azure::{AzureAccessKey, AzureAuthorizer, AzureCredential};
+use object_store::client::HttpRequestBody;
+
+use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
+use crate::config::SiteKind;
+use crate::s3::{
+    encode_key, error_chain, exact_length_body, http_client, uri_encode, xml_escape, HttpClient,
+    Xml,
+};
+use crate::source::{ByteStream, ObjectInfo};
+
+/// Metadata name of the replication status marker.
+pub const META_STATUS: &str = "scal_replication_status";
+/// Metadata name of the source version id marker.
+pub const META_VERSION: &str = "scal_version_id";
+/// Metadata name holding the tag set when it cannot be blob index tags.
+pub const META_TAGS: &str = "scal_tags";
+
+/// Maps a metadata name to a C# identifier, as Azure requires.
+pub fn azure_metadata_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Whether a tag set can be stored as blob index tags.
+pub fn fits_index_tags(tags: &BTreeMap<String, String>) -> bool {
+    let ok_chars = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " +-./:=_".contains(c))
+    };
+    tags.len() <= 10
+        && tags.iter().all(|(k, v)| {
+            (1..=128).contains(&k.len()) && v.len() <= 256 && ok_chars(k) && ok_chars(v)
+        })
+}
+
+/// Encodes a tag set like a query string (`k=v&k2=v2`).
+pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
+    tags.iter()
+        .map(|(k, v)| format!("{}={}", uri_encode(k), uri_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// An Azure Blob container as a replication site.
+pub struct AzureSite {
+    name: String,
+    /// Account URL without trailing slash.
+    endpoint: String,
+    account: String,
+    container: String,
+    credential: AzureCredential,
+    http: HttpClient,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for AzureSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSite")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("account", &self.account)
+            .field("container", &self.container)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Azure's answer, classified.
+struct AzureError {
+    retry_after: Option<Duration>,
+    status: Option<u16>,
+    code: String,
+    detail: String,
+}
+
+impl AzureSite {
+    /// A site writing into `container` of `account` at `endpoint`, with the base64 account key.
+    ///
+    /// # Errors
+    /// A description of the problem if the endpoint or key is unusable.
+    pub fn new(
+        name: &str,
+        endpoint: &str,
+        account: &str,
+        key: &str,
+        container: &str,
+    ) -> Result<AzureSite, String> {
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err(format!(
+                "endpoint {endpoint:?} is not an http:// or https:// URL"
+            ));
+        }
+        let key = AzureAccessKey::try_new(key).map_err(|e| format!("account key: {e}"))?;
+        let connect_timeout = Duration::from_secs(10);
+        Ok(AzureSite {
+            name: name.to_string(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            account: account.to_string(),
+            container: container.to_string(),
+            credential: AzureCredential::AccessKey(key),
+            http: http_client(connect_timeout),
+            idle_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The target container.
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// The URL of `blob` (or of the container), with `query` (already encoded).
+    pub fn url(&self, blob: Option<&str>, query: &str) -> String {
+        let mut u = format!("{}/{}", self.endpoint, uri_encode(&self.container));
+        if let Some(b) = blob {
+            u.push('/');
+            u.push_str(&encode_key(b));
+        }
+        if !query.is_empty() {
+            u.push('?');
+            u.push_str(query);
+        }
+        u
+    }
+
+    /// Sends a signed request; answers >= 300 become errors.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Option<(ByteStream, u64)>,
+        small: Option<Bytes>,
+    ) -> Result<Response<Incoming>, AzureError> {
+        let transient = |detail: String| AzureError {
+            retry_after: None,
+            status: None,
+            code: String::new(),
+            detail,
+        };
+        let len = match (&body, &small) {
+            (Some((_, n)), _) => *n,
+            (None, Some(b)) => b.len() as u64,
+            (None, None) => 0,
+        };
+        // Sign a body-less twin of the request: the signature covers method, URL and headers
+        // (Content-Length included), never the body, which is then streamed.
+        let mut twin = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(HttpRequestBody::from(Bytes::new()))
+            .map_err(|e| transient(format!("bad request: {e}")))?;
+        {
+            let h = twin.headers_mut();
+            if len > 0 || method == Method::PUT {
+                h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            for (n, v) in headers {
+                h.append(n, v);
+            }
+        }
+        AzureAuthorizer::new(&self.credential, &self.account)
+            .try_authorize(&mut twin)
+            .map_err(|e| transient(format!("cannot sign: {e}")))?;
+        let body: UnsyncBoxBody<Bytes, std::io::Error> = match (body, small) {
+            (Some((s, n)), _) => exact_length_body(s, n),
+            (None, Some(b)) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+            (None, None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        };
+        let (parts, _) = twin.into_parts();
+        let req = Request::from_parts(parts, body);
+        let budget = self.idle_timeout + Duration::from_secs(len / (64 * 1024));
+        let resp = match tokio::time::timeout(budget, self.http.request(req)).await {
+            Err(_) => return Err(transient(format!("{method} timed out after {budget:?}"))),
+            Ok(Err(e)) => return Err(transient(format!("{method} failed: {}", error_chain(&e)))),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status().as_u16() < 300 {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut code = resp
+            .headers()
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut message = String::new();
+        if method != Method::HEAD {
+            if let Ok(Ok(collected)) =
+                tokio::time::timeout(self.idle_timeout, resp.into_body().collect()).await
+            {
+                let bytes = collected.to_bytes();
+                if let Ok(x) = Xml::parse(&bytes[..bytes.len().min(64 * 1024)]) {
+                    if code.is_empty() {
+                        code = x.text_of("Code").unwrap_or_default().to_string();
+                    }
+                    message = x
+                        .text_of("Message")
+                        .unwrap_or_default()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            }
+        }
+        Err(AzureError {
+            retry_after,
+            status: Some(status),
+            detail: format!("HTTP {status} {code}: {message}"),
+            code,
+        })
+    }
+
+    fn classify(&self, e: AzureError) -> SiteError {
+        let site = self.name.clone();
+        match (e.status, e.code.as_str()) {
+            (None, _) => SiteError::Transient {
+                site,
+                detail: e.detail,
+            },
+            (_, "ServerBusy") | (Some(429 | 503), _) => SiteError::Throttled {
+                site,
+                retry_after: e.retry_after,
+            },
+            (_, "ContainerNotFound") => SiteError::NoSuchBucket {
+                site,
+                bucket: self.container.clone(),
+            },
+            (_, "AuthenticationFailed" | "AuthorizationFailure" | "InvalidAuthenticationInfo")
+            | (Some(401 | 403), _) => SiteError::Unauthorized {
+                site,
+                detail: e.detail,
+            },
+            (Some(500..=599), _) => SiteError::Transient {
+                site,
+                detail: e.detail,
+            },
+            _ => SiteError::Rejected {
+                site,
+                detail: e.detail,
+            },
+        }
+    }
+
+    fn rejected(&self, detail: String) -> SiteError {
+        SiteError::Rejected {
+            site: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// Content type, metadata (with the REPLICA markers) and tags of a replica.
+    fn replica_headers(
+        &self,
+        obj: &ObjectInfo,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SiteError> {
+        let value = |what: &str, v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| self.rejected(format!("{what} {v:?} is not a valid header value")))
+        };
+        let mut h = Vec::new();
+        if let Some(ct) = &obj.content_type {
+            h.push((
+                HeaderName::from_static("x-ms-blob-content-type"),
+                value("content type", ct)?,
+            ));
+        }
+        let mut meta: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in &obj.user_metadata {
+            meta.insert(azure_metadata_name(k).to_ascii_lowercase(), v.clone());
+        }
+        meta.insert(META_STATUS.into(), "REPLICA".into());
+        meta.insert(META_VERSION.into(), obj.version.version_id.clone());
+        if !obj.tags.is_empty() {
+            if fits_index_tags(&obj.tags) {
+                h.push((
+                    HeaderName::from_static("x-ms-tags"),
+                    value("tags", &encode_tags(&obj.tags))?,
+                ));
+            } else {
+                meta.insert(META_TAGS.into(), encode_tags(&obj.tags));
+            }
+        }
+        for (k, v) in meta {
+            let name =
+                HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes()).map_err(|_| {
+                    self.rejected(format!("metadata name {k:?} is not a valid header name"))
+                })?;
+            h.push((name, value("metadata value", &v)?));
+        }
+        Ok(h)
+    }
+
+    fn block_id(upload_id: &str, number: u32) -> String {
+        format!("{upload_id}{number:08x}")
+    }
+
+    fn check_upload_id(&self, upload_id: &str) -> Result<(), SiteError> {
+        if upload_id.len() == 16 && upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err(self.rejected(format!("invalid upload id {upload_id:?}")))
+        }
+    }
+
+    async fn exists(&self, blob: &str) -> Result<bool, SiteError> {
+        match self
+            .send(
+                Method::HEAD,
+                &self.url(Some(blob), ""),
+                Vec::new(),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    async fn commit(
+        &self,
+        blob: &str,
+        block_ids: &[String],
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<HeaderMap, SiteError> {
+        let mut xml = String::from(r#"<?xml version="1.0" encoding="utf-8"?><BlockList>"#);
+        for id in block_ids {
+            xml.push_str(&format!("<Latest>{}</Latest>", xml_escape(id)));
+        }
+        xml.push_str("</BlockList>");
+        let resp = self
+            .send(
+                Method::PUT,
+                &self.url(Some(blob), "comp=blocklist"),
+                headers,
+                None,
+                Some(Bytes::from(xml)),
+            )
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(resp.headers().clone())
+    }
+}
+
+fn receipt(headers: &HeaderMap) -> PutReceipt {
+    PutReceipt {
+        version_id: headers
+            .get("x-ms-version-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        etag: headers
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|e| e.trim_matches('"').to_string()),
+    }
+}
+
+#[async_trait]
+impl Site for AzureSite {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> SiteKind {
+        SiteKind::Azure
+    }
+
+    async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError> {
+        let mut headers = self.replica_headers(obj)?;
+        headers.push((
+            HeaderName::from_static("x-ms-blob-type"),
+            HeaderValue::from_static("BlockBlob"),
+        ));
+        let url = self.url(Some(&obj.version.key), "");
+        let resp = self
+            .send(Method::PUT, &url, headers, Some((body, obj.size)), None)
+            .await
+            .map_err(|e| self.classify(e))?;
+        tracing::debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Replica written.");
+        Ok(receipt(resp.headers()))
+    }
+
+    fn multipart(&self) -> Option<&dyn MultipartSite> {
+        Some(self)
+    }
+
+    async fn delete(&self, obj: &ObjectInfo) -> Result<PutReceipt, SiteError> {
+        match self
+            .send(
+                Method::DELETE,
+                &self.url(Some(&obj.version.key), ""),
+                Vec::new(),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(resp) => Ok(receipt(resp.headers())),
+            Err(e) if e.code == "BlobNotFound" => Ok(PutReceipt::default()),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    async fn health(&self) -> Result<(), SiteError> {
+        match self
+            .send(
+                Method::GET,
+                &self.url(None, "restype=container"),
+                Vec::new(),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status == Some(404) => Err(SiteError::NoSuchBucket {
+                site: self.name.clone(),
+                bucket: self.container.clone(),
+            }),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl MultipartSite for AzureSite {
+    async fn create(&self, obj: &ObjectInfo) -> Result<String, SiteError> {
+        // Nothing to create at Azure: blocks are staged against the blob name. Validate what
+        // the commit will send now, so a bad header fails before any data moves.
+        self.replica_headers(obj)?;
+        Ok(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    async fn put_part(
+        &self,
+        obj: &ObjectInfo,
+        upload_id: &str,
+        number: u32,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<PartReceipt, SiteError> {
+        self.check_upload_id(upload_id)?;
+        let id = Self::block_id(upload_id, number);
+        let url = self.url(
+            Some(&obj.version.key),
+            &format!("comp=block&blockid={}", uri_encode(&id)),
+        );
+        self.send(Method::PUT, &url, Vec::new(), Some((body, len)), None)
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(PartReceipt { number, etag: id })
+    }
+
+    async fn complete(
+        &self,
+        obj: &ObjectInfo,
+        upload_id: &str,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt, SiteError> {
+        self.check_upload_id(upload_id)?;
+        let ids: Vec<String> = parts
+            .iter()
+            .map(|p| Self::block_id(upload_id, p.number))
+            .collect();
+        let headers = self
+            .commit(&obj.version.key, &ids, self.replica_headers(obj)?)
+            .await?;
+        tracing::debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Multipart replica written.");
+        Ok(receipt(&headers))
+    }
+
+    async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError> {
+        self.check_upload_id(upload_id)?;
+        let key = &obj.version.key;
+        if self.exists(key).await? {
+            // Never replace an existing replica to drop staged blocks; Azure discards them.
+            return Ok(());
+        }
+        self.commit(key, &[], Vec::new()).await?;
+        match self
+            .send(
+                Method::DELETE,
+                &self.url(Some(key), ""),
+                Vec::new(),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == "BlobNotFound" => Ok(()),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_become_csharp_identifiers() {
+        assert_eq!(azure_metadata_name("scal-replication-status"), META_STATUS);
+        assert_eq!(azure_metadata_name("scal-version-id"), META_VERSION);
+        assert_eq!(azure_metadata_name("1st.name é"), "_1st_name__");
+        assert_eq!(azure_metadata_name(""), "_");
+    }
+
+    #[test]
+    fn only_azure_compatible_tag_sets_become_index_tags() {
+        let t = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(fits_index_tags(&t("project", "x y")));
+        assert!(!fits_index_tags(&t("k&", "v")));
+        assert!(!fits_index_tags(&t("", "v")));
+        let many: BTreeMap<_, _> = (0..11)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(!fits_index_tags(&many));
+        assert_eq!(encode_tags(&t("a b", "c&d")), "a%20b=c%26d");
+    }
+}
