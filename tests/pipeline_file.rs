@@ -152,3 +152,83 @@ async fn no_matching_rule_or_disabled_rule_replicates_nothing() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_site_error_gives_failed_with_exact_counters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    let data = tmp.path().join("data");
+    let site = tmp.path().join("site-a");
+    put_file(&src, "d/x", b"needs d as a directory");
+    put_file(&src, "ok", b"fine");
+    // The site already has a file where the key needs a directory: the site rejects the key.
+    put_file(&site, "d", b"in the way");
+    let cfg = config(
+        &data,
+        &src,
+        &file_site("site-a", &site),
+        &rule("photos", "", &["site-a"], true),
+        "",
+    );
+    let engine = EngineProc::start(&write_config(tmp.path(), &cfg), tmp.path());
+    engine.wait_log("Replication failed.", Duration::from_secs(60));
+    let fs = FileSite::new("site-a", &site).unwrap();
+    wait_until("the other replica", Duration::from_secs(30), || {
+        fs.sidecar_of("ok").exists()
+    });
+    assert!(engine.stop().success());
+    let store = open_store(&data);
+    let v = version_of(&src, "photos", "d/x");
+    let info = store.replication(&v).await.unwrap().unwrap();
+    assert_eq!(
+        info.site("site-a").map(|s| s.status),
+        Some(ReplicationStatus::Failed)
+    );
+    assert_eq!(info.status, Some(ReplicationStatus::Failed));
+    assert!(store.failed_entry("site-a", &v).await.unwrap().is_some());
+    assert_eq!(store.pending("site-a").await.unwrap(), (0, 0));
+    assert_eq!(metric_total(&store, "site-a", Metric::OpsFail).await, 1);
+    assert_eq!(metric_total(&store, "site-a", Metric::OpsDone).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_version_of_a_key_replaces_the_older_replica() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    let data = tmp.path().join("data");
+    let site = tmp.path().join("site-a");
+    put_file(&src, "doc/a b.txt", b"version one");
+    let v1 = version_of(&src, "photos", "doc/a b.txt");
+    let cfg = config(
+        &data,
+        &src,
+        &file_site("site-a", &site),
+        &rule("photos", "", &["site-a"], true),
+        "",
+    );
+    let engine = EngineProc::start(&write_config(tmp.path(), &cfg), tmp.path());
+    let fs = FileSite::new("site-a", &site).unwrap();
+    wait_until("v1 replica", Duration::from_secs(30), || {
+        site_has(&fs, "doc/a b.txt", b"version one")
+    });
+    // A new version (different size, so a different version id even within one mtime tick).
+    put_file(&src, "doc/a b.txt", b"version two, longer");
+    let v2 = version_of(&src, "photos", "doc/a b.txt");
+    assert_ne!(v1, v2);
+    wait_until("v2 replica", Duration::from_secs(30), || {
+        site_has(&fs, "doc/a b.txt", b"version two, longer")
+            && std::fs::read(fs.sidecar_of("doc/a b.txt"))
+                .map(|b| {
+                    serde_json::from_slice::<Sidecar>(&b)
+                        .map(|s| s.version_id == v2.version_id)
+                        .unwrap_or(false)
+                })
+                .unwrap_or(false)
+    });
+    assert!(engine.stop().success());
+    let store = open_store(&data);
+    for v in [&v1, &v2] {
+        let info = store.replication(v).await.unwrap().unwrap();
+        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
+    }
+}

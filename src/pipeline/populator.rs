@@ -529,3 +529,38 @@ impl Scanner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(key: &str, vid: &str) -> ObjectInfo {
+        ObjectInfo {
+            version: VersionRef::new("b", key, vid),
+            size: 0,
+            etag: String::new(),
+            last_modified: String::new(),
+            content_type: None,
+            user_metadata: Default::default(),
+            tags: Default::default(),
+            is_delete_marker: false,
+        }
+    }
+
+    #[test]
+    fn listing_pages_are_queued_oldest_version_first_per_key() {
+        let page = vec![
+            info("a", "a3"),
+            info("a", "a2"),
+            info("a", "a1"),
+            info("b", "b2"),
+            info("b", "b1"),
+            info("c", "c1"),
+        ];
+        let ids: Vec<String> = oldest_first(page)
+            .into_iter()
+            .map(|v| v.version_id)
+            .collect();
+        assert_eq!(ids, ["a1", "a2", "a3", "b1", "b2", "c1"]);
+    }
+}

@@ -250,7 +250,7 @@ impl Handler for ReplicationProcessor {
     type Job = CopyJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<CopyJob> {
-        let entry = match QueueEntry::decode(&delivery.record.value) {
+        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
             Ok(e) => e,
             Err(error) => {
                 tracing::warn!(site = self.site.name(), partition = delivery.position.partition,
@@ -258,14 +258,14 @@ impl Handler for ReplicationProcessor {
                 return None;
             }
         };
-        if entry.kind != "put" {
+        if entry.kind != "put" || entry.bucket.is_empty() {
             return None;
         }
         let md = entry.metadata().ok()?;
         if !md.sites().iter().any(|s| s == self.site.name()) {
             return None;
         }
-        let version = entry.version().ok()?;
+        let version = version_of(&entry, &md);
         Some(CopyJob { version, entry, md })
     }
 
@@ -342,4 +342,15 @@ impl Handler for ReplicationProcessor {
         };
         Ok(Outcome::Done(Some(record)))
     }
+}
+
+/// The version an entry is about, from its already parsed metadata.
+pub(crate) fn version_of(entry: &QueueEntry, md: &ObjectMd) -> VersionRef {
+    VersionRef::new(
+        entry.bucket.clone(),
+        entry.key.clone(),
+        md.version_id
+            .clone()
+            .unwrap_or_else(|| crate::model::NULL_VERSION.to_string()),
+    )
 }

@@ -16,16 +16,16 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::StageError;
-use crate::log::{Consumer, Delivery, Log, Position, Record};
+use crate::log::{Consumer, Delivery, Log, LogError, Position, Record};
 
 /// What a handler did with an entry.
 #[derive(Debug)]
@@ -132,8 +132,24 @@ struct Finished {
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait for completions before reading more entries.
 const BUSY_WAIT: Duration = Duration::from_millis(10);
+/// Offsets are committed at most this often while entries are in flight.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// The append in flight: its outcome and the positions it finishes.
+type InFlightAppend = (oneshot::Receiver<Result<(), LogError>>, Vec<Position>);
+
+/// What woke the loop up.
+enum Event {
+    Finished(Option<Finished>),
+    Appended(Result<Result<(), LogError>, oneshot::error::RecvError>),
+    Timeout,
+}
 
 /// Runs the loop until `token` is cancelled (then drains what is in hand) or a fatal error.
+///
+/// The outputs of finished entries are appended by one append in flight at a time, pipelined
+/// with the copies (the next batch gathers while the previous one is flushed); offsets are
+/// committed at most every [`COMMIT_EVERY`] while busy, at once when idle, and at the end.
 pub async fn run<H: Handler>(
     log: Arc<dyn Log>,
     mut consumer: Box<dyn Consumer>,
@@ -153,6 +169,11 @@ pub async fn run<H: Handler>(
     let mut running = 0usize;
     let mut stopping = false;
     let mut finished: Vec<Finished> = Vec::new();
+    // The append in flight and the positions it finishes; the outputs gathered meanwhile.
+    let mut append: Option<InFlightAppend> = None;
+    let mut out_records: Vec<Record> = Vec::new();
+    let mut out_positions: Vec<Position> = Vec::new();
+    let mut last_commit = Instant::now();
     loop {
         let draining = cfg.drain_on_stop && token.is_cancelled();
         if !stopping && !draining && token.is_cancelled() {
@@ -161,7 +182,8 @@ pub async fn run<H: Handler>(
             blocked.clear();
             blocked_count = 0;
         }
-        if stopping && running == 0 {
+        let flushed = append.is_none() && out_records.is_empty();
+        if stopping && running == 0 && flushed {
             break;
         }
         if !stopping {
@@ -176,23 +198,20 @@ pub async fn run<H: Handler>(
             let outstanding = running + ready.len() + blocked_count;
             let room = prefetch.saturating_sub(outstanding);
             if room > 0 {
-                let wait = if outstanding == 0 && !draining {
+                let idle = outstanding == 0 && flushed;
+                let wait = if idle && !draining {
                     IDLE_POLL
                 } else {
                     Duration::ZERO
                 };
                 let batch = consumer.poll(room, wait).await?;
-                if draining && batch.is_empty() && outstanding == 0 {
+                if draining && batch.is_empty() && idle {
                     break;
                 }
-                let mut any_skipped = false;
                 for d in batch {
                     ledger.start(d.position);
                     match handler.prepare(&d) {
-                        None => {
-                            ledger.finish(d.position);
-                            any_skipped = true;
-                        }
+                        None => ledger.finish(d.position),
                         Some(job) => {
                             let q = Queued {
                                 position: d.position,
@@ -209,91 +228,152 @@ pub async fn run<H: Handler>(
                         }
                     }
                 }
-                if any_skipped && running == 0 && ready.is_empty() {
-                    commit(&mut *consumer, &mut ledger).await?;
-                }
                 if !ready.is_empty() && running < concurrency {
                     continue;
                 }
             }
         }
-        if running == 0 {
-            continue;
-        }
-        // Wait for at least one completion (bounded, so new entries are read soon), then take
-        // every other completion already there.
-        let wait =
-            if stopping || prefetch.saturating_sub(running + ready.len() + blocked_count) == 0 {
-                Duration::from_secs(1)
-            } else {
-                BUSY_WAIT
-            };
-        match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some(f)) => finished.push(f),
-            Ok(None) => return Err(StageError::Closed),
-            Err(_) => continue,
-        }
-        while let Ok(f) = rx.try_recv() {
-            finished.push(f);
-        }
-        let mut outputs = Vec::new();
-        let mut fatal = None;
-        let mut done = Vec::with_capacity(finished.len());
-        for f in finished.drain(..) {
-            running -= 1;
-            match f.result {
-                Ok(Outcome::Done(out)) => {
-                    if let Some(r) = out {
-                        outputs.push(r);
-                    }
-                    done.push(f.position);
-                }
-                Ok(Outcome::Abandoned) => {}
-                Err(e) => {
-                    if fatal.is_none() {
-                        fatal = Some(e);
-                    }
-                }
-            }
-            // Release the key: the next entry of the same key may start.
-            match blocked.get_mut(&f.key).and_then(VecDeque::pop_front) {
-                Some(next) => {
-                    blocked_count -= 1;
-                    ready.push_back(next);
-                }
-                None => {
-                    blocked.remove(&f.key);
-                    active.remove(&f.key);
-                }
-            }
-        }
-        if let Some(e) = fatal {
-            return Err(e);
-        }
-        // Keep the slots busy while the outputs and offsets are flushed.
-        if !stopping {
-            spawn_ready(
-                &mut ready,
-                &mut running,
-                concurrency,
-                &handler,
-                &tx,
+        if running == 0 && append.is_none() {
+            // Idle (or only outputs waiting, handled below): commit what is finished.
+            start_append(
+                &log,
+                &cfg,
                 &tracker,
+                &mut append,
+                &mut out_records,
+                &mut out_positions,
+                &mut ledger,
             );
-        }
-        if !outputs.is_empty() {
-            if let Some(topic) = cfg.output_topic {
-                log.append(topic, outputs).await?;
+            if append.is_none() {
+                commit(&mut *consumer, &mut ledger).await?;
+                last_commit = Instant::now();
+                continue;
             }
         }
-        for p in done {
-            ledger.finish(p);
+        let full = prefetch.saturating_sub(running + ready.len() + blocked_count) == 0;
+        let wait = if stopping || full {
+            Duration::from_secs(1)
+        } else {
+            BUSY_WAIT
+        };
+        let event = {
+            let appended = async {
+                match append.as_mut() {
+                    Some((rx, _)) => rx.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = rx.recv(), if running > 0 => Event::Finished(r),
+                r = appended => Event::Appended(r),
+                () = tokio::time::sleep(wait) => Event::Timeout,
+            }
+        };
+        match event {
+            Event::Timeout => {}
+            Event::Appended(r) => {
+                r.map_err(|_| StageError::Closed)??;
+                if let Some((_, positions)) = append.take() {
+                    for p in positions {
+                        ledger.finish(p);
+                    }
+                }
+            }
+            Event::Finished(None) => return Err(StageError::Closed),
+            Event::Finished(Some(f)) => {
+                finished.push(f);
+                while let Ok(f) = rx.try_recv() {
+                    finished.push(f);
+                }
+                let mut fatal = None;
+                for f in finished.drain(..) {
+                    running -= 1;
+                    match f.result {
+                        Ok(Outcome::Done(Some(r))) => {
+                            out_records.push(r);
+                            out_positions.push(f.position);
+                        }
+                        Ok(Outcome::Done(None)) => ledger.finish(f.position),
+                        Ok(Outcome::Abandoned) => {}
+                        Err(e) => {
+                            if fatal.is_none() {
+                                fatal = Some(e);
+                            }
+                        }
+                    }
+                    // Release the key: the next entry of the same key may start.
+                    match blocked.get_mut(&f.key).and_then(VecDeque::pop_front) {
+                        Some(next) => {
+                            blocked_count -= 1;
+                            ready.push_back(next);
+                        }
+                        None => {
+                            blocked.remove(&f.key);
+                            active.remove(&f.key);
+                        }
+                    }
+                }
+                if let Some(e) = fatal {
+                    return Err(e);
+                }
+                if !stopping {
+                    spawn_ready(
+                        &mut ready,
+                        &mut running,
+                        concurrency,
+                        &handler,
+                        &tx,
+                        &tracker,
+                    );
+                }
+            }
         }
-        commit(&mut *consumer, &mut ledger).await?;
+        start_append(
+            &log,
+            &cfg,
+            &tracker,
+            &mut append,
+            &mut out_records,
+            &mut out_positions,
+            &mut ledger,
+        );
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(&mut *consumer, &mut ledger).await?;
+            last_commit = Instant::now();
+        }
     }
     commit(&mut *consumer, &mut ledger).await?;
     tracing::debug!(stage = cfg.stage, "Consumer drained.");
     Ok(())
+}
+
+/// Starts appending the gathered outputs if no append is in flight.
+fn start_append(
+    log: &Arc<dyn Log>,
+    cfg: &RunnerConfig,
+    tracker: &TaskTracker,
+    append: &mut Option<InFlightAppend>,
+    out_records: &mut Vec<Record>,
+    out_positions: &mut Vec<Position>,
+    ledger: &mut Ledger,
+) {
+    if append.is_some() || out_records.is_empty() {
+        return;
+    }
+    let records = std::mem::take(out_records);
+    let positions = std::mem::take(out_positions);
+    let Some(topic) = cfg.output_topic else {
+        for p in positions {
+            ledger.finish(p);
+        }
+        return;
+    };
+    let (done, rx) = oneshot::channel();
+    let log = log.clone();
+    tracker.spawn(async move {
+        let _ = done.send(log.append(topic, records).await.map(|_| ()));
+    });
+    *append = Some((rx, positions));
 }
 
 /// Starts ready entries while fewer than `concurrency` run.

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio_util::task::TaskTracker;
 
 use super::batch::StoreBatcher;
 use super::populator::queued_ops;
@@ -71,16 +72,26 @@ impl StatusProcessor {
             output_topic: None,
             drain_on_stop: true,
         };
-        let batcher = StoreBatcher::start(store.clone(), stage.tracker());
-        let handler = Arc::new(StatusProcessor {
-            store,
-            batcher,
-            mpu_threshold,
-        });
+        let handler = Arc::new(StatusProcessor::new(store, mpu_threshold, stage.tracker()));
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
         stage.spawn(runner::run(log, consumer, handler, cfg, token, tracker));
         Ok(())
+    }
+
+    /// A status processor whose store batching task runs on `tracker` (for tests that drive
+    /// the [`Handler`] directly).
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        mpu_threshold: u64,
+        tracker: &TaskTracker,
+    ) -> StatusProcessor {
+        let batcher = StoreBatcher::start(store.clone(), tracker);
+        StatusProcessor {
+            store,
+            batcher,
+            mpu_threshold,
+        }
     }
 
     /// The guard and operations applying `job`'s outcome.
@@ -143,7 +154,7 @@ impl Handler for StatusProcessor {
     type Job = StatusJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<StatusJob> {
-        let entry = match QueueEntry::decode(&delivery.record.value) {
+        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
             Ok(e) => e,
             Err(error) => {
                 tracing::warn!(partition = delivery.position.partition, offset = delivery.position.offset,
@@ -151,9 +162,12 @@ impl Handler for StatusProcessor {
                 return None;
             }
         };
+        if entry.bucket.is_empty() {
+            return None;
+        }
         let site = entry.site.clone()?;
         let md = entry.metadata().ok()?;
-        let version = entry.version().ok()?;
+        let version = super::processor::version_of(&entry, &md);
         let state = md
             .replication_info
             .backends

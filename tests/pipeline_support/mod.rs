@@ -83,13 +83,18 @@ impl EngineProc {
     /// Starts `backbeat serve --config <config>`, logging to `<log_dir>/engine-<n>.log`, and
     /// waits for its start line.
     pub fn start(config: &Path, log_dir: &Path) -> EngineProc {
+        EngineProc::start_with_log(config, log_dir, "info")
+    }
+
+    /// As [`EngineProc::start`], with `RUST_LOG` = `filter`.
+    pub fn start_with_log(config: &Path, log_dir: &Path, filter: &str) -> EngineProc {
         let n = std::fs::read_dir(log_dir).map(|d| d.count()).unwrap_or(0);
         let log_path = log_dir.join(format!("engine-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,backbeat::pipeline=info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,340 @@
+//! End-to-end on real peers: an S3 source on moto replicated at once to an `aws_s3` site
+//! (moto), an `azure` site (Azurite) and a `file` site; versions of one key in order.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod pipeline_support;
+
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use backbeat::model::{ReplicationStatus, VersionRef};
+use backbeat::s3::{S3Client, S3Request};
+use backbeat::site::file::{FileSite, Sidecar};
+use backbeat::store::StateStore;
+use common::peers::{start_azurite, start_moto, Peer, AZURITE_ACCOUNT, AZURITE_KEY};
+use http_body_util::BodyExt;
+use hyper::Method;
+use pipeline_support::*;
+
+static MOTO: LazyLock<Peer> = LazyLock::new(start_moto);
+static AZURITE: LazyLock<Peer> = LazyLock::new(start_azurite);
+
+fn s3_config(data: &Path, buckets: &[&str], sites: &str, rules: &str) -> String {
+    let list: Vec<String> = buckets.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        r#"
+[server]
+host = "127.0.0.1"
+port = 0
+
+[storage]
+path = "{data}"
+partitions = 4
+
+[source]
+type = "s3"
+endpoint = "{moto}"
+access_key = "AKIDTEST"
+secret_key = "secret"
+buckets = [{buckets}]
+scan_interval_s = 2
+
+{sites}
+
+[replication]
+concurrency = 10
+
+[replication.retry]
+max_retries = 5
+timeout_s = 60
+backoff_min_ms = 100
+backoff_max_ms = 1000
+
+{rules}
+"#,
+        data = data.display(),
+        moto = MOTO.url(),
+        buckets = list.join(", "),
+    )
+}
+
+fn s3_site(name: &str, bucket: &str) -> String {
+    format!(
+        "[[sites]]\nname = \"{name}\"\ntype = \"aws_s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\naccess_key = \"AKIDTEST\"\nsecret_key = \"secret\"\npath_style = true\n",
+        MOTO.url()
+    )
+}
+
+fn azure_site(name: &str, container: &str) -> String {
+    format!(
+        "[[sites]]\nname = \"{name}\"\ntype = \"azure\"\nendpoint = \"{}/{AZURITE_ACCOUNT}\"\naccount = \"{AZURITE_ACCOUNT}\"\nkey = \"{AZURITE_KEY}\"\ncontainer = \"{container}\"\n",
+        AZURITE.url()
+    )
+}
+
+async fn s3_get(
+    c: &S3Client,
+    bucket: &str,
+    key: &str,
+    query: Option<&str>,
+) -> (hyper::HeaderMap, Vec<u8>) {
+    let mut req = S3Request::new(Method::GET, bucket, Some(key));
+    if let Some(q) = query {
+        req = req.flag(q);
+    }
+    let resp = c.send(req).await.unwrap();
+    let headers = resp.headers().clone();
+    (
+        headers,
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+fn azure_url(container: &str, key: &str) -> String {
+    format!(
+        "{}/{AZURITE_ACCOUNT}/{container}/{}",
+        AZURITE.url(),
+        backbeat::s3::encode_key(key)
+    )
+}
+
+fn header<'a>(h: &'a hyper::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_markers() {
+    let moto = common::moto::client(&MOTO);
+    let (src_bucket, dst_bucket, container) = ("src-three", "replica-three", "replica-three");
+    common::moto::create_bucket(&moto, src_bucket, true)
+        .await
+        .unwrap();
+    common::moto::create_bucket(&moto, dst_bucket, true)
+        .await
+        .unwrap();
+    let (status, _, _) = common::azure::call(
+        AZURITE_ACCOUNT,
+        AZURITE_KEY,
+        Method::PUT,
+        &format!(
+            "{}/{AZURITE_ACCOUNT}/{container}?restype=container",
+            AZURITE.url()
+        ),
+        b"",
+    )
+    .await
+    .unwrap();
+    assert!(status == 201 || status == 409, "container: {status}");
+
+    let n = 200usize;
+    let mut objects = Vec::new();
+    for i in 0..n {
+        let len = match i % 20 {
+            0 => 0,
+            1 => 1024 * 1024,
+            2 => 100 * 1024,
+            _ => (i * 997) % 8000,
+        };
+        let key = tricky_key(i);
+        let body = bytes_for(i as u64, len);
+        let vid = common::moto::put(
+            &moto,
+            src_bucket,
+            &key,
+            &body,
+            &[
+                ("content-type", "application/x-test"),
+                ("x-amz-meta-color", "blue"),
+                ("x-amz-tagging", "team=edge&n=1"),
+            ],
+        )
+        .await
+        .unwrap();
+        objects.push((key, body, vid));
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file_dir = tmp.path().join("site-file");
+    let sites = format!(
+        "{}{}{}",
+        s3_site("aws-1", dst_bucket),
+        azure_site("azure-1", container),
+        file_site("local-1", &file_dir)
+    );
+    let names = ["aws-1", "azure-1", "local-1"];
+    let cfg = s3_config(
+        &data,
+        &[src_bucket],
+        &sites,
+        &rule(src_bucket, "", &names, true),
+    );
+    let cfg_path = write_config(tmp.path(), &cfg);
+    let engine = EngineProc::start_with_log(
+        &cfg_path,
+        tmp.path(),
+        "info,backbeat::pipeline::status=debug",
+    );
+    let expected = n * names.len();
+    wait_until("every status applied", Duration::from_secs(600), || {
+        engine.count_log("Status applied.") >= expected
+    });
+    assert!(engine.stop().success());
+    assert_eq!(engine_log_count(tmp.path(), "Replication failed."), 0);
+
+    let store = open_store(&data);
+    let fs = FileSite::new("local-1", &file_dir).unwrap();
+    for (key, body, vid) in &objects {
+        let v = VersionRef::new(src_bucket, key.clone(), vid.clone());
+        let info = store
+            .replication(&v)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no info for {v}"));
+        assert_eq!(
+            info.status,
+            Some(ReplicationStatus::Completed),
+            "{v}: {info:?}"
+        );
+        // aws_s3 site.
+        let (h, got) = s3_get(&moto, dst_bucket, key, None).await;
+        assert!(got == *body, "{key}: S3 replica bytes differ");
+        assert_eq!(header(&h, "content-type"), "application/x-test", "{key}");
+        assert_eq!(header(&h, "x-amz-meta-color"), "blue", "{key}");
+        assert_eq!(
+            header(&h, "x-amz-meta-scal-replication-status"),
+            "REPLICA",
+            "{key}"
+        );
+        assert_eq!(header(&h, "x-amz-meta-scal-version-id"), vid, "{key}");
+        let (_, tagging) = s3_get(&moto, dst_bucket, key, Some("tagging")).await;
+        let tagging = String::from_utf8_lossy(&tagging);
+        assert!(
+            tagging.contains("<Key>team</Key>") && tagging.contains("<Value>edge</Value>"),
+            "{key}: {tagging}"
+        );
+        // azure site.
+        let (status, h, got) = common::azure::call(
+            AZURITE_ACCOUNT,
+            AZURITE_KEY,
+            Method::GET,
+            &azure_url(container, key),
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{key}: azure GET");
+        assert!(
+            got.as_ref() == body.as_slice(),
+            "{key}: azure replica bytes differ"
+        );
+        assert_eq!(
+            header(&h, "x-ms-meta-scal_replication_status"),
+            "REPLICA",
+            "{key}"
+        );
+        assert_eq!(header(&h, "x-ms-meta-color"), "blue", "{key}");
+        assert_eq!(header(&h, "content-type"), "application/x-test", "{key}");
+        // file site.
+        assert!(
+            std::fs::read(fs.path_of(key)).unwrap() == *body,
+            "{key}: file replica bytes differ"
+        );
+        let side: Sidecar =
+            serde_json::from_slice(&std::fs::read(fs.sidecar_of(key)).unwrap()).unwrap();
+        assert_eq!(side.replication_status, "REPLICA");
+        assert_eq!(side.version_id, *vid);
+        assert_eq!(side.content_type.as_deref(), Some("application/x-test"));
+        assert_eq!(
+            side.user_metadata.get("color").map(String::as_str),
+            Some("blue")
+        );
+        assert_eq!(side.tags.get("team").map(String::as_str), Some("edge"));
+    }
+    for s in names {
+        assert_eq!(store.pending(s).await.unwrap(), (0, 0), "pending of {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
+    let moto = common::moto::client(&MOTO);
+    let (src_bucket, dst_bucket) = ("src-versions", "replica-versions");
+    common::moto::create_bucket(&moto, src_bucket, true)
+        .await
+        .unwrap();
+    common::moto::create_bucket(&moto, dst_bucket, false)
+        .await
+        .unwrap();
+    let mut vids = Vec::new();
+    for i in 0..5 {
+        let body = format!("version {i}").into_bytes();
+        vids.push(
+            common::moto::put(&moto, src_bucket, "doc/report.txt", &body, &[])
+                .await
+                .unwrap(),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file_dir = tmp.path().join("site-file");
+    let sites = format!(
+        "{}{}",
+        s3_site("aws-1", dst_bucket),
+        file_site("local-1", &file_dir)
+    );
+    let cfg = s3_config(
+        &data,
+        &[src_bucket],
+        &sites,
+        &rule(src_bucket, "", &["aws-1", "local-1"], true),
+    );
+    let engine = EngineProc::start_with_log(
+        &write_config(tmp.path(), &cfg),
+        tmp.path(),
+        "info,backbeat::pipeline::status=debug",
+    );
+    wait_until("every status applied", Duration::from_secs(120), || {
+        engine.count_log("Status applied.") >= 10
+    });
+    assert!(engine.stop().success());
+
+    let (_, got) = s3_get(&moto, dst_bucket, "doc/report.txt", None).await;
+    assert_eq!(String::from_utf8_lossy(&got), "version 4");
+    let fs = FileSite::new("local-1", &file_dir).unwrap();
+    assert_eq!(
+        std::fs::read(fs.path_of("doc/report.txt")).unwrap(),
+        b"version 4"
+    );
+    let side: Sidecar =
+        serde_json::from_slice(&std::fs::read(fs.sidecar_of("doc/report.txt")).unwrap()).unwrap();
+    assert_eq!(side.version_id, vids[4]);
+    let store = open_store(&data);
+    for vid in &vids {
+        let v = VersionRef::new(src_bucket, "doc/report.txt", vid.clone());
+        let info = store.replication(&v).await.unwrap().unwrap();
+        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
+    }
+}
+
+fn engine_log_count(dir: &Path, needle: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
+}

@@ -1,0 +1,114 @@
+//! The status processor is idempotent: replaying entries gives the same state and counters;
+//! COMPLETED is final; a status entry for a version the populator never recorded (crash
+//! between its log append and its store update) recreates it with exact counters.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backbeat::clock::SystemClock;
+use backbeat::durability::{Durability, SledDb};
+use backbeat::entry::{ObjectMd, QueueEntry};
+use backbeat::log::{Delivery, Position, Record};
+use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+use backbeat::pipeline::populator::queued_ops;
+use backbeat::pipeline::runner::{Handler, Outcome};
+use backbeat::pipeline::StatusProcessor;
+use backbeat::store::{Metric, SledStore, StateStore};
+use tokio_util::task::TaskTracker;
+
+fn info(sites: &[&str], size: u64) -> ReplicationInfo {
+    let sites: Vec<String> = sites.iter().map(|s| s.to_string()).collect();
+    let mut i = ReplicationInfo::pending(&sites);
+    i.size = size;
+    i.content = vec!["DATA".into(), "METADATA".into()];
+    i
+}
+
+fn status_delivery(
+    v: &VersionRef,
+    info: &ReplicationInfo,
+    site: &str,
+    st: ReplicationStatus,
+    offset: u64,
+) -> Delivery {
+    let mut md = ObjectMd::from_info(v, info);
+    for b in &mut md.replication_info.backends {
+        if b.site == site {
+            b.status = st;
+            b.data_store_version_id = "dsv-1".into();
+        }
+    }
+    let mut e = QueueEntry::new(v, &md);
+    e.site = Some(site.into());
+    Delivery {
+        position: Position {
+            partition: 0,
+            offset,
+        },
+        record: Record::new(e.log_key(), e.encode()),
+    }
+}
+
+async fn sum(store: &SledStore, site: &str, m: Metric) -> u64 {
+    store.metric_buckets(site, m).await.unwrap().iter().sum()
+}
+
+async fn run(p: &StatusProcessor, d: &Delivery) {
+    let job = p.prepare(d).expect("a status job");
+    assert!(matches!(p.handle(job).await.unwrap(), Outcome::Done(None)));
+}
+
+#[tokio::test]
+async fn replayed_status_entries_change_nothing_and_completed_is_final() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
+    let store = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let tracker = TaskTracker::new();
+    let p = StatusProcessor::new(store.clone(), 20_000_000, &tracker);
+
+    // Known version, two sites.
+    let v = VersionRef::new("b", "k: é/1", "v1");
+    let i = info(&["a", "c"], 100);
+    let (g, o) = queued_ops(&v, i.clone(), store.now_ms());
+    assert!(store.apply(g, o).await.unwrap());
+    let done_a = status_delivery(&v, &i, "a", ReplicationStatus::Completed, 0);
+    let fail_a = status_delivery(&v, &i, "a", ReplicationStatus::Failed, 1);
+    let fail_c = status_delivery(&v, &i, "c", ReplicationStatus::Failed, 2);
+    for d in [&done_a, &done_a, &fail_a, &fail_c, &fail_c, &done_a] {
+        run(&p, d).await;
+    }
+    let got = store.replication(&v).await.unwrap().unwrap();
+    assert_eq!(got.site("a").unwrap().status, ReplicationStatus::Completed);
+    assert_eq!(got.site("a").unwrap().data_store_version_id, "dsv-1");
+    assert_eq!(got.site("c").unwrap().status, ReplicationStatus::Failed);
+    assert_eq!(got.status, Some(ReplicationStatus::Failed));
+    assert_eq!(store.pending("a").await.unwrap(), (0, 0));
+    assert_eq!(store.pending("c").await.unwrap(), (0, 0));
+    assert_eq!(sum(&store, "a", Metric::OpsDone).await, 1);
+    assert_eq!(sum(&store, "a", Metric::BytesDone).await, 100);
+    assert_eq!(sum(&store, "a", Metric::OpsFail).await, 0);
+    assert_eq!(sum(&store, "c", Metric::OpsFail).await, 1);
+    assert_eq!(store.failed_count("c").await.unwrap(), 1);
+    assert_eq!(store.failed_count("a").await.unwrap(), 0);
+
+    // Unknown version (populator crashed after its append): recreated, then completed.
+    let w = VersionRef::new("b", "lost", "v9");
+    let j = info(&["a", "c"], 7);
+    let d = status_delivery(&w, &j, "a", ReplicationStatus::Completed, 3);
+    run(&p, &d).await;
+    run(&p, &d).await;
+    let got = store.replication(&w).await.unwrap().unwrap();
+    assert_eq!(got.site("a").unwrap().status, ReplicationStatus::Completed);
+    assert_eq!(got.site("c").unwrap().status, ReplicationStatus::Pending);
+    assert_eq!(got.status, Some(ReplicationStatus::Processing));
+    assert_eq!(store.pending("a").await.unwrap(), (0, 0));
+    assert_eq!(store.pending("c").await.unwrap(), (1, 7));
+    assert_eq!(sum(&store, "a", Metric::Ops).await, 2);
+    assert_eq!(sum(&store, "a", Metric::OpsDone).await, 2);
+    assert_eq!(sum(&store, "c", Metric::Ops).await, 2);
+    drop(p);
+    tracker.close();
+    tracker.wait().await;
+}
