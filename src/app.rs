@@ -1,12 +1,14 @@
 //! Builds the engine from a [`Config`] and runs it until shutdown.
 //!
-//! Start-up: open the embedded database (or the external engines), create the topics, open
-//! the state store, build the source and sites, start the pipeline stages (status processor,
-//! one replication processor per site, populator and scanner), bind the API. Shutdown, in
-//! data-flow order (STYLE section D): stop taking API requests, stop the populator and
-//! scanner, let the processors finish the objects in hand, let the status processor drain,
-//! then flush the database. A stage that fails (log or store error) stops the process, which
-//! then exits with code 1.
+//! Start-up: open the embedded database when the log or the store is sled, and Kafka
+//! (`[storage] log = "kafka"`, feature `kafka`) or MongoDB (`store = "mongodb"`, feature
+//! `mongodb`) for the others, in any combination; create the topics, open the state store,
+//! build the source and sites, start the pipeline stages (status processor, one replication
+//! processor per site, populator and scanner), bind the API. Shutdown, in data-flow order
+//! (STYLE section D): stop taking API requests, stop the populator and scanner, let the
+//! processors finish the objects in hand, let the status processor drain, then flush the
+//! database. A stage that fails (log or store error) stops the process, which then exits
+//! with code 1.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,6 +153,15 @@ impl Engine {
         };
         let log: Arc<dyn Log> = match (st.log, &db) {
             (LogKind::Sled, Some(db)) => Arc::new(SledLog::open(db.clone())?),
+            #[cfg(feature = "kafka")]
+            (LogKind::Kafka, _) => match &st.kafka {
+                Some(k) => Arc::new(crate::log::KafkaLog::open(k)?),
+                None => {
+                    return Err(AppError::Unsupported(
+                        "the kafka log without [storage.kafka]",
+                    ))
+                }
+            },
             _ => return Err(AppError::Unsupported("the kafka log")),
         };
         for topic in TOPICS {
@@ -166,6 +177,15 @@ impl Engine {
         }
         let store: Arc<dyn StateStore> = match (st.store, &db) {
             (StoreKind::Sled, Some(db)) => Arc::new(SledStore::open(db.clone(), clock)?),
+            #[cfg(feature = "mongodb")]
+            (StoreKind::Mongodb, _) => match &st.mongodb {
+                Some(m) => Arc::new(crate::store::MongoStore::open(m, clock).await?),
+                None => {
+                    return Err(AppError::Unsupported(
+                        "the mongodb store without [storage.mongodb]",
+                    ))
+                }
+            },
             _ => return Err(AppError::Unsupported("the mongodb store")),
         };
 

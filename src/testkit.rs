@@ -76,7 +76,7 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
             let _ = out.flush();
         }
         n += size as u64;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let got = consumer
                 .poll(64, Duration::from_millis(0))
                 .await

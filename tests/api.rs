@@ -471,7 +471,7 @@ async fn list_all(api: &TestApi, site: &str) -> Vec<String> {
         }
         if page["IsTruncated"] == json!(true) {
             let next = page["NextMarker"].as_u64().expect("numeric NextMarker");
-            assert!(marker.map_or(true, |m| next < m));
+            assert!(marker.is_none_or(|m| next < m));
             marker = Some(next);
         } else {
             assert!(page.get("NextMarker").is_none(), "{page}");

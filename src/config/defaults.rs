@@ -30,6 +30,28 @@ pub fn partitions() -> u32 {
 pub fn retention_interval_s() -> u64 {
     60
 }
+/// Kafka topic replication factor: the broker's `default.replication.factor`.
+pub fn kafka_replication_factor() -> i32 {
+    -1
+}
+/// Kafka consumer session timeout: librdkafka's default (45 s). Brokers with a slow group
+/// join (Tansu) want about 6 s.
+pub fn kafka_session_timeout_ms() -> u64 {
+    45_000
+}
+/// Kafka consumer heartbeat interval: librdkafka's default (3 s); 1 s with a 6 s session.
+pub fn kafka_heartbeat_interval_ms() -> u64 {
+    3_000
+}
+/// Kafka consumer max poll interval: librdkafka's default (300 s). A copy of one large
+/// object happens between two polls, so keep it above the longest copy.
+pub fn kafka_max_poll_interval_ms() -> u64 {
+    300_000
+}
+/// Kafka producer request timeout: the original's 5 s.
+pub fn kafka_request_timeout_ms() -> u64 {
+    5_000
+}
 /// MongoDB database.
 pub fn mongo_database() -> String {
     "backbeat".into()

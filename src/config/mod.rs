@@ -175,9 +175,28 @@ impl Default for StorageConfig {
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port[,host:port]`.
     pub brokers: String,
-    /// Prefix of every topic name.
+    /// Prefix of every topic name (and of every consumer group name, so two deployments
+    /// sharing a cluster with different prefixes never join each other's groups).
     #[serde(default)]
     pub topic_prefix: String,
+    /// Replication factor of the topics the engine creates; -1 = the broker's default
+    /// (`default.replication.factor`).
+    #[serde(default = "defaults::kafka_replication_factor")]
+    pub replication_factor: i32,
+    /// Consumer `session.timeout.ms`: a member silent this long leaves the group.
+    #[serde(default = "defaults::kafka_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Consumer `heartbeat.interval.ms` (well below the session timeout).
+    #[serde(default = "defaults::kafka_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Consumer `max.poll.interval.ms`: longest gap between two polls before the member is
+    /// considered stuck and its partitions reassigned.
+    #[serde(default = "defaults::kafka_max_poll_interval_ms")]
+    pub max_poll_interval_ms: u64,
+    /// Producer `request.timeout.ms` (the original's 5 s) and the bound of admin and metadata
+    /// requests.
+    #[serde(default = "defaults::kafka_request_timeout_ms")]
+    pub request_timeout_ms: u64,
 }
 
 /// `[storage.mongodb]`.
@@ -673,10 +692,55 @@ impl Config {
             }
             match &st.kafka {
                 None => e.push("storage.kafka: required when storage.log = \"kafka\"".into()),
-                Some(k) if k.brokers.trim().is_empty() => {
-                    e.push("storage.kafka.brokers: must not be empty".into())
+                Some(k) => {
+                    if k.brokers.trim().is_empty() {
+                        e.push("storage.kafka.brokers: must not be empty".into());
+                    }
+                    if k.replication_factor == 0 || k.replication_factor < -1 {
+                        e.push(format!(
+                            "storage.kafka.replication_factor: {} must be -1 (broker default) or at least 1",
+                            k.replication_factor
+                        ));
+                    }
+                    if !k
+                        .topic_prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+                    {
+                        e.push(format!(
+                            "storage.kafka.topic_prefix: {:?} must be characters of [a-zA-Z0-9._-]",
+                            k.topic_prefix
+                        ));
+                    }
+                    if k.session_timeout_ms < 1000 || k.session_timeout_ms > 3_600_000 {
+                        e.push(format!(
+                            "storage.kafka.session_timeout_ms: {} must be between 1000 and 3600000",
+                            k.session_timeout_ms
+                        ));
+                    }
+                    if k.heartbeat_interval_ms == 0
+                        || k.heartbeat_interval_ms >= k.session_timeout_ms
+                    {
+                        e.push(format!(
+                            "storage.kafka.heartbeat_interval_ms: {} must be at least 1 and below session_timeout_ms",
+                            k.heartbeat_interval_ms
+                        ));
+                    }
+                    if k.max_poll_interval_ms < k.session_timeout_ms
+                        || k.max_poll_interval_ms > 86_400_000
+                    {
+                        e.push(format!(
+                            "storage.kafka.max_poll_interval_ms: {} must be between session_timeout_ms and 86400000",
+                            k.max_poll_interval_ms
+                        ));
+                    }
+                    if k.request_timeout_ms < 100 || k.request_timeout_ms > 900_000 {
+                        e.push(format!(
+                            "storage.kafka.request_timeout_ms: {} must be between 100 and 900000",
+                            k.request_timeout_ms
+                        ));
+                    }
                 }
-                Some(_) => {}
             }
         }
         if st.store == StoreKind::Mongodb {
@@ -894,7 +958,7 @@ impl Config {
 
 fn is_base64(s: &str) -> bool {
     !s.is_empty()
-        && s.len() % 4 == 0
+        && s.len().is_multiple_of(4)
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
 }

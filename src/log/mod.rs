@@ -1,7 +1,7 @@
 //! The durable log: topics, partitions, consumer groups and committed offsets (Kafka's model).
 //!
 //! The pipeline talks to the [`Log`] trait only. [`SledLog`] is the embedded implementation;
-//! a Kafka implementation sits behind the `kafka` feature.
+//! `KafkaLog` (module `kafka`) sits behind the `kafka` feature.
 //!
 //! Semantics every implementation keeps:
 //! - A record goes to the partition chosen by a hash of its key (murmur2, as Kafka's default
@@ -13,6 +13,8 @@
 //! - Retention deletes records below every group's committed offset, never above.
 
 pub mod codec;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod sled;
 
 use std::time::Duration;
@@ -20,6 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+#[cfg(feature = "kafka")]
+pub use self::kafka::KafkaLog;
 pub use self::sled::SledLog;
 
 /// The topic the populator feeds and each site's processor consumes.

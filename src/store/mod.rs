@@ -13,11 +13,15 @@
 //! - metrics: 5-minute buckets aligned on the wall clock, kept 24 h (288 buckets);
 //! - pending counters never expire.
 
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 pub mod sled;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "mongodb")]
+pub use self::mongo::MongoStore;
 pub use self::sled::SledStore;
 use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
 

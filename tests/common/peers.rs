@@ -9,8 +9,6 @@
 //! exits, so peers held in statics (one per test binary) never outlive the tests.
 
 #![allow(dead_code)]
-// `File::lock` is newer than the crate's MSRV; tests run on the current toolchain only.
-#![allow(clippy::incompatible_msrv)]
 
 use std::fs::File;
 use std::io::{Read, Write};
