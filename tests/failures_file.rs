@@ -186,7 +186,7 @@ async fn dead_site_ends_failed_then_retry_completes_and_other_site_is_not_slowed
     );
     let log = strip_ansi(&e.log());
     assert!(log.contains("Retrying a copy after a transient error."));
-    assert!(log.contains("Replication FAILED."));
+    assert!(log.contains("Replication failed."));
 
     // A comes back; the failed entries are retried through the API.
     std::fs::rename(d.root.join("site-a.dead"), &d.a).unwrap();
@@ -283,7 +283,7 @@ async fn transient_errors_then_recovery_complete_without_failed() {
     assert!(retries >= 5);
     let log = strip_ansi(&e.log());
     assert!(log.contains("Retrying a copy after a transient error."));
-    assert!(!log.contains("Replication FAILED."));
+    assert!(!log.contains("Replication failed."));
     eprintln!("transient then recovered: {retries} retries, no FAILED");
     assert!(e.stop().success());
 }

@@ -300,7 +300,7 @@ async fn throttled_site_completes_after_503s_with_retries_counted() {
     assert!(retries >= 1, "retries {retries}");
     let log = strip_ansi(&e.log());
     assert!(log.contains("Retrying a copy after a transient error."));
-    assert!(!log.contains("Replication FAILED."));
+    assert!(!log.contains("Replication failed."));
     let listed = moto::list_keys(&c, "replica", "").await.unwrap();
     assert_eq!(listed.len(), 3);
     assert!(e.stop().success());

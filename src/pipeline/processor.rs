@@ -336,7 +336,7 @@ impl Handler for ReplicationProcessor {
                 }
                 tracing::error!(site, key = %job.version.key, version_id = %job.version.version_id,
                     attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
-                    error = %crate::error::chain(&error), "Replication FAILED.");
+                    error = %crate::error::chain(&error), "Replication failed.");
                 self.status_record(&job, ReplicationStatus::Failed, None)
             }
         };
