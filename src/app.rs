@@ -26,6 +26,7 @@ use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
 use crate::log::{Log, LogError, SledLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::ProcessorConfig;
 use crate::pipeline::retry::RetryPolicy;
 use crate::pipeline::{
@@ -82,13 +83,13 @@ pub struct Engine {
     pub log: Arc<dyn Log>,
     /// The store.
     pub store: Arc<dyn StateStore>,
-    /// The per-site pause channels (replication processors subscribe here).
-    pub control: Arc<Control>,
     /// Where webhook-discovered versions go (the populator); `None` without a source.
     pub intake: Option<Arc<dyn Intake>>,
     /// Pipeline stages, in data-flow (and stop) order.
     stages: Vec<StageTasks>,
     failed: Arc<AtomicBool>,
+    /// The per-site pause channels (replication processors subscribe here).
+    pub control: Arc<Control>,
     root: CancellationToken,
     api_tracker: TaskTracker,
     background: TaskTracker,
@@ -202,22 +203,23 @@ impl Engine {
         let root = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        // Loaded before the processors start, so a site paused before a restart starts paused.
         let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
         let (pipeline_intake, stages) =
-            match start_pipeline(&config, &log, &store, &root, &failed).await {
+            match start_pipeline(&config, &log, &store, &control, &root, &failed).await {
                 Ok(x) => x,
                 Err(e) => {
                     root.cancel();
                     return Err(e);
                 }
             };
-        // An intake given by the caller (tests) wins over the pipeline's populator.
+        // An intake given by the caller wins over the populator's.
         let intake = intake.or(pipeline_intake);
         let api_tracker = TaskTracker::new();
         let background = TaskTracker::new();
         let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone());
-        if let Some(intake) = &intake {
-            state = state.with_intake(intake.clone());
+        if let Some(intake) = intake.clone() {
+            state = state.with_intake(intake);
         }
         api_tracker.spawn(api::serve(listener, Arc::new(state), root.child_token()));
 
@@ -272,10 +274,10 @@ impl Engine {
             api_addr,
             log,
             store,
-            control,
             intake,
             stages,
             failed,
+            control,
             root,
             api_tracker,
             background,
@@ -362,6 +364,7 @@ async fn start_pipeline(
     config: &Arc<Config>,
     log: &Arc<dyn Log>,
     store: &Arc<dyn StateStore>,
+    control: &Arc<Control>,
     root: &CancellationToken,
     failed: &Arc<AtomicBool>,
 ) -> Result<Pipeline, AppError> {
@@ -389,14 +392,17 @@ async fn start_pipeline(
             concurrency: r.concurrency.max(1),
             mpu_threshold,
             retry: RetryPolicy::from(&r.retry),
+            replay: r.retry.replay,
         };
         for site in sites {
+            let gate = PauseGate::new(control.subscribe(site.name()));
             ReplicationProcessor::start(
                 log.clone(),
                 source.clone(),
                 site,
                 store.clone(),
                 pcfg.clone(),
+                gate,
                 &processor_stage,
             )
             .await?;

@@ -1,6 +1,6 @@
 //! `GET monitoring/metrics`: Prometheus text exposition (format 0.0.4), written by hand.
 //!
-//! Families (labels only `location` = site, and the log's `group`, `topic`, `partition`):
+//! Families (labels `location` or `site` = site, and the log's `group`, `topic`, `partition`):
 //! - replication, from the state store, per site:
 //!   `s3_replication_pending_objects`/`_bytes` (the pending counters, raw),
 //!   `s3_replication_failed_objects` (failed set over 24 h),
@@ -9,6 +9,9 @@
 //!   JSON metrics' formula). These are gauges: the store keeps 24 h windows, not monotonic
 //!   totals, so the original's per-process `_total` counters (`s3_replication_data_bytes_total`
 //!   ...) belong to the processors that do the work, not to this view;
+//! - the replication processors, in process memory (reset at restart), per `site`:
+//!   `backbeat_replication_retries_total` (attempts retried after a transient error) and
+//!   `backbeat_replication_replays_total` (entries queued again whole);
 //! - the log: `backbeat_log_end_offset{topic,partition}`,
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
@@ -17,6 +20,7 @@
 //!   `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //!   `process_cpu_seconds_total`, `process_start_time_seconds`.
 
+use crate::pipeline::replay::{site_counters, SiteCounters};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -161,6 +165,25 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         "Replicated bytes per second over the last 900 seconds.",
         &|s| s.tput.1.clone(),
     );
+
+    // Retries and replays of this process (reset at restart).
+    for (name, help, get) in [
+        (
+            "backbeat_replication_retries_total",
+            "Copy attempts retried after a transient error, since the process started.",
+            (|c: &SiteCounters| c.retries) as fn(&SiteCounters) -> u64,
+        ),
+        (
+            "backbeat_replication_replays_total",
+            "Entries queued again whole once their retries were spent, since the process started.",
+            |c: &SiteCounters| c.replays,
+        ),
+    ] {
+        f.head(name, "counter", help);
+        for s in &sites {
+            f.sample(name, &[("site", &s.site)], get(&site_counters(&s.site)));
+        }
+    }
 
     // The log.
     let mut lags: Vec<(String, &str, Vec<PartitionLag>)> = Vec::new();

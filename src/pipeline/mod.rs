@@ -11,11 +11,15 @@
 //!   order, an offset ledger so only contiguous finished offsets are committed.
 //! - [`batch`]: concurrent store updates merged into one transaction.
 //! - [`retry`]: bounded retries with exponential backoff and jitter.
+//! - [`replay`]: whole-entry replays through the log once retries are spent; retry counters.
+//! - [`pause`]: the per-site pause gate of a replication processor.
 //! - [`stage`]: stage tasks with their own cancellation token, stopped in data-flow order.
 
 pub mod batch;
+pub mod pause;
 pub mod populator;
 pub mod processor;
+pub mod replay;
 pub mod retry;
 pub mod runner;
 pub mod stage;

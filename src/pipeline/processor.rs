@@ -7,14 +7,18 @@
 //!
 //! Outcomes as the original (reference 3.3 step 9, 3.4 step 8): a version that is gone from
 //! the source, or changed since it was queued, is skipped silently (no status); a site already
-//! COMPLETED for the version is skipped; transient errors are retried ([`super::retry`]);
-//! permanent errors, or retries exhausted, give FAILED.
+//! COMPLETED for the version is skipped; transient errors are retried ([`super::retry`]),
+//! then the whole entry is replayed later through the log ([`super::replay`]); permanent
+//! errors, or replays exhausted, give FAILED. While the site is paused no new copy starts
+//! ([`super::pause`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use super::pause::PauseGate;
+use super::replay::{count_replay, count_retry, next_replay, replay_record};
 use super::retry::{retry, Retried, RetryPolicy};
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
@@ -38,6 +42,8 @@ pub struct ProcessorConfig {
     pub mpu_threshold: u64,
     /// Retry policy of one copy.
     pub retry: RetryPolicy,
+    /// Whole-entry replays after the retries are spent on a transient error.
+    pub replay: u32,
 }
 
 /// The replication processor of one site.
@@ -47,6 +53,8 @@ pub struct ReplicationProcessor {
     store: Arc<dyn StateStore>,
     cfg: ProcessorConfig,
     token: CancellationToken,
+    log: Arc<dyn Log>,
+    gate: PauseGate,
 }
 
 impl std::fmt::Debug for ReplicationProcessor {
@@ -90,7 +98,8 @@ enum Copied {
 }
 
 impl ReplicationProcessor {
-    /// Starts the processor of `site` as a task of `stage`.
+    /// Starts the processor of `site` as a task of `stage`; `gate` follows the site's pause
+    /// state.
     ///
     /// # Errors
     /// `StageError::Log` when the consumer cannot be opened.
@@ -100,6 +109,7 @@ impl ReplicationProcessor {
         site: Arc<dyn Site>,
         store: Arc<dyn StateStore>,
         cfg: ProcessorConfig,
+        gate: PauseGate,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
         let consumer = log
@@ -118,6 +128,8 @@ impl ReplicationProcessor {
             store,
             cfg,
             token: stage.token().clone(),
+            log: log.clone(),
+            gate,
         });
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
@@ -259,14 +271,33 @@ impl Handler for ReplicationProcessor {
 
     async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
         let site = self.site.name();
+        if !self.gate.wait(&self.token).await {
+            return Ok(Outcome::Abandoned);
+        }
         if let Some(info) = self.store.replication(&job.version).await? {
             if info.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed) {
                 tracing::debug!(site, version = %job.version, "Already replicated; skipping.");
                 return Ok(Outcome::Done(None));
             }
         }
-        let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |_| {
-            self.copy_once(&job)
+        // The error of the last attempt, logged when the next one starts.
+        let last_error = parking_lot::Mutex::new(String::new());
+        let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |n| {
+            let last_error = &last_error;
+            let job = &job;
+            async move {
+                if n > 0 {
+                    count_retry(site);
+                    let error = last_error.lock().clone();
+                    tracing::warn!(site, key = %job.version.key, version_id = %job.version.version_id,
+                        attempt = n + 1, %error, "Retrying a copy after a transient error.");
+                }
+                let r = self.copy_once(job).await;
+                if let Err(e) = &r {
+                    *last_error.lock() = crate::error::chain(e);
+                }
+                r
+            }
         })
         .await;
         let record = match out {
@@ -287,7 +318,25 @@ impl Handler for ReplicationProcessor {
                 return Ok(Outcome::Done(None));
             }
             Retried::Failed { error, attempts } => {
-                tracing::warn!(site, version = %job.version, attempts, %error, "Replication failed.");
+                let transient = matches!(error.disposition(), Disposition::Retry { .. });
+                let replay = if transient {
+                    next_replay(job.entry.replay_count, self.cfg.replay)
+                } else {
+                    None
+                };
+                if let Some(count) = replay {
+                    // Appended before this entry's offset is committed (at-least-once).
+                    let record = replay_record(&job.version, &job.md, &job.entry.kind, site, count);
+                    self.log.append(TOPIC_REPLICATION, vec![record]).await?;
+                    count_replay(site);
+                    tracing::warn!(site, key = %job.version.key, version_id = %job.version.version_id,
+                        attempts, replay_count = count, error = %crate::error::chain(&error),
+                        "Retries spent; the entry is queued again for a replay.");
+                    return Ok(Outcome::Done(None));
+                }
+                tracing::error!(site, key = %job.version.key, version_id = %job.version.version_id,
+                    attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
+                    error = %crate::error::chain(&error), "Replication failed.");
                 self.status_record(&job, ReplicationStatus::Failed, None)
             }
         };

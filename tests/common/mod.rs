@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod azure;
+pub mod flaky;
 pub mod moto;
 pub mod peers;

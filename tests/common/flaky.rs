@@ -1,0 +1,118 @@
+//! A small HTTP proxy for failure tests: answers the first `fail_first` requests with
+//! `503 SlowDown` (the S3 throttling answer), forwards the others to `upstream` (streaming
+//! both bodies), and counts what it saw. Loopback only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Counters of a [`Flaky`] proxy.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests received.
+    pub requests: AtomicUsize,
+    /// Requests answered 503.
+    pub failed: AtomicUsize,
+    /// Requests whose upstream could not be reached (answered 502).
+    pub unreachable: AtomicUsize,
+}
+
+/// A running proxy; stops when dropped.
+pub struct Flaky {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub counts: Arc<Counts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Flaky {
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Out = BoxBody<Bytes, hyper::Error>;
+
+fn fixed(status: StatusCode, body: &'static str) -> Response<Out> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+
+/// Starts the proxy in front of `upstream`.
+pub async fn start(upstream: SocketAddr, fail_first: usize) -> Flaky {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let counts = Arc::new(Counts::default());
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let c = counts.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = c.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let counts = counts.clone();
+                    let client = client.clone();
+                    async move {
+                        let n = counts.requests.fetch_add(1, Ordering::SeqCst);
+                        if n < fail_first {
+                            counts.failed.fetch_add(1, Ordering::SeqCst);
+                            let mut r = fixed(StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN);
+                            r.headers_mut()
+                                .insert("content-type", "application/xml".parse().expect("hv"));
+                            return Ok::<_, Infallible>(r);
+                        }
+                        let (mut parts, body) = req.into_parts();
+                        let pq = parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_else(|| "/".into());
+                        parts.uri = format!("http://{upstream}{pq}").parse().expect("uri");
+                        match client.request(Request::from_parts(parts, body)).await {
+                            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                            Err(_) => {
+                                counts.unreachable.fetch_add(1, Ordering::SeqCst);
+                                Ok(fixed(StatusCode::BAD_GATEWAY, "upstream unreachable"))
+                            }
+                        }
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Flaky { addr, counts, task }
+}
