@@ -309,8 +309,9 @@ impl SledDb {
 
 /// Longest a flush waits for more writers to join it.
 const MAX_LINGER: Duration = Duration::from_millis(2);
-/// Shortest linger, so writers released by the previous flush have time to come back.
-const MIN_LINGER: Duration = Duration::from_micros(100);
+/// Shortest linger, so writers released by the previous flush have time to come back (their
+/// tasks must be scheduled again, on a loaded machine that takes a few hundred microseconds).
+const MIN_LINGER: Duration = Duration::from_micros(500);
 
 /// The group-commit flusher. Holds the database only while flushing, so dropping the last
 /// handle closes the database at once.

@@ -37,6 +37,9 @@ use crate::durability::SledDb;
 /// On-disk format version of the log.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Appends of at most this many records are inserted on the calling task.
+const INLINE_APPEND: usize = 16;
+
 /// Records deleted per sled batch during retention.
 const RETAIN_CHUNK: usize = 10_000;
 
@@ -274,10 +277,16 @@ impl Inner {
                     partition: p,
                 })?;
             let mut next = part.next.lock();
-            let mut batch = sled::Batch::default();
+            // Plain inserts rather than a sled batch: a batch takes sled's global write lock,
+            // which serializes every producer; atomicity across the records of one append is
+            // not needed (an append is acknowledged only once all of it is durable, and records
+            // become visible to consumers only then).
             let mut offset = *next;
             for (i, enc) in items {
-                batch.insert(&offset.to_be_bytes(), enc);
+                if let Err(e) = part.tree.insert(offset.to_be_bytes(), enc) {
+                    *next = offset;
+                    return Err(self.db.poison_on(&e).into());
+                }
                 if let Some(slot) = positions.get_mut(i) {
                     *slot = Position {
                         partition: p,
@@ -285,9 +294,6 @@ impl Inner {
                     };
                 }
                 offset += 1;
-            }
-            if let Err(e) = part.tree.apply_batch(batch) {
-                return Err(self.db.poison_on(&e).into());
             }
             *next = offset;
             ends.push((p, offset));
@@ -376,11 +382,17 @@ impl Log for SledLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let inner = self.inner.clone();
-        let t2 = t.clone();
-        let (positions, ends) = tokio::task::spawn_blocking(move || inner.insert(&t2, records))
-            .await
-            .map_err(|e| LogError::Storage(Box::new(e)))??;
+        // A few records are microseconds of in-memory work for sled: insert them in place. Larger
+        // appends go to the blocking pool so they never hold a runtime worker.
+        let (positions, ends) = if records.len() <= INLINE_APPEND {
+            self.inner.insert(&t, records)?
+        } else {
+            let inner = self.inner.clone();
+            let t2 = t.clone();
+            tokio::task::spawn_blocking(move || inner.insert(&t2, records))
+                .await
+                .map_err(|e| LogError::Storage(Box::new(e)))??
+        };
         self.inner.db.sync().await?;
         self.inner.publish(&t, &ends);
         Ok(positions)
