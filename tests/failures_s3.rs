@@ -20,31 +20,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backbeat::s3::{S3Client, S3Options};
-use common::peers::{
-    free_port, http_get_status, moto_bin, start_azurite, start_peer, Peer, AZURITE_ACCOUNT,
-    AZURITE_KEY,
-};
+use common::peers::{free_port, start_azurite, start_moto_on, AZURITE_ACCOUNT, AZURITE_KEY};
 use common::{azure, flaky, moto};
 use failures_support::*;
 use hyper::Method;
 use pipeline_support::*;
 use serde_json::{json, Value};
-
-fn start_moto_on(port: u16) -> Peer {
-    let args = vec![
-        "-H".to_string(),
-        "127.0.0.1".to_string(),
-        "-p".to_string(),
-        port.to_string(),
-    ];
-    let peer = start_peer("moto", &moto_bin(), &args, &[], port, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get_status(peer.addr, "/moto-api/").is_none() {
-        assert!(Instant::now() < deadline, "moto did not answer HTTP");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    peer
-}
 
 fn s3_client(url: &str) -> S3Client {
     S3Client::new(url, "us-east-1", "AKIDTEST", "secret", S3Options::default()).unwrap()

@@ -325,8 +325,12 @@ fn shell_quote(s: &str) -> String {
 
 /// Starts moto on a free port.
 pub fn start_moto() -> Peer {
+    start_moto_on(free_port())
+}
+
+/// Starts moto on `port` (a restarted server keeps its address).
+pub fn start_moto_on(port: u16) -> Peer {
     let bin = moto_bin();
-    let port = free_port();
     let peer = start_peer(
         "moto",
         &bin,
