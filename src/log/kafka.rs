@@ -78,7 +78,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    partition_for, Consumer, Delivery, Log, LogError, PartitionLag, Position, Record, TopicInfo,
+    check_topic, partition_for, validate_name, Consumer, Delivery, Log, LogError, PartitionLag,
+    Position, Record, TopicInfo,
 };
 use crate::config::KafkaConfig;
 
@@ -94,21 +95,6 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
 
 fn join_error(e: tokio::task::JoinError) -> LogError {
     LogError::Storage(Box::new(e))
-}
-
-fn validate_name(what: &str, name: &str) -> Result<(), LogError> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(LogError::Invalid(format!(
-            "{what} name {name:?} must be 1-249 characters of [a-zA-Z0-9._-]"
-        )))
-    }
 }
 
 /// Rebalance events of one consumer: `(assigned, partitions)`, oldest first.
@@ -434,12 +420,7 @@ impl Log for KafkaLog {
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32, LogError> {
-        validate_name("topic", topic)?;
-        if partitions == 0 || partitions > 10_000 {
-            return Err(LogError::Invalid(format!(
-                "partition count {partitions} must be between 1 and 10000"
-            )));
-        }
+        check_topic(topic, partitions)?;
         let full = self.full_name(topic);
         if let Some(&n) = self.metadata().await?.get(&full) {
             self.inner.partitions.write().insert(topic.to_string(), n);

@@ -253,6 +253,34 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
+/// Checks a topic or group name: 1-249 characters of `[a-zA-Z0-9._-]`, what Kafka accepts, so a
+/// name valid for one log is valid for every log.
+pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), LogError> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::Invalid(format!(
+            "{what} name {name:?} must be 1-249 characters of [a-zA-Z0-9._-]"
+        )))
+    }
+}
+
+/// Checks a topic to create: a valid name and 1-10000 partitions.
+pub(crate) fn check_topic(topic: &str, partitions: u32) -> Result<(), LogError> {
+    validate_name("topic", topic)?;
+    if partitions == 0 || partitions > 10_000 {
+        return Err(LogError::Invalid(format!(
+            "partition count {partitions} must be between 1 and 10000"
+        )));
+    }
+    Ok(())
+}
+
 /// The consumer group of a site's replication processor (the original's
 /// `backbeat-replication-group-<site>`).
 pub fn replication_group(site: &str) -> String {

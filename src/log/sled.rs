@@ -29,8 +29,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::{
-    codec, partition_for, Consumer, Delivery, Log, LogError, PartitionLag, Position, Record,
-    TopicInfo,
+    check_topic, codec, partition_for, validate_name, Consumer, Delivery, Log, LogError,
+    PartitionLag, Position, Record, TopicInfo,
 };
 use crate::durability::SledDb;
 
@@ -114,21 +114,6 @@ fn offset_key(topic: &str, group: &str, partition: u32) -> Vec<u8> {
 
 fn partition_tree_name(topic: &str, partition: u32) -> String {
     format!("log.p:{topic}:{partition}")
-}
-
-fn validate_name(what: &str, name: &str) -> Result<(), LogError> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(LogError::Invalid(format!(
-            "{what} name {name:?} must be 1-249 characters of [a-zA-Z0-9._-]"
-        )))
-    }
 }
 
 impl SledLog {
@@ -337,12 +322,7 @@ impl Log for SledLog {
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32, LogError> {
-        validate_name("topic", topic)?;
-        if partitions == 0 || partitions > 10_000 {
-            return Err(LogError::Invalid(format!(
-                "partition count {partitions} must be between 1 and 10000"
-            )));
-        }
+        check_topic(topic, partitions)?;
         if let Ok(t) = self.topic(topic) {
             return Ok(t.partitions.len() as u32);
         }
