@@ -272,6 +272,19 @@ pub fn failed_window_start(now_ms: u64) -> u64 {
     failed_bucket(now_ms).saturating_sub((FAILED_BUCKETS - 1) * FAILED_BUCKET_MS)
 }
 
+/// The highest score a failed-set page starting at `marker` lists at `now_ms` (the original's
+/// rule: no marker or 0 starts at the newest entry), or `None` when the marker's hour is outside
+/// the 24 hourly buckets, which gives an empty, untruncated page.
+pub fn failed_page_upper(marker: Option<u64>, now_ms: u64) -> Option<u64> {
+    match marker {
+        None | Some(0) => Some(u64::MAX),
+        Some(m) => {
+            let hour = failed_bucket(m);
+            (hour >= failed_window_start(now_ms) && hour <= failed_bucket(now_ms)).then_some(m)
+        }
+    }
+}
+
 /// The state store.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {

@@ -55,9 +55,9 @@ use mongodb::options::{
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
 use super::{
-    failed_bucket, failed_window_start, metrics_bucket, FailedEntry, FailedPage, Guard, Metric,
-    ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS,
-    METRICS_BUCKETS, METRICS_BUCKET_MS,
+    failed_bucket, failed_page_upper, failed_window_start, metrics_bucket, FailedEntry, FailedPage,
+    Guard, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS,
+    FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::config::MongoConfig;
@@ -763,15 +763,8 @@ impl StateStore for MongoStore {
         check_name("site", site)?;
         let now = self.now_ms_inner();
         let window_start = failed_window_start(now);
-        let upper = match marker {
-            None | Some(0) => u64::MAX,
-            Some(m) => {
-                let hour = failed_bucket(m);
-                if hour < window_start || hour > failed_bucket(now) {
-                    return Ok(FailedPage::default());
-                }
-                m
-            }
+        let Some(upper) = failed_page_upper(marker, now) else {
+            return Ok(FailedPage::default());
         };
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut cursor = self.note(

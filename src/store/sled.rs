@@ -24,9 +24,9 @@ use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{
-    failed_bucket, failed_window_start, metrics_bucket, FailedEntry, FailedPage, Guard, Metric,
-    ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS,
-    METRICS_BUCKETS, METRICS_BUCKET_MS,
+    failed_bucket, failed_page_upper, failed_window_start, metrics_bucket, FailedEntry, FailedPage,
+    Guard, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS,
+    FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
@@ -421,15 +421,8 @@ impl StateStore for SledStore {
         check_name("site", site)?;
         let now = self.now_ms();
         let window_start = failed_window_start(now);
-        let upper = match marker {
-            None | Some(0) => u64::MAX,
-            Some(m) => {
-                let hour = failed_bucket(m);
-                if hour < window_start || hour > failed_bucket(now) {
-                    return Ok(FailedPage::default());
-                }
-                m
-            }
+        let Some(upper) = failed_page_upper(marker, now) else {
+            return Ok(FailedPage::default());
         };
         let tree = self.tree.clone();
         let site = site.to_string();
