@@ -214,3 +214,73 @@ async fn the_watch_reports_new_and_changed_files_quickly() -> anyhow::Result<()>
     assert_eq!(src.head(&v.version).await?.map(|i| i.size), Some(5));
     Ok(())
 }
+
+#[tokio::test]
+async fn open_gives_metadata_and_data_of_the_current_version_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("d"))?;
+    // One file read whole in one call, one larger than a chunk (streamed), one empty.
+    let small = b"small body".to_vec();
+    let large: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("d/small"), &small)?;
+    std::fs::write(root.join("large"), &large)?;
+    std::fs::write(root.join("empty"), b"")?;
+    let src = FileSource::new(&root)?;
+    let page = src.list_versions("inbox", None).await?;
+    for (key, body) in [
+        ("d/small", &small[..]),
+        ("large", &large[..]),
+        ("empty", &b""[..]),
+    ] {
+        let v = page
+            .versions
+            .iter()
+            .find(|o| o.version.key == key)
+            .unwrap()
+            .version
+            .clone();
+        let (info, stream) = src.open(&v).await?.expect("current version opens");
+        assert_eq!(info.version, v);
+        assert_eq!(info.size, body.len() as u64);
+        assert_eq!(info, src.head(&v).await?.unwrap(), "open agrees with head");
+        assert_eq!(collect(stream).await?, body, "{key}");
+    }
+
+    // A replaced file: the old version is gone, the new one opens.
+    let old = page
+        .versions
+        .iter()
+        .find(|o| o.version.key == "d/small")
+        .unwrap()
+        .version
+        .clone();
+    std::fs::remove_file(root.join("d/small"))?;
+    std::fs::write(root.join("d/small"), b"new body, other size")?;
+    assert!(src.open(&old).await?.is_none());
+    let cur = src.list_versions("inbox", None).await?;
+    let new = cur
+        .versions
+        .iter()
+        .find(|o| o.version.key == "d/small")
+        .unwrap()
+        .version
+        .clone();
+    assert_ne!(new.version_id, old.version_id);
+    let (_, s) = src.open(&new).await?.unwrap();
+    assert_eq!(collect(s).await?, b"new body, other size");
+
+    // A symbolic link is not an object, even under a real name; other buckets are refused.
+    std::os::unix::fs::symlink(root.join("large"), root.join("link"))?;
+    let link = VersionRef::new("inbox", "link", "0-0-0");
+    assert!(src.open(&link).await?.is_none());
+    assert!(src
+        .open(&VersionRef::new("inbox", "../x", "0-0-0"))
+        .await?
+        .is_none());
+    assert!(matches!(
+        src.open(&VersionRef::new("other", "large", "0-0-0")).await,
+        Err(SourceError::NotFound(_))
+    ));
+    Ok(())
+}

@@ -146,26 +146,35 @@ impl ReplicationProcessor {
     }
 
     async fn copy_once(&self, job: &CopyJob) -> Result<Copied, CopyError> {
-        let Some(head) = self.source.head(&job.version).await? else {
-            return Ok(Copied::Skipped("gone"));
-        };
         let md = &job.md;
-        if head.size != md.content_length
-            || (!md.content_md5.is_empty() && head.etag != md.content_md5)
-        {
-            return Ok(Copied::Skipped("changed"));
-        }
-        let obj = self.object_info(job, &head);
+        let changed = |head: &ObjectInfo| {
+            head.size != md.content_length
+                || (!md.content_md5.is_empty() && head.etag != md.content_md5)
+        };
         let mp = self
             .site
             .multipart()
-            .filter(|_| obj.size >= self.cfg.mpu_threshold && obj.size > 0);
+            .filter(|_| md.content_length >= self.cfg.mpu_threshold && md.content_length > 0);
         match mp {
             None => {
-                let body = self.source.get(&job.version, None).await?;
+                // Metadata and data in one call (one blocking hop for the file source).
+                let Some((head, body)) = self.source.open(&job.version).await? else {
+                    return Ok(Copied::Skipped("gone"));
+                };
+                if changed(&head) {
+                    return Ok(Copied::Skipped("changed"));
+                }
+                let obj = self.object_info(job, &head);
                 Ok(Copied::Written(self.site.put(&obj, body).await?))
             }
             Some(mp) => {
+                let Some(head) = self.source.head(&job.version).await? else {
+                    return Ok(Copied::Skipped("gone"));
+                };
+                if changed(&head) {
+                    return Ok(Copied::Skipped("changed"));
+                }
+                let obj = self.object_info(job, &head);
                 self.object_metric(&obj, ObjectMetric::Bytes, obj.size)
                     .await;
                 let upload = mp.create(&obj).await?;

@@ -24,6 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -212,44 +213,84 @@ impl FileSource {
     /// Stats `key` without following links anywhere on its path; `None` if it is not a regular
     /// file reached through real directories.
     async fn stat(&self, key: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>, SourceError> {
+        let me = self.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || me.stat_blocking(&key))
+            .await
+            .map_err(|e| SourceError::Transient(format!("stat task failed: {e}")))?
+            .map_err(io_to_source)
+    }
+
+    /// The path and metadata of `key`'s file, if it is a regular file reached through
+    /// directories only (no symbolic link on the way).
+    fn stat_blocking(&self, key: &str) -> std::io::Result<Option<(PathBuf, std::fs::Metadata)>> {
         let Some(path) = self.path_of(key) else {
             return Ok(None);
         };
-        let root = self.root.clone();
-        let res = tokio::task::spawn_blocking(
-            move || -> std::io::Result<Option<(PathBuf, std::fs::Metadata)>> {
-                let rel = match path.strip_prefix(&root) {
-                    Ok(r) => r.to_path_buf(),
-                    Err(_) => return Ok(None),
-                };
-                let mut p = root;
-                let n = rel.components().count();
-                for (i, c) in rel.components().enumerate() {
-                    p.push(c);
-                    let m = match std::fs::symlink_metadata(&p) {
-                        Ok(m) => m,
-                        Err(e)
-                            if matches!(e.kind(), ErrorKind::NotFound)
-                                || e.raw_os_error() == Some(20) =>
-                        {
-                            return Ok(None)
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    let last = i + 1 == n;
-                    if (last && !m.file_type().is_file()) || (!last && !m.file_type().is_dir()) {
-                        return Ok(None);
-                    }
-                    if last {
-                        return Ok(Some((p, m)));
-                    }
+        let rel = match path.strip_prefix(&self.root) {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        let mut p = self.root.clone();
+        let n = rel.components().count();
+        for (i, c) in rel.components().enumerate() {
+            p.push(c);
+            let m = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound) || e.raw_os_error() == Some(20) =>
+                {
+                    return Ok(None)
                 }
-                Ok(None)
-            },
-        )
-        .await
-        .map_err(|e| SourceError::Transient(format!("stat task failed: {e}")))?;
-        res.map_err(io_to_source)
+                Err(e) => return Err(e),
+            };
+            let last = i + 1 == n;
+            if (last && !m.file_type().is_file()) || (!last && !m.file_type().is_dir()) {
+                return Ok(None);
+            }
+            if last {
+                return Ok(Some((p, m)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Source::open`] in one blocking call: the file opened and checked to be the version;
+    /// a file of at most one chunk is read whole here (and checked unchanged after the read),
+    /// a larger one is handed back open for streaming.
+    fn open_blocking(&self, version: &VersionRef) -> std::io::Result<Option<(ObjectInfo, Opened)>> {
+        let Some((path, m)) = self.stat_blocking(&version.key)? else {
+            return Ok(None);
+        };
+        if version_id_of(&m) != version.version_id {
+            return Ok(None);
+        }
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // The file opened is the one stat'ed (not a replacement that raced in).
+        let fm = file.metadata()?;
+        if !fm.is_file() || version_id_of(&fm) != version.version_id {
+            return Ok(None);
+        }
+        let info = self.info(version.key.clone(), &fm);
+        let len = fm.len();
+        if len > CHUNK as u64 {
+            return Ok(Some((info, Opened::Stream { file, path, len })));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, len), &mut buf)?;
+        // Changed while read (or truncated): this version is gone.
+        let unchanged = match std::fs::symlink_metadata(&path) {
+            Ok(after) => version_id_of(&after) == version.version_id,
+            Err(_) => false,
+        };
+        if !unchanged || buf.len() as u64 != len {
+            return Ok(None);
+        }
+        Ok(Some((info, Opened::Whole(Bytes::from(buf)))))
     }
 
     fn info(&self, key: String, m: &std::fs::Metadata) -> ObjectInfo {
@@ -366,6 +407,35 @@ impl FileSource {
     }
 }
 
+/// What [`FileSource::open_blocking`] found.
+enum Opened {
+    /// The whole file (at most one chunk).
+    Whole(Bytes),
+    /// A larger file, open at offset 0, to stream.
+    Stream {
+        file: std::fs::File,
+        path: PathBuf,
+        len: u64,
+    },
+}
+
+/// Streams `len` bytes of `file` from its current offset; after the last chunk, checks that
+/// `path` is still version `expected`, so a file changed while read ends the stream with an
+/// error (a torn copy is never completed).
+fn checked_stream(file: tokio::fs::File, len: u64, path: PathBuf, expected: String) -> ByteStream {
+    let body = ReaderStream::with_capacity(file.take(len), CHUNK);
+    let tail = futures_util::stream::once(async move {
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(m) if version_id_of(&m) == expected => None,
+            _ => Some(Err(std::io::Error::other(
+                "the file changed while it was read",
+            ))),
+        }
+    })
+    .filter_map(std::future::ready);
+    Box::pin(body.chain(tail))
+}
+
 fn io_to_source(e: std::io::Error) -> SourceError {
     match e.kind() {
         ErrorKind::NotFound => SourceError::NotFound(e.to_string()),
@@ -437,20 +507,34 @@ impl Source for FileSource {
         file.seek(std::io::SeekFrom::Start(start))
             .await
             .map_err(io_to_source)?;
-        let expected = version.version_id.clone();
-        let check = path.clone();
-        let body = ReaderStream::with_capacity(file.take(len), CHUNK);
-        // After the last chunk, check the file did not change while we read it.
-        let tail = futures_util::stream::once(async move {
-            match tokio::fs::symlink_metadata(&check).await {
-                Ok(m) if version_id_of(&m) == expected => None,
-                _ => Some(Err(std::io::Error::other(
-                    "the file changed while it was read",
-                ))),
-            }
-        })
-        .filter_map(std::future::ready);
-        Ok(Box::pin(body.chain(tail)))
+        Ok(checked_stream(file, len, path, version.version_id.clone()))
+    }
+
+    async fn open(
+        &self,
+        version: &VersionRef,
+    ) -> Result<Option<(ObjectInfo, ByteStream)>, SourceError> {
+        self.check_bucket(&version.bucket)?;
+        let me = self.clone();
+        let v = version.clone();
+        let opened = tokio::task::spawn_blocking(move || me.open_blocking(&v))
+            .await
+            .map_err(|e| SourceError::Transient(format!("open task failed: {e}")))?
+            .map_err(io_to_source)?;
+        Ok(opened.map(|(info, opened)| {
+            let body: ByteStream = match opened {
+                Opened::Whole(bytes) => {
+                    Box::pin(futures_util::stream::once(async move { Ok(bytes) }))
+                }
+                Opened::Stream { file, path, len } => checked_stream(
+                    tokio::fs::File::from_std(file),
+                    len,
+                    path,
+                    version.version_id.clone(),
+                ),
+            };
+            (info, body)
+        }))
     }
 
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError> {

@@ -133,6 +133,24 @@ pub trait Source: Send + Sync + 'static {
         range: Option<(u64, u64)>,
     ) -> Result<ByteStream, SourceError>;
 
+    /// The metadata and the data of one version in one call (what a copy needs); `Ok(None)`
+    /// when the version no longer exists. The default is [`Source::head`] then
+    /// [`Source::get`]; a source that can do both at once (the file source reads a small file
+    /// whole in one blocking call) overrides it.
+    async fn open(
+        &self,
+        version: &VersionRef,
+    ) -> Result<Option<(ObjectInfo, ByteStream)>, SourceError> {
+        let Some(info) = self.head(version).await? else {
+            return Ok(None);
+        };
+        match self.get(version, None).await {
+            Ok(body) => Ok(Some((info, body))),
+            Err(SourceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
 }

@@ -37,6 +37,9 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const INFO_VERSION: u8 = 1;
 
+/// Transactions of at most this many guards and operations run on the calling task.
+const INLINE_OPS: usize = 16;
+
 /// The embedded state store. Cheap to clone.
 #[derive(Clone)]
 pub struct SledStore {
@@ -368,13 +371,13 @@ impl StateStore for SledStore {
 
     async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
         self.db.check()?;
+        let n_ops = ops.len() + guards.len();
         for op in &ops {
             for (what, name) in op_names(op) {
                 check_name(what, name)?;
             }
         }
-        let tree = self.tree.clone();
-        let applied = tokio::task::spawn_blocking(move || {
+        let run = move |tree: &sled::Tree| {
             tree.transaction(|tx| {
                 for g in &guards {
                     if !eval_guard(tx, g)? {
@@ -386,9 +389,17 @@ impl StateStore for SledStore {
                 }
                 Ok(true)
             })
-        })
-        .await
-        .map_err(|e| StoreError::Storage(Box::new(e)))?;
+        };
+        // A small transaction is a few microseconds of in-memory work (sled writes to disk in
+        // its own threads): run it in place rather than pay a hop to the blocking pool.
+        let applied = if n_ops <= INLINE_OPS {
+            run(&self.tree)
+        } else {
+            let tree = self.tree.clone();
+            tokio::task::spawn_blocking(move || run(&tree))
+                .await
+                .map_err(|e| StoreError::Storage(Box::new(e)))?
+        };
         let applied = match applied {
             Ok(a) => a,
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
