@@ -325,6 +325,85 @@ async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_markers_remove_the_replica_in_order_with_the_puts() {
+    let moto = common::moto::client(&MOTO);
+    let (src_bucket, dst_bucket) = ("src-deletes", "replica-deletes");
+    common::moto::create_bucket(&moto, src_bucket, true)
+        .await
+        .unwrap();
+    common::moto::create_bucket(&moto, dst_bucket, false)
+        .await
+        .unwrap();
+    // gone: put, put, delete marker. back: put, delete marker, put.
+    let mut versions = Vec::new();
+    for body in ["gone 1", "gone 2"] {
+        let vid = common::moto::put(&moto, src_bucket, "gone", body.as_bytes(), &[])
+            .await
+            .unwrap();
+        versions.push(("gone", vid));
+    }
+    let marker = common::moto::delete(&moto, src_bucket, "gone")
+        .await
+        .unwrap();
+    assert_ne!(marker, "null");
+    versions.push(("gone", marker.clone()));
+    let vid = common::moto::put(&moto, src_bucket, "back", b"back 1", &[])
+        .await
+        .unwrap();
+    versions.push(("back", vid));
+    let vid = common::moto::delete(&moto, src_bucket, "back")
+        .await
+        .unwrap();
+    versions.push(("back", vid));
+    let vid = common::moto::put(&moto, src_bucket, "back", b"back 2", &[])
+        .await
+        .unwrap();
+    versions.push(("back", vid));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file_dir = tmp.path().join("site-file");
+    let sites = format!(
+        "{}{}",
+        s3_site("aws-1", dst_bucket),
+        file_site("local-1", &file_dir)
+    );
+    let cfg = s3_config(
+        &data,
+        &[src_bucket],
+        &sites,
+        &rule(src_bucket, "", &["aws-1", "local-1"], true),
+    );
+    let engine = EngineProc::start_with_log(
+        &write_config(tmp.path(), &cfg),
+        tmp.path(),
+        "info,backbeat::pipeline::status=debug",
+    );
+    wait_until("every status applied", Duration::from_secs(120), || {
+        engine.count_log("Status applied.") >= versions.len() * 2
+    });
+    assert!(engine.stop().success());
+
+    // The deleted key is gone at both sites; the key put again after its delete is there.
+    let gone = moto
+        .send(S3Request::new(Method::HEAD, dst_bucket, Some("gone")))
+        .await;
+    assert!(gone.is_err(), "the replica of a deleted key is removed");
+    let (_, got) = s3_get(&moto, dst_bucket, "back", None).await;
+    assert_eq!(got, b"back 2");
+    let fs = FileSite::new("local-1", &file_dir).unwrap();
+    assert!(!fs.path_of("gone").exists());
+    assert!(!fs.sidecar_of("gone").exists());
+    assert_eq!(std::fs::read(fs.path_of("back")).unwrap(), b"back 2");
+    let store = open_store(&data);
+    for (key, vid) in &versions {
+        let v = VersionRef::new(src_bucket, *key, vid.clone());
+        let info = store.replication(&v).await.unwrap().unwrap();
+        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
+    }
+}
+
 fn engine_log_count(dir: &Path, needle: &str) -> usize {
     std::fs::read_dir(dir)
         .unwrap()

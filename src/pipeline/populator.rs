@@ -12,7 +12,12 @@
 //!    the queued counters. A crash between 4 and 5 re-discovers and re-queues the version
 //!    (at-least-once); the guard keeps the counters exact.
 //!
-//! Delete markers are not replicated yet (sites have no delete operation).
+//! A delete marker is queued like any version, with `isDeleteMarker` (reference 3.1); the
+//! replication processor then has each site remove its replica of the key.
+//!
+//! A key's versions come newest first in a versions listing and are queued oldest first, so the
+//! newest is written last at each site. When a listing page ends inside a key, the scanner holds
+//! that key's versions back and queues them with the rest of the key from the next page.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -273,7 +278,7 @@ impl PopulatorTask {
             return None;
         }
         let mut ri = ReplicationInfo::pending(&sites);
-        ri.content = if info.size == 0 {
+        ri.content = if info.size == 0 || info.is_delete_marker {
             vec!["METADATA".into()]
         } else {
             vec!["DATA".into(), "METADATA".into()]
@@ -286,6 +291,8 @@ impl PopulatorTask {
         ri.user_metadata = info.user_metadata.clone();
         ri.tags = info.tags.clone();
         let mut md = ObjectMd::from_info(&info.version, &ri);
+        // A delete marker is a put with `isDeleteMarker` (reference 3.1); its sites delete.
+        md.is_delete_marker = info.is_delete_marker;
         let mut types: Vec<&str> = Vec::new();
         for s in &sites {
             if let Some(c) = self.config.sites.iter().find(|c| &c.name == s) {
@@ -345,10 +352,6 @@ impl PopulatorTask {
                     continue;
                 }
             };
-            if info.is_delete_marker {
-                tracing::debug!(version = %v, "Delete marker not replicated.");
-                continue;
-            }
             let rule = match self.rule_for(&v.bucket, &v.key).await {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
@@ -416,6 +419,19 @@ impl std::fmt::Debug for Scanner {
 /// The store cursor name of `bucket`'s scan.
 pub fn cursor_name(bucket: &str) -> String {
     format!("scan:{bucket}")
+}
+
+/// Splits off the versions of the last key of `versions` (a listing keeps a key's versions
+/// together).
+fn split_last_key(versions: &mut Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+    let Some(last) = versions.last().map(|v| v.version.clone()) else {
+        return Vec::new();
+    };
+    let at = versions
+        .iter()
+        .rposition(|v| v.version.bucket != last.bucket || v.version.key != last.key)
+        .map_or(0, |i| i + 1);
+    versions.split_off(at)
 }
 
 /// Orders a listing page for queueing: a key's versions come newest first in a versions
@@ -491,6 +507,9 @@ impl Scanner {
             .filter(|c| !c.is_empty());
         let mut listed = 0usize;
         let mut queued = 0usize;
+        // The versions of the last key of a page that goes on (they may continue on the next
+        // page). Only in memory: after a crash the next pass lists them again.
+        let mut carry: Vec<ObjectInfo> = Vec::new();
         loop {
             if self.token.is_cancelled() {
                 return Ok(());
@@ -503,7 +522,12 @@ impl Scanner {
                 }
             };
             listed += page.versions.len();
-            match self.populator.submit(oldest_first(page.versions)).await {
+            let mut versions = std::mem::take(&mut carry);
+            versions.extend(page.versions);
+            if page.next.is_some() {
+                carry = split_last_key(&mut versions);
+            }
+            match self.populator.submit(oldest_first(versions)).await {
                 Ok(n) => queued += n,
                 Err(error) => {
                     tracing::warn!(bucket, %error, "Could not queue a listing page; the next scan resumes.");
@@ -562,5 +586,25 @@ mod tests {
             .map(|v| v.version_id)
             .collect();
         assert_eq!(ids, ["a1", "a2", "a3", "b1", "b2", "c1"]);
+    }
+
+    #[test]
+    fn a_key_split_across_pages_is_held_back_whole() {
+        let mut page = vec![info("a", "a1"), info("b", "b3"), info("b", "b2")];
+        let carry = split_last_key(&mut page);
+        assert_eq!(page, vec![info("a", "a1")]);
+        assert_eq!(carry, vec![info("b", "b3"), info("b", "b2")]);
+        // The next page goes on with b: all of b is queued oldest first.
+        let mut next = carry;
+        next.extend([info("b", "b1"), info("c", "c1")]);
+        let ids: Vec<String> = oldest_first(next)
+            .into_iter()
+            .map(|v| v.version_id)
+            .collect();
+        assert_eq!(ids, ["b1", "b2", "b3", "c1"]);
+        // A page of one key only: everything is held back.
+        let mut only = vec![info("z", "z2"), info("z", "z1")];
+        assert_eq!(split_last_key(&mut only).len(), 2);
+        assert!(only.is_empty());
     }
 }

@@ -147,6 +147,21 @@ impl ReplicationProcessor {
 
     async fn copy_once(&self, job: &CopyJob) -> Result<Copied, CopyError> {
         let md = &job.md;
+        if md.is_delete_marker {
+            // Nothing to read: the site removes its replica of the key (an S3 site with
+            // versioning writes a delete marker of its own).
+            let obj = ObjectInfo {
+                version: job.version.clone(),
+                size: 0,
+                etag: String::new(),
+                last_modified: md.last_modified.clone(),
+                content_type: None,
+                user_metadata: Default::default(),
+                tags: Default::default(),
+                is_delete_marker: true,
+            };
+            return Ok(Copied::Written(self.site.delete(&obj).await?));
+        }
         let changed = |head: &ObjectInfo| {
             head.size != md.content_length
                 || (!md.content_md5.is_empty() && head.etag != md.content_md5)

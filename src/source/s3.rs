@@ -119,6 +119,33 @@ pub fn parse_rules(xml: &Xml) -> Vec<Rule> {
         .collect()
 }
 
+/// A versions listing in the order S3 gives it: keys in order, each key's versions together,
+/// newest first. S3 interleaves `Version` and `DeleteMarker` elements that way; some servers
+/// (moto) list every `Version` and then every `DeleteMarker`. Those are put back in order: a
+/// key's entries together (at its first appearance), its `IsLatest` entry first, the others in
+/// listing order.
+fn newest_first(listed: Vec<(ObjectInfo, bool)>) -> Vec<ObjectInfo> {
+    let mut groups: Vec<Vec<(ObjectInfo, bool)>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (info, latest) in listed {
+        let i = *index.entry(info.version.key.clone()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        if let Some(g) = groups.get_mut(i) {
+            g.push((info, latest));
+        }
+    }
+    groups
+        .into_iter()
+        .flat_map(|mut g| {
+            // Stable: only the latest moves.
+            g.sort_by_key(|(_, latest)| !*latest);
+            g.into_iter().map(|(info, _)| info)
+        })
+        .collect()
+}
+
 fn strip_etag(e: &str) -> String {
     e.trim().trim_matches('"').to_string()
 }
@@ -134,7 +161,8 @@ pub fn parse_versions(bucket: &str, xml: &Xml) -> Result<VersionPage, SourceErro
             Ok(raw.to_string())
         }
     };
-    let mut versions = Vec::new();
+    // (info, IsLatest) in document order.
+    let mut listed = Vec::new();
     for el in &xml.children {
         let is_delete_marker = match el.name.as_str() {
             "Version" => false,
@@ -146,20 +174,25 @@ pub fn parse_versions(bucket: &str, xml: &Xml) -> Result<VersionPage, SourceErro
             .text_of("VersionId")
             .filter(|v| !v.is_empty())
             .unwrap_or("null");
-        versions.push(ObjectInfo {
-            version: VersionRef::new(bucket, key, vid),
-            size: el
-                .text_of("Size")
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
-            etag: strip_etag(el.text_of("ETag").unwrap_or_default()),
-            last_modified: el.text_of("LastModified").unwrap_or_default().to_string(),
-            content_type: None,
-            user_metadata: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            is_delete_marker,
-        });
+        let is_latest = el.text_of("IsLatest").map(str::trim) == Some("true");
+        listed.push((
+            ObjectInfo {
+                version: VersionRef::new(bucket, key, vid),
+                size: el
+                    .text_of("Size")
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0),
+                etag: strip_etag(el.text_of("ETag").unwrap_or_default()),
+                last_modified: el.text_of("LastModified").unwrap_or_default().to_string(),
+                content_type: None,
+                user_metadata: BTreeMap::new(),
+                tags: BTreeMap::new(),
+                is_delete_marker,
+            },
+            is_latest,
+        ));
     }
+    let versions = newest_first(listed);
     let truncated = xml.text_of("IsTruncated").map(str::trim) == Some("true");
     let next = if truncated {
         let key = key_of(xml.text_of("NextKeyMarker").unwrap_or_default())?;
@@ -384,5 +417,29 @@ mod tests {
         assert_eq!(page.versions[0].size, 3);
         assert!(page.versions[1].is_delete_marker);
         assert_eq!(page.next.as_deref(), Some(r#"["a b","v2"]"#));
+    }
+
+    #[test]
+    fn delete_markers_listed_after_the_versions_are_put_back_in_order() {
+        // moto's layout: every Version, then every DeleteMarker.
+        let xml = Xml::parse(
+            br#"<ListVersionsResult><IsTruncated>false</IsTruncated>
+            <Version><Key>back</Key><VersionId>b3</VersionId><IsLatest>true</IsLatest></Version>
+            <Version><Key>back</Key><VersionId>b1</VersionId><IsLatest>false</IsLatest></Version>
+            <Version><Key>gone</Key><VersionId>g2</VersionId><IsLatest>false</IsLatest></Version>
+            <Version><Key>gone</Key><VersionId>g1</VersionId><IsLatest>false</IsLatest></Version>
+            <DeleteMarker><Key>back</Key><VersionId>b2</VersionId><IsLatest>false</IsLatest></DeleteMarker>
+            <DeleteMarker><Key>gone</Key><VersionId>g3</VersionId><IsLatest>true</IsLatest></DeleteMarker>
+            </ListVersionsResult>"#,
+        )
+        .unwrap();
+        let page = parse_versions("b", &xml).unwrap();
+        let ids: Vec<&str> = page
+            .versions
+            .iter()
+            .map(|v| v.version.version_id.as_str())
+            .collect();
+        assert_eq!(ids, ["b3", "b1", "b2", "g3", "g2", "g1"]);
+        assert!(page.versions[3].is_delete_marker);
     }
 }

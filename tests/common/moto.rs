@@ -53,6 +53,20 @@ pub async fn put(
         .to_string())
 }
 
+/// Deletes `key` without a version id: in a versioned bucket this writes a delete marker, whose
+/// version id is returned.
+pub async fn delete(c: &S3Client, bucket: &str, key: &str) -> anyhow::Result<String> {
+    let resp = c
+        .send(S3Request::new(Method::DELETE, bucket, Some(key)))
+        .await?;
+    Ok(resp
+        .headers()
+        .get("x-amz-version-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("null")
+        .to_string())
+}
+
 /// All keys of `bucket` as moto's ListObjectsV2 gives them (url-decoded when encoded).
 pub async fn list_keys(c: &S3Client, bucket: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::new();
