@@ -81,9 +81,15 @@ pub fn queued_ops(
     (vec![Guard::Absent(version.clone())], ops)
 }
 
+/// A discovered version, with its full metadata when the discovery already has it.
+struct Discovered {
+    version: VersionRef,
+    info: Option<ObjectInfo>,
+}
+
 enum Request {
     Versions {
-        versions: Vec<VersionRef>,
+        versions: Vec<Discovered>,
         reply: oneshot::Sender<Result<usize, String>>,
     },
     RefreshRules {
@@ -134,6 +140,33 @@ impl Populator {
     /// A description when the populator is stopped or a source read failed (the versions that
     /// could be read are queued all the same).
     pub async fn submit(&self, versions: Vec<VersionRef>) -> Result<usize, String> {
+        let versions = versions
+            .into_iter()
+            .map(|version| Discovered {
+                version,
+                info: None,
+            })
+            .collect();
+        self.send(versions).await
+    }
+
+    /// [`Populator::submit`] for versions whose listing carries their full metadata (see
+    /// [`Source::listing_is_full_metadata`]): they are not read again.
+    ///
+    /// # Errors
+    /// As [`Populator::submit`].
+    pub async fn submit_listed(&self, versions: Vec<ObjectInfo>) -> Result<usize, String> {
+        let versions = versions
+            .into_iter()
+            .map(|info| Discovered {
+                version: info.version.clone(),
+                info: Some(info),
+            })
+            .collect();
+        self.send(versions).await
+    }
+
+    async fn send(&self, versions: Vec<Discovered>) -> Result<usize, String> {
         if versions.is_empty() {
             return Ok(0);
         }
@@ -163,7 +196,13 @@ impl Intake for Populator {
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
         let versions: Vec<VersionRef> = versions
             .into_iter()
-            .filter(|d| !d.event_name.starts_with("ObjectRemoved"))
+            // A delete marker is a version to replicate; other removals (a version deleted
+            // for good) have nothing to replicate.
+            .filter(|d| {
+                !d.event_name.starts_with("ObjectRemoved")
+                    || d.event_name
+                        .starts_with("ObjectRemoved:DeleteMarkerCreated")
+            })
             .map(|d| {
                 VersionRef::new(
                     d.bucket,
@@ -309,20 +348,20 @@ impl PopulatorTask {
     /// Queues the versions of each request; returns per request the count newly queued.
     async fn process(
         &mut self,
-        requests: Vec<&[VersionRef]>,
+        requests: Vec<&[Discovered]>,
     ) -> Result<Vec<Result<usize, String>>, StageError> {
         let mut results: Vec<Result<usize, String>> = vec![Ok(0); requests.len()];
         let mut seen = HashSet::new();
         let mut todo = Vec::new();
         for (i, versions) in requests.iter().enumerate() {
-            for v in versions.iter() {
-                if !seen.insert(v.clone()) {
+            for d in versions.iter() {
+                if !seen.insert(d.version.clone()) {
                     continue;
                 }
-                if self.store.replication(v).await?.is_some() {
+                if self.store.replication(&d.version).await?.is_some() {
                     continue;
                 }
-                todo.push((i, v.clone()));
+                todo.push((i, d.version.clone(), d.info.clone()));
             }
         }
         if todo.is_empty() {
@@ -330,10 +369,13 @@ impl PopulatorTask {
         }
         let source = self.source.clone();
         let heads: Vec<_> = stream::iter(todo)
-            .map(|(i, v)| {
+            .map(|(i, v, known)| {
                 let source = source.clone();
                 async move {
-                    let r = source.head(&v).await;
+                    let r = match known {
+                        Some(info) => Ok(Some(info)),
+                        None => source.head(&v).await,
+                    };
                     (i, v, r)
                 }
             })
@@ -438,7 +480,15 @@ fn split_last_key(versions: &mut Vec<ObjectInfo>) -> Vec<ObjectInfo> {
 /// listing (S3 `ListObjectVersions`); they are queued oldest first so the newest is written
 /// last at each site.
 fn oldest_first(versions: Vec<ObjectInfo>) -> Vec<VersionRef> {
-    let mut groups: Vec<Vec<VersionRef>> = Vec::new();
+    oldest_first_infos(versions)
+        .into_iter()
+        .map(|i| i.version)
+        .collect()
+}
+
+/// [`oldest_first`], keeping the listed metadata.
+fn oldest_first_infos(versions: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+    let mut groups: Vec<Vec<ObjectInfo>> = Vec::new();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
     for v in versions {
         let k = (v.version.bucket.clone(), v.version.key.clone());
@@ -447,7 +497,7 @@ fn oldest_first(versions: Vec<ObjectInfo>) -> Vec<VersionRef> {
             groups.len() - 1
         });
         if let Some(g) = groups.get_mut(i) {
-            g.push(v.version);
+            g.push(v);
         }
     }
     groups
@@ -527,7 +577,14 @@ impl Scanner {
             if page.next.is_some() {
                 carry = split_last_key(&mut versions);
             }
-            match self.populator.submit(oldest_first(versions)).await {
+            let submitted = if self.source.listing_is_full_metadata() {
+                self.populator
+                    .submit_listed(oldest_first_infos(versions))
+                    .await
+            } else {
+                self.populator.submit(oldest_first(versions)).await
+            };
+            match submitted {
                 Ok(n) => queued += n,
                 Err(error) => {
                     tracing::warn!(bucket, %error, "Could not queue a listing page; the next scan resumes.");

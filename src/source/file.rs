@@ -454,6 +454,10 @@ impl Source for FileSource {
         vec![self.bucket.clone()]
     }
 
+    fn listing_is_full_metadata(&self) -> bool {
+        true
+    }
+
     async fn list_versions(
         &self,
         bucket: &str,

@@ -123,6 +123,13 @@ pub trait Source: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> Result<VersionPage, SourceError>;
 
+    /// Whether the versions of a listing page carry everything [`Source::head`] would give
+    /// (the file source: a file has no content type, user metadata or tags), so a discovered
+    /// version need not be read again. S3 listings lack user metadata, tags and content type.
+    fn listing_is_full_metadata(&self) -> bool {
+        false
+    }
+
     /// The full metadata of one version; `Ok(None)` when it no longer exists.
     async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError>;
 
