@@ -5,32 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
 use backbeat::app::Engine;
 use backbeat::config::Config;
 use backbeat::log::{Record, TOPIC_REPLICATION};
-
-struct Mount(tempfile::TempDir);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
-fn mount_tmpfs(size: &str) -> Option<Mount> {
-    let dir = tempfile::tempdir().ok()?;
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(Mount(dir))
-}
+use common::tmpfs::{fill, mount_tmpfs};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,22 +28,13 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-fn fill(dir: &Path) {
-    // Take every free byte of the file system.
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", dir.join("filler").display()))
-        .stderr(std::process::Stdio::null())
-        .status();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_refuses_writes_reports_unhealthy_and_loses_nothing() {
     let Some(mount) = mount_tmpfs("48m") else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let data = mount.0.path().join("data");
+    let data = mount.path().join("data");
     let mut cfg = Config::default();
     cfg.server.port = 0;
     cfg.storage.path = data.clone();
@@ -74,7 +47,7 @@ async fn disk_full_refuses_writes_reports_unhealthy_and_loses_nothing() {
         let pos = engine.log.append(TOPIC_REPLICATION, vec![r]).await.unwrap();
         acked.push(pos[0]);
     }
-    fill(mount.0.path());
+    fill(mount.path());
     // Keep writing until the full disk surfaces as an error (sled buffers some writes).
     let mut failed = false;
     for i in 0..20_000u32 {
@@ -98,7 +71,7 @@ async fn disk_full_refuses_writes_reports_unhealthy_and_loses_nothing() {
     assert_eq!(code, 500, "{body}");
     assert!(body.contains("\"InternalError\":true"), "{body}");
     // Free the space, restart on the same directory: every acknowledged record is there.
-    std::fs::remove_file(mount.0.path().join("filler")).unwrap();
+    std::fs::remove_file(mount.path().join("filler")).unwrap();
     engine.stop().await;
     let mut restarted = None;
     for _ in 0..100 {

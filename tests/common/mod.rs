@@ -7,3 +7,4 @@ pub mod azure;
 pub mod flaky;
 pub mod moto;
 pub mod peers;
+pub mod tmpfs;
