@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use backbeat::site::file::FileSite;
-use backbeat::source::file::version_id_of;
 use backbeat::store::{Metric, StateStore};
 use common::peers::{free_port, start_tansu};
 use kafka_support::*;
@@ -27,17 +26,6 @@ const OBJECTS: usize = 1000;
 const NEW_VERSION_EVERY: usize = 5;
 const SITES: [&str; 2] = ["site-a", "site-b"];
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// Writes `data` under `src` as `key` through a rename from `staging` (outside the source), so
-/// the source never lists a half-written file (which would be a version of its own).
-fn put_atomic(staging: &Path, src: &Path, key: &str, data: &[u8]) -> String {
-    let tmp = staging.join("next");
-    std::fs::write(&tmp, data).unwrap();
-    let dst = src.join(key);
-    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-    std::fs::rename(&tmp, &dst).unwrap();
-    version_id_of(&std::fs::metadata(&dst).unwrap())
-}
 
 struct Measured {
     versions: usize,
@@ -69,7 +57,7 @@ async fn wait_queued(engine: &EngineProc, n: u64) -> Instant {
         assert!(
             start.elapsed() < LIMIT,
             "scans did not queue {n} versions:\n{}",
-            engine.log()
+            tail(&engine.log(), 200)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

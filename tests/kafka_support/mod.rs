@@ -4,8 +4,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use backbeat::source::file::version_id_of;
 use serde_json::Value;
 
 use crate::common::api::request;
@@ -34,6 +36,18 @@ pub fn engine_config(
         c.push_str(&format!("\n[engine]\nstages = [{}]\n", list.join(", ")));
     }
     c
+}
+
+/// Writes `data` under the source directory `src` as `key`, through a rename from `staging` (a
+/// directory outside the source on the same file system), so a scan never lists a half-written
+/// file as a version of its own; returns the new version id.
+pub fn put_atomic(staging: &Path, src: &Path, key: &str, data: &[u8]) -> String {
+    let tmp = staging.join("next");
+    std::fs::write(&tmp, data).unwrap();
+    let dst = src.join(key);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::rename(&tmp, &dst).unwrap();
+    version_id_of(&std::fs::metadata(&dst).unwrap())
 }
 
 /// Percent-encodes every byte but the unreserved ones (RFC 3986), `/` included.
