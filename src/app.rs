@@ -3,12 +3,15 @@
 //! Start-up: open the embedded database when the log or the store is sled, and Kafka
 //! (`[storage] log = "kafka"`, feature `kafka`) or MongoDB (`store = "mongodb"`, feature
 //! `mongodb`) for the others, in any combination; create the topics, open the state store,
-//! build the source and sites, start the pipeline stages (status processor, one replication
-//! processor per site, populator and scanner), bind the API. Shutdown, in data-flow order
-//! (STYLE section D): stop taking API requests, stop the populator and scanner, let the
-//! processors finish the objects in hand, let the status processor drain, then flush the
-//! database. A stage that fails (log or store error) stops the process, which then exits
-//! with code 1.
+//! build the source and sites, start the pipeline stages `[engine] stages` names (status
+//! processor, one replication processor per site, populator and scanner; all of them by
+//! default), bind the API. Several processes sharing a Kafka log split the work: the members
+//! of each consumer group share its partitions, and a process may run only some stages.
+//!
+//! Shutdown, in data-flow order (STYLE section D): stop taking API requests, stop the
+//! populator and scanner, let the processors finish the objects in hand, let the status
+//! processor drain, then flush the database. A stage that fails (log or store error) stops the
+//! process, which then exits with code 1.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError, LogKind, StoreKind};
+use crate::config::{Config, ConfigError, LogKind, Stage, StoreKind};
 use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
@@ -268,6 +271,7 @@ impl Engine {
             durability = config.storage.durability.as_str(),
             path = %config.storage.path.display(),
             sites = config.sites.len(),
+            stages = %config.engine.stages.join(","),
             "Backbeat started."
         );
         Ok(Engine {
@@ -358,8 +362,9 @@ impl Engine {
 
 type Pipeline = (Option<Arc<dyn Intake>>, Vec<StageTasks>);
 
-/// Builds the source and sites and starts the stages; returns the intake and the stages in
-/// stop order. Without a source, nothing runs.
+/// Builds the source and sites and starts the stages `[engine] stages` names; returns the
+/// intake (the populator, when it runs here) and the stages in stop order. Without a source,
+/// nothing runs.
 async fn start_pipeline(
     config: &Arc<Config>,
     log: &Arc<dyn Log>,
@@ -384,28 +389,37 @@ async fn start_pipeline(
         processor_stage.clone(),
         status_stage.clone(),
     ];
+    let runs = |s: Stage| config.engine.runs(s);
     let started = async {
         let r = &config.replication;
         let mpu_threshold = r.mpu_threshold_mb.saturating_mul(1_000_000);
-        StatusProcessor::start(log.clone(), store.clone(), mpu_threshold, &status_stage).await?;
-        let pcfg = ProcessorConfig {
-            concurrency: r.concurrency.max(1),
-            mpu_threshold,
-            retry: RetryPolicy::from(&r.retry),
-            replay: r.retry.replay,
-        };
-        for site in sites {
-            let gate = PauseGate::new(control.subscribe(site.name()));
-            ReplicationProcessor::start(
-                log.clone(),
-                source.clone(),
-                site,
-                store.clone(),
-                pcfg.clone(),
-                gate,
-                &processor_stage,
-            )
-            .await?;
+        if runs(Stage::Status) {
+            StatusProcessor::start(log.clone(), store.clone(), mpu_threshold, &status_stage)
+                .await?;
+        }
+        if runs(Stage::Replication) {
+            let pcfg = ProcessorConfig {
+                concurrency: r.concurrency.max(1),
+                mpu_threshold,
+                retry: RetryPolicy::from(&r.retry),
+                replay: r.retry.replay,
+            };
+            for site in sites {
+                let gate = PauseGate::new(control.subscribe(site.name()));
+                ReplicationProcessor::start(
+                    log.clone(),
+                    source.clone(),
+                    site,
+                    store.clone(),
+                    pcfg.clone(),
+                    gate,
+                    &processor_stage,
+                )
+                .await?;
+            }
+        }
+        if !runs(Stage::Populator) {
+            return Ok(None);
         }
         let populator = Populator::start(
             source.clone(),
@@ -421,13 +435,13 @@ async fn start_pipeline(
             Duration::from_secs(source_cfg.scan_interval_s),
             &populator_stage,
         );
-        Ok::<_, StageError>(populator)
+        Ok::<_, StageError>(Some(populator))
     }
     .await;
     match started {
         Ok(populator) => {
-            let intake: Arc<dyn Intake> = Arc::new(populator);
-            Ok((Some(intake), stages))
+            let intake = populator.map(|p| Arc::new(p) as Arc<dyn Intake>);
+            Ok((intake, stages))
         }
         Err(e) => {
             for s in &stages {

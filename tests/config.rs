@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use backbeat::config::{Config, ConfigError};
+use backbeat::config::{Config, ConfigError, Stage};
 
 fn example() -> String {
     std::fs::read_to_string(concat!(
@@ -46,6 +46,24 @@ fn the_example_parses_with_every_section() {
     assert_eq!(cfg.replication.rules.len(), 1);
     assert_eq!(cfg.server.port, 8900);
     assert!(cfg.source.is_some());
+    assert!(Stage::ALL.into_iter().all(|s| cfg.engine.runs(s)));
+}
+
+#[test]
+fn engine_stages_default_to_all_and_a_kafka_engine_may_run_only_replication() {
+    let cfg = Config::parse("").unwrap();
+    assert_eq!(cfg.engine.stages, ["populator", "replication", "status"]);
+    let toml = "[storage]\nlog = \"kafka\"\n[storage.kafka]\nbrokers = \"127.0.0.1:9092\"\n\
+                [engine]\nstages = [\"replication\"]\n";
+    if cfg!(feature = "kafka") {
+        let cfg = Config::parse(toml).unwrap();
+        assert!(cfg.engine.runs(Stage::Replication));
+        assert!(!cfg.engine.runs(Stage::Populator) && !cfg.engine.runs(Stage::Status));
+    } else {
+        // Only the missing feature is reported: the stages themselves are fine.
+        assert_eq!(problems(toml).len(), 1, "{:?}", problems(toml));
+        assert!(problems(toml)[0].starts_with("storage.log"));
+    }
 }
 
 #[test]
@@ -91,6 +109,18 @@ fn each_invalid_value_names_its_field() {
         ("[[replication.rules]]\nbucket = \"b\"\nsites = [\"nowhere\"]\n", "replication.rules[0].sites[0]"),
         ("[[replication.rules]]\nbucket = \"\"\nsites = []\n", "replication.rules[0].bucket"),
         ("[shutdown]\ngrace_period_s = 100000\n", "shutdown.grace_period_s"),
+        ("[engine]\nstages = []\n", "engine.stages"),
+        ("[engine]\nstages = [\"status\", \"copier\"]\n", "engine.stages[1]"),
+        ("[engine]\nstages = [\"status\", \"populator\", \"status\"]\n", "engine.stages[2]"),
+        ("[engine]\nstages = \"status\"\n", "engine"),
+        ("[engine]\nthreads = 2\n", "engine"),
+        // A sled log cannot be shared: its one process runs every stage.
+        ("[engine]\nstages = [\"replication\"]\n", "engine.stages"),
+        // A sled store: the status processor completes what this process's populator recorded.
+        (
+            "[storage]\nlog = \"kafka\"\n[storage.kafka]\nbrokers = \"127.0.0.1:9092\"\n[engine]\nstages = [\"populator\", \"replication\"]\n",
+            "engine.stages",
+        ),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ("this is not toml", "syntax"),
     ];
@@ -129,7 +159,7 @@ fn check_config_exits_2_on_an_invalid_file_and_0_on_a_valid_one() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[storage]\npartitions = 0\n[replication]\nconcurrency = 0\n",
+        "[storage]\npartitions = 0\n[replication]\nconcurrency = 0\n[engine]\nstages = [\"copier\"]\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_backbeat"))
@@ -140,7 +170,9 @@ fn check_config_exits_2_on_an_invalid_file_and_0_on_a_valid_one() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("storage.partitions") && err.contains("replication.concurrency"),
+        err.contains("storage.partitions")
+            && err.contains("replication.concurrency")
+            && err.contains("engine.stages[0]"),
         "{err}"
     );
     let good = dir.path().join("good.toml");

@@ -15,7 +15,10 @@ use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
 use backbeat::pipeline::populator::queued_ops;
 use backbeat::pipeline::runner::{Handler, Outcome};
 use backbeat::pipeline::StatusProcessor;
-use backbeat::store::{Metric, SledStore, StateStore};
+use backbeat::store::{
+    FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, SledStore, StateStore,
+    StoreError, StoreOp,
+};
 use tokio_util::task::TaskTracker;
 
 fn info(sites: &[&str], size: u64) -> ReplicationInfo {
@@ -108,6 +111,125 @@ async fn replayed_status_entries_change_nothing_and_completed_is_final() {
     assert_eq!(sum(&store, "a", Metric::Ops).await, 2);
     assert_eq!(sum(&store, "a", Metric::OpsDone).await, 2);
     assert_eq!(sum(&store, "c", Metric::Ops).await, 2);
+    drop(p);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// A store in which the populator's update of one version lands at the worst moment: after
+/// the status processor's guarded update failed for want of the version's info, before it
+/// reads the info back (the populator appends to the log first, then records the version, so
+/// a fast site and status processor can overtake it).
+struct PopulatorLandsLate {
+    inner: Arc<SledStore>,
+    late: parking_lot::Mutex<Option<(Vec<Guard>, Vec<StoreOp>)>>,
+}
+
+#[async_trait::async_trait]
+impl StateStore for PopulatorLandsLate {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
+        self.inner.apply(guards, ops).await
+    }
+    async fn replication(&self, v: &VersionRef) -> Result<Option<ReplicationInfo>, StoreError> {
+        let late = self.late.lock().take();
+        if let Some((g, o)) = late {
+            assert!(
+                self.inner.apply(g, o).await?,
+                "the populator's update applies"
+            );
+        }
+        self.inner.replication(v).await
+    }
+    async fn failed_page(
+        &self,
+        site: &str,
+        marker: Option<u64>,
+        limit: usize,
+    ) -> Result<FailedPage, StoreError> {
+        self.inner.failed_page(site, marker, limit).await
+    }
+    async fn failed_entry(
+        &self,
+        site: &str,
+        v: &VersionRef,
+    ) -> Result<Option<FailedEntry>, StoreError> {
+        self.inner.failed_entry(site, v).await
+    }
+    async fn failed_count(&self, site: &str) -> Result<u64, StoreError> {
+        self.inner.failed_count(site).await
+    }
+    async fn metric_buckets(&self, site: &str, m: Metric) -> Result<Vec<u64>, StoreError> {
+        self.inner.metric_buckets(site, m).await
+    }
+    async fn object_metric_buckets(
+        &self,
+        site: &str,
+        v: &VersionRef,
+        m: ObjectMetric,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.object_metric_buckets(site, v, m).await
+    }
+    async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError> {
+        self.inner.pending(site).await
+    }
+    async fn pause_state(&self, svc: &str, site: &str) -> Result<Option<PauseState>, StoreError> {
+        self.inner.pause_state(svc, site).await
+    }
+    async fn set_pause_state(
+        &self,
+        svc: &str,
+        site: &str,
+        state: PauseState,
+    ) -> Result<(), StoreError> {
+        self.inner.set_pause_state(svc, site, state).await
+    }
+    async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.cursor(name).await
+    }
+    async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        self.inner.try_lock(name, ttl_ms).await
+    }
+    async fn unlock(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.unlock(name).await
+    }
+    async fn expire(&self) -> Result<u64, StoreError> {
+        self.inner.expire().await
+    }
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.check()
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_that_overtakes_the_populators_update_is_still_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
+    let sled = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let v = VersionRef::new("b", "fast", "v1");
+    let i = info(&["a", "c"], 10);
+    let store = Arc::new(PopulatorLandsLate {
+        inner: sled.clone(),
+        late: parking_lot::Mutex::new(Some(queued_ops(&v, i.clone(), sled.now_ms()))),
+    });
+    let tracker = TaskTracker::new();
+    let p = StatusProcessor::new(store.clone(), 20_000_000, &tracker);
+    run(
+        &p,
+        &status_delivery(&v, &i, "a", ReplicationStatus::Completed, 0),
+    )
+    .await;
+    let got = sled.replication(&v).await.unwrap().unwrap();
+    assert_eq!(got.site("a").unwrap().status, ReplicationStatus::Completed);
+    assert_eq!(got.site("c").unwrap().status, ReplicationStatus::Pending);
+    assert_eq!(sled.pending("a").await.unwrap(), (0, 0));
+    assert_eq!(sum(&sled, "a", Metric::Ops).await, 1);
+    assert_eq!(sum(&sled, "a", Metric::OpsDone).await, 1);
     drop(p);
     tracker.close();
     tracker.wait().await;

@@ -112,3 +112,10 @@ pub fn enabled() -> bool {
 pub fn grace_period_s() -> u64 {
     30
 }
+/// Pipeline stages of an engine: all of them.
+pub fn stages() -> Vec<String> {
+    super::Stage::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect()
+}

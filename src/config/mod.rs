@@ -63,6 +63,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// What this engine process runs.
+    pub engine: EngineConfig,
 }
 
 /// `[server]`.
@@ -439,6 +441,62 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// A pipeline stage an engine process can run (`[engine] stages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The populator and the scanner: source changes and webhooks into the replication topic.
+    Populator,
+    /// One replication processor per site: copies and per-site outcomes.
+    Replication,
+    /// The status processor: outcomes into the state store.
+    Status,
+}
+
+impl Stage {
+    /// Every stage, in data-flow order.
+    pub const ALL: [Stage; 3] = [Stage::Populator, Stage::Replication, Stage::Status];
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Populator => "populator",
+            Stage::Replication => "replication",
+            Stage::Status => "status",
+        }
+    }
+
+    /// The stage of a configuration name.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Pipeline stages this process runs, by name (`populator`, `replication`, `status`).
+    /// Several processes sharing a Kafka log split the work between them; see
+    /// [`EngineConfig::runs`].
+    #[serde(default = "defaults::stages")]
+    pub stages: Vec<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            stages: defaults::stages(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Whether this process runs `stage`.
+    pub fn runs(&self, stage: Stage) -> bool {
+        self.stages.iter().any(|s| s == stage.as_str())
+    }
+}
+
 fn section<T: DeserializeOwned>(
     name: &str,
     value: toml::Value,
@@ -600,6 +658,11 @@ impl Config {
                 "shutdown" => {
                     if let Some(v) = section("shutdown", value, &mut errors) {
                         cfg.shutdown = v;
+                    }
+                }
+                "engine" => {
+                    if let Some(v) = section("engine", value, &mut errors) {
+                        cfg.engine = v;
                     }
                 }
                 other => errors.push(format!("{other}: unknown section")),
@@ -952,6 +1015,48 @@ impl Config {
                 "shutdown.grace_period_s: {} must be at most 3600",
                 self.shutdown.grace_period_s
             ));
+        }
+
+        // [engine]
+        self.engine_problems(e);
+    }
+
+    fn engine_problems(&self, e: &mut Vec<String>) {
+        let stages = &self.engine.stages;
+        if stages.is_empty() {
+            e.push("engine.stages: at least one stage is required".into());
+            return;
+        }
+        let before = e.len();
+        let mut seen = HashSet::new();
+        for (i, name) in stages.iter().enumerate() {
+            if Stage::from_name(name).is_none() {
+                e.push(format!(
+                    "engine.stages[{i}]: unknown stage {name:?} (expected populator, replication or status)"
+                ));
+            } else if !seen.insert(name.as_str()) {
+                e.push(format!("engine.stages[{i}]: {name:?} is listed twice"));
+            }
+        }
+        if e.len() > before {
+            return;
+        }
+        let runs = |s: Stage| self.engine.runs(s);
+        let all = Stage::ALL.into_iter().all(runs);
+        if self.storage.log == LogKind::Sled && !all {
+            e.push(
+                "engine.stages: a sled log belongs to one process, which must run every stage \
+                 (split the stages between processes with storage.log = \"kafka\")"
+                    .into(),
+            );
+        } else if self.storage.store == StoreKind::Sled
+            && runs(Stage::Populator) != runs(Stage::Status)
+        {
+            e.push(
+                "engine.stages: with a sled store, populator and status run in the same process \
+                 (the status processor completes what the populator recorded in this store)"
+                    .into(),
+            );
         }
     }
 }

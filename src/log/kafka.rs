@@ -114,6 +114,8 @@ struct Ctx {
     /// Rebalance events of a consumer, drained by its `poll`.
     events: Events,
     topic: Arc<str>,
+    /// The consumer's group (Kafka name), for logs.
+    group: Arc<str>,
 }
 
 impl ClientContext for Ctx {
@@ -160,7 +162,8 @@ impl ConsumerContext for Ctx {
             .iter()
             .filter_map(|e| u32::try_from(e.partition()).ok())
             .collect();
-        tracing::info!(topic = %self.topic, assigned, partitions = ?parts, "Kafka partitions rebalanced.");
+        tracing::info!(topic = %self.topic, group = %self.group, assigned, partitions = ?parts,
+            "Kafka partitions rebalanced.");
         self.events.lock().push((assigned, parts));
     }
 }
@@ -541,13 +544,15 @@ impl Log for KafkaLog {
         let n = self.partition_count(topic).await?;
         let cfg = &self.inner.config;
         let full = self.full_name(topic);
+        let group_id = format!("{}{}", cfg.topic_prefix, group);
         let ctx = Ctx {
             health: Arc::new(Health::default()),
             events: Arc::new(Mutex::new(Vec::new())),
             topic: Arc::from(full.as_str()),
+            group: Arc::from(group_id.as_str()),
         };
         let consumer: StreamConsumer<Ctx> = base_config(cfg)
-            .set("group.id", format!("{}{}", cfg.topic_prefix, group))
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! COMPLETED is final: a late FAILED finds the guard false. A version with no replication info
-//! (the populator crashed between its log append and its store update) is first created from
-//! the entry's metadata with the counters the populator would have written.
+//! (the populator crashed between its log append and its store update, or a fast site overtook
+//! that update) is first created from the entry's metadata with the counters the populator
+//! would have written. After a failed guard the update is tried once more, so an outcome is
+//! never dropped because the populator's update landed while it was being applied.
 
 use std::sync::Arc;
 
@@ -198,8 +200,11 @@ impl Handler for StatusProcessor {
             tracing::debug!(site = %job.site, version = %job.version, status = %job.status, "Status applied.");
             return Ok(Outcome::Done(None));
         }
+        // The guard failed: the site is already past PENDING (a replayed entry), or the version
+        // had no info yet.
         if self.store.replication(&job.version).await?.is_none() {
-            // The populator appended the entry but crashed before its store update.
+            // The populator appended the entry but crashed before its store update (or its
+            // update is still on its way: its guarded update then finds ours and does nothing).
             let mut info = job.md.to_info();
             let sites = crate::entry::sites_of(&info.storage_class);
             let pending = ReplicationInfo::pending(&sites);
@@ -207,8 +212,13 @@ impl Handler for StatusProcessor {
             info.status = pending.status;
             let (g, o) = queued_ops(&job.version, info, now);
             self.store.apply(g, o).await?;
-            self.store.apply(guards, ops).await?;
             tracing::debug!(site = %job.site, version = %job.version, "Replication info recreated from a status entry.");
+        }
+        // Once more now that the info exists, whoever wrote it: the populator's update may
+        // have landed between the failed guard and the read above. For a replayed entry the
+        // guard fails again and nothing changes.
+        if self.store.apply(guards, ops).await? {
+            tracing::debug!(site = %job.site, version = %job.version, status = %job.status, "Status applied.");
         }
         Ok(Outcome::Done(None))
     }

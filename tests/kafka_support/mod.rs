@@ -1,0 +1,146 @@
+//! Helpers of the pipeline tests on the Kafka log: engine configurations pointed at a broker,
+//! and the engine's REST API (completion counts, the replication view of one version).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use backbeat::source::file::version_id_of;
+use serde_json::Value;
+
+use crate::common::api::request;
+
+/// Turns a `pipeline_support::config` text (sled log and store, `port = 0`) into one on
+/// `port`, with the log on Kafka at `brokers` when given, and `stages` when given.
+/// Consumer-group timeouts are the short ones Tansu needs (PEERS.md).
+pub fn engine_config(
+    base: &str,
+    port: u16,
+    brokers: Option<&str>,
+    topic_prefix: &str,
+    stages: Option<&[&str]>,
+) -> String {
+    let mut c = base.replacen("port = 0", &format!("port = {port}"), 1);
+    if let Some(brokers) = brokers {
+        c = c.replacen("[storage]\n", "[storage]\nlog = \"kafka\"\n", 1);
+        c.push_str(&format!(
+            "\n[storage.kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{topic_prefix}\"\n\
+             replication_factor = 1\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n\
+             max_poll_interval_ms = 7000\n"
+        ));
+    }
+    if let Some(stages) = stages {
+        let list: Vec<String> = stages.iter().map(|s| format!("\"{s}\"")).collect();
+        c.push_str(&format!("\n[engine]\nstages = [{}]\n", list.join(", ")));
+    }
+    c
+}
+
+/// Writes `data` under the source directory `src` as `key`, through a rename from `staging` (a
+/// directory outside the source on the same file system), so a scan never lists a half-written
+/// file as a version of its own; returns the new version id.
+pub fn put_atomic(staging: &Path, src: &Path, key: &str, data: &[u8]) -> String {
+    let tmp = staging.join("next");
+    std::fs::write(&tmp, data).unwrap();
+    let dst = src.join(key);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::rename(&tmp, &dst).unwrap();
+    version_id_of(&std::fs::metadata(&dst).unwrap())
+}
+
+/// Percent-encodes every byte but the unreserved ones (RFC 3986), `/` included.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /_/backbeat/api/<route>`: the JSON body of a 200, else `None`.
+pub async fn get_json(api: SocketAddr, route: &str) -> Option<Value> {
+    let r = request(api, "GET", &format!("/_/backbeat/api/{route}"), None).await;
+    (r.status == 200).then(|| r.json())
+}
+
+/// Versions COMPLETED at `site` (the `completions` count: once per version and site).
+pub async fn completions(api: SocketAddr, site: &str) -> u64 {
+    get_json(api, &format!("metrics/crr/{site}/completions"))
+        .await
+        .and_then(|v| v["completions"]["results"]["count"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits until `completions` reaches `n` at every site; after `limit`, an error naming the
+/// counts reached.
+pub async fn wait_completions(
+    api: SocketAddr,
+    sites: &[&str],
+    n: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let mut counts = Vec::new();
+        for s in sites {
+            counts.push(completions(api, s).await);
+        }
+        if counts.iter().all(|c| *c >= n) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "completions {counts:?} at {sites:?} did not reach {n} within {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last `lines` lines of a log, for failure messages.
+pub fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The replication view of one version (`GET crr/object/<bucket>/<key>?versionId=`).
+pub async fn object_view(api: SocketAddr, bucket: &str, key: &str, version: &str) -> Option<Value> {
+    get_json(
+        api,
+        &format!(
+            "crr/object/{}/{}?versionId={}",
+            encode(bucket),
+            encode(key),
+            encode(version)
+        ),
+    )
+    .await
+}
+
+/// Asserts, through the API, that every `(key, version id)` is COMPLETED, globally and at
+/// each of `sites`.
+pub async fn assert_completed(
+    api: SocketAddr,
+    bucket: &str,
+    versions: &[(String, String)],
+    sites: &[&str],
+) {
+    for (key, vid) in versions {
+        let view = object_view(api, bucket, key, vid)
+            .await
+            .unwrap_or_else(|| panic!("no replication info for {key} {vid}"));
+        assert_eq!(view["status"], "COMPLETED", "{key} {vid}: {view}");
+        for s in sites {
+            assert_eq!(
+                view["sites"][s]["status"], "COMPLETED",
+                "{key} {vid} at {s}: {view}"
+            );
+        }
+    }
+}
