@@ -5,7 +5,9 @@
 //! `cargo bench --bench e2e` (release build). (b) runs when `BACKBEAT_BENCH_S3S` names the
 //! s3s-fs binary (`cargo install s3s-fs@0.14.1 --locked --features binary --root
 //! /work/.peers-bench` puts it in `/work/.peers-bench/bin/s3s-fs`) and `rclone` is on PATH.
-//! Objects/s = objects / (time from engine start to the last replica written).
+//! Objects/s = objects / (time from engine start to the last replica written). The s3s-fs
+//! comparison runs three interleaved rounds of each and compares the medians (this machine's
+//! speed varies from minute to minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -179,16 +181,19 @@ fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, PathBuf) {
     (p, port, root.join("replica"))
 }
 
-fn file_to_s3(tmp: &Path, src: &Path, bin: &Path) {
-    let (_s3s, port, bucket_dir) = s3s_to(bin, tmp, "s3s-engine");
+/// One engine run to a fresh s3s-fs; objects/s.
+fn engine_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
+    let (_s3s, port, bucket_dir) = s3s_to(bin, tmp, &format!("s3s-engine-{round}"));
     let site = format!(
         "[[sites]]\nname = \"bench\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"replica\"\naccess_key = \"AK\"\nsecret_key = \"SK\"\npath_style = true\n"
     );
-    let cfg = config(&tmp.join("data-s3"), src, &site);
-    let ours = run_engine(tmp, &cfg, || count_files(&bucket_dir) >= N);
-    println!("e2e file -> aws_s3 (s3s-fs): {N} objects of {SIZE} B: {ours:.0} objects/s");
+    let cfg = config(&tmp.join(format!("data-s3-{round}")), src, &site);
+    run_engine(tmp, &cfg, || count_files(&bucket_dir) >= N)
+}
 
-    let (_s3s2, port2, _) = s3s_to(bin, tmp, "s3s-rclone");
+/// One `rclone copy` to a fresh s3s-fs; objects/s.
+fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
+    let (_s3s, port, _) = s3s_to(bin, tmp, &format!("s3s-rclone-{round}"));
     let start = Instant::now();
     let status = Command::new("rclone")
         .args([
@@ -205,17 +210,43 @@ fn file_to_s3(tmp: &Path, src: &Path, bin: &Path) {
         .env("RCLONE_CONFIG_S3REMOTE_PROVIDER", "Other")
         .env(
             "RCLONE_CONFIG_S3REMOTE_ENDPOINT",
-            format!("http://127.0.0.1:{port2}"),
+            format!("http://127.0.0.1:{port}"),
         )
         .env("RCLONE_CONFIG_S3REMOTE_ACCESS_KEY_ID", "AK")
         .env("RCLONE_CONFIG_S3REMOTE_SECRET_ACCESS_KEY", "SK")
         .env("RCLONE_CONFIG_S3REMOTE_FORCE_PATH_STYLE", "true")
+        .stderr(Stdio::null())
         .status()
         .expect("rclone");
     assert!(status.success());
-    let rclone = N as f64 / start.elapsed().as_secs_f64();
-    println!("rclone copy file -> s3s-fs: {N} objects of {SIZE} B: {rclone:.0} objects/s");
-    println!("ratio backbeat / rclone: {:.2}", ours / rclone);
+    N as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Rounds of each side, interleaved so both meet the same machine load; medians compared.
+const ROUNDS: usize = 3;
+
+fn file_to_s3(tmp: &Path, src: &Path, bin: &Path) {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..ROUNDS {
+        ours.push(engine_to_s3s(tmp, src, bin, round));
+        theirs.push(rclone_to_s3s(tmp, src, bin, round));
+        println!(
+            "round {}: backbeat file -> aws_s3 (s3s-fs) {:.0} objects/s, rclone copy {:.0} objects/s",
+            round + 1,
+            ours[round],
+            theirs[round]
+        );
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!("e2e file -> aws_s3 (s3s-fs): {N} objects of {SIZE} B: median {ours:.0} objects/s");
+    println!("rclone copy file -> s3s-fs: {N} objects of {SIZE} B: median {theirs:.0} objects/s");
+    println!("ratio backbeat / rclone (medians): {:.2}", ours / theirs);
 }
 
 fn main() {
