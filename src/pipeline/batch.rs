@@ -1,5 +1,6 @@
-//! Group updates of the state store: concurrent guarded updates are merged into one
-//! transaction (one flush, no write conflicts between them on the shared counters). If the
+//! Group updates of the state store: concurrent guarded updates (those arriving within a 2 ms
+//! linger) are merged into one transaction (one flush, no write conflicts between them on the
+//! shared counters). If the
 //! merged transaction finds a guard false (a replayed entry), each update is applied on its
 //! own, so the outcome is exactly as if they had been applied one by one.
 //!
@@ -16,6 +17,8 @@ use crate::store::{Guard, StateStore, StoreError, StoreOp};
 
 /// Updates merged into one transaction at most.
 const MAX_MERGED: usize = 512;
+/// How long a batch waits for more updates after its first (one flush then serves many).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 type Reply = oneshot::Sender<Result<bool, StoreError>>;
 
@@ -36,6 +39,14 @@ impl StoreBatcher {
         tracker.spawn(async move {
             let mut batch = Vec::with_capacity(MAX_MERGED);
             while rx.recv_many(&mut batch, MAX_MERGED).await > 0 {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < MAX_MERGED {
+                    let room = MAX_MERGED - batch.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
                 apply_merged(&*store, std::mem::take(&mut batch)).await;
             }
         });

@@ -134,6 +134,12 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const BUSY_WAIT: Duration = Duration::from_millis(10);
 /// Offsets are committed at most this often while entries are in flight.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// While entries are in flight, outputs are gathered for up to this long (or until
+/// [`OUTPUT_BATCH`] are waiting) before they are appended: one flush of the log then serves
+/// many entries instead of one or two. Only the commit of their offsets waits for it.
+const OUTPUT_LINGER: Duration = Duration::from_millis(5);
+/// Outputs that are appended at once, without waiting for [`OUTPUT_LINGER`].
+const OUTPUT_BATCH: usize = 64;
 
 /// The append in flight: its outcome and the positions it finishes.
 type InFlightAppend = (oneshot::Receiver<Result<(), LogError>>, Vec<Position>);
@@ -148,7 +154,8 @@ enum Event {
 /// Runs the loop until `token` is cancelled (then drains what is in hand) or a fatal error.
 ///
 /// The outputs of finished entries are appended by one append in flight at a time, pipelined
-/// with the copies (the next batch gathers while the previous one is flushed); offsets are
+/// with the copies (the next batch gathers while the previous one is flushed, for at least
+/// [`OUTPUT_LINGER`] unless [`OUTPUT_BATCH`] are waiting or nothing runs); offsets are
 /// committed at most every [`COMMIT_EVERY`] while busy, at once when idle, and at the end.
 pub async fn run<H: Handler>(
     log: Arc<dyn Log>,
@@ -173,6 +180,8 @@ pub async fn run<H: Handler>(
     let mut append: Option<InFlightAppend> = None;
     let mut out_records: Vec<Record> = Vec::new();
     let mut out_positions: Vec<Position> = Vec::new();
+    // When the oldest output waiting was gathered.
+    let mut out_since: Option<Instant> = None;
     let mut last_commit = Instant::now();
     loop {
         let draining = cfg.drain_on_stop && token.is_cancelled();
@@ -244,6 +253,7 @@ pub async fn run<H: Handler>(
                 &mut out_positions,
                 &mut ledger,
             );
+            out_since = None;
             if append.is_none() {
                 commit(&mut *consumer, &mut ledger).await?;
                 last_commit = Instant::now();
@@ -251,11 +261,14 @@ pub async fn run<H: Handler>(
             }
         }
         let full = prefetch.saturating_sub(running + ready.len() + blocked_count) == 0;
-        let wait = if stopping || full {
+        let mut wait = if stopping || full {
             Duration::from_secs(1)
         } else {
             BUSY_WAIT
         };
+        if let (Some(since), None) = (out_since, append.as_ref()) {
+            wait = wait.min(OUTPUT_LINGER.saturating_sub(since.elapsed()));
+        }
         let event = {
             let appended = async {
                 match append.as_mut() {
@@ -292,6 +305,7 @@ pub async fn run<H: Handler>(
                         Ok(Outcome::Done(Some(r))) => {
                             out_records.push(r);
                             out_positions.push(f.position);
+                            out_since.get_or_insert_with(Instant::now);
                         }
                         Ok(Outcome::Done(None)) => ledger.finish(f.position),
                         Ok(Outcome::Abandoned) => {}
@@ -328,15 +342,22 @@ pub async fn run<H: Handler>(
                 }
             }
         }
-        start_append(
-            &log,
-            &cfg,
-            &tracker,
-            &mut append,
-            &mut out_records,
-            &mut out_positions,
-            &mut ledger,
-        );
+        let due = stopping
+            || running == 0
+            || out_records.len() >= OUTPUT_BATCH
+            || out_since.is_some_and(|t| t.elapsed() >= OUTPUT_LINGER);
+        if due && append.is_none() {
+            start_append(
+                &log,
+                &cfg,
+                &tracker,
+                &mut append,
+                &mut out_records,
+                &mut out_positions,
+                &mut ledger,
+            );
+            out_since = None;
+        }
         if last_commit.elapsed() >= COMMIT_EVERY {
             commit(&mut *consumer, &mut ledger).await?;
             last_commit = Instant::now();
