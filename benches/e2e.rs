@@ -198,7 +198,9 @@ fn engine_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
         "[[sites]]\nname = \"bench\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"replica\"\naccess_key = \"AK\"\nsecret_key = \"SK\"\npath_style = true\n"
     );
     let cfg = config(&tmp.join(format!("data-s3-{round}")), src, &site);
-    run_engine(tmp, &cfg, || count_files(&bucket_dir, |n| !n.contains('%')) >= N)
+    run_engine(tmp, &cfg, || {
+        count_files(&bucket_dir, |n| !n.contains('%')) >= N
+    })
 }
 
 /// One `rclone copy` to a fresh s3s-fs; objects/s.
