@@ -14,8 +14,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use backbeat::site::file::FileSite;
-use backbeat::store::{Metric, StateStore};
 use common::peers::{free_port, start_tansu};
 use kafka_support::*;
 use pipeline_support::*;
@@ -51,11 +49,6 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let cfg = engine_config(&base, port, brokers, "pipe-", None);
     let engine = EngineProc::start(&write_config(tmp, &cfg), tmp);
     let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let fsites: Vec<FileSite> = SITES
-        .iter()
-        .zip(&paths)
-        .map(|(n, p)| FileSite::new(*n, p).unwrap())
-        .collect();
 
     // Warm-up: one object through the whole pipeline (on Kafka, every consumer group has
     // joined once it is COMPLETED everywhere), so the measure below is the steady state.
@@ -95,35 +88,17 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let elapsed = start.elapsed();
 
     assert_completed(api, "photos", &versions, &SITES).await;
-    for (s, name) in fsites.iter().zip(SITES) {
-        for (key, body) in &newest {
-            let got = std::fs::read(s.path_of(key)).unwrap();
-            assert!(got == *body, "{key} at {name}: not the newest bytes");
-        }
-    }
+    let named: Vec<(&str, &Path)> = SITES
+        .iter()
+        .copied()
+        .zip(paths.iter().map(|p| p.as_path()))
+        .collect();
+    assert_newest_bytes(&named, &newest);
     let status = engine.stop();
     assert!(status.success(), "exit status {status:?}");
 
     // Each version counted once per site, however often an entry was delivered.
-    let store = open_store(&data);
-    let n = versions.len() as u64;
-    for site in SITES {
-        let total = |m| {
-            let store = &store;
-            async move {
-                store
-                    .metric_buckets(site, m)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .sum::<u64>()
-            }
-        };
-        assert_eq!(store.pending(site).await.unwrap(), (0, 0), "pending {site}");
-        assert_eq!(total(Metric::Ops).await, n, "ops {site}");
-        assert_eq!(total(Metric::OpsDone).await, n, "opsdone {site}");
-        assert_eq!(total(Metric::OpsFail).await, 0, "opsfail {site}");
-    }
+    assert_counted_once(&data, &SITES, versions.len() as u64).await;
     Measured {
         versions: versions.len() - 1,
         elapsed,

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use backbeat::log::replication_group;
-use backbeat::site::file::FileSite;
-use backbeat::store::{Metric, StateStore};
+
 use common::peers::{free_port, start_tansu};
 use kafka_support::*;
 use pipeline_support::*;
+use std::path::Path;
 
 const SITES: [&str; 2] = ["site-a", "site-b"];
 const PREFIX: &str = "two-";
@@ -218,36 +218,17 @@ async fn two_engines_split_the_partitions_and_one_killed_mid_run_loses_nothing()
 
     // Every version COMPLETED everywhere (A's API), the newest bytes at the sites.
     assert_completed(api_a, "photos", &versions, &SITES).await;
-    for (name, path) in SITES.iter().zip(&paths) {
-        let site = FileSite::new(*name, path).unwrap();
-        for (key, body) in &newest {
-            let got = std::fs::read(site.path_of(key)).unwrap();
-            assert!(got == *body, "{key} at {name}: not the newest bytes");
-        }
-    }
+    let named: Vec<(&str, &Path)> = SITES
+        .iter()
+        .copied()
+        .zip(paths.iter().map(|p| p.as_path()))
+        .collect();
+    assert_newest_bytes(&named, &newest);
     let status = a.stop();
     assert!(status.success(), "exit status {status:?}");
 
     // Each version counted once per site, whoever copied it and however often.
-    let store = open_store(&data_a);
-    let n = versions.len() as u64;
-    for site in SITES {
-        let total = |m| {
-            let store = &store;
-            async move {
-                store
-                    .metric_buckets(site, m)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .sum::<u64>()
-            }
-        };
-        assert_eq!(store.pending(site).await.unwrap(), (0, 0), "pending {site}");
-        assert_eq!(total(Metric::Ops).await, n, "ops {site}");
-        assert_eq!(total(Metric::OpsDone).await, n, "opsdone {site}");
-        assert_eq!(total(Metric::OpsFail).await, 0, "opsfail {site}");
-    }
+    assert_counted_once(&data_a, &SITES, versions.len() as u64).await;
     assert!(
         b_log.contains("stages=replication"),
         "B ran only the replication stage"

@@ -178,10 +178,7 @@ pub async fn run<H: Handler>(
     let mut finished: Vec<Finished> = Vec::new();
     // The append in flight and the positions it finishes; the outputs gathered meanwhile.
     let mut append: Option<InFlightAppend> = None;
-    let mut out_records: Vec<Record> = Vec::new();
-    let mut out_positions: Vec<Position> = Vec::new();
-    // When the oldest output waiting was gathered.
-    let mut out_since: Option<Instant> = None;
+    let mut outputs = Outputs::default();
     let mut last_commit = Instant::now();
     loop {
         let draining = cfg.drain_on_stop && token.is_cancelled();
@@ -191,7 +188,7 @@ pub async fn run<H: Handler>(
             blocked.clear();
             blocked_count = 0;
         }
-        let flushed = append.is_none() && out_records.is_empty();
+        let flushed = append.is_none() && outputs.records.is_empty();
         if stopping && running == 0 && flushed {
             break;
         }
@@ -244,16 +241,7 @@ pub async fn run<H: Handler>(
         }
         if running == 0 && append.is_none() {
             // Idle (or only outputs waiting, handled below): commit what is finished.
-            start_append(
-                &log,
-                &cfg,
-                &tracker,
-                &mut append,
-                &mut out_records,
-                &mut out_positions,
-                &mut ledger,
-            );
-            out_since = None;
+            start_append(&log, &cfg, &tracker, &mut append, &mut outputs, &mut ledger);
             if append.is_none() {
                 commit(&mut *consumer, &mut ledger).await?;
                 last_commit = Instant::now();
@@ -266,7 +254,7 @@ pub async fn run<H: Handler>(
         } else {
             BUSY_WAIT
         };
-        if let (Some(since), None) = (out_since, append.as_ref()) {
+        if let (Some(since), None) = (outputs.since, append.as_ref()) {
             wait = wait.min(OUTPUT_LINGER.saturating_sub(since.elapsed()));
         }
         let event = {
@@ -302,11 +290,7 @@ pub async fn run<H: Handler>(
                 for f in finished.drain(..) {
                     running -= 1;
                     match f.result {
-                        Ok(Outcome::Done(Some(r))) => {
-                            out_records.push(r);
-                            out_positions.push(f.position);
-                            out_since.get_or_insert_with(Instant::now);
-                        }
+                        Ok(Outcome::Done(Some(r))) => outputs.push(r, f.position),
                         Ok(Outcome::Done(None)) => ledger.finish(f.position),
                         Ok(Outcome::Abandoned) => {}
                         Err(e) => {
@@ -344,19 +328,10 @@ pub async fn run<H: Handler>(
         }
         let due = stopping
             || running == 0
-            || out_records.len() >= OUTPUT_BATCH
-            || out_since.is_some_and(|t| t.elapsed() >= OUTPUT_LINGER);
-        if due && append.is_none() {
-            start_append(
-                &log,
-                &cfg,
-                &tracker,
-                &mut append,
-                &mut out_records,
-                &mut out_positions,
-                &mut ledger,
-            );
-            out_since = None;
+            || outputs.records.len() >= OUTPUT_BATCH
+            || outputs.since.is_some_and(|t| t.elapsed() >= OUTPUT_LINGER);
+        if due {
+            start_append(&log, &cfg, &tracker, &mut append, &mut outputs, &mut ledger);
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
             commit(&mut *consumer, &mut ledger).await?;
@@ -368,21 +343,38 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
+/// Outputs of finished entries waiting for their append.
+#[derive(Default)]
+struct Outputs {
+    records: Vec<Record>,
+    positions: Vec<Position>,
+    /// When the oldest of them was gathered.
+    since: Option<Instant>,
+}
+
+impl Outputs {
+    fn push(&mut self, record: Record, position: Position) {
+        self.records.push(record);
+        self.positions.push(position);
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
 /// Starts appending the gathered outputs if no append is in flight.
 fn start_append(
     log: &Arc<dyn Log>,
     cfg: &RunnerConfig,
     tracker: &TaskTracker,
     append: &mut Option<InFlightAppend>,
-    out_records: &mut Vec<Record>,
-    out_positions: &mut Vec<Position>,
+    outputs: &mut Outputs,
     ledger: &mut Ledger,
 ) {
-    if append.is_some() || out_records.is_empty() {
+    if append.is_some() || outputs.records.is_empty() {
         return;
     }
-    let records = std::mem::take(out_records);
-    let positions = std::mem::take(out_positions);
+    let Outputs {
+        records, positions, ..
+    } = std::mem::take(outputs);
     let Some(topic) = cfg.output_topic else {
         for p in positions {
             ledger.finish(p);

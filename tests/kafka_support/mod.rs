@@ -144,3 +144,42 @@ pub async fn assert_completed(
         }
     }
 }
+
+/// Asserts that every file site (`(name, directory)`) holds the newest bytes of every key.
+pub fn assert_newest_bytes(
+    sites: &[(&str, &Path)],
+    newest: &std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    for (name, dir) in sites {
+        let site = backbeat::site::file::FileSite::new(*name, dir).unwrap();
+        for (key, body) in newest {
+            let got = std::fs::read(site.path_of(key)).unwrap();
+            assert!(got == *body, "{key} at {name}: not the newest bytes");
+        }
+    }
+}
+
+/// Asserts, in the store of a stopped engine at `data`, that each of `n` versions was counted
+/// exactly once per site (queued and done), with nothing pending or failed, however often its
+/// entries were delivered.
+pub async fn assert_counted_once(data: &Path, sites: &[&str], n: u64) {
+    use backbeat::store::{Metric, StateStore};
+    let store = crate::pipeline_support::open_store(data);
+    for site in sites {
+        let total = |m| {
+            let store = &store;
+            async move {
+                store
+                    .metric_buckets(site, m)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .sum::<u64>()
+            }
+        };
+        assert_eq!(store.pending(site).await.unwrap(), (0, 0), "pending {site}");
+        assert_eq!(total(Metric::Ops).await, n, "ops {site}");
+        assert_eq!(total(Metric::OpsDone).await, n, "opsdone {site}");
+        assert_eq!(total(Metric::OpsFail).await, 0, "opsfail {site}");
+    }
+}
