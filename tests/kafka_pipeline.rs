@@ -88,12 +88,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let elapsed = start.elapsed();
 
     assert_completed(api, "photos", &versions, &SITES).await;
-    let named: Vec<(&str, &Path)> = SITES
-        .iter()
-        .copied()
-        .zip(paths.iter().map(|p| p.as_path()))
-        .collect();
-    assert_newest_bytes(&named, &newest);
+    assert_newest_bytes(&SITES, &paths, &newest);
     let status = engine.stop();
     assert!(status.success(), "exit status {status:?}");
 

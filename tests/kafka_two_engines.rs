@@ -22,7 +22,6 @@ use backbeat::log::replication_group;
 use common::peers::{free_port, start_tansu};
 use kafka_support::*;
 use pipeline_support::*;
-use std::path::Path;
 
 const SITES: [&str; 2] = ["site-a", "site-b"];
 const PREFIX: &str = "two-";
@@ -218,12 +217,7 @@ async fn two_engines_split_the_partitions_and_one_killed_mid_run_loses_nothing()
 
     // Every version COMPLETED everywhere (A's API), the newest bytes at the sites.
     assert_completed(api_a, "photos", &versions, &SITES).await;
-    let named: Vec<(&str, &Path)> = SITES
-        .iter()
-        .copied()
-        .zip(paths.iter().map(|p| p.as_path()))
-        .collect();
-    assert_newest_bytes(&named, &newest);
+    assert_newest_bytes(&SITES, &paths, &newest);
     let status = a.stop();
     assert!(status.success(), "exit status {status:?}");
 

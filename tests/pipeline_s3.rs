@@ -264,25 +264,14 @@ async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_marker
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
-    let moto = common::moto::client(&MOTO);
-    let (src_bucket, dst_bucket) = ("src-versions", "replica-versions");
-    common::moto::create_bucket(&moto, src_bucket, true)
-        .await
-        .unwrap();
-    common::moto::create_bucket(&moto, dst_bucket, false)
-        .await
-        .unwrap();
-    let mut vids = Vec::new();
-    for i in 0..5 {
-        let body = format!("version {i}").into_bytes();
-        vids.push(
-            common::moto::put(&moto, src_bucket, "doc/report.txt", &body, &[])
-                .await
-                .unwrap(),
-        );
-    }
+/// Runs an engine replicating `src_bucket` to the S3 site `aws-1` (bucket `dst_bucket`) and the
+/// file site `local-1` until `statuses` outcomes are applied, then stops it; returns the
+/// temporary directory, the engine's data directory and the file site's directory.
+fn replicate_to_s3_and_file(
+    src_bucket: &str,
+    dst_bucket: &str,
+    statuses: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let file_dir = tmp.path().join("site-file");
@@ -303,9 +292,32 @@ async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
         "info,backbeat::pipeline::status=debug",
     );
     wait_until("every status applied", Duration::from_secs(120), || {
-        engine.count_log("Status applied.") >= 10
+        engine.count_log("Status applied.") >= statuses
     });
     assert!(engine.stop().success());
+    (tmp, data, file_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
+    let moto = common::moto::client(&MOTO);
+    let (src_bucket, dst_bucket) = ("src-versions", "replica-versions");
+    common::moto::create_bucket(&moto, src_bucket, true)
+        .await
+        .unwrap();
+    common::moto::create_bucket(&moto, dst_bucket, false)
+        .await
+        .unwrap();
+    let mut vids = Vec::new();
+    for i in 0..5 {
+        let body = format!("version {i}").into_bytes();
+        vids.push(
+            common::moto::put(&moto, src_bucket, "doc/report.txt", &body, &[])
+                .await
+                .unwrap(),
+        );
+    }
+    let (_tmp, data, file_dir) = replicate_to_s3_and_file(src_bucket, dst_bucket, 10);
 
     let (_, got) = s3_get(&moto, dst_bucket, "doc/report.txt", None).await;
     assert_eq!(String::from_utf8_lossy(&got), "version 4");
@@ -361,29 +373,8 @@ async fn delete_markers_remove_the_replica_in_order_with_the_puts() {
         .unwrap();
     versions.push(("back", vid));
 
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let file_dir = tmp.path().join("site-file");
-    let sites = format!(
-        "{}{}",
-        s3_site("aws-1", dst_bucket),
-        file_site("local-1", &file_dir)
-    );
-    let cfg = s3_config(
-        &data,
-        &[src_bucket],
-        &sites,
-        &rule(src_bucket, "", &["aws-1", "local-1"], true),
-    );
-    let engine = EngineProc::start_with_log(
-        &write_config(tmp.path(), &cfg),
-        tmp.path(),
-        "info,backbeat::pipeline::status=debug",
-    );
-    wait_until("every status applied", Duration::from_secs(120), || {
-        engine.count_log("Status applied.") >= versions.len() * 2
-    });
-    assert!(engine.stop().success());
+    let (_tmp, data, file_dir) =
+        replicate_to_s3_and_file(src_bucket, dst_bucket, versions.len() * 2);
 
     // The deleted key is gone at both sites; the key put again after its delete is there.
     let gone = moto

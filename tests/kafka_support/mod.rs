@@ -145,12 +145,13 @@ pub async fn assert_completed(
     }
 }
 
-/// Asserts that every file site (`(name, directory)`) holds the newest bytes of every key.
+/// Asserts that every file site (`names[i]` in `dirs[i]`) holds the newest bytes of every key.
 pub fn assert_newest_bytes(
-    sites: &[(&str, &Path)],
+    names: &[&str],
+    dirs: &[std::path::PathBuf],
     newest: &std::collections::BTreeMap<String, Vec<u8>>,
 ) {
-    for (name, dir) in sites {
+    for (name, dir) in names.iter().zip(dirs) {
         let site = backbeat::site::file::FileSite::new(*name, dir).unwrap();
         for (key, body) in newest {
             let got = std::fs::read(site.path_of(key)).unwrap();
