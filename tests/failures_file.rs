@@ -26,35 +26,13 @@ fn failure_config(data: &Path, src: &Path, sites: &[(&str, &Path)], retry: &str)
     let blocks: String = sites.iter().map(|(n, p)| file_site(n, p)).collect();
     let names: Vec<&str> = sites.iter().map(|(n, _)| *n).collect();
     let bucket = src.file_name().unwrap().to_str().unwrap();
-    format!(
-        r#"
-[server]
-host = "127.0.0.1"
-port = 0
-
-[storage]
-path = "{data}"
-partitions = 4
-
-[source]
-type = "file"
-path = "{src}"
-scan_interval_s = 1
-
-{blocks}
-
-[replication]
-concurrency = 10
-mpu_threshold_mb = 20
-
-[replication.retry]
-{retry}
-
-{rules}
-"#,
-        data = data.display(),
-        src = src.display(),
-        rules = rule(bucket, "", &names, true),
+    config_with_retry(
+        data,
+        src,
+        &blocks,
+        &rule(bucket, "", &names, true),
+        "",
+        retry,
     )
 }
 

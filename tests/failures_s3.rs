@@ -52,36 +52,7 @@ fn azure_site(name: &str, endpoint: &str, key: &str) -> String {
 }
 
 fn engine_config(data: &Path, src: &Path, sites: &str, names: &[&str], retry: &str) -> String {
-    format!(
-        r#"
-[server]
-host = "127.0.0.1"
-port = 0
-
-[storage]
-path = "{data}"
-partitions = 4
-
-[source]
-type = "file"
-path = "{src}"
-scan_interval_s = 1
-
-{sites}
-
-[replication]
-concurrency = 10
-mpu_threshold_mb = 20
-
-[replication.retry]
-{retry}
-
-{rules}
-"#,
-        data = data.display(),
-        src = src.display(),
-        rules = rule("bkt", "", names, true),
-    )
+    config_with_retry(data, src, sites, &rule("bkt", "", names, true), "", retry)
 }
 
 fn key(i: usize) -> String {

@@ -25,8 +25,25 @@ pub fn write_config(dir: &Path, config: &str) -> PathBuf {
     p
 }
 
-/// A configuration: file source at `src`, the given sites block, a rules block.
+/// The retry block of [`config`]: quick retries, so failing tests end fast.
+pub const TEST_RETRY: &str =
+    "max_retries = 3\ntimeout_s = 30\nbackoff_min_ms = 50\nbackoff_max_ms = 200\n";
+
+/// A configuration: file source at `src`, the given sites block, a rules block, `extra` lines
+/// in `[replication]`, and [`TEST_RETRY`].
 pub fn config(data: &Path, src: &Path, sites: &str, rules: &str, extra: &str) -> String {
+    config_with_retry(data, src, sites, rules, extra, TEST_RETRY)
+}
+
+/// [`config`] with the body of `[replication.retry]` given.
+pub fn config_with_retry(
+    data: &Path,
+    src: &Path,
+    sites: &str,
+    rules: &str,
+    extra: &str,
+    retry: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -50,10 +67,7 @@ mpu_threshold_mb = 20
 {extra}
 
 [replication.retry]
-max_retries = 3
-timeout_s = 30
-backoff_min_ms = 50
-backoff_max_ms = 200
+{retry}
 
 {rules}
 "#,
