@@ -44,6 +44,11 @@ pub struct QueueEntry {
         skip_serializing_if = "Option::is_none"
     )]
     pub replay_count: Option<u32>,
+    /// On a status entry: the version was not copied because it is gone (`gone`) or changed
+    /// (`changed`) at the source, so the site will never have it (the original writes no
+    /// status then and the version stays PENDING, counted as pending forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 fn put() -> String {
@@ -231,6 +236,7 @@ impl QueueEntry {
             value: serde_json::to_string(md).unwrap_or_else(|_| "{}".into()),
             site: None,
             replay_count: None,
+            skipped: None,
         }
     }
 

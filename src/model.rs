@@ -214,6 +214,20 @@ impl ReplicationInfo {
         self.status = Some(merge_status(&self.backends));
         changed
     }
+
+    /// Drops `site` from the version's sites (the version is gone or changed at the source, so
+    /// it will never be copied there) unless the site is COMPLETED, and re-merges the global
+    /// status. Returns whether anything changed.
+    pub fn remove_site(&mut self, site: &str) -> bool {
+        let before = self.backends.len();
+        self.backends
+            .retain(|b| b.site != site || b.status == ReplicationStatus::Completed);
+        if self.backends.len() == before {
+            return false;
+        }
+        self.status = Some(merge_status(&self.backends));
+        true
+    }
 }
 
 /// The global status from the per-site statuses (DESIGN section 3): any FAILED -> FAILED; else

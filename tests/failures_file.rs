@@ -428,3 +428,56 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     .await;
     assert!(e.stop().success());
 }
+
+/// Versions overwritten at the source before their copy (queued while site A is paused) are
+/// not copied once A resumes and leave nothing pending: the original leaves them PENDING and
+/// counted as pending forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_changed_before_their_copy_leave_nothing_pending() {
+    let d = dirs();
+    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], FAST_RETRY);
+    let cfg_path = write_config(&d.root, &cfg);
+    let e = EngineProc::start(&cfg_path, &d.logs);
+    let api = api_of(&e);
+    post(api, "/_/crr/pause/A", &json!({})).await;
+    let version_body =
+        |i: usize, round: usize| bytes_for((i * 10 + round) as u64, 1000 + 10 * round + i);
+    // Three versions of each of 5 keys, each round queued before the next overwrites it.
+    for round in 0..3 {
+        for i in 0..5 {
+            put_file(&d.src, &key(i), &version_body(i, round));
+        }
+        let want = 5 * (round as i64 + 1);
+        wait_for(
+            "the round queued for A",
+            Duration::from_secs(30),
+            || async { metric(api, "A", "pending").await == want },
+        )
+        .await;
+    }
+    post(api, "/_/crr/resume/A", &json!({})).await;
+    let newest = |dir: &Path| {
+        (0..5)
+            .filter(|&i| std::fs::read(dir.join(key(i))).ok() == Some(version_body(i, 2)))
+            .count()
+    };
+    wait_until("A has the newest versions", Duration::from_secs(30), || {
+        newest(&d.a) == 5
+    });
+    wait_for("nothing pending", Duration::from_secs(30), || async {
+        metric(api, "A", "pending").await == 0 && metric(api, "B", "pending").await == 0
+    })
+    .await;
+    assert_eq!(newest(&d.b), 5);
+    assert_eq!(metric(api, "A", "completions").await, 5);
+    assert_eq!(metric(api, "A", "backlog").await, 0);
+    assert_eq!(
+        prom(api, "backbeat_replication_skipped_total", "A").await,
+        10
+    );
+    // B copied or skipped every version, each once.
+    let b_skipped = prom(api, "backbeat_replication_skipped_total", "B").await;
+    assert_eq!(metric(api, "B", "completions").await + b_skipped as i64, 15);
+    assert!(failed_list(api, "A").await.is_empty());
+    assert!(e.stop().success());
+}

@@ -116,6 +116,50 @@ async fn replayed_status_entries_change_nothing_and_completed_is_final() {
     tracker.wait().await;
 }
 
+/// A version gone or changed at the source before its copy: the `skipped` status entry takes
+/// the site off the version and off the pending counters, once however often it is replayed;
+/// a COMPLETED site is never dropped.
+#[tokio::test]
+async fn a_skipped_version_leaves_nothing_pending_and_replays_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
+    let store = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let tracker = TaskTracker::new();
+    let p = StatusProcessor::new(store.clone(), 20_000_000, &tracker);
+    let v = VersionRef::new("b", "changed", "v1");
+    let i = info(&["a", "c"], 40);
+    let (g, o) = queued_ops(&v, i.clone(), store.now_ms());
+    assert!(store.apply(g, o).await.unwrap());
+    let skipped = |site: &str, offset| {
+        let mut d = status_delivery(&v, &i, site, ReplicationStatus::Pending, offset);
+        let mut e: QueueEntry = serde_json::from_slice(&d.record.value).unwrap();
+        e.skipped = Some("changed".into());
+        d.record = Record::new(e.log_key(), e.encode());
+        d
+    };
+    let done_a = status_delivery(&v, &i, "a", ReplicationStatus::Completed, 0);
+    for d in [
+        &done_a,
+        &skipped("c", 1),
+        &skipped("c", 2),
+        &skipped("a", 3),
+    ] {
+        run(&p, d).await;
+    }
+    let got = store.replication(&v).await.unwrap().unwrap();
+    assert_eq!(got.site("a").unwrap().status, ReplicationStatus::Completed);
+    assert!(got.site("c").is_none(), "{got:?}");
+    assert_eq!(got.status, Some(ReplicationStatus::Completed));
+    assert_eq!(store.pending("a").await.unwrap(), (0, 0));
+    assert_eq!(store.pending("c").await.unwrap(), (0, 0));
+    assert_eq!(sum(&store, "c", Metric::OpsFail).await, 0);
+    assert_eq!(sum(&store, "c", Metric::OpsDone).await, 0);
+    assert_eq!(store.failed_count("c").await.unwrap(), 0);
+    drop(p);
+    tracker.close();
+    tracker.wait().await;
+}
+
 /// A store in which the populator's update of one version lands at the worst moment: after
 /// the status processor's guarded update failed for want of the version's info, before it
 /// reads the info back (the populator appends to the log first, then records the version, so

@@ -11,7 +11,8 @@
 //!   ...) belong to the processors that do the work, not to this view;
 //! - the replication processors, in process memory (reset at restart), per `site`:
 //!   `backbeat_replication_retries_total` (attempts retried after a transient error) and
-//!   `backbeat_replication_replays_total` (entries queued again whole);
+//!   `backbeat_replication_replays_total` (entries queued again whole) and
+//!   `backbeat_replication_skipped_total` (versions gone or changed at the source);
 //! - the log: `backbeat_log_end_offset{topic,partition}`,
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
@@ -177,6 +178,11 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             "backbeat_replication_replays_total",
             "Entries queued again whole once their retries were spent, since the process started.",
             |c: &SiteCounters| c.replays,
+        ),
+        (
+            "backbeat_replication_skipped_total",
+            "Versions not copied because they were gone or changed at the source, since the process started.",
+            |c: &SiteCounters| c.skipped,
         ),
     ] {
         f.head(name, "counter", help);

@@ -6,7 +6,9 @@
 //! appended (see [`super::runner`]).
 //!
 //! Outcomes as the original (reference 3.3 step 9, 3.4 step 8): a version that is gone from
-//! the source, or changed since it was queued, is skipped silently (no status); a site already
+//! the source, or changed since it was queued, is not copied; unlike the original, which
+//! writes no status and leaves it PENDING (counted as pending forever), a status entry marked
+//! `skipped` takes the site off the version and off the pending counters; a site already
 //! COMPLETED for the version is skipped; transient errors are retried ([`super::retry`]),
 //! then the whole entry is replayed later through the log ([`super::replay`]); permanent
 //! errors, or replays exhausted, give FAILED. While the site is paused no new copy starts
@@ -18,7 +20,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::pause::PauseGate;
-use super::replay::{count_replay, count_retry, next_replay, replay_record};
+use super::replay::{count_replay, count_retry, count_skip, next_replay, replay_record};
 use super::retry::{retry, Retried, RetryPolicy};
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
@@ -93,7 +95,7 @@ impl CopyError {
 /// What one copy attempt achieved.
 enum Copied {
     Written(PutReceipt),
-    /// Gone or changed at the source: nothing to report.
+    /// Gone or changed at the source: reported as `skipped`, never copied.
     Skipped(&'static str),
 }
 
@@ -267,6 +269,19 @@ impl ReplicationProcessor {
         e.replay_count = job.entry.replay_count;
         Record::new(e.log_key(), e.encode())
     }
+
+    /// The status entry of a version not copied because it is gone or changed at the source.
+    fn skip_record(&self, job: &CopyJob, why: &'static str) -> Record {
+        let site = self.site.name();
+        count_skip(site);
+        tracing::info!(site, key = %job.version.key, version_id = %job.version.version_id, why,
+            "Version gone or changed at the source; not copied.");
+        let mut e = QueueEntry::new(&job.version, &job.md);
+        e.kind = job.entry.kind.clone();
+        e.site = Some(site.to_string());
+        e.skipped = Some(why.to_string());
+        Record::new(e.log_key(), e.encode())
+    }
 }
 
 #[async_trait]
@@ -326,10 +341,7 @@ impl Handler for ReplicationProcessor {
         .await;
         let record = match out {
             Retried::Cancelled => return Ok(Outcome::Abandoned),
-            Retried::Done(Copied::Skipped(why)) => {
-                tracing::debug!(site, version = %job.version, why, "Version gone or changed at the source; skipped.");
-                return Ok(Outcome::Done(None));
-            }
+            Retried::Done(Copied::Skipped(why)) => self.skip_record(&job, why),
             Retried::Done(Copied::Written(receipt)) => {
                 tracing::debug!(site, version = %job.version, "Replicated.");
                 self.status_record(&job, ReplicationStatus::Completed, receipt.version_id)
@@ -337,10 +349,7 @@ impl Handler for ReplicationProcessor {
             Retried::Failed {
                 error: CopyError::Source(SourceError::NotFound(_)),
                 ..
-            } => {
-                tracing::debug!(site, version = %job.version, "Version gone at the source; skipped.");
-                return Ok(Outcome::Done(None));
-            }
+            } => self.skip_record(&job, "gone"),
             Retried::Failed { error, attempts } => {
                 let transient = matches!(error.disposition(), Disposition::Retry { .. });
                 let replay = if transient {

@@ -66,6 +66,8 @@ pub struct SiteCounters {
     pub retries: u64,
     /// Entries re-queued whole for a replay.
     pub replays: u64,
+    /// Versions not copied because they were gone or changed at the source.
+    pub skipped: u64,
 }
 
 fn counters() -> &'static Mutex<BTreeMap<String, SiteCounters>> {
@@ -89,6 +91,15 @@ pub fn count_replay(site: &str) {
         .entry(site.to_string())
         .or_default()
         .replays += 1;
+}
+
+/// Counts one version skipped at `site` (gone or changed at the source).
+pub fn count_skip(site: &str) {
+    counters()
+        .lock()
+        .entry(site.to_string())
+        .or_default()
+        .skipped += 1;
 }
 
 /// The counters of `site`.
@@ -144,11 +155,13 @@ mod tests {
         count_retry("replay-test-a");
         count_retry("replay-test-a");
         count_replay("replay-test-a");
+        count_skip("replay-test-a");
         assert_eq!(
             site_counters("replay-test-a"),
             SiteCounters {
                 retries: 2,
-                replays: 1
+                replays: 1,
+                skipped: 1,
             }
         );
         assert_eq!(site_counters("replay-test-b"), SiteCounters::default());

@@ -7,7 +7,11 @@
 //!                                   opsdone +1, bytesdone +size (+ object bytes for small objects)
 //! FAILED     guard: site PENDING   set site FAILED, pending -1/-size, failed set += (site, v),
 //!                                   opsfail +1, bytesfail +size
+//! skipped    guard: site PENDING   drop the site from the version, pending -1/-size
 //! ```
+//!
+//! `skipped` is a version gone or changed at the source: it will never reach the site (a
+//! changed file is a new version, queued on its own), so it must not stay pending.
 //!
 //! COMPLETED is final: a late FAILED finds the guard false. A version with no replication info
 //! (the populator crashed between its log append and its store update, or a fast site overtook
@@ -51,6 +55,8 @@ pub struct StatusJob {
     site: String,
     status: ReplicationStatus,
     data_store_version_id: Option<String>,
+    /// Gone or changed at the source (no copy).
+    skipped: bool,
     md: ObjectMd,
 }
 
@@ -111,6 +117,18 @@ impl StatusProcessor {
             value,
             at_ms: now,
         };
+        let pending = StoreOp::AddPending {
+            site: site.clone(),
+            ops: -1,
+            bytes: -(size.min(i64::MAX as u64) as i64),
+        };
+        if job.skipped {
+            let remove = StoreOp::RemoveSite {
+                version: job.version.clone(),
+                site,
+            };
+            return (vec![guard], vec![remove, pending]);
+        }
         let mut ops = vec![
             StoreOp::SetSiteStatus {
                 version: job.version.clone(),
@@ -118,11 +136,7 @@ impl StatusProcessor {
                 status: job.status,
                 data_store_version_id: job.data_store_version_id.clone(),
             },
-            StoreOp::AddPending {
-                site: site.clone(),
-                ops: -1,
-                bytes: -(size.min(i64::MAX as u64) as i64),
-            },
+            pending,
         ];
         if job.status == ReplicationStatus::Completed {
             ops.push(metric(Metric::OpsDone, 1));
@@ -170,6 +184,16 @@ impl Handler for StatusProcessor {
         let site = entry.site.clone()?;
         let md = entry.metadata().ok()?;
         let version = super::processor::version_of(&entry, &md);
+        if entry.skipped.is_some() {
+            return Some(StatusJob {
+                version,
+                site,
+                status: ReplicationStatus::Pending,
+                data_store_version_id: None,
+                skipped: true,
+                md,
+            });
+        }
         let state = md
             .replication_info
             .backends
@@ -189,6 +213,7 @@ impl Handler for StatusProcessor {
             site,
             status,
             data_store_version_id: dsv,
+            skipped: false,
             md,
         })
     }

@@ -133,6 +133,14 @@ pub enum StoreOp {
         /// The replica's version id at the site, when known.
         data_store_version_id: Option<String>,
     },
+    /// Drops `site` from a version's sites (gone or changed at the source) unless COMPLETED
+    /// there ([`ReplicationInfo::remove_site`]).
+    RemoveSite {
+        /// The version.
+        version: VersionRef,
+        /// The site.
+        site: String,
+    },
     /// Adds to the non-expiring pending counters of `site` (may be negative).
     AddPending {
         /// The site.

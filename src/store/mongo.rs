@@ -516,6 +516,17 @@ impl MongoStore {
                     }
                 }
             }
+            StoreOp::RemoveSite { version, site } => {
+                if let Some(d) = self
+                    .find_in(session, "replication", bin(version.encode()))
+                    .await?
+                {
+                    let mut info = info_of(&d)?;
+                    if info.remove_site(site) {
+                        self.put_info(session, version, &info).await?;
+                    }
+                }
+            }
             StoreOp::AddPending { site, ops, bytes } => {
                 if *ops != 0 || *bytes != 0 {
                     self.coll("pending")
@@ -682,6 +693,7 @@ impl From<StoreError> for TxError {
 fn op_names(op: &StoreOp) -> Vec<(&'static str, &str)> {
     match op {
         StoreOp::SetSiteStatus { site, .. }
+        | StoreOp::RemoveSite { site, .. }
         | StoreOp::AddPending { site, .. }
         | StoreOp::AddMetric { site, .. }
         | StoreOp::AddObjectMetric { site, .. }

@@ -236,6 +236,13 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
                 }
             }
         }
+        StoreOp::RemoveSite { version, site } => {
+            if let Some(mut info) = tx_info(tx, version)? {
+                if info.remove_site(site) {
+                    tx.insert(info_key(version), encode_info(&info))?;
+                }
+            }
+        }
         StoreOp::AddPending { site, ops, bytes } => {
             for (which, delta) in [(b'o', *ops), (b'b', *bytes)] {
                 if delta == 0 {
@@ -300,6 +307,7 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
 fn op_names(op: &StoreOp) -> Vec<(&'static str, &str)> {
     match op {
         StoreOp::SetSiteStatus { site, .. }
+        | StoreOp::RemoveSite { site, .. }
         | StoreOp::AddPending { site, .. }
         | StoreOp::AddMetric { site, .. }
         | StoreOp::AddObjectMetric { site, .. }
