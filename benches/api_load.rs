@@ -13,69 +13,10 @@ use std::process::Command;
 use backbeat::app::Engine;
 use backbeat::clock::SystemClock;
 use backbeat::config::Config;
-use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
-use backbeat::store::{Metric, StoreOp, METRICS_BUCKET_MS};
+use backbeat::testkit::seed_load;
 
-const FAILED: u64 = 10_000;
+const FAILED_PER_SITE: u64 = 5_000;
 const SITES: [&str; 2] = ["site1", "site2"];
-const HOUR_MS: u64 = 3_600_000;
-
-/// 10,000 failed versions (site1 and site2 alternately) over the last 24 hours, with their
-/// replication info, and one metric sample of each kind per 5-minute bucket for each site.
-async fn seed(engine: &Engine) {
-    let store = &engine.store;
-    let now = store.now_ms();
-    let names: Vec<String> = SITES.iter().map(|s| s.to_string()).collect();
-    let mut ops = Vec::new();
-    for i in 0..FAILED {
-        let site = SITES[(i % 2) as usize];
-        let version = VersionRef::new("bench", format!("dir-{}/key-{i}", i % 97), format!("v{i}"));
-        let mut info = ReplicationInfo::pending(&names);
-        info.size = 1024 + i;
-        info.last_modified = "2026-11-26T00:00:00.000Z".into();
-        info.set_site_status(site, ReplicationStatus::Failed, None);
-        ops.push(StoreOp::PutReplication {
-            version: version.clone(),
-            info,
-        });
-        ops.push(StoreOp::AddFailed {
-            site: site.into(),
-            version,
-            // Spread evenly over 24 hours, newest first.
-            score_ms: now - (i * 24 * HOUR_MS / FAILED),
-        });
-        if ops.len() >= 1000 {
-            assert!(store.apply(vec![], std::mem::take(&mut ops)).await.unwrap());
-        }
-    }
-    for site in SITES {
-        let mut at = now;
-        for b in 0..(24 * HOUR_MS / METRICS_BUCKET_MS) {
-            for (m, v) in [
-                (Metric::Ops, 40 + b),
-                (Metric::Bytes, 40_960 + b),
-                (Metric::OpsDone, 35 + b),
-                (Metric::BytesDone, 35_840 + b),
-                (Metric::OpsFail, 1),
-                (Metric::BytesFail, 1024),
-            ] {
-                ops.push(StoreOp::AddMetric {
-                    site: site.into(),
-                    metric: m,
-                    value: v,
-                    at_ms: at,
-                });
-            }
-            at -= METRICS_BUCKET_MS;
-        }
-        ops.push(StoreOp::AddPending {
-            site: site.into(),
-            ops: 12,
-            bytes: 12_288,
-        });
-        assert!(store.apply(vec![], std::mem::take(&mut ops)).await.unwrap());
-    }
-}
 
 /// Requests/s and the latency percentiles from wrk's `--latency` output.
 fn summary(out: &str) -> String {
@@ -125,13 +66,18 @@ fn main() {
         let engine = Engine::start(config, std::sync::Arc::new(SystemClock))
             .await
             .expect("engine");
-        seed(&engine).await;
+        let sites: Vec<String> = SITES.iter().map(|s| s.to_string()).collect();
+        let n = seed_load(engine.store.as_ref(), &sites, FAILED_PER_SITE)
+            .await
+            .expect("seed");
+        println!(
+            "store: {n} failed entries over 24 h, 288 metric buckets x {} sites",
+            sites.len()
+        );
         engine
     });
     let base = format!("http://{}/_/backbeat/api", engine.api_addr);
-    println!(
-        "wrk -t2 -c64 -d{secs}s, store: {FAILED} failed entries over 24 h, 288 metric buckets x 2 sites"
-    );
+    println!("wrk -t2 -c64 -d{secs}s");
     for route in [
         "healthcheck",
         "metrics/crr/all",

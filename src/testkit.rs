@@ -102,16 +102,14 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
     }
 }
 
-/// Seeds the state store under `config.storage.path` with `count` failed versions per
-/// configured site (spread over the last hour, each with replication info) and some completed
-/// counters, for load measurements of the API. Returns how many failed entries were written.
+/// Seeds the state store under `config.storage.path` with [`seed_load`] (`count` failed
+/// versions per configured site), for load measurements of the API with the `seed-failed`
+/// command. Returns how many failed entries were written.
 ///
 /// # Errors
 /// A description of the failure.
 pub async fn seed_failed(config: &crate::config::Config, count: u64) -> Result<u64, String> {
-    use crate::clock::Clock;
-    use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
-    use crate::store::{Metric, SledStore, StateStore, StoreOp};
+    use crate::store::SledStore;
 
     let st = &config.storage;
     std::fs::create_dir_all(&st.path).map_err(|e| e.to_string())?;
@@ -121,16 +119,47 @@ pub async fn seed_failed(config: &crate::config::Config, count: u64) -> Result<u
         Duration::from_millis(st.flush_interval_ms),
     )
     .map_err(|e| e.to_string())?;
-    let clock = std::sync::Arc::new(crate::clock::SystemClock);
-    let now = clock.now_ms();
-    let store = SledStore::open(db.clone(), clock).map_err(|e| e.to_string())?;
+    let store = SledStore::open(db.clone(), std::sync::Arc::new(crate::clock::SystemClock))
+        .map_err(|e| e.to_string())?;
     let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
-    let mut written = 0;
-    for site in &sites {
-        let mut ops = Vec::new();
-        for i in 0..count {
-            let v = VersionRef::new("load", format!("{site}/key-{i}"), format!("v{i}"));
-            let mut info = ReplicationInfo::pending(&sites);
+    let written = seed_load(&store, &sites, count).await?;
+    db.flush_now().await.map_err(|e| e.to_string())?;
+    Ok(written)
+}
+
+/// Writes what an API under load reads: `per_site` failed versions for each of `sites`
+/// (with their replication info), spread evenly over the last 24 hours, newest first; one
+/// sample of every metric in each 5-minute bucket of the last 24 hours; some pending work.
+/// Returns how many failed entries were written.
+///
+/// # Errors
+/// A description of the store's failure.
+pub async fn seed_load(
+    store: &dyn crate::store::StateStore,
+    sites: &[String],
+    per_site: u64,
+) -> Result<u64, String> {
+    use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+    use crate::store::{Metric, StoreOp, METRICS_BUCKET_MS};
+
+    const DAY_MS: u64 = 24 * 3_600_000;
+    let now = store.now_ms();
+    let mut ops = Vec::new();
+    let flush = |ops: Vec<StoreOp>| async move {
+        store
+            .apply(vec![], ops)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for site in sites {
+        for i in 0..per_site {
+            let v = VersionRef::new(
+                "load",
+                format!("{site}/dir-{}/key-{i}", i % 97),
+                format!("v{i}"),
+            );
+            let mut info = ReplicationInfo::pending(sites);
             info.size = 1000 + i;
             info.last_modified = crate::clock::iso8601_ms(now);
             info.set_site_status(site, ReplicationStatus::Failed, None);
@@ -141,30 +170,35 @@ pub async fn seed_failed(config: &crate::config::Config, count: u64) -> Result<u
             ops.push(StoreOp::AddFailed {
                 site: site.clone(),
                 version: v,
-                score_ms: now.saturating_sub(i * 300),
+                score_ms: now.saturating_sub(i * DAY_MS / per_site.max(1)),
             });
             if ops.len() >= 1000 {
-                store
-                    .apply(vec![], std::mem::take(&mut ops))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                flush(std::mem::take(&mut ops)).await?;
             }
-            written += 1;
         }
-        ops.push(StoreOp::AddMetric {
+        for b in 0..DAY_MS / METRICS_BUCKET_MS {
+            for (metric, value) in [
+                (Metric::Ops, 40 + b),
+                (Metric::Bytes, 40_960 + b),
+                (Metric::OpsDone, 35 + b),
+                (Metric::BytesDone, 35_840 + b),
+                (Metric::OpsFail, 1),
+                (Metric::BytesFail, 1024),
+            ] {
+                ops.push(StoreOp::AddMetric {
+                    site: site.clone(),
+                    metric,
+                    value,
+                    at_ms: now.saturating_sub(b * METRICS_BUCKET_MS),
+                });
+            }
+        }
+        ops.push(StoreOp::AddPending {
             site: site.clone(),
-            metric: Metric::OpsDone,
-            value: 450,
-            at_ms: now,
+            ops: 12,
+            bytes: 12_288,
         });
-        ops.push(StoreOp::AddMetric {
-            site: site.clone(),
-            metric: Metric::BytesDone,
-            value: 1027,
-            at_ms: now,
-        });
-        store.apply(vec![], ops).await.map_err(|e| e.to_string())?;
+        flush(std::mem::take(&mut ops)).await?;
     }
-    db.flush_now().await.map_err(|e| e.to_string())?;
-    Ok(written)
+    Ok(per_site * sites.len() as u64)
 }
