@@ -3,9 +3,11 @@
 //! with a permanent error, pause/resume across restarts, a scheduled resume across a restart,
 //! and `kill -9` while entries are retried and replayed.
 //!
-//! The S3 and Azure site adapters are not on this branch yet; a file site whose root
-//! directory is renamed away answers ENOENT (transient), one whose root is replaced by a
-//! regular file answers ENOTDIR (permanent), which exercises the same processor paths.
+//! These variants use file sites because a file site's failures can be made deterministic: a
+//! site whose root directory is renamed away answers ENOENT (transient) on every write, one
+//! whose root is replaced by a regular file answers ENOTDIR (permanent), and a dead site can
+//! come back at any instant without a server to restart. `failures_s3.rs` has the real-peer
+//! variants (an S3 site on moto, an Azure site on Azurite).
 
 #![allow(clippy::unwrap_used)]
 

@@ -394,17 +394,3 @@ async fn delete_markers_remove_the_replica_in_order_with_the_puts() {
         assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
     }
 }
-
-fn engine_log_count(dir: &Path, needle: &str) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
-        .map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .matches(needle)
-                .count()
-        })
-        .sum()
-}

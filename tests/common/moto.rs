@@ -1,6 +1,8 @@
-//! S3 helpers for tests against moto: a client, bucket creation, raw calls.
+//! S3 helpers for tests against moto: a client, bucket creation, puts, listings, reads, raw
+//! calls.
 
 use backbeat::s3::{Body, S3Client, S3Options, S3Request, Xml};
+use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::Method;
 
@@ -93,6 +95,14 @@ pub async fn list_keys(c: &S3Client, bucket: &str, prefix: &str) -> anyhow::Resu
             _ => return Ok(keys),
         }
     }
+}
+
+/// The bytes of the current version of `key` in `bucket`.
+pub async fn get_bytes(c: &S3Client, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    let resp = c
+        .send(S3Request::new(Method::GET, bucket, Some(key)))
+        .await?;
+    Ok(resp.into_body().collect().await?.to_bytes().to_vec())
 }
 
 /// Parses an XML answer of a GET on `bucket?<flag>`.

@@ -253,8 +253,12 @@ impl Peer {
         self.child.id()
     }
 
-    /// Stops the peer now.
+    /// Stops the peer now. Once its watchdog is reaped this does nothing: its process id may
+    /// belong to another process by then.
     pub fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("pkill")
             .args(["-TERM", "-P", &self.child.id().to_string()])
             .status();

@@ -185,6 +185,22 @@ impl Drop for EngineProc {
     }
 }
 
+/// Occurrences of `needle` in every engine log (`engine-<n>.log`) of `log_dir`: what all the
+/// runs of an engine, killed or stopped, logged.
+pub fn engine_log_count(log_dir: &Path, needle: &str) -> usize {
+    std::fs::read_dir(log_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
+}
+
 /// Opens the (stopped) engine's state store.
 pub fn open_store(data: &Path) -> SledStore {
     let db = SledDb::open(data, Durability::Group, Duration::from_millis(50)).unwrap();
