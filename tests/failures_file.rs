@@ -94,11 +94,16 @@ fn dirs() -> Dirs {
     d
 }
 
+/// The configuration of sites A and B in `d` with the retry block `retry`, written to disk.
+fn ab_config(d: &Dirs, retry: &str) -> PathBuf {
+    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], retry);
+    write_config(&d.root, &cfg)
+}
+
 /// Time for site B to receive `range` once it is put, with or without site A dead.
 async fn run_b_timing(a_dead: bool) -> (Duration, Dirs, EngineProc) {
     let d = dirs();
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], FAST_RETRY);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, FAST_RETRY);
     let e = EngineProc::start(&cfg_path, &d.logs);
     put_objects(&d.src, 0..34);
     wait_until(
@@ -201,8 +206,7 @@ async fn permanent_error_fails_at_once_without_retries() {
     let d = dirs();
     // A long retry budget: a permanent error must not wait for it.
     let retry = "max_retries = 5\ntimeout_s = 900\nbackoff_min_ms = 60000\nbackoff_max_ms = 900000\nreplay = 5\n";
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], retry);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, retry);
     let e = EngineProc::start(&cfg_path, &d.logs);
     let api = api_of(&e);
     // A's directory becomes a regular file: every write is refused (ENOTDIR).
@@ -238,8 +242,7 @@ async fn transient_errors_then_recovery_complete_without_failed() {
     let d = dirs();
     let retry =
         "max_retries = 4\ntimeout_s = 10\nbackoff_min_ms = 200\nbackoff_max_ms = 500\nreplay = 5\n";
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], retry);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, retry);
     let e = EngineProc::start(&cfg_path, &d.logs);
     let api = api_of(&e);
     std::fs::rename(&d.a, d.root.join("site-a.down")).unwrap();
@@ -271,8 +274,7 @@ async fn transient_errors_then_recovery_complete_without_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_survives_restart_resume_drains_and_scheduled_resume_fires_after_restart() {
     let d = dirs();
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], FAST_RETRY);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, FAST_RETRY);
     let e = EngineProc::start(&cfg_path, &d.logs);
     let api = api_of(&e);
     post(api, "/_/crr/pause/A", &json!({})).await;
@@ -343,8 +345,7 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     let d = dirs();
     let retry =
         "max_retries = 3\ntimeout_s = 2\nbackoff_min_ms = 100\nbackoff_max_ms = 300\nreplay = 3\n";
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], retry);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, retry);
     let dead = d.root.join("site-a.dead");
     // The file site creates its directory at start: A dies once the engine runs, and every
     // restart below happens with A's directory in place, then A dies again.
@@ -437,8 +438,7 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_changed_before_their_copy_leave_nothing_pending() {
     let d = dirs();
-    let cfg = failure_config(&d.data, &d.src, &[("A", &d.a), ("B", &d.b)], FAST_RETRY);
-    let cfg_path = write_config(&d.root, &cfg);
+    let cfg_path = ab_config(&d, FAST_RETRY);
     let e = EngineProc::start(&cfg_path, &d.logs);
     let api = api_of(&e);
     post(api, "/_/crr/pause/A", &json!({})).await;

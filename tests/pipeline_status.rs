@@ -58,6 +58,16 @@ async fn sum(store: &SledStore, site: &str, m: Metric) -> u64 {
     store.metric_buckets(site, m).await.unwrap().iter().sum()
 }
 
+/// A sled store in a temporary directory (kept alive by the returned guard).
+fn sled_store() -> (tempfile::TempDir, Arc<SledStore>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
+    (
+        tmp,
+        Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap()),
+    )
+}
+
 async fn run(p: &StatusProcessor, d: &Delivery) {
     let job = p.prepare(d).expect("a status job");
     assert!(matches!(p.handle(job).await.unwrap(), Outcome::Done(None)));
@@ -65,9 +75,7 @@ async fn run(p: &StatusProcessor, d: &Delivery) {
 
 #[tokio::test]
 async fn replayed_status_entries_change_nothing_and_completed_is_final() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
-    let store = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let (_tmp, store) = sled_store();
     let tracker = TaskTracker::new();
     let p = StatusProcessor::new(store.clone(), 20_000_000, &tracker);
 
@@ -121,9 +129,7 @@ async fn replayed_status_entries_change_nothing_and_completed_is_final() {
 /// a COMPLETED site is never dropped.
 #[tokio::test]
 async fn a_skipped_version_leaves_nothing_pending_and_replays_change_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
-    let store = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let (_tmp, store) = sled_store();
     let tracker = TaskTracker::new();
     let p = StatusProcessor::new(store.clone(), 20_000_000, &tracker);
     let v = VersionRef::new("b", "changed", "v1");
@@ -252,9 +258,7 @@ impl StateStore for PopulatorLandsLate {
 
 #[tokio::test]
 async fn an_outcome_that_overtakes_the_populators_update_is_still_applied() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = SledDb::open(tmp.path(), Durability::Group, Duration::from_millis(50)).unwrap();
-    let sled = Arc::new(SledStore::open(db, Arc::new(SystemClock)).unwrap());
+    let (_tmp, sled) = sled_store();
     let v = VersionRef::new("b", "fast", "v1");
     let i = info(&["a", "c"], 10);
     let store = Arc::new(PopulatorLandsLate {
