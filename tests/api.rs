@@ -370,6 +370,20 @@ async fn route_matrix() {
         ("GET", "/", 404),
         ("GET", "/_/configuration/workflows", 404),
         ("GET", "/_/metrics/crr/%ZZ", 404),
+        // A trailing `/` is an absent segment (reference 1.3: `parts[n] || default`), but not
+        // on the fixed routes, which the original compares as whole strings.
+        ("GET", "/_/metrics/crr/all/", 200),
+        ("GET", "/_/metrics/crr/site1/backlog/", 200),
+        ("GET", "/_/backbeat/api/metrics/ingestion/all/", 200),
+        ("GET", "/_/crr/status/", 200),
+        ("GET", "/_/crr/status/site1/", 200),
+        ("GET", "/_/crr/failed/", 200),
+        ("GET", "/_/crr/failed/mybucket/", 200),
+        ("GET", "/_/crr/resume/all/schedule/", 200),
+        ("GET", "/_/crr/status/site3/", 404),
+        ("GET", "/_/metrics/crr/all//", 404),
+        ("GET", "/_/monitoring/metrics/", 404),
+        ("GET", "/_/openapi.json/", 404),
     ];
     let h = request(api.addr, "POST", "/_/healthcheck", None).await;
     assert_eq!(h.header("allow"), Some("GET"));
