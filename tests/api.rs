@@ -856,6 +856,41 @@ async fn retry_of_50_sites_answers_50() {
     api.stop().await;
 }
 
+/// The original parses `marker` and `sitename` on every `crr/failed` route, the retry POST
+/// included (reference 1.2 step 5): a bad one is a 400 InvalidQueryParameter before the body
+/// is looked at, and nothing is queued.
+#[tokio::test]
+async fn retry_with_a_bad_query_is_400_before_its_body() {
+    let api = TestApi::start(&["site1"], T0).await;
+    let v = VersionRef::new("bkt", "k", "v1");
+    seed_failed(&api, &[("site1".into(), v, T0 - 1)], &["site1"]).await;
+    let good = br#"[{"Bucket":"bkt","Key":"k","VersionId":"v1","StorageClass":"site1"}]"#;
+    let before = log_end(&api).await;
+    for (query, description) in [
+        ("marker=abc", "marker must be a number"),
+        ("marker=", "marker must be a number"),
+        ("sitename=", "must be a non-empty string"),
+    ] {
+        for body in [&good[..], b"not json"] {
+            let r = api
+                .call("POST", &format!("crr/failed?{query}"), Some(body))
+                .await;
+            assert_eq!(r.status, 400, "{query}");
+            let e = r.json();
+            assert_eq!(e["InvalidQueryParameter"], true, "{query}: {e}");
+            assert_eq!(e["description"], description);
+        }
+    }
+    assert_eq!(log_end(&api).await, before, "nothing queued");
+    // A valid query does not stand in the way.
+    let r = api
+        .call("POST", "crr/failed?marker=5&sitename=site1", Some(good))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn bad_bodies_are_400_and_never_queue_anything() {
     let api = TestApi::start(&["site1"], T0).await;

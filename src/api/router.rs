@@ -432,9 +432,11 @@ pub fn parse(
     Err(not_found(rest))
 }
 
-/// The original's query checks (reference 1.2 step 5), on the failed-listing routes.
+/// The original's query checks (reference 1.2 step 5), on every `crr/failed` route: the
+/// original parses `marker` and `sitename` there whatever the method, so the retry POST is
+/// checked too (before its body).
 fn validate_query(route: &Route) -> Result<(), ApiError> {
-    if !matches!(route.id, R::FailedList | R::FailedVersion) {
+    if !matches!(route.id, R::FailedList | R::FailedVersion | R::Retry) {
         return Ok(());
     }
     if let Some(m) = route.query.get("marker") {
@@ -692,6 +694,18 @@ mod tests {
         assert_eq!(
             p(Method::GET, "/_/crr/failed", Some("marker=%zz")).map(|r| r.id),
             Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/failed", Some("marker=x")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/failed", Some("sitename=")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/pause", Some("marker=x")).map(|r| r.id),
+            Ok(R::Pause)
         );
     }
 }
