@@ -423,6 +423,54 @@ async fn route_matrix() {
     api.stop().await;
 }
 
+/// The original's healthcheck shape (reference 1.5): `topics` holds the CRR topic only, keyed
+/// by its name; `internalConnections` in the original's key order. Our own details follow.
+#[tokio::test]
+async fn healthcheck_has_the_original_shape_with_the_crr_topic_only() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    for prefix in ["/_/", "/_/backbeat/api/"] {
+        let r = request(api.addr, "GET", &format!("{prefix}healthcheck"), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let v = r.json();
+        let topics: Vec<&String> = v["topics"].as_object().unwrap().keys().collect();
+        assert_eq!(topics, [TOPIC_REPLICATION], "{v}");
+        let t = &v["topics"][TOPIC_REPLICATION];
+        assert_eq!(t["name"], TOPIC_REPLICATION);
+        let parts = t["partitions"].as_array().unwrap();
+        assert!(!parts.is_empty());
+        for (i, p) in parts.iter().enumerate() {
+            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["id", "leader", "replicas", "isrs"]);
+            assert_eq!(p["id"], i as u64);
+            assert!(!p["isrs"].as_array().unwrap().is_empty());
+        }
+        let ic = v["internalConnections"].as_object().unwrap();
+        let keys: Vec<&String> = ic.keys().collect();
+        assert_eq!(keys, ["isrHealth", "zookeeper", "kafkaProducer"]);
+        assert_eq!(ic["isrHealth"], "ok");
+        assert_eq!(
+            ic["zookeeper"],
+            json!({"status": "ok", "details": {"name": "SYNC_CONNECTED", "code": 3}})
+        );
+        assert_eq!(ic["kafkaProducer"], json!({"status": "ok"}));
+        // Every topic of the log is still reported, under our own `log` key.
+        let logged: Vec<&str> = v["log"]["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(logged.contains(&TOPIC_REPLICATION), "{v}");
+        assert!(logged.contains(&"backbeat-replication-status"), "{v}");
+    }
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn client_outside_the_allow_list_is_denied() {
     let api = TestApi::start_with(&["site1"], T0, "allow_from = [\"127.0.0.1/32\"]").await;
