@@ -654,6 +654,19 @@ async fn failed_of_one_version_spans_sites() {
         .collect();
     assert_eq!(sites, vec!["site1", "site3"]);
     assert_eq!(r["Versions"][0]["Key"], "a/b:c");
+    // The key may come percent-encoded, `/` and `:` included, on either prefix.
+    assert_eq!(
+        api.get_json("crr/failed/bkt/a%2Fb%3Ac?versionId=v9").await,
+        r
+    );
+    let native = request(
+        api.addr,
+        "GET",
+        "/_/crr/failed/bkt/a/b%3Ac?versionId=v9",
+        None,
+    )
+    .await;
+    assert_eq!(native.json(), r);
     let none = api.get_json("crr/failed/bkt/a/b:c?versionId=other").await;
     assert_eq!(none, json!({"IsTruncated": false, "Versions": []}));
     api.stop().await;
