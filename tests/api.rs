@@ -600,6 +600,50 @@ async fn failed_listing_pages_24_hours_of_750() {
     api.stop().await;
 }
 
+/// The original's page order (reference 1.7 steps 3-4): hourly sets newest first, each set's
+/// members oldest first; a page holds the 100 newest entries at or below the marker, and
+/// `NextMarker` is the score of the entry just below the page, which starts the next page.
+#[tokio::test]
+async fn failed_listing_orders_hours_newest_first_and_members_oldest_first() {
+    let now = T0 + 30 * 60_000;
+    let api = TestApi::start(&["site1"], now).await;
+    let hour = 3_600_000;
+    let mut entries = Vec::new();
+    // 102 failures in the current hour, 2 in the hour before.
+    for i in 1..=102u64 {
+        entries.push((
+            "site1".to_string(),
+            VersionRef::new("b", format!("now-{i}"), "v"),
+            T0 + i,
+        ));
+    }
+    for i in 1..=2u64 {
+        let v = VersionRef::new("b", format!("before-{i}"), "v");
+        entries.push(("site1".to_string(), v, T0 - hour + i));
+    }
+    seed_failed(&api, &entries, &["site1"]).await;
+    let keys = |page: &Value| -> Vec<String> {
+        page["Versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = api.get_json("crr/failed?sitename=site1").await;
+    assert_eq!(first["IsTruncated"], true);
+    assert_eq!(first["NextMarker"], T0 + 2);
+    let want: Vec<String> = (3..=102).map(|i| format!("now-{i}")).collect();
+    assert_eq!(keys(&first), want);
+    let second = api
+        .get_json(&format!("crr/failed?sitename=site1&marker={}", T0 + 2))
+        .await;
+    assert_eq!(second["IsTruncated"], false);
+    assert!(second.get("NextMarker").is_none());
+    assert_eq!(keys(&second), ["now-1", "now-2", "before-1", "before-2"]);
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn failed_listing_skips_versions_without_info() {
     let api = TestApi::start(&["site1"], T0).await;
