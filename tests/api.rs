@@ -358,7 +358,13 @@ async fn route_matrix() {
         ("GET", "/_/notifications/s", 404),
         ("GET", "/_/openapi.json", 200),
         ("HEAD", "/_/healthcheck", 405),
-        ("HEAD", "/_/metrics/crr/all", 404),
+        // HEAD is refused at the method step (reference 1.2 step 2) except on our object view.
+        ("HEAD", "/_/metrics/crr/all", 405),
+        ("HEAD", "/_/crr/status", 405),
+        ("HEAD", "/_/nowhere", 405),
+        ("HEAD", "/elsewhere", 405),
+        ("OPTIONS", "/_/crr/object/b/k?versionId=v", 405),
+        ("OPTIONS", "*", 405),
         ("DELETE", "/_/crr/resume", 200),
         ("DELETE", "/_/crr/resume/all/schedule", 200),
         ("POST", "/_/crr/resume/all/schedule", 200),
@@ -370,6 +376,20 @@ async fn route_matrix() {
         ("GET", "/", 404),
         ("GET", "/_/configuration/workflows", 404),
         ("GET", "/_/metrics/crr/%ZZ", 404),
+        // A trailing `/` is an absent segment (reference 1.3: `parts[n] || default`), but not
+        // on the fixed routes, which the original compares as whole strings.
+        ("GET", "/_/metrics/crr/all/", 200),
+        ("GET", "/_/metrics/crr/site1/backlog/", 200),
+        ("GET", "/_/backbeat/api/metrics/ingestion/all/", 200),
+        ("GET", "/_/crr/status/", 200),
+        ("GET", "/_/crr/status/site1/", 200),
+        ("GET", "/_/crr/failed/", 200),
+        ("GET", "/_/crr/failed/mybucket/", 200),
+        ("GET", "/_/crr/resume/all/schedule/", 200),
+        ("GET", "/_/crr/status/site3/", 404),
+        ("GET", "/_/metrics/crr/all//", 404),
+        ("GET", "/_/monitoring/metrics/", 404),
+        ("GET", "/_/openapi.json/", 404),
     ];
     let h = request(api.addr, "POST", "/_/healthcheck", None).await;
     assert_eq!(h.header("allow"), Some("GET"));
@@ -399,6 +419,54 @@ async fn route_matrix() {
                 "{method} {path}: {body}"
             );
         }
+    }
+    api.stop().await;
+}
+
+/// The original's healthcheck shape (reference 1.5): `topics` holds the CRR topic only, keyed
+/// by its name; `internalConnections` in the original's key order. Our own details follow.
+#[tokio::test]
+async fn healthcheck_has_the_original_shape_with_the_crr_topic_only() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    for prefix in ["/_/", "/_/backbeat/api/"] {
+        let r = request(api.addr, "GET", &format!("{prefix}healthcheck"), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        let v = r.json();
+        let topics: Vec<&String> = v["topics"].as_object().unwrap().keys().collect();
+        assert_eq!(topics, [TOPIC_REPLICATION], "{v}");
+        let t = &v["topics"][TOPIC_REPLICATION];
+        assert_eq!(t["name"], TOPIC_REPLICATION);
+        let parts = t["partitions"].as_array().unwrap();
+        assert!(!parts.is_empty());
+        for (i, p) in parts.iter().enumerate() {
+            let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["id", "leader", "replicas", "isrs"]);
+            assert_eq!(p["id"], i as u64);
+            assert!(!p["isrs"].as_array().unwrap().is_empty());
+        }
+        let ic = v["internalConnections"].as_object().unwrap();
+        let keys: Vec<&String> = ic.keys().collect();
+        assert_eq!(keys, ["isrHealth", "zookeeper", "kafkaProducer"]);
+        assert_eq!(ic["isrHealth"], "ok");
+        assert_eq!(
+            ic["zookeeper"],
+            json!({"status": "ok", "details": {"name": "SYNC_CONNECTED", "code": 3}})
+        );
+        assert_eq!(ic["kafkaProducer"], json!({"status": "ok"}));
+        // Every topic of the log is still reported, under our own `log` key.
+        let logged: Vec<&str> = v["log"]["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(logged.contains(&TOPIC_REPLICATION), "{v}");
+        assert!(logged.contains(&"backbeat-replication-status"), "{v}");
     }
     api.stop().await;
 }
@@ -532,6 +600,50 @@ async fn failed_listing_pages_24_hours_of_750() {
     api.stop().await;
 }
 
+/// The original's page order (reference 1.7 steps 3-4): hourly sets newest first, each set's
+/// members oldest first; a page holds the 100 newest entries at or below the marker, and
+/// `NextMarker` is the score of the entry just below the page, which starts the next page.
+#[tokio::test]
+async fn failed_listing_orders_hours_newest_first_and_members_oldest_first() {
+    let now = T0 + 30 * 60_000;
+    let api = TestApi::start(&["site1"], now).await;
+    let hour = 3_600_000;
+    let mut entries = Vec::new();
+    // 102 failures in the current hour, 2 in the hour before.
+    for i in 1..=102u64 {
+        entries.push((
+            "site1".to_string(),
+            VersionRef::new("b", format!("now-{i}"), "v"),
+            T0 + i,
+        ));
+    }
+    for i in 1..=2u64 {
+        let v = VersionRef::new("b", format!("before-{i}"), "v");
+        entries.push(("site1".to_string(), v, T0 - hour + i));
+    }
+    seed_failed(&api, &entries, &["site1"]).await;
+    let keys = |page: &Value| -> Vec<String> {
+        page["Versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = api.get_json("crr/failed?sitename=site1").await;
+    assert_eq!(first["IsTruncated"], true);
+    assert_eq!(first["NextMarker"], T0 + 2);
+    let want: Vec<String> = (3..=102).map(|i| format!("now-{i}")).collect();
+    assert_eq!(keys(&first), want);
+    let second = api
+        .get_json(&format!("crr/failed?sitename=site1&marker={}", T0 + 2))
+        .await;
+    assert_eq!(second["IsTruncated"], false);
+    assert!(second.get("NextMarker").is_none());
+    assert_eq!(keys(&second), ["now-1", "now-2", "before-1", "before-2"]);
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn failed_listing_skips_versions_without_info() {
     let api = TestApi::start(&["site1"], T0).await;
@@ -586,6 +698,19 @@ async fn failed_of_one_version_spans_sites() {
         .collect();
     assert_eq!(sites, vec!["site1", "site3"]);
     assert_eq!(r["Versions"][0]["Key"], "a/b:c");
+    // The key may come percent-encoded, `/` and `:` included, on either prefix.
+    assert_eq!(
+        api.get_json("crr/failed/bkt/a%2Fb%3Ac?versionId=v9").await,
+        r
+    );
+    let native = request(
+        api.addr,
+        "GET",
+        "/_/crr/failed/bkt/a/b%3Ac?versionId=v9",
+        None,
+    )
+    .await;
+    assert_eq!(native.json(), r);
     let none = api.get_json("crr/failed/bkt/a/b:c?versionId=other").await;
     assert_eq!(none, json!({"IsTruncated": false, "Versions": []}));
     api.stop().await;
@@ -839,6 +964,41 @@ async fn retry_of_50_sites_answers_50() {
     assert_eq!(got, names);
     let info = api.store.replication(&v).await.unwrap().unwrap();
     assert_eq!(info.status, Some(ReplicationStatus::Pending));
+    api.stop().await;
+}
+
+/// The original parses `marker` and `sitename` on every `crr/failed` route, the retry POST
+/// included (reference 1.2 step 5): a bad one is a 400 InvalidQueryParameter before the body
+/// is looked at, and nothing is queued.
+#[tokio::test]
+async fn retry_with_a_bad_query_is_400_before_its_body() {
+    let api = TestApi::start(&["site1"], T0).await;
+    let v = VersionRef::new("bkt", "k", "v1");
+    seed_failed(&api, &[("site1".into(), v, T0 - 1)], &["site1"]).await;
+    let good = br#"[{"Bucket":"bkt","Key":"k","VersionId":"v1","StorageClass":"site1"}]"#;
+    let before = log_end(&api).await;
+    for (query, description) in [
+        ("marker=abc", "marker must be a number"),
+        ("marker=", "marker must be a number"),
+        ("sitename=", "must be a non-empty string"),
+    ] {
+        for body in [&good[..], b"not json"] {
+            let r = api
+                .call("POST", &format!("crr/failed?{query}"), Some(body))
+                .await;
+            assert_eq!(r.status, 400, "{query}");
+            let e = r.json();
+            assert_eq!(e["InvalidQueryParameter"], true, "{query}: {e}");
+            assert_eq!(e["description"], description);
+        }
+    }
+    assert_eq!(log_end(&api).await, before, "nothing queued");
+    // A valid query does not stand in the way.
+    let r = api
+        .call("POST", "crr/failed?marker=5&sitename=site1", Some(good))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
     api.stop().await;
 }
 

@@ -1,6 +1,9 @@
 //! Failed CRR routes (reference 1.7-1.9): the paged listing of a site's failed set, the failed
 //! entries of one version across sites, and the retry.
 //!
+//! A listing page holds the 100 newest entries at or below the marker, in the original's order:
+//! hour by hour from the newest, and within an hour from the oldest entry (its `ZRANGE`).
+//!
 //! `Size` and `LastModified` come from the version's replication info in the store; an entry
 //! whose info is missing is left out of the answer (the original drops entries whose metadata
 //! fetch fails), so a page may hold fewer than 100 entries while `NextMarker` still leads on.
@@ -25,6 +28,7 @@
 //! A skipped element is left out of the answer; the answer lists the re-queued ones with
 //! `"ReplicationStatus": "PENDING"`.
 
+use std::cmp::Reverse;
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
@@ -36,7 +40,7 @@ use super::{ApiError, AppState};
 use crate::entry::QueueEntry;
 use crate::log::{Record, TOPIC_REPLICATION};
 use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef, NULL_VERSION};
-use crate::store::{FailedEntry, Guard, StoreError, StoreOp, FAILED_PAGE};
+use crate::store::{failed_bucket, FailedEntry, Guard, StoreError, StoreOp, FAILED_PAGE};
 
 /// Time-to-live of a retry lock.
 pub const RETRY_LOCK_TTL_MS: u64 = 5 * 60 * 1000;
@@ -86,11 +90,15 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
             Err(_) => return Ok(empty),
         },
     };
-    let page = match state.store.failed_page(site, marker, FAILED_PAGE).await {
+    let mut page = match state.store.failed_page(site, marker, FAILED_PAGE).await {
         Ok(p) => p,
         Err(StoreError::Invalid(_)) => return Ok(empty),
         Err(e) => return Err(store_error(e)),
     };
+    // The original's order: hourly sets newest first, each set's members oldest first
+    // (reference 1.7 step 3). The page holds the same entries either way.
+    page.entries
+        .sort_by_key(|e| (Reverse(failed_bucket(e.score_ms)), e.score_ms));
     let versions = enrich(state, &page.entries).await?;
     Ok(match page.next_marker {
         Some(m) => json!({"IsTruncated": true, "NextMarker": m, "Versions": versions}),

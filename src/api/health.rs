@@ -2,11 +2,13 @@
 //!
 //! ```json
 //! {"topics": {"backbeat-replication": {"name": "...", "partitions": [{"id": 0, "leader": 0,
-//!   "replicas": [0], "isrs": [0]}]}, ...},
+//!   "replicas": [0], "isrs": [0]}]}},
 //!  "internalConnections": {"isrHealth": "ok", "zookeeper": {...}, "kafkaProducer": {...}},
 //!  "log": {...}, "store": {...}}
 //! ```
-//! Our log has one replica per partition (this node), so a partition's leader, replicas and
+//! `topics` holds the CRR topic only, as the original's (reference 1.5), and `isrHealth` is
+//! about its partitions; every topic of the log is listed under `log.topics`. Our log has one
+//! replica per partition (this node), so a partition's leader, replicas and
 //! in-sync replicas are all node 0 while the log accepts writes. `zookeeper` reports the state
 //! store (the original's ZooKeeper role), `kafkaProducer` the log. Any unusable part answers
 //! 500 InternalError, once, with the same details.
@@ -14,6 +16,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
+use crate::log::TOPIC_REPLICATION;
 
 /// Builds the healthcheck body and whether everything is healthy.
 pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
@@ -26,6 +29,10 @@ pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
     match &topics_res {
         Ok(list) => {
             for t in list {
+                topic_list.push(json!({"name": t.name, "partitions": t.partitions}));
+                if t.name != TOPIC_REPLICATION {
+                    continue;
+                }
                 let isrs: Vec<u32> = if log_ok { vec![0] } else { vec![] };
                 if isrs.is_empty() {
                     all_isr = false;
@@ -37,7 +44,6 @@ pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
                     t.name.clone(),
                     json!({"name": t.name, "partitions": partitions}),
                 );
-                topic_list.push(json!({"name": t.name, "partitions": t.partitions}));
             }
         }
         Err(_) => all_isr = false,

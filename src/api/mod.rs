@@ -3,7 +3,7 @@
 //! Request pipeline, in the original's order (reference section 1.2):
 //! 1. client IP allow-list -> 403 AccessDenied;
 //! 2. bearer token, when configured -> 401;
-//! 3. method (GET, POST, DELETE, plus HEAD for our own object route) -> 405;
+//! 3. method (GET, POST, DELETE, plus HEAD on our own object route only) -> 405;
 //! 4. route (exact match) -> 404 RouteNotFound;
 //! 5. query validation -> 400 InvalidQueryParameter;
 //! 6. body validation -> 400 MalformedPOSTRequest;
@@ -197,10 +197,15 @@ async fn dispatch(
         }
     }
     let method = req.method().clone();
-    if !matches!(
-        method,
-        Method::GET | Method::POST | Method::DELETE | Method::HEAD
-    ) {
+    // The original admits GET, POST and DELETE only (reference 1.2 step 2); HEAD exists just
+    // for our object view (DESIGN 6), so anywhere else it is refused as the original does.
+    let head_served = || router::allowed_methods(req.uri().path()).contains(&"HEAD");
+    let allowed = match method {
+        Method::GET | Method::POST | Method::DELETE => true,
+        Method::HEAD => head_served(),
+        _ => false,
+    };
+    if !allowed {
         return Err(ApiError::method_not_allowed());
     }
     let uri = req.uri().clone();

@@ -6,7 +6,9 @@
 //! configured site (or `all` where allowed), `{bucket}` is one non-empty segment and `{key}` the
 //! non-empty rest of the path (keys may contain `/`). Segments are percent-decoded after the
 //! split, so `%2F` inside a key stays part of it. A misspelt service, type or site is a 404,
-//! never a guess; a trailing segment is a 404.
+//! never a guess; an extra trailing segment is a 404. A trailing `/` is an empty last segment,
+//! read as if absent (the original's `parts[n] || default`), except on the fixed routes and
+//! inside a key (see `matching_rows`).
 //!
 //! Deliberate choices where the original is loose:
 //! - `ingestion` has no sites in this engine: `metrics/ingestion/all[/<type>]` answers zeros,
@@ -292,11 +294,11 @@ fn site_ok(id: RouteId, site: &str, sites: &[String]) -> bool {
     }
 }
 
+/// The parameters of a matched template: `(site, bucket, key)`.
+type Params = (Option<String>, Option<String>, Option<String>);
+
 /// Matches `segments` against one template; returns `(site, bucket, key)`.
-fn match_template(
-    template: &str,
-    segments: &[String],
-) -> Option<(Option<String>, Option<String>, Option<String>)> {
+fn match_template(template: &str, segments: &[String]) -> Option<Params> {
     let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
     let (mut site, mut bucket, mut key) = (None, None, None);
     for (i, part) in parts.iter().enumerate() {
@@ -328,18 +330,49 @@ fn match_template(
     (segments.len() == parts.len()).then_some((site, bucket, key))
 }
 
+/// The rows whose template matches `segments`, with the template's parameters.
+///
+/// A path that matches no template as it is, but ends with `/`, is matched again without its
+/// last (empty) segment: the original splits the path on `/` and reads a missing or empty
+/// segment alike (`site = parts[2] || 'all'`, `type = parts[3] || 'all'`, reference 1.3), so
+/// `metrics/crr/all/` is `metrics/crr/all`. The fixed routes (`healthcheck`,
+/// `monitoring/metrics`, `openapi.json`) are compared as whole strings there, so they never
+/// take a trailing `/`. A key keeps its trailing `/` (`crr/failed/b/dir/` names the key
+/// `dir/`), since the `{key}` templates match the path as it is first.
+fn matching_rows(segments: &[String]) -> Vec<(&'static RouteSpec, Params)> {
+    let rows = |segs: &[String], trimmed: bool| -> Vec<(&'static RouteSpec, Params)> {
+        ROUTES
+            .iter()
+            .filter(|spec| !(trimmed && FIXED.contains(&spec.id)))
+            .filter_map(|spec| match_template(spec.path, segs).map(|p| (spec, p)))
+            .collect()
+    };
+    let found = rows(segments, false);
+    match segments.split_last() {
+        Some((last, init)) if found.is_empty() && last.is_empty() && !init.is_empty() => {
+            rows(init, true)
+        }
+        _ => found,
+    }
+}
+
+/// The path's segments after the prefix, percent-decoded; `None` without a prefix or on a bad
+/// escape.
+fn path_segments(path: &str) -> Option<Vec<String>> {
+    strip_prefix(path)?
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect()
+}
+
 /// The methods the route table serves at `path` (for the `Allow` header of a 405).
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
-    let Some(rest) = strip_prefix(path) else {
-        return Vec::new();
-    };
-    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
-    let Some(segments) = segments else {
+    let Some(segments) = path_segments(path) else {
         return Vec::new();
     };
     let mut out: Vec<&'static str> = Vec::new();
-    for spec in ROUTES {
-        if match_template(spec.path, &segments).is_some() && !out.contains(&spec.method) {
+    for (spec, _) in matching_rows(&segments) {
+        if !out.contains(&spec.method) {
             out.push(spec.method);
         }
     }
@@ -360,15 +393,11 @@ pub fn parse(
     let Some(rest) = strip_prefix(path) else {
         return Err(not_found(path));
     };
-    let segments: Option<Vec<String>> = rest.split('/').map(|s| percent_decode(s, false)).collect();
-    let Some(segments) = segments else {
+    let Some(segments) = path_segments(path) else {
         return Err(not_found(rest));
     };
     let mut wrong_method = false;
-    for spec in ROUTES {
-        let Some((site, bucket, key)) = match_template(spec.path, &segments) else {
-            continue;
-        };
+    for (spec, (site, bucket, key)) in matching_rows(&segments) {
         if spec.method != method.as_str() {
             wrong_method |= FIXED.contains(&spec.id);
             continue;
@@ -403,9 +432,11 @@ pub fn parse(
     Err(not_found(rest))
 }
 
-/// The original's query checks (reference 1.2 step 5), on the failed-listing routes.
+/// The original's query checks (reference 1.2 step 5), on every `crr/failed` route: the
+/// original parses `marker` and `sitename` there whatever the method, so the retry POST is
+/// checked too (before its body).
 fn validate_query(route: &Route) -> Result<(), ApiError> {
-    if !matches!(route.id, R::FailedList | R::FailedVersion) {
+    if !matches!(route.id, R::FailedList | R::FailedVersion | R::Retry) {
         return Ok(());
     }
     if let Some(m) = route.query.get("marker") {
@@ -617,6 +648,37 @@ mod tests {
     }
 
     #[test]
+    fn a_trailing_slash_is_an_absent_segment_except_in_keys_and_fixed_routes() {
+        let id = |m: Method, path: &str| p(m, path, None).map(|r| r.id);
+        assert_eq!(
+            id(Method::GET, "/_/metrics/crr/all/"),
+            Ok(R::Metrics(S::Crr, K::All))
+        );
+        assert_eq!(
+            id(Method::GET, "/_/metrics/crr/s1/backlog/"),
+            Ok(R::Metrics(S::Crr, K::Backlog))
+        );
+        assert_eq!(id(Method::GET, "/_/crr/status/"), Ok(R::Status));
+        assert_eq!(id(Method::GET, "/_/crr/failed/"), Ok(R::FailedList));
+        assert_eq!(id(Method::POST, "/_/crr/failed/"), Ok(R::Retry));
+        assert_eq!(id(Method::GET, "/_/crr/failed/b/"), Ok(R::FailedList));
+        assert_eq!(
+            id(Method::POST, "/_/crr/resume/all/schedule/"),
+            Ok(R::ScheduleResume)
+        );
+        assert_eq!(id(Method::GET, "/_/crr/status/s3/"), Err(404));
+        assert_eq!(id(Method::GET, "/_/metrics/crr/all//"), Err(404));
+        assert_eq!(id(Method::GET, "/_/healthcheck/"), Err(404));
+        assert_eq!(id(Method::POST, "/_/healthcheck/"), Err(404));
+        assert_eq!(id(Method::GET, "/_/monitoring/metrics/"), Err(404));
+        assert_eq!(id(Method::GET, "/_/openapi.json/"), Err(404));
+        let r = p(Method::GET, "/_/crr/failed/b/dir/", Some("versionId=v")).unwrap();
+        assert_eq!(r.version(), Some(VersionRef::new("b", "dir/", "v")));
+        assert_eq!(allowed_methods("/_/crr/status/"), vec!["GET"]);
+        assert!(allowed_methods("/_/healthcheck/").is_empty());
+    }
+
+    #[test]
     fn marker_validation() {
         assert_eq!(parse_marker("12abc"), Some(12));
         assert_eq!(parse_marker(""), None);
@@ -632,6 +694,18 @@ mod tests {
         assert_eq!(
             p(Method::GET, "/_/crr/failed", Some("marker=%zz")).map(|r| r.id),
             Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/failed", Some("marker=x")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/failed", Some("sitename=")).map(|r| r.id),
+            Err(400)
+        );
+        assert_eq!(
+            p(Method::POST, "/_/crr/pause", Some("marker=x")).map(|r| r.id),
+            Ok(R::Pause)
         );
     }
 }
