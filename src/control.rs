@@ -7,9 +7,12 @@
 //! the registry's write lock across read-modify-write-publish, so the API and the scheduler
 //! never interleave their updates.
 //!
-//! [`run_scheduler`] fires scheduled resumes: it re-reads the store at start (a schedule set
-//! before a restart still fires; one already past fires at once), then checks every
-//! `SCHEDULER_TICK` against the store's clock (so a `ManualClock` drives it in tests).
+//! [`run_scheduler`] reads every site's stored state at start and then every `SCHEDULER_TICK`:
+//! - it fires scheduled resumes (a schedule set before a restart still fires; one already past
+//!   fires at once), against the store's clock (so a `ManualClock` drives it in tests);
+//! - it publishes a stored state that differs from the channel's: with a store shared by
+//!   several processes (MongoDB), a pause or resume made through another process's API
+//!   reaches this process's processors within a tick.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,9 +114,31 @@ impl Control {
         }
         Ok(new)
     }
+
+    /// Publishes `site`'s stored state if it differs from the channel's (another process
+    /// changed it), under the registry's write lock so it cannot undo a local update. Returns
+    /// whether the channel changed.
+    ///
+    /// # Errors
+    /// The store's error; nothing is published then.
+    pub async fn refresh(&self, store: &dyn StateStore, site: &str) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().await;
+        let stored = store
+            .pause_state(CRR_SERVICE, site)
+            .await?
+            .unwrap_or_default();
+        if stored == self.current(site) {
+            return Ok(false);
+        }
+        self.publish(site, stored);
+        tracing::info!(site, paused = stored.paused, scheduled_resume_ms = ?stored.scheduled_resume_ms,
+            "Pause state changed in the store; applied.");
+        Ok(true)
+    }
 }
 
-/// Fires the scheduled resumes of `sites` until `token` is cancelled.
+/// Fires the scheduled resumes of `sites`, and publishes the states other processes stored,
+/// until `token` is cancelled.
 pub async fn run_scheduler(
     store: Arc<dyn StateStore>,
     control: Arc<Control>,
@@ -121,7 +146,7 @@ pub async fn run_scheduler(
     token: CancellationToken,
 ) {
     loop {
-        fire_due(store.as_ref(), &control, &sites).await;
+        sync_pass(store.as_ref(), &control, &sites).await;
         tokio::select! {
             () = token.cancelled() => break,
             () = tokio::time::sleep(SCHEDULER_TICK) => {}
@@ -129,19 +154,26 @@ pub async fn run_scheduler(
     }
 }
 
-/// One pass: resumes every site whose scheduled resume is due.
-async fn fire_due(store: &dyn StateStore, control: &Control, sites: &[String]) {
+/// One pass: resumes every site whose scheduled resume is due, and publishes every stored
+/// state that differs from its channel's.
+async fn sync_pass(store: &dyn StateStore, control: &Control, sites: &[String]) {
     let now = store.now_ms();
     for site in sites {
-        let due = match store.pause_state(CRR_SERVICE, site).await {
-            Ok(Some(s)) => s.scheduled_resume_ms.is_some_and(|at| at <= now),
-            Ok(None) => false,
+        let stored = match store.pause_state(CRR_SERVICE, site).await {
+            Ok(s) => s.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(site, error = %e, "Cannot read the pause state; will retry.");
-                false
+                continue;
             }
         };
+        let due = stored.scheduled_resume_ms.is_some_and(|at| at <= now);
         if !due {
+            // Store first, lock only when needed: most passes change nothing.
+            if stored != control.current(site) {
+                if let Err(e) = control.refresh(store, site).await {
+                    tracing::warn!(site, error = %e, "Cannot apply the stored pause state; will retry.");
+                }
+            }
             continue;
         }
         // Re-checked under the write lock: a manual pause or resume may have come in between.
@@ -164,6 +196,9 @@ async fn fire_due(store: &dyn StateStore, control: &Control, sites: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::durability::{Durability, SledDb};
+    use crate::store::SledStore;
 
     #[test]
     fn subscribers_see_published_states() {
@@ -180,5 +215,44 @@ mod tests {
         assert_eq!(*control.subscribe("s1").borrow(), paused);
         assert_eq!(control.current("s1"), paused);
         assert_eq!(control.current("s2"), PauseState::default());
+    }
+
+    #[tokio::test]
+    async fn scheduler_pass_publishes_states_stored_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
+        let store = SledStore::open(db, ManualClock::new(1_000)).unwrap();
+        let sites = vec!["s1".to_string(), "s2".to_string()];
+        let control = Control::load(&store, &sites).await.unwrap();
+        let mut rx = control.subscribe("s1");
+        assert!(!rx.borrow_and_update().paused);
+
+        // Another process paused s1 through its API: only the shared store knows.
+        let paused = PauseState {
+            paused: true,
+            scheduled_resume_ms: Some(60_000),
+        };
+        store
+            .set_pause_state(CRR_SERVICE, "s1", paused)
+            .await
+            .unwrap();
+        sync_pass(&store, &control, &sites).await;
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), paused);
+        assert_eq!(control.current("s2"), PauseState::default());
+        sync_pass(&store, &control, &sites).await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an unchanged state is not published again"
+        );
+
+        // ... and resumed it.
+        store
+            .set_pause_state(CRR_SERVICE, "s1", PauseState::default())
+            .await
+            .unwrap();
+        sync_pass(&store, &control, &sites).await;
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), PauseState::default());
     }
 }

@@ -329,3 +329,97 @@ async fn two_members_of_a_group_share_partitions_and_take_over_on_leave() -> any
     );
     Ok(())
 }
+
+/// A member whose caller takes no records (a paused site's full read-ahead) and only calls
+/// `keep_alive`, for longer than `max.poll.interval.ms` while a second member joins and then
+/// leaves, stays in the group and loses nothing: its next polls go on after the last record
+/// it was given on every partition (those revoked and assigned again meanwhile too), each
+/// record once and in order; a seek made then still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_keeps_a_member_in_its_group_and_loses_no_record() -> anyhow::Result<()> {
+    let topic = "keep-alive";
+    let group = "g-keep-alive";
+    let log_a = open();
+    let log_b = open();
+    log_a.create_topic(topic, 4).await?;
+    let recs = |r: std::ops::Range<usize>| -> Vec<Record> {
+        r.map(|i| rec(&format!("obj-{i}"), format!("v{i}")))
+            .collect()
+    };
+    let mut all: HashSet<Position> = log_a
+        .append(topic, recs(0..40))
+        .await?
+        .into_iter()
+        .collect();
+    let mut a = log_a.consumer(topic, group).await?;
+    let first = poll_n(&mut a, 10, WAIT).await;
+    assert_eq!(first.len(), 10);
+    a.commit(&next_offsets(&first)).await?;
+    all.extend(log_a.append(topic, recs(40..60)).await?);
+
+    // A only keeps alive while B joins: B gets a share of the partitions, not all of them.
+    let mut b = log_b.consumer(topic, group).await?;
+    let start = tokio::time::Instant::now();
+    let mut got_b = Vec::new();
+    while start.elapsed() < Duration::from_secs(10) || got_b.is_empty() {
+        assert!(start.elapsed() < WAIT, "B never received a record");
+        a.keep_alive().await?;
+        got_b.extend(b.poll(100, Duration::from_millis(300)).await?);
+    }
+    let parts_b: HashSet<u32> = got_b.iter().map(|d| d.position.partition).collect();
+    assert!(parts_b.len() < 4, "A left the group: B got {parts_b:?}");
+    // B leaves without committing; its partitions come back to A while A still only keeps
+    // alive.
+    drop(b);
+    drop(log_b);
+    for _ in 0..16 {
+        a.keep_alive().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let first_set: HashSet<Position> = first.iter().map(|d| d.position).collect();
+    let want: HashSet<Position> = all.difference(&first_set).copied().collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut rest: Vec<Delivery> = Vec::new();
+    let seen = |rest: &Vec<Delivery>| rest.iter().map(|d| d.position).collect::<HashSet<_>>();
+    while !want.is_subset(&seen(&rest)) && tokio::time::Instant::now() < deadline {
+        rest.extend(a.poll(100, Duration::from_millis(200)).await?);
+    }
+    rest.extend(a.poll(100, Duration::from_secs(2)).await?);
+    assert_eq!(
+        seen(&rest),
+        want,
+        "every record after the commit, none before"
+    );
+    assert_eq!(rest.len(), want.len(), "each record once");
+    let mut next: BTreeMap<u32, u64> = next_offsets(&first)
+        .into_iter()
+        .map(|p| (p.partition, p.offset))
+        .collect();
+    for d in &rest {
+        let n = next.entry(d.position.partition).or_insert(0);
+        assert_eq!(
+            d.position.offset, *n,
+            "in order on {}",
+            d.position.partition
+        );
+        *n += 1;
+    }
+
+    // A seek made after a keep-alive applies to the next poll.
+    a.keep_alive().await?;
+    let p = rest[0].position.partition;
+    a.seek(Position {
+        partition: p,
+        offset: 0,
+    })?;
+    let again = poll_n(&mut a, 1, WAIT).await;
+    assert_eq!(
+        again.first().map(|d| d.position),
+        Some(Position {
+            partition: p,
+            offset: 0
+        })
+    );
+    Ok(())
+}

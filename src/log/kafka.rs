@@ -31,6 +31,18 @@
 //! its new owner; its uncommitted records are delivered again there: at-least-once).
 //! A commit refused because the group is rebalancing is logged and skipped for the same reason.
 //!
+//! Liveness while the pipeline takes no records (a paused site's read-ahead is full): librdkafka
+//! drops a member that has not polled for `max.poll.interval.ms`, so [`Consumer::keep_alive`]
+//! pauses the partitions assigned now (librdkafka drops what it prefetched for them and will
+//! fetch again from the position after the last record handed to us), then receives a few
+//! times without waiting: each counts as a poll and serves one queued event (rebalances, and
+//! librdkafka's logs, which reach us through the same queue). A record that still comes (from
+//! a partition assigned since the pause) is held and returned first by the next `poll`; held
+//! records of a partition revoked meanwhile are dropped (its new owner reads them from the
+//! committed offset). The next `poll` resumes every partition of the topic first (a pause
+//! outlives a revocation in librdkafka, so a partition revoked while paused and assigned again
+//! must be resumed too).
+//!
 //! Differences from the sled log, by design of Kafka:
 //! - [`Log::retain`] is a no-op returning 0: the broker's retention policy (`retention.ms`,
 //!   `retention.bytes`) deletes records. Configure it above the longest expected site outage.
@@ -59,7 +71,7 @@
 //! Records carry no headers, and are not compressed (the original uses zstd, which this
 //! bundled librdkafka is built without; consumers read any codec).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +100,10 @@ const MAX_MESSAGE_BYTES: &str = "5000020";
 
 /// How long `create_topic` waits for a new topic to show in the metadata.
 const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(15);
+
+/// Zero-wait receives of one `keep_alive`. Each serves one event of the consumer's queue
+/// (librdkafka's logs and rebalance events come through it) or takes one record.
+const KEEP_ALIVE_RECVS: usize = 16;
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
     LogError::Storage(Box::new(e))
@@ -588,6 +604,8 @@ impl Log for KafkaLog {
             committed,
             seeks: HashMap::new(),
             timeout,
+            held: VecDeque::new(),
+            paused: false,
         }))
     }
 
@@ -713,6 +731,10 @@ struct KafkaConsumer {
     /// Seeks waiting for their partition to be assigned to this member.
     seeks: HashMap<u32, u64>,
     timeout: Duration,
+    /// Records read by `keep_alive`, in order; `poll` returns them first.
+    held: VecDeque<Delivery>,
+    /// Whether `keep_alive` paused partitions since the last `poll`.
+    paused: bool,
 }
 
 impl KafkaConsumer {
@@ -726,9 +748,9 @@ impl KafkaConsumer {
             .collect())
     }
 
-    /// Applies rebalance events: forget seeks of revoked partitions, refresh the committed
-    /// offsets of assigned ones.
-    async fn handle_rebalances(&mut self) -> Result<(), LogError> {
+    /// Applies rebalance events: forget seeks and held records of revoked partitions, refresh
+    /// the committed offsets of assigned ones. Returns whether partitions were assigned.
+    async fn handle_rebalances(&mut self) -> Result<bool, LogError> {
         let events: Vec<(bool, Vec<u32>)> = std::mem::take(&mut *self.events.lock());
         let mut refresh = false;
         for (assigned, parts) in events {
@@ -737,6 +759,7 @@ impl KafkaConsumer {
             } else {
                 for p in parts {
                     self.seeks.remove(&p);
+                    self.held.retain(|d| d.position.partition != p);
                 }
             }
         }
@@ -754,6 +777,44 @@ impl KafkaConsumer {
                 }
             }
         }
+        Ok(refresh)
+    }
+
+    /// Pauses fetching on the partitions assigned now.
+    async fn pause_assigned(&mut self) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in self.assigned()? {
+            tpl.add_partition(&self.topic, p as i32);
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.paused = true;
+        let c = self.consumer.clone();
+        // Synchronous in librdkafka: waits until each partition has dropped its prefetched
+        // records.
+        tokio::task::spawn_blocking(move || c.pause(&tpl))
+            .await
+            .map_err(join_error)?
+            .map_err(storage)
+    }
+
+    /// Resumes what `keep_alive` paused: every partition of the topic, assigned or not.
+    async fn resume_paused(&mut self) -> Result<(), LogError> {
+        if !self.paused {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p as i32);
+        }
+        let c = self.consumer.clone();
+        // Partitions unknown to librdkafka or not paused are skipped.
+        tokio::task::spawn_blocking(move || c.resume(&tpl))
+            .await
+            .map_err(join_error)?
+            .map_err(storage)?;
+        self.paused = false;
         Ok(())
     }
 
@@ -822,24 +883,28 @@ fn is_rebalance_error(e: &KafkaError) -> bool {
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, LogError> {
         self.handle_rebalances().await?;
+        self.resume_paused().await?;
         self.apply_seeks()?;
         let mut out = Vec::new();
         if max == 0 {
             return Ok(out);
         }
-        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
-            Err(_) => None,
-            Ok(Ok(m)) => Some(to_delivery(&m)),
-            // librdkafka recovers from everything but a fatal error (broker restarts, leader
-            // moves): report it and let the caller poll again.
-            Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
-            Ok(Err(e)) => {
-                tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error; polling again.");
-                None
+        // Held records come before anything fetched after the resume.
+        let held = max.min(self.held.len());
+        out.extend(self.held.drain(..held));
+        if out.is_empty() {
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => {}
+                Ok(Ok(m)) => out.push(to_delivery(&m)),
+                // librdkafka recovers from everything but a fatal error (broker restarts,
+                // leader moves): report it and let the caller poll again.
+                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error; polling again.");
+                }
             }
-        };
-        if let Some(d) = first {
-            out.push(d);
+        }
+        if !out.is_empty() {
             // Whatever else is already fetched, without waiting.
             while out.len() < max {
                 match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
@@ -918,10 +983,47 @@ impl Consumer for KafkaConsumer {
             });
         }
         self.seeks.insert(position.partition, position.offset);
+        // Held records are from before the new position.
+        self.held
+            .retain(|d| d.position.partition != position.partition);
         Ok(())
     }
 
     fn committed(&self) -> Vec<u64> {
         self.committed.clone()
+    }
+
+    async fn keep_alive(&mut self) -> Result<(), LogError> {
+        self.handle_rebalances().await?;
+        self.pause_assigned().await?;
+        // Each receive counts as a poll for max.poll.interval.ms.
+        for _ in 0..KEEP_ALIVE_RECVS {
+            let got = tokio::time::timeout(Duration::ZERO, self.consumer.recv())
+                .await
+                .map(|r| r.map(|m| to_delivery(&m)));
+            // A receive serves one rebalance event or returns one record: apply the events
+            // first, so a record taken after a revocation and a new assignment is kept.
+            let assigned = self.handle_rebalances().await?;
+            match got {
+                // Nothing ready, or one event served.
+                Err(_) => {
+                    if assigned {
+                        // A partition assigned now starts unpaused.
+                        self.pause_assigned().await?;
+                    }
+                }
+                // From a partition assigned since the pause: kept for the next poll.
+                Ok(Ok(d)) => {
+                    self.held.push_back(d);
+                    self.pause_assigned().await?;
+                }
+                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error while paused.");
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }

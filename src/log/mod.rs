@@ -210,6 +210,15 @@ pub trait Consumer: Send {
 
     /// The committed offset (next to read) of each partition, by partition number.
     fn committed(&self) -> Vec<u64>;
+
+    /// Keeps this member in its group (Kafka drops one that does not poll for
+    /// `max.poll.interval.ms`) while the caller cannot take records (its read-ahead is full),
+    /// without losing any: what is read meanwhile is returned by the next `poll`. Call it about
+    /// every second while not polling. The default does nothing (the sled log has no such
+    /// timeout).
+    async fn keep_alive(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 /// Kafka's murmur2 hash of a key (the Java client's default partitioner).

@@ -2,10 +2,13 @@
 //!
 //! The processor holds a receiver of its site's [`PauseState`] channel (see
 //! [`crate::control::Control`]), which starts at the state stored before a restart and follows
-//! every later pause, resume or scheduled resume. Before a copy starts, [`PauseGate::wait`]
-//! waits while the site is paused: a copy already started finishes, no new copy starts, and
-//! the entries waiting stay uncommitted in the log (so the queue keeps growing durably and
-//! survives a restart). The other sites have their own gates and consumer groups.
+//! every later pause, resume or scheduled resume (also those made through another process
+//! sharing the store). Before a copy starts, [`PauseGate::wait`] waits while the site is
+//! paused: a copy already started finishes, no new copy starts, and the entries waiting stay
+//! uncommitted in the log (so the queue keeps growing durably and survives a restart). Once
+//! the read-ahead is full the runner stops polling and keeps its consumer in its group
+//! ([`crate::log::Consumer::keep_alive`]). The other sites have their own gates and consumer
+//! groups.
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -9,6 +9,8 @@
 //!   the unfinished entries and never skips one.
 //! - Outputs (status entries) are appended in one batch before the offsets of the entries that
 //!   produced them are committed.
+//! - Read-ahead full: the loop stops reading and calls [`Consumer::keep_alive`] about every
+//!   second instead, so the consumer keeps its place in its group (Kafka).
 //! - Shutdown: the loop stops reading, entries not started are dropped (they stay uncommitted
 //!   and are replayed after the restart), entries in hand finish, their outputs are appended
 //!   and the offsets committed.
@@ -140,6 +142,11 @@ const COMMIT_EVERY: Duration = Duration::from_millis(100);
 const OUTPUT_LINGER: Duration = Duration::from_millis(5);
 /// Outputs that are appended at once, without waiting for [`OUTPUT_LINGER`].
 const OUTPUT_BATCH: usize = 64;
+/// While the read-ahead is full (a paused site's handlers all wait), the loop does not poll;
+/// it calls [`Consumer::keep_alive`] when this long has passed since the last poll, so a Kafka
+/// member is not dropped from its group after `max.poll.interval.ms`. The loop wakes at least
+/// every second then.
+const KEEP_ALIVE_AFTER: Duration = Duration::from_millis(500);
 
 /// The append in flight: its outcome and the positions it finishes.
 type InFlightAppend = (oneshot::Receiver<Result<(), LogError>>, Vec<Position>);
@@ -180,6 +187,7 @@ pub async fn run<H: Handler>(
     let mut append: Option<InFlightAppend> = None;
     let mut outputs = Outputs::default();
     let mut last_commit = Instant::now();
+    let mut last_poll = Instant::now();
     loop {
         let draining = cfg.drain_on_stop && token.is_cancelled();
         if !stopping && !draining && token.is_cancelled() {
@@ -211,6 +219,7 @@ pub async fn run<H: Handler>(
                     Duration::ZERO
                 };
                 let batch = consumer.poll(room, wait).await?;
+                last_poll = Instant::now();
                 if draining && batch.is_empty() && idle {
                     break;
                 }
@@ -249,6 +258,10 @@ pub async fn run<H: Handler>(
             }
         }
         let full = prefetch.saturating_sub(running + ready.len() + blocked_count) == 0;
+        if full && !stopping && last_poll.elapsed() >= KEEP_ALIVE_AFTER {
+            consumer.keep_alive().await?;
+            last_poll = Instant::now();
+        }
         let mut wait = if stopping || full {
             Duration::from_secs(1)
         } else {
@@ -427,7 +440,11 @@ async fn commit(consumer: &mut dyn Consumer, ledger: &mut Ledger) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::durability::{Durability, SledDb};
+    use crate::log::SledLog;
 
     fn pos(partition: u32, offset: u64) -> Position {
         Position { partition, offset }
@@ -451,5 +468,101 @@ mod tests {
         c.sort();
         assert_eq!(c, vec![pos(0, 4), pos(1, 8)]);
         assert!(l.commits().is_empty());
+    }
+
+    /// Hands out records with distinct keys; counts polls and keep-alives.
+    #[derive(Default)]
+    struct CountingConsumer {
+        next: u64,
+        polls: Arc<AtomicUsize>,
+        keep_alives: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Consumer for CountingConsumer {
+        async fn poll(&mut self, max: usize, _wait: Duration) -> Result<Vec<Delivery>, LogError> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            let out = (self.next..self.next + max as u64)
+                .map(|offset| Delivery {
+                    position: pos(0, offset),
+                    record: Record::new(offset.to_string(), "v"),
+                })
+                .collect();
+            self.next += max as u64;
+            Ok(out)
+        }
+        async fn commit(&mut self, _positions: &[Position]) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn seek(&mut self, _position: Position) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn committed(&self) -> Vec<u64> {
+            vec![0]
+        }
+        async fn keep_alive(&mut self) -> Result<(), LogError> {
+            self.keep_alives.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Holds every entry until the stage stops (a paused site).
+    struct Stuck(CancellationToken);
+
+    #[async_trait]
+    impl Handler for Stuck {
+        type Job = ();
+        fn prepare(&self, _delivery: &Delivery) -> Option<()> {
+            Some(())
+        }
+        async fn handle(&self, _job: ()) -> Result<Outcome, StageError> {
+            self.0.cancelled().await;
+            Ok(Outcome::Abandoned)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_read_ahead_keeps_the_consumer_alive_instead_of_polling() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
+        let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
+        let consumer = CountingConsumer::default();
+        let (polls, keep_alives) = (consumer.polls.clone(), consumer.keep_alives.clone());
+        let token = CancellationToken::new();
+        let cfg = RunnerConfig {
+            stage: "test",
+            concurrency: 2,
+            prefetch: 4,
+            output_topic: None,
+            drain_on_stop: false,
+        };
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run(
+            log,
+            Box::new(consumer),
+            Arc::new(Stuck(token.clone())),
+            cfg,
+            token.clone(),
+            tracker,
+        ));
+        let start = Instant::now();
+        while keep_alives.load(Ordering::SeqCst) < 3 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no keep-alives");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The first comes KEEP_ALIVE_AFTER after the poll at the earliest, then no more often.
+        assert!(
+            start.elapsed() >= KEEP_ALIVE_AFTER * 3,
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the read-ahead filled at once"
+        );
+        token.cancel();
+        run.await.unwrap().unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
     }
 }

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::common::api::request;
 
+/// The consumers' `max.poll.interval.ms` in [`engine_config`].
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_millis(7000);
+
 /// Turns a `pipeline_support::config` text (sled log and store, `port = 0`) into one on
 /// `port`, with the log on Kafka at `brokers` when given, and `stages` when given.
 /// Consumer-group timeouts are the short ones Tansu needs (PEERS.md).
@@ -28,7 +31,8 @@ pub fn engine_config(
         c.push_str(&format!(
             "\n[storage.kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{topic_prefix}\"\n\
              replication_factor = 1\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n\
-             max_poll_interval_ms = 7000\n"
+             max_poll_interval_ms = {}\n",
+            MAX_POLL_INTERVAL.as_millis()
         ));
     }
     if let Some(stages) = stages {
