@@ -374,16 +374,7 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     kill_dir(&d.a, &dead);
     let api = api_of(&e);
     // Every version ends COMPLETED or FAILED at A, each once.
-    wait_for(
-        "every version settled at A",
-        Duration::from_secs(120),
-        || async {
-            let failed = failed_list(api, "A").await.len() as i64;
-            metric(api, "A", "pending").await == 0
-                && failed + metric(api, "A", "completions").await == 30
-        },
-    )
-    .await;
+    wait_settled(api, "A", 30).await;
     let failed = failed_list(api, "A").await;
     let keys: HashSet<String> = failed
         .iter()

@@ -142,43 +142,23 @@ fn retry_body(failed: &[Value]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_site_dies_b_on_azure_completes_failed_entries_retried_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, data, logs) = (
-        tmp.path().join("bkt"),
-        tmp.path().join("data"),
-        tmp.path().join("logs"),
-    );
-    for p in [&src, &logs] {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    let port = free_port();
-    let mut moto_peer = start_moto_on(port);
-    let moto_url = moto_peer.url();
-    let c = s3_client(&moto_url);
-    moto::create_bucket(&c, "replica", true).await.unwrap();
-    let azurite = start_azurite();
-    let az_endpoint = format!("{}/{AZURITE_ACCOUNT}", azurite.url());
-    create_container(&az_endpoint, "replica").await;
-
-    let sites = s3_site("A", &moto_url) + &azure_site("B", &az_endpoint, AZURITE_KEY);
-    let cfg = engine_config(&data, &src, &sites, &["A", "B"], FAST_RETRY);
-    let e = EngineProc::start(&write_config(tmp.path(), &cfg), &logs);
+    let mut s = setup(FAST_RETRY).await;
+    let e = EngineProc::start(&s.cfg_path, &s.logs);
     let api = api_of(&e);
 
     // A third with both sites alive.
     let t0 = Instant::now();
-    put_objects(&src, 0..34);
+    put_objects(&s.src, 0..34);
     wait_for("34 at A and B", Duration::from_secs(120), || async {
         metric(api, "A", "completions").await == 34 && metric(api, "B", "completions").await == 34
     })
     .await;
     let alive = t0.elapsed();
-    moto_peer.kill();
-    drop(moto_peer);
+    s.moto.kill();
 
     // The rest with A dead.
     let t1 = Instant::now();
-    put_objects(&src, 34..100);
+    put_objects(&s.src, 34..100);
     wait_for("B complete", Duration::from_secs(120), || async {
         metric(api, "B", "completions").await == 100
     })
@@ -215,8 +195,10 @@ async fn s3_site_dies_b_on_azure_completes_failed_entries_retried_after_restart(
     assert_eq!(replays, 66 * 2);
 
     // A comes back empty on the same port; retry the listed entries.
-    let moto_peer = start_moto_on(port);
-    moto::create_bucket(&c, "replica", true).await.unwrap();
+    s.moto = start_moto_on(s.moto_port);
+    moto::create_bucket(&s.peers.a, "replica", true)
+        .await
+        .unwrap();
     let answer = post(api, "/_/crr/failed", &retry_body(&failed)).await;
     assert_eq!(answer.as_array().map(Vec::len), Some(66), "{answer}");
     wait_for(
@@ -226,19 +208,14 @@ async fn s3_site_dies_b_on_azure_completes_failed_entries_retried_after_restart(
     )
     .await;
     // The new moto holds exactly the retried versions; B all of them.
-    let peers = Replicas {
-        a: c,
-        b: format!("{az_endpoint}/replica"),
-    };
-    peers.assert_a_holds(34..100).await;
-    peers.assert_b_holds(0..100).await;
+    s.peers.assert_a_holds(34..100).await;
+    s.peers.assert_b_holds(0..100).await;
     assert!(failed_list(api, "A").await.is_empty());
     assert_eq!(metric(api, "A", "failures").await, 0);
     assert_eq!(metric(api, "A", "backlog").await, 0);
     assert_eq!(metric(api, "A", "pending").await, 0);
     assert_eq!(metric(api, "B", "completions").await, 100);
     assert!(e.stop().success());
-    drop(moto_peer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,16 +478,7 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     // Restarted for good, A still dead: every version settles at A.
     let e = EngineProc::start(&s.cfg_path, &s.logs);
     let api = api_of(&e);
-    wait_for(
-        "every version settled at A",
-        Duration::from_secs(120),
-        || async {
-            let failed = failed_list(api, "A").await.len() as i64;
-            metric(api, "A", "pending").await == 0
-                && failed + metric(api, "A", "completions").await == 30
-        },
-    )
-    .await;
+    wait_settled(api, "A", 30).await;
     let failed = failed_list(api, "A").await;
     let listed: HashSet<(String, String)> = failed
         .iter()

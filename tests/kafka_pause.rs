@@ -13,13 +13,12 @@ mod kafka_support;
 mod pipeline_support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use backbeat::site::file::FileSite;
 
 use common::api::request;
-use common::peers::{free_port, start_tansu};
+use common::peers::start_tansu;
 use failures_support::strip_ansi;
 use kafka_support::*;
 use pipeline_support::*;
@@ -35,23 +34,15 @@ async fn paused_site_stays_in_its_kafka_group_with_a_full_read_ahead_then_catche
     let tansu = start_tansu();
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path();
-    let src = tmp.join("photos");
-    let staging = tmp.join("staging");
-    let data = tmp.join("data");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&staging).unwrap();
-    let paths: Vec<_> = SITES.iter().map(|n| tmp.join(n)).collect();
-    let sites: String = SITES
-        .iter()
-        .zip(&paths)
-        .map(|(n, p)| file_site(n, p))
-        .collect();
-    let port = free_port();
-    let base = config(&data, &src, &sites, &rule("photos", "", &SITES, true), "");
     let brokers = tansu.addr.to_string();
-    let cfg = engine_config(&base, port, Some(&brokers), "pause-", None);
-    let engine = EngineProc::start(&write_config(tmp, &cfg), tmp);
-    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let FileEngine {
+        src,
+        staging,
+        data,
+        paths,
+        engine,
+        api,
+    } = start_file_engine(tmp, &SITES, Some(&brokers), "pause-");
     let fail = |e: String| panic!("{e}; engine log:\n{}", tail(&engine.log(), 200));
 
     // Every consumer group has joined once one object is COMPLETED everywhere.

@@ -10,11 +10,10 @@ mod common;
 mod kafka_support;
 mod pipeline_support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::peers::{free_port, start_tansu};
+use common::peers::start_tansu;
 use kafka_support::*;
 use pipeline_support::*;
 
@@ -33,22 +32,14 @@ struct Measured {
 
 /// Runs the workload on one engine (Kafka log at `brokers`, else sled) and checks the result.
 async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
-    let src = tmp.join("photos");
-    let staging = tmp.join("staging");
-    let data = tmp.join("data");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&staging).unwrap();
-    let paths: Vec<_> = SITES.iter().map(|n| tmp.join(n)).collect();
-    let sites: String = SITES
-        .iter()
-        .zip(&paths)
-        .map(|(n, p)| file_site(n, p))
-        .collect();
-    let port = free_port();
-    let base = config(&data, &src, &sites, &rule("photos", "", &SITES, true), "");
-    let cfg = engine_config(&base, port, brokers, "pipe-", None);
-    let engine = EngineProc::start(&write_config(tmp, &cfg), tmp);
-    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let FileEngine {
+        src,
+        staging,
+        data,
+        paths,
+        engine,
+        api,
+    } = start_file_engine(tmp, &SITES, brokers, "pipe-");
 
     // Warm-up: one object through the whole pipeline (on Kafka, every consumer group has
     // joined once it is COMPLETED everywhere), so the measure below is the steady state.

@@ -111,3 +111,18 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits (up to 2 minutes) until each of `total` versions is settled at `site`: nothing
+/// pending, and COMPLETED plus listed FAILED make `total`.
+pub async fn wait_settled(api: SocketAddr, site: &str, total: i64) {
+    wait_for(
+        &format!("every version settled at {site}"),
+        Duration::from_secs(120),
+        || async {
+            let failed = failed_list(api, site).await.len() as i64;
+            metric(api, site, "pending").await == 0
+                && failed + metric(api, site, "completions").await == total
+        },
+    )
+    .await;
+}

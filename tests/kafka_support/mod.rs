@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use backbeat::source::file::version_id_of;
@@ -40,6 +40,53 @@ pub fn engine_config(
         c.push_str(&format!("\n[engine]\nstages = [{}]\n", list.join(", ")));
     }
     c
+}
+
+/// An engine process with the file source `<tmp>/photos` (written through `<tmp>/staging`)
+/// replicating every key to the file sites `<tmp>/<site>`.
+pub struct FileEngine {
+    pub src: PathBuf,
+    pub staging: PathBuf,
+    /// The engine's data directory (log and store).
+    pub data: PathBuf,
+    /// Each site's directory, in the order of the names given.
+    pub paths: Vec<PathBuf>,
+    pub engine: crate::pipeline_support::EngineProc,
+    pub api: SocketAddr,
+}
+
+/// Starts a [`FileEngine`] in `tmp` for `sites`, its log on Kafka at `brokers` (topics
+/// prefixed `topic_prefix`) when given, else on sled.
+pub fn start_file_engine(
+    tmp: &Path,
+    sites: &[&str],
+    brokers: Option<&str>,
+    topic_prefix: &str,
+) -> FileEngine {
+    use crate::pipeline_support::{config, file_site, rule, write_config, EngineProc};
+    let (src, staging, data) = (tmp.join("photos"), tmp.join("staging"), tmp.join("data"));
+    for d in [&src, &staging] {
+        std::fs::create_dir_all(d).expect("source directories");
+    }
+    let paths: Vec<PathBuf> = sites.iter().map(|n| tmp.join(n)).collect();
+    let blocks: String = sites
+        .iter()
+        .zip(&paths)
+        .map(|(n, p)| file_site(n, p))
+        .collect();
+    let port = crate::common::peers::free_port();
+    let base = config(&data, &src, &blocks, &rule("photos", "", sites, true), "");
+    let cfg = engine_config(&base, port, brokers, topic_prefix, None);
+    let engine = EngineProc::start(&write_config(tmp, &cfg), tmp);
+    let api = SocketAddr::from(([127, 0, 0, 1], port));
+    FileEngine {
+        src,
+        staging,
+        data,
+        paths,
+        engine,
+        api,
+    }
 }
 
 /// Writes `data` under the source directory `src` as `key`, through a rename from `staging` (a
