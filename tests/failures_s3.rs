@@ -66,6 +66,21 @@ fn engine_config(data: &Path, src: &Path, sites: &str, names: &[&str], retry: &s
 const FAST_RETRY: &str =
     "max_retries = 3\ntimeout_s = 2\nbackoff_min_ms = 50\nbackoff_max_ms = 200\nreplay = 2\n";
 
+/// A temporary directory with the source `bkt` and `logs` created in it, and the path of the
+/// engine's `data`.
+fn engine_dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, data, logs) = (
+        tmp.path().join("bkt"),
+        tmp.path().join("data"),
+        tmp.path().join("logs"),
+    );
+    for p in [&src, &logs] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    (tmp, src, data, logs)
+}
+
 fn key(i: usize) -> String {
     format!("obj-{i:04}")
 }
@@ -220,16 +235,8 @@ async fn s3_site_dies_b_on_azure_completes_failed_entries_retried_after_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_site_with_a_wrong_key_fails_at_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, data, logs, b) = (
-        tmp.path().join("bkt"),
-        tmp.path().join("data"),
-        tmp.path().join("logs"),
-        tmp.path().join("site-b"),
-    );
-    for p in [&src, &logs] {
-        std::fs::create_dir_all(p).unwrap();
-    }
+    let (tmp, src, data, logs) = engine_dirs();
+    let b = tmp.path().join("site-b");
     let azurite = start_azurite();
     let az_endpoint = format!("{}/{AZURITE_ACCOUNT}", azurite.url());
     create_container(&az_endpoint, "replica").await;
@@ -267,15 +274,7 @@ async fn azure_site_with_a_wrong_key_fails_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_site_completes_after_503s_with_retries_counted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, data, logs) = (
-        tmp.path().join("bkt"),
-        tmp.path().join("data"),
-        tmp.path().join("logs"),
-    );
-    for p in [&src, &logs] {
-        std::fs::create_dir_all(p).unwrap();
-    }
+    let (tmp, src, data, logs) = engine_dirs();
     let moto_peer = start_moto_on(free_port());
     let c = s3_client(&moto_peer.url());
     moto::create_bucket(&c, "replica", true).await.unwrap();
@@ -319,15 +318,7 @@ struct Setup {
 }
 
 async fn setup(retry: &str) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, data, logs) = (
-        tmp.path().join("bkt"),
-        tmp.path().join("data"),
-        tmp.path().join("logs"),
-    );
-    for p in [&src, &logs] {
-        std::fs::create_dir_all(p).unwrap();
-    }
+    let (tmp, src, data, logs) = engine_dirs();
     let moto_port = free_port();
     let moto_peer = start_moto_on(moto_port);
     let c = s3_client(&moto_peer.url());
