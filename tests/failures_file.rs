@@ -19,6 +19,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use backbeat::source::file::version_id_of;
+use common::api::request;
 use failures_support::*;
 use pipeline_support::*;
 use serde_json::{json, Value};
@@ -423,54 +425,65 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     assert!(e.stop().success());
 }
 
-/// Versions overwritten at the source before their copy (queued while site A is paused) are
-/// not copied once A resumes and leave nothing pending: the original leaves them PENDING and
-/// counted as pending forever.
+/// Versions overwritten at the source before their copy (queued while both sites are paused)
+/// are not copied once the sites resume and leave nothing pending: the original leaves them
+/// PENDING and counted as pending forever. Such a version is gone from the object view too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_changed_before_their_copy_leave_nothing_pending() {
     let d = dirs();
     let cfg_path = ab_config(&d, FAST_RETRY);
     let e = EngineProc::start(&cfg_path, &d.logs);
     let api = api_of(&e);
-    post(api, "/_/crr/pause/A", &json!({})).await;
+    post(api, "/_/crr/pause", &json!({})).await;
     let version_body =
         |i: usize, round: usize| bytes_for((i * 10 + round) as u64, 1000 + 10 * round + i);
     // Three versions of each of 5 keys, each round queued before the next overwrites it.
+    let mut first_version = String::new();
+    let mut newest_version = String::new();
     for round in 0..3 {
         for i in 0..5 {
             put_file(&d.src, &key(i), &version_body(i, round));
         }
+        let v = version_id_of(&std::fs::metadata(d.src.join(key(0))).unwrap());
+        if round == 0 {
+            first_version = v.clone();
+        }
+        newest_version = v;
         let want = 5 * (round as i64 + 1);
-        wait_for(
-            "the round queued for A",
-            Duration::from_secs(30),
-            || async { metric(api, "A", "pending").await == want },
-        )
+        wait_for("the round queued", Duration::from_secs(30), || async {
+            metric(api, "A", "pending").await == want && metric(api, "B", "pending").await == want
+        })
         .await;
     }
-    post(api, "/_/crr/resume/A", &json!({})).await;
+    post(api, "/_/crr/resume", &json!({})).await;
     let newest = |dir: &Path| {
         (0..5)
             .filter(|&i| std::fs::read(dir.join(key(i))).ok() == Some(version_body(i, 2)))
             .count()
     };
-    wait_until("A has the newest versions", Duration::from_secs(30), || {
-        newest(&d.a) == 5
-    });
+    wait_until(
+        "A and B have the newest versions",
+        Duration::from_secs(30),
+        || newest(&d.a) == 5 && newest(&d.b) == 5,
+    );
     wait_for("nothing pending", Duration::from_secs(30), || async {
         metric(api, "A", "pending").await == 0 && metric(api, "B", "pending").await == 0
     })
     .await;
-    assert_eq!(newest(&d.b), 5);
-    assert_eq!(metric(api, "A", "completions").await, 5);
-    assert_eq!(metric(api, "A", "backlog").await, 0);
-    assert_eq!(
-        prom(api, "backbeat_replication_skipped_total", "A").await,
-        10
-    );
-    // B copied or skipped every version, each once.
-    let b_skipped = prom(api, "backbeat_replication_skipped_total", "B").await;
-    assert_eq!(metric(api, "B", "completions").await + b_skipped as i64, 15);
-    assert!(failed_list(api, "A").await.is_empty());
+    for site in ["A", "B"] {
+        assert_eq!(metric(api, site, "completions").await, 5, "{site}");
+        assert_eq!(metric(api, site, "backlog").await, 0, "{site}");
+        assert_eq!(
+            prom(api, "backbeat_replication_skipped_total", site).await,
+            10,
+            "{site}"
+        );
+        assert!(failed_list(api, site).await.is_empty());
+    }
+    let view = |v: &str| format!("/_/crr/object/bkt/{}?versionId={v}", key(0));
+    let gone = request(api, "GET", &view(&first_version), None).await;
+    assert_eq!(gone.status, 404, "{}", gone.text());
+    let done = get_json(api, &view(&newest_version)).await;
+    assert_eq!(done["status"], json!("COMPLETED"), "{done}");
     assert!(e.stop().success());
 }

@@ -9,7 +9,8 @@
 //! with, on both GET and HEAD, the headers CloudServer shows on a HEAD of the source object:
 //! `x-amz-replication-status: <global>`, `x-amz-meta-<site>-replication-status: <status>` per
 //! site, and `x-amz-meta-<site>-version-id: <id>` once a site is COMPLETED with a version id.
-//! An unknown version is a 404 `NoSuchKey`.
+//! An unknown version is a 404 `NoSuchKey`, and so is one that was gone or changed at the
+//! source before any site got it (every site dropped it, see `pipeline::status`).
 //!
 //! `POST notifications/s3`: the standard S3 event JSON (`Records[]`, keys form-encoded with
 //! `+` for spaces). The whole body is validated before anything is handed to the intake;
@@ -32,7 +33,9 @@ use crate::model::VersionRef;
 /// # Errors
 /// 404 NoSuchKey for an unknown version; 500 InternalError when the store fails.
 pub async fn view(state: &AppState, v: &VersionRef) -> Result<Response<Full<Bytes>>, ApiError> {
-    let Some(info) = state.store.replication(v).await.map_err(store_error)? else {
+    let info = state.store.replication(v).await.map_err(store_error)?;
+    // A version gone from the source before any site got it has no sites left: gone here too.
+    let Some(info) = info.filter(|i| !i.backends.is_empty()) else {
         return Err(ApiError::no_such_key());
     };
     let global = info.status.map(|s| s.as_str()).unwrap_or("");
