@@ -43,8 +43,8 @@ pub fn kafka_session_timeout_ms() -> u64 {
 pub fn kafka_heartbeat_interval_ms() -> u64 {
     3_000
 }
-/// Kafka consumer max poll interval: librdkafka's default (300 s). A copy of one large
-/// object happens between two polls, so keep it above the longest copy.
+/// Kafka consumer max poll interval: librdkafka's default (300 s). A processor that cannot take
+/// records still polls every quarter of it (`Consumer::keep_alive_every`).
 pub fn kafka_max_poll_interval_ms() -> u64 {
     300_000
 }

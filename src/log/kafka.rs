@@ -105,6 +105,14 @@ const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(15);
 /// (librdkafka's logs and rebalance events come through it) or takes one record.
 const KEEP_ALIVE_RECVS: usize = 16;
 
+/// How often a member that cannot take records calls `keep_alive`: a quarter of
+/// `max.poll.interval.ms`, so a slow site whose read-ahead is full for a long copy does not
+/// make librdkafka drop and fetch again its prefetched records every second (each
+/// `keep_alive` pauses the partitions, which discards them), with a floor of 500 ms.
+fn keep_alive_every(max_poll_interval_ms: u64) -> Duration {
+    Duration::from_millis((max_poll_interval_ms / 4).max(500))
+}
+
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
     LogError::Storage(Box::new(e))
 }
@@ -606,6 +614,7 @@ impl Log for KafkaLog {
             timeout,
             held: VecDeque::new(),
             paused: false,
+            keep_alive_every: keep_alive_every(cfg.max_poll_interval_ms),
         }))
     }
 
@@ -735,6 +744,8 @@ struct KafkaConsumer {
     held: VecDeque<Delivery>,
     /// Whether `keep_alive` paused partitions since the last `poll`.
     paused: bool,
+    /// See [`keep_alive_every`].
+    keep_alive_every: Duration,
 }
 
 impl KafkaConsumer {
@@ -991,6 +1002,10 @@ impl Consumer for KafkaConsumer {
 
     fn committed(&self) -> Vec<u64> {
         self.committed.clone()
+    }
+
+    fn keep_alive_every(&self) -> Option<Duration> {
+        Some(self.keep_alive_every)
     }
 
     async fn keep_alive(&mut self) -> Result<(), LogError> {

@@ -213,11 +213,16 @@ pub trait Consumer: Send {
 
     /// Keeps this member in its group (Kafka drops one that does not poll for
     /// `max.poll.interval.ms`) while the caller cannot take records (its read-ahead is full),
-    /// without losing any: what is read meanwhile is returned by the next `poll`. Call it about
-    /// every second while not polling. The default does nothing (the sled log has no such
-    /// timeout).
+    /// without losing any: what is read meanwhile is returned by the next `poll`. Call it when
+    /// [`Consumer::keep_alive_every`] has passed without a poll. The default does nothing.
     async fn keep_alive(&mut self) -> Result<(), LogError> {
         Ok(())
+    }
+
+    /// How long the caller may go without polling before it must call
+    /// [`Consumer::keep_alive`]; `None` (the default, the sled log) when it never must.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        None
     }
 }
 

@@ -9,8 +9,9 @@
 //!   the unfinished entries and never skips one.
 //! - Outputs (status entries) are appended in one batch before the offsets of the entries that
 //!   produced them are committed.
-//! - Read-ahead full: the loop stops reading and calls [`Consumer::keep_alive`] about every
-//!   second instead, so the consumer keeps its place in its group (Kafka).
+//! - Read-ahead full: the loop stops reading and calls [`Consumer::keep_alive`] as often as
+//!   [`Consumer::keep_alive_every`] asks instead, so the consumer keeps its place in its group
+//!   (Kafka).
 //! - Shutdown: the loop stops reading, entries not started are dropped (they stay uncommitted
 //!   and are replayed after the restart), entries in hand finish, their outputs are appended
 //!   and the offsets committed.
@@ -142,11 +143,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(100);
 const OUTPUT_LINGER: Duration = Duration::from_millis(5);
 /// Outputs that are appended at once, without waiting for [`OUTPUT_LINGER`].
 const OUTPUT_BATCH: usize = 64;
-/// While the read-ahead is full (a paused site's handlers all wait), the loop does not poll;
-/// it calls [`Consumer::keep_alive`] when this long has passed since the last poll, so a Kafka
-/// member is not dropped from its group after `max.poll.interval.ms`. The loop wakes at least
-/// every second then.
-const KEEP_ALIVE_AFTER: Duration = Duration::from_millis(500);
+/// The longest wait of the loop while the read-ahead is full or the stage is stopping.
+const FULL_WAIT: Duration = Duration::from_secs(1);
 
 /// The append in flight: its outcome and the positions it finishes.
 type InFlightAppend = (oneshot::Receiver<Result<(), LogError>>, Vec<Position>);
@@ -188,6 +186,9 @@ pub async fn run<H: Handler>(
     let mut outputs = Outputs::default();
     let mut last_commit = Instant::now();
     let mut last_poll = Instant::now();
+    // While the read-ahead is full (a paused or slow site: every handler busy) the loop does
+    // not poll; a consumer that must poll to stay in its group (Kafka) says how often.
+    let keep_alive_every = consumer.keep_alive_every();
     loop {
         let draining = cfg.drain_on_stop && token.is_cancelled();
         if !stopping && !draining && token.is_cancelled() {
@@ -258,12 +259,14 @@ pub async fn run<H: Handler>(
             }
         }
         let full = prefetch.saturating_sub(running + ready.len() + blocked_count) == 0;
-        if full && !stopping && last_poll.elapsed() >= KEEP_ALIVE_AFTER {
-            consumer.keep_alive().await?;
-            last_poll = Instant::now();
+        if let Some(every) = keep_alive_every.filter(|_| full && !stopping) {
+            if last_poll.elapsed() >= every {
+                consumer.keep_alive().await?;
+                last_poll = Instant::now();
+            }
         }
         let mut wait = if stopping || full {
-            Duration::from_secs(1)
+            keep_alive_every.map_or(FULL_WAIT, |every| every.min(FULL_WAIT))
         } else {
             BUSY_WAIT
         };
@@ -504,7 +507,12 @@ mod tests {
             self.keep_alives.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
+        fn keep_alive_every(&self) -> Option<Duration> {
+            Some(TEST_KEEP_ALIVE)
+        }
     }
+
+    const TEST_KEEP_ALIVE: Duration = Duration::from_millis(300);
 
     /// Holds every entry until the stage stops (a paused site).
     struct Stuck(CancellationToken);
@@ -550,9 +558,9 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10), "no keep-alives");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // The first comes KEEP_ALIVE_AFTER after the poll at the earliest, then no more often.
+        // The first comes TEST_KEEP_ALIVE after the poll at the earliest, then no more often.
         assert!(
-            start.elapsed() >= KEEP_ALIVE_AFTER * 3,
+            start.elapsed() >= TEST_KEEP_ALIVE * 3,
             "{:?}",
             start.elapsed()
         );
