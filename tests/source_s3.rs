@@ -136,7 +136,10 @@ async fn unversioned_objects_use_the_null_version() -> anyhow::Result<()> {
     let c = moto::client(&MOTO);
     moto::create_bucket(&c, "src-plain", false).await?;
     moto::put(&c, "src-plain", "plain", b"data", &[]).await?;
-    let src = S3Source::new(c, vec!["src-plain".into()]);
+    let src = S3Source::new(c.clone(), vec!["src-plain".into()]);
+    assert_eq!(src.versioning_enabled("src-plain").await?, Some(false));
+    moto::create_bucket(&c, "src-versioned", true).await?;
+    assert_eq!(src.versioning_enabled("src-versioned").await?, Some(true));
     let page = src.list_versions("src-plain", None).await?;
     assert_eq!(page.versions.len(), 1);
     assert_eq!(page.versions[0].version.version_id, "null");

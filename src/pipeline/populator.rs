@@ -527,6 +527,15 @@ impl Scanner {
     }
 
     async fn run(self) -> Result<(), StageError> {
+        for bucket in self.source.buckets() {
+            match self.source.versioning_enabled(&bucket).await {
+                Ok(Some(false)) => tracing::warn!(bucket,
+                    "Source bucket without versioning: an overwrite of a key already replicated will not be replicated again. Enable versioning on it."),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(bucket, error = %crate::error::chain(&e),
+                    "Cannot read the bucket's versioning state."),
+            }
+        }
         loop {
             for bucket in self.source.buckets() {
                 if self.token.is_cancelled() {

@@ -160,6 +160,13 @@ pub trait Source: Send + Sync + 'static {
 
     /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
+
+    /// Whether the bucket keeps versions: `Some(false)` when its overwrites replace the
+    /// `null` version (then an overwrite of a key already replicated is not seen as new);
+    /// `None` when the question does not apply (the default; a directory has no such setting).
+    async fn versioning_enabled(&self, _bucket: &str) -> Result<Option<bool>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Builds the source a `[source]` section describes, resolving `*_env` secrets. Never logs

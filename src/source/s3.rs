@@ -366,6 +366,13 @@ impl Source for S3Source {
             Err(e) => Err(to_source(e)),
         }
     }
+
+    async fn versioning_enabled(&self, bucket: &str) -> Result<Option<bool>, SourceError> {
+        let req = S3Request::new(Method::GET, bucket, None).flag("versioning");
+        let (_, xml) = self.client.send_xml(req).await.map_err(to_source)?;
+        // No `Status` (never enabled) or `Suspended`: overwrites replace the null version.
+        Ok(Some(xml.text_of("Status") == Some("Enabled")))
+    }
 }
 
 #[cfg(test)]
