@@ -41,6 +41,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
         api,
     } = start_file_engine(tmp, &SITES, brokers, "pipe-");
 
+    let fail = |e: String| panic!("{e}; engine log:\n{}", tail(&engine.log(), 200));
     // Warm-up: one object through the whole pipeline (on Kafka, every consumer group has
     // joined once it is COMPLETED everywhere), so the measure below is the steady state.
     let mut versions = vec![(
@@ -49,7 +50,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     )];
     wait_completions(api, &SITES, 1, LIMIT)
         .await
-        .unwrap_or_else(|e| panic!("{e}; engine log:\n{}", tail(&engine.log(), 200)));
+        .unwrap_or_else(fail);
 
     let start = Instant::now();
     let mut newest = std::collections::BTreeMap::new();
@@ -62,7 +63,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let n = versions.len() as u64;
     wait_completions(api, &SITES, n, LIMIT)
         .await
-        .unwrap_or_else(|e| panic!("{e}; engine log:\n{}", tail(&engine.log(), 200)));
+        .unwrap_or_else(fail);
     // Second versions, once the first ones are replicated (a file source serves only a file's
     // current version: one replaced before its copy is skipped, as the original skips a
     // version gone from the source).
@@ -75,7 +76,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let n = versions.len() as u64;
     wait_completions(api, &SITES, n, LIMIT)
         .await
-        .unwrap_or_else(|e| panic!("{e}; engine log:\n{}", tail(&engine.log(), 200)));
+        .unwrap_or_else(fail);
     let elapsed = start.elapsed();
 
     assert_completed(api, "photos", &versions, &SITES).await;

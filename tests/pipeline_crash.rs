@@ -92,17 +92,7 @@ async fn kill9_mid_run_then_restart_completes_every_version_at_every_site() {
         }
     }
     for n in names {
-        let sum = |m| {
-            let store = &store;
-            async move {
-                store
-                    .metric_buckets(n, m)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .sum::<u64>()
-            }
-        };
+        let sum = |m| metric_total(&store, n, m);
         assert_eq!(store.pending(n).await.unwrap(), (0, 0), "pending of {n}");
         assert_eq!(sum(Metric::Ops).await, 100, "ops of {n}");
         assert_eq!(sum(Metric::OpsDone).await, 100, "opsdone of {n}");

@@ -25,10 +25,6 @@ fn version_of(src: &std::path::Path, bucket: &str, key: &str) -> VersionRef {
     VersionRef::new(bucket, key, version_id_of(&m))
 }
 
-async fn metric_total(store: &dyn StateStore, site: &str, m: Metric) -> u64 {
-    store.metric_buckets(site, m).await.unwrap().iter().sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tricky_keys_reach_every_site_with_markers_and_exact_counters() {
     let tmp = tempfile::tempdir().unwrap();

@@ -110,16 +110,19 @@ fn header<'a>(h: &'a hyper::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+/// Creates the versioned source bucket `src` and the destination bucket `dst` at moto.
+async fn create_buckets(moto: &S3Client, src: &str, dst: &str, dst_versioned: bool) {
+    common::moto::create_bucket(moto, src, true).await.unwrap();
+    common::moto::create_bucket(moto, dst, dst_versioned)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_markers() {
     let moto = common::moto::client(&MOTO);
     let (src_bucket, dst_bucket, container) = ("src-three", "replica-three", "replica-three");
-    common::moto::create_bucket(&moto, src_bucket, true)
-        .await
-        .unwrap();
-    common::moto::create_bucket(&moto, dst_bucket, true)
-        .await
-        .unwrap();
+    create_buckets(&moto, src_bucket, dst_bucket, true).await;
     let (status, _, _) = common::azure::call(
         AZURITE_ACCOUNT,
         AZURITE_KEY,
@@ -302,12 +305,7 @@ fn replicate_to_s3_and_file(
 async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
     let moto = common::moto::client(&MOTO);
     let (src_bucket, dst_bucket) = ("src-versions", "replica-versions");
-    common::moto::create_bucket(&moto, src_bucket, true)
-        .await
-        .unwrap();
-    common::moto::create_bucket(&moto, dst_bucket, false)
-        .await
-        .unwrap();
+    create_buckets(&moto, src_bucket, dst_bucket, false).await;
     let mut vids = Vec::new();
     for i in 0..5 {
         let body = format!("version {i}").into_bytes();
@@ -341,12 +339,7 @@ async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
 async fn delete_markers_remove_the_replica_in_order_with_the_puts() {
     let moto = common::moto::client(&MOTO);
     let (src_bucket, dst_bucket) = ("src-deletes", "replica-deletes");
-    common::moto::create_bucket(&moto, src_bucket, true)
-        .await
-        .unwrap();
-    common::moto::create_bucket(&moto, dst_bucket, false)
-        .await
-        .unwrap();
+    create_buckets(&moto, src_bucket, dst_bucket, false).await;
     // gone: put, put, delete marker. back: put, delete marker, put.
     let mut versions = Vec::new();
     for body in ["gone 1", "gone 2"] {

@@ -6,8 +6,18 @@ use std::collections::BTreeSet;
 
 use backbeat::model::VersionRef;
 use backbeat::source::file::FileSource;
-use backbeat::source::{ByteStream, Source, SourceError};
+use backbeat::source::{ByteStream, Source, SourceError, VersionPage};
 use futures_util::StreamExt;
+
+/// The version of `key` listed in `page`.
+fn version_in(page: &VersionPage, key: &str) -> VersionRef {
+    page.versions
+        .iter()
+        .find(|o| o.version.key == key)
+        .unwrap()
+        .version
+        .clone()
+}
 
 async fn collect(mut s: ByteStream) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -233,13 +243,7 @@ async fn open_gives_metadata_and_data_of_the_current_version_only() -> anyhow::R
         ("large", &large[..]),
         ("empty", &b""[..]),
     ] {
-        let v = page
-            .versions
-            .iter()
-            .find(|o| o.version.key == key)
-            .unwrap()
-            .version
-            .clone();
+        let v = version_in(&page, key);
         let (info, stream) = src.open(&v).await?.expect("current version opens");
         assert_eq!(info.version, v);
         assert_eq!(info.size, body.len() as u64);
@@ -248,24 +252,12 @@ async fn open_gives_metadata_and_data_of_the_current_version_only() -> anyhow::R
     }
 
     // A replaced file: the old version is gone, the new one opens.
-    let old = page
-        .versions
-        .iter()
-        .find(|o| o.version.key == "d/small")
-        .unwrap()
-        .version
-        .clone();
+    let old = version_in(&page, "d/small");
     std::fs::remove_file(root.join("d/small"))?;
     std::fs::write(root.join("d/small"), b"new body, other size")?;
     assert!(src.open(&old).await?.is_none());
     let cur = src.list_versions("inbox", None).await?;
-    let new = cur
-        .versions
-        .iter()
-        .find(|o| o.version.key == "d/small")
-        .unwrap()
-        .version
-        .clone();
+    let new = version_in(&cur, "d/small");
     assert_ne!(new.version_id, old.version_id);
     let (_, s) = src.open(&new).await?.unwrap();
     assert_eq!(collect(s).await?, b"new body, other size");

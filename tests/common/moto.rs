@@ -46,13 +46,7 @@ pub async fn put(
     for (k, v) in extra {
         req = req.header(k.parse()?, HeaderValue::from_str(v)?);
     }
-    let resp = c.send(req).await?;
-    Ok(resp
-        .headers()
-        .get("x-amz-version-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("null")
-        .to_string())
+    Ok(version_id_of(&c.send(req).await?))
 }
 
 /// Deletes `key` without a version id: in a versioned bucket this writes a delete marker, whose
@@ -61,12 +55,16 @@ pub async fn delete(c: &S3Client, bucket: &str, key: &str) -> anyhow::Result<Str
     let resp = c
         .send(S3Request::new(Method::DELETE, bucket, Some(key)))
         .await?;
-    Ok(resp
-        .headers()
+    Ok(version_id_of(&resp))
+}
+
+/// The `x-amz-version-id` of an answer (`null` when absent).
+fn version_id_of<B>(resp: &hyper::Response<B>) -> String {
+    resp.headers()
         .get("x-amz-version-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("null")
-        .to_string())
+        .to_string()
 }
 
 /// All keys of `bucket` as moto's ListObjectsV2 gives them (url-decoded when encoded).

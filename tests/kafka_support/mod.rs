@@ -218,17 +218,7 @@ pub async fn assert_counted_once(data: &Path, sites: &[&str], n: u64) {
     use backbeat::store::{Metric, StateStore};
     let store = crate::pipeline_support::open_store(data);
     for site in sites {
-        let total = |m| {
-            let store = &store;
-            async move {
-                store
-                    .metric_buckets(site, m)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .sum::<u64>()
-            }
-        };
+        let total = |m| crate::pipeline_support::metric_total(&store, site, m);
         assert_eq!(store.pending(site).await.unwrap(), (0, 0), "pending {site}");
         assert_eq!(total(Metric::Ops).await, n, "ops {site}");
         assert_eq!(total(Metric::OpsDone).await, n, "opsdone {site}");

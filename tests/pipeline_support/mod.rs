@@ -252,3 +252,12 @@ pub fn put_file(root: &Path, key: &str, data: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, data).unwrap();
 }
+
+/// The sum of `site`'s `m` counter over the 24 h window.
+pub async fn metric_total(
+    store: &dyn backbeat::store::StateStore,
+    site: &str,
+    m: backbeat::store::Metric,
+) -> u64 {
+    store.metric_buckets(site, m).await.unwrap().iter().sum()
+}
