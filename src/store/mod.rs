@@ -375,3 +375,33 @@ pub trait StateStore: Send + Sync + 'static {
     /// Fails when the store cannot serve requests.
     fn check(&self) -> Result<(), StoreError>;
 }
+
+/// Refuses an empty site, cursor or other name, or one with a NUL byte (the stores use NUL as
+/// a key separator).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.as_bytes().contains(&0) {
+        return Err(StoreError::Invalid(format!(
+            "{what} name {name:?} is empty or has a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_name`] on every name `ops` carry, before a store applies them.
+pub(crate) fn check_op_names(ops: &[StoreOp]) -> Result<(), StoreError> {
+    for op in ops {
+        let (what, name) = match op {
+            StoreOp::SetSiteStatus { site, .. }
+            | StoreOp::RemoveSite { site, .. }
+            | StoreOp::AddPending { site, .. }
+            | StoreOp::AddMetric { site, .. }
+            | StoreOp::AddObjectMetric { site, .. }
+            | StoreOp::AddFailed { site, .. }
+            | StoreOp::RemoveFailed { site, .. } => ("site", site.as_str()),
+            StoreOp::PutCursor { name, .. } => ("cursor", name.as_str()),
+            StoreOp::PutReplication { .. } => continue,
+        };
+        check_name(what, name)?;
+    }
+    Ok(())
+}

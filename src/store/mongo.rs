@@ -55,9 +55,9 @@ use mongodb::options::{
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
 use super::{
-    failed_bucket, failed_page_upper, failed_window_start, metrics_bucket, FailedEntry, FailedPage,
-    Guard, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS,
-    FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
+    check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
+    metrics_bucket, FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, StateStore,
+    StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::config::MongoConfig;
@@ -128,15 +128,6 @@ fn u64_of(v: i64) -> u64 {
 
 fn date(ms: u64) -> DateTime {
     DateTime::from_millis(i64_of(ms))
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.as_bytes().contains(&0) {
-        return Err(StoreError::Invalid(format!(
-            "{what} name {name:?} is empty or has a NUL byte"
-        )));
-    }
-    Ok(())
 }
 
 fn site_prefixed(site: &str, rest: &[u8]) -> Vec<u8> {
@@ -495,6 +486,25 @@ impl MongoStore {
         Ok(())
     }
 
+    /// Applies `change` to `version`'s info, if any, and writes it back when it changed.
+    async fn update_info(
+        &self,
+        session: &mut ClientSession,
+        version: &VersionRef,
+        change: impl FnOnce(&mut ReplicationInfo) -> bool,
+    ) -> Result<(), TxError> {
+        if let Some(d) = self
+            .find_in(session, "replication", bin(version.encode()))
+            .await?
+        {
+            let mut info = info_of(&d)?;
+            if change(&mut info) {
+                self.put_info(session, version, &info).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn apply_op(&self, session: &mut ClientSession, op: &StoreOp) -> Result<(), TxError> {
         match op {
             StoreOp::PutReplication { version, info } => {
@@ -506,26 +516,14 @@ impl MongoStore {
                 status,
                 data_store_version_id,
             } => {
-                if let Some(d) = self
-                    .find_in(session, "replication", bin(version.encode()))
-                    .await?
-                {
-                    let mut info = info_of(&d)?;
-                    if info.set_site_status(site, *status, data_store_version_id.as_deref()) {
-                        self.put_info(session, version, &info).await?;
-                    }
-                }
+                self.update_info(session, version, |info| {
+                    info.set_site_status(site, *status, data_store_version_id.as_deref())
+                })
+                .await?
             }
             StoreOp::RemoveSite { version, site } => {
-                if let Some(d) = self
-                    .find_in(session, "replication", bin(version.encode()))
+                self.update_info(session, version, |info| info.remove_site(site))
                     .await?
-                {
-                    let mut info = info_of(&d)?;
-                    if info.remove_site(site) {
-                        self.put_info(session, version, &info).await?;
-                    }
-                }
             }
             StoreOp::AddPending { site, ops, bytes } => {
                 if *ops != 0 || *bytes != 0 {
@@ -690,20 +688,6 @@ impl From<StoreError> for TxError {
     }
 }
 
-fn op_names(op: &StoreOp) -> Vec<(&'static str, &str)> {
-    match op {
-        StoreOp::SetSiteStatus { site, .. }
-        | StoreOp::RemoveSite { site, .. }
-        | StoreOp::AddPending { site, .. }
-        | StoreOp::AddMetric { site, .. }
-        | StoreOp::AddObjectMetric { site, .. }
-        | StoreOp::AddFailed { site, .. }
-        | StoreOp::RemoveFailed { site, .. } => vec![("site", site.as_str())],
-        StoreOp::PutCursor { name, .. } => vec![("cursor", name.as_str())],
-        StoreOp::PutReplication { .. } => vec![],
-    }
-}
-
 #[async_trait]
 impl StateStore for MongoStore {
     fn kind(&self) -> &'static str {
@@ -715,11 +699,7 @@ impl StateStore for MongoStore {
     }
 
     async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
-        for op in &ops {
-            for (what, name) in op_names(op) {
-                check_name(what, name)?;
-            }
-        }
+        check_op_names(&ops)?;
         let started = Instant::now();
         let mut session = self.note(self.client.start_session().await)?;
         loop {

@@ -24,9 +24,9 @@ use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{
-    failed_bucket, failed_page_upper, failed_window_start, metrics_bucket, FailedEntry, FailedPage,
-    Guard, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp, FAILED_BUCKETS,
-    FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
+    check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
+    metrics_bucket, FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, StateStore,
+    StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
@@ -60,15 +60,6 @@ fn be_u64(v: &[u8]) -> u64 {
 
 fn be_i64(v: &[u8]) -> i64 {
     v.try_into().map(i64::from_be_bytes).unwrap_or(0)
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
-    if name.is_empty() || name.as_bytes().contains(&0) {
-        return Err(StoreError::Invalid(format!(
-            "{what} name {name:?} is empty or has a NUL byte"
-        )));
-    }
-    Ok(())
 }
 
 fn site_prefix(tag: u8, site: &str) -> Vec<u8> {
@@ -219,6 +210,20 @@ fn eval_guard(tx: &TransactionalTree, g: &Guard) -> TxResult<bool> {
     })
 }
 
+/// Applies `change` to `version`'s info, if any, and writes it back when it changed.
+fn update_info(
+    tx: &TransactionalTree,
+    version: &VersionRef,
+    change: impl FnOnce(&mut ReplicationInfo) -> bool,
+) -> TxResult<()> {
+    if let Some(mut info) = tx_info(tx, version)? {
+        if change(&mut info) {
+            tx.insert(info_key(version), encode_info(&info))?;
+        }
+    }
+    Ok(())
+}
+
 fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
     match op {
         StoreOp::PutReplication { version, info } => {
@@ -229,19 +234,11 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
             site,
             status,
             data_store_version_id,
-        } => {
-            if let Some(mut info) = tx_info(tx, version)? {
-                if info.set_site_status(site, *status, data_store_version_id.as_deref()) {
-                    tx.insert(info_key(version), encode_info(&info))?;
-                }
-            }
-        }
+        } => update_info(tx, version, |info| {
+            info.set_site_status(site, *status, data_store_version_id.as_deref())
+        })?,
         StoreOp::RemoveSite { version, site } => {
-            if let Some(mut info) = tx_info(tx, version)? {
-                if info.remove_site(site) {
-                    tx.insert(info_key(version), encode_info(&info))?;
-                }
-            }
+            update_info(tx, version, |info| info.remove_site(site))?
         }
         StoreOp::AddPending { site, ops, bytes } => {
             for (which, delta) in [(b'o', *ops), (b'b', *bytes)] {
@@ -302,20 +299,6 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
         }
     }
     Ok(())
-}
-
-fn op_names(op: &StoreOp) -> Vec<(&'static str, &str)> {
-    match op {
-        StoreOp::SetSiteStatus { site, .. }
-        | StoreOp::RemoveSite { site, .. }
-        | StoreOp::AddPending { site, .. }
-        | StoreOp::AddMetric { site, .. }
-        | StoreOp::AddObjectMetric { site, .. }
-        | StoreOp::AddFailed { site, .. }
-        | StoreOp::RemoveFailed { site, .. } => vec![("site", site.as_str())],
-        StoreOp::PutCursor { name, .. } => vec![("cursor", name.as_str())],
-        StoreOp::PutReplication { .. } => vec![],
-    }
 }
 
 impl SledStore {
@@ -380,11 +363,7 @@ impl StateStore for SledStore {
     async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
         self.db.check()?;
         let n_ops = ops.len() + guards.len();
-        for op in &ops {
-            for (what, name) in op_names(op) {
-                check_name(what, name)?;
-            }
-        }
+        check_op_names(&ops)?;
         let run = move |tree: &sled::Tree| {
             tree.transaction(|tx| {
                 for g in &guards {
