@@ -28,14 +28,14 @@ use crate::config::{Config, ConfigError, LogKind, Stage, StoreKind};
 use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
-use crate::log::{Log, LogError, SledLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::ProcessorConfig;
 use crate::pipeline::retry::RetryPolicy;
 use crate::pipeline::{
     Populator, ReplicationProcessor, Scanner, StageError, StageTasks, StatusProcessor,
 };
-use crate::store::{SledStore, StateStore, StoreError};
+use crate::store::{StateStore, StoreError};
 
 /// Errors that stop the engine.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +64,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// A configured engine is not part of this build.
-    #[error("{0} is not available in this build")]
-    Unsupported(&'static str),
     /// The source or a site could not be built from the configuration.
     #[error("cannot build the source or a site")]
     Adapter(#[from] ConfigError),
@@ -154,43 +151,8 @@ impl Engine {
         } else {
             None
         };
-        let log: Arc<dyn Log> = match (st.log, &db) {
-            (LogKind::Sled, Some(db)) => Arc::new(SledLog::open(db.clone())?),
-            #[cfg(feature = "kafka")]
-            (LogKind::Kafka, _) => match &st.kafka {
-                Some(k) => Arc::new(crate::log::KafkaLog::open(k)?),
-                None => {
-                    return Err(AppError::Unsupported(
-                        "the kafka log without [storage.kafka]",
-                    ))
-                }
-            },
-            _ => return Err(AppError::Unsupported("the kafka log")),
-        };
-        for topic in TOPICS {
-            let n = log.create_topic(topic, st.partitions).await?;
-            if n != st.partitions {
-                tracing::warn!(
-                    topic,
-                    existing = n,
-                    configured = st.partitions,
-                    "Topic keeps its existing partition count."
-                );
-            }
-        }
-        let store: Arc<dyn StateStore> = match (st.store, &db) {
-            (StoreKind::Sled, Some(db)) => Arc::new(SledStore::open(db.clone(), clock)?),
-            #[cfg(feature = "mongodb")]
-            (StoreKind::Mongodb, _) => match &st.mongodb {
-                Some(m) => Arc::new(crate::store::MongoStore::open(m, clock).await?),
-                None => {
-                    return Err(AppError::Unsupported(
-                        "the mongodb store without [storage.mongodb]",
-                    ))
-                }
-            },
-            _ => return Err(AppError::Unsupported("the mongodb store")),
-        };
+        let log = crate::log::open(st, db.as_ref()).await?;
+        let store = crate::store::open(st, db.as_ref(), clock).await?;
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)

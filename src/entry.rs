@@ -14,20 +14,60 @@
 //!
 //! The log record key is `encodeURIComponent("<bucket>/<key>")` (reference 2.0.1), so all the
 //! versions of one object land in one partition, in order.
+//!
+//! This module owns every entry: the stages build them through its constructors
+//! ([`QueueEntry::queued`], [`Parsed::outcome`], [`Parsed::skipped`], [`Parsed::replay`],
+//! [`QueueEntry::retry`]) and read them through one parser ([`Parsed::parse`], or
+//! [`Parsed::from_delivery`], which logs and counts a record that does not decode, so none is
+//! dropped silently).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::{ReplicationInfo, ReplicationStatus, SiteState, VersionRef, NULL_VERSION};
+use crate::log::{Delivery, Record};
+use crate::model::{
+    merge_status, ReplicationInfo, ReplicationStatus, SiteState, VersionRef, NULL_VERSION,
+};
+
+/// The `type` of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A version to replicate (a delete marker is a put with `isDeleteMarker`).
+    #[default]
+    Put,
+    /// The original's deletion entry (a version deleted for good); nothing to replicate.
+    Del,
+}
+
+/// Why a processor did not copy a version (on a status entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipReason {
+    /// The version no longer exists at the source.
+    Gone,
+    /// The version changed at the source since it was queued.
+    Changed,
+}
+
+impl SkipReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Gone => "gone",
+            SkipReason::Changed => "changed",
+        }
+    }
+}
 
 /// An entry of the replication topics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueEntry {
     /// `put` (a delete marker is a put with `isDeleteMarker`), or `del`.
-    #[serde(rename = "type", default = "put")]
-    pub kind: String,
+    #[serde(rename = "type", default)]
+    pub kind: EntryKind,
     /// Source bucket.
     pub bucket: String,
     /// Object key.
@@ -48,11 +88,7 @@ pub struct QueueEntry {
     /// (`changed`) at the source, so the site will never have it (the original writes no
     /// status then and the version stays PENDING, counted as pending forever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
-}
-
-fn put() -> String {
-    "put".into()
+    pub skipped: Option<SkipReason>,
 }
 
 /// Errors decoding an entry.
@@ -226,11 +262,31 @@ pub fn parse_status(s: &str) -> Option<ReplicationStatus> {
     })
 }
 
+/// `md` narrowed to `site` (the original's `toRetryEntry`): backends reduced to the site (its
+/// `dataStoreVersionId` kept), site PENDING, `storageClass` = the site, global PENDING.
+fn narrowed(mut md: ObjectMd, site: &str) -> ObjectMd {
+    let dsv = md
+        .replication_info
+        .backends
+        .iter()
+        .find(|b| b.site == site)
+        .map(|b| b.data_store_version_id.clone())
+        .unwrap_or_default();
+    md.replication_info.backends = vec![SiteState {
+        site: site.to_string(),
+        status: ReplicationStatus::Pending,
+        data_store_version_id: dsv,
+    }];
+    md.replication_info.storage_class = site.to_string();
+    md.replication_info.status = ReplicationStatus::Pending.as_str().into();
+    md
+}
+
 impl QueueEntry {
-    /// A `put` entry for `version` carrying `md`.
-    pub fn new(version: &VersionRef, md: &ObjectMd) -> QueueEntry {
+    /// The entry the populator queues for `version`, carrying `md` (every site of the rule).
+    pub fn queued(version: &VersionRef, md: &ObjectMd) -> QueueEntry {
         QueueEntry {
-            kind: "put".into(),
+            kind: EntryKind::Put,
             bucket: version.bucket.clone(),
             key: version.key.clone(),
             value: serde_json::to_string(md).unwrap_or_else(|_| "{}".into()),
@@ -240,23 +296,11 @@ impl QueueEntry {
         }
     }
 
-    /// The retry entry of `version` for `site` (the original's `toRetryEntry`): backends
-    /// narrowed to the site (its `dataStoreVersionId` kept), site PENDING, `storageClass` = the
-    /// site, global PENDING.
+    /// The retry entry of `version` for `site` (the original's `toRetryEntry`), built from the
+    /// store's replication info.
     pub fn retry(version: &VersionRef, info: &ReplicationInfo, site: &str) -> QueueEntry {
-        let mut md = ObjectMd::from_info(version, info);
-        let dsv = info
-            .site(site)
-            .map(|s| s.data_store_version_id.clone())
-            .unwrap_or_default();
-        md.replication_info.backends = vec![SiteState {
-            site: site.to_string(),
-            status: ReplicationStatus::Pending,
-            data_store_version_id: dsv,
-        }];
-        md.replication_info.storage_class = site.to_string();
-        md.replication_info.status = ReplicationStatus::Pending.as_str().into();
-        let mut e = QueueEntry::new(version, &md);
+        let md = narrowed(ObjectMd::from_info(version, info), site);
+        let mut e = QueueEntry::queued(version, &md);
         e.site = Some(site.to_string());
         e
     }
@@ -274,12 +318,17 @@ impl QueueEntry {
     /// # Errors
     /// `EntryError::Invalid` when the metadata cannot be parsed.
     pub fn version(&self) -> Result<VersionRef, EntryError> {
-        let md = self.metadata()?;
-        Ok(VersionRef::new(
+        Ok(self.version_with(&self.metadata()?))
+    }
+
+    fn version_with(&self, md: &ObjectMd) -> VersionRef {
+        VersionRef::new(
             self.bucket.clone(),
             self.key.clone(),
-            md.version_id.unwrap_or_else(|| NULL_VERSION.to_string()),
-        ))
+            md.version_id
+                .clone()
+                .unwrap_or_else(|| NULL_VERSION.to_string()),
+        )
     }
 
     /// Encodes the entry as its log record value.
@@ -293,18 +342,119 @@ impl QueueEntry {
     /// # Errors
     /// `EntryError::Invalid` describing the problem.
     pub fn decode(bytes: &[u8]) -> Result<QueueEntry, EntryError> {
-        let e: QueueEntry =
-            serde_json::from_slice(bytes).map_err(|e| EntryError::Invalid(e.to_string()))?;
-        if e.bucket.is_empty() {
-            return Err(EntryError::Invalid("empty bucket".into()));
-        }
-        e.metadata()?;
-        Ok(e)
+        Parsed::parse(bytes).map(|p| p.entry)
     }
 
     /// The log record key: `encodeURIComponent("<bucket>/<key>")`.
     pub fn log_key(&self) -> Vec<u8> {
         log_key(&self.bucket, &self.key)
+    }
+
+    /// The log record of this entry.
+    pub fn record(&self) -> Record {
+        Record::new(self.log_key(), self.encode())
+    }
+}
+
+/// A delivered entry, parsed once: the version it is about, its metadata and the entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The version.
+    pub version: VersionRef,
+    /// The object metadata (`value`).
+    pub md: ObjectMd,
+    /// The entry itself.
+    pub entry: QueueEntry,
+}
+
+impl Parsed {
+    /// Parses a log record value, checking the sanity rules of the original (bucket and key
+    /// are strings, the bucket is not empty, `value` parses).
+    ///
+    /// # Errors
+    /// `EntryError::Invalid` describing the problem.
+    pub fn parse(bytes: &[u8]) -> Result<Parsed, EntryError> {
+        let entry: QueueEntry =
+            serde_json::from_slice(bytes).map_err(|e| EntryError::Invalid(e.to_string()))?;
+        if entry.bucket.is_empty() {
+            return Err(EntryError::Invalid("empty bucket".into()));
+        }
+        let md = entry.metadata()?;
+        let version = entry.version_with(&md);
+        Ok(Parsed { version, md, entry })
+    }
+
+    /// Parses a record delivered from `topic`; a record that does not decode is logged with
+    /// its position and counted (`backbeat_log_undecodable_total`), then `None`.
+    pub fn from_delivery(topic: &str, delivery: &Delivery) -> Option<Parsed> {
+        match Parsed::parse(&delivery.record.value) {
+            Ok(p) => Some(p),
+            Err(error) => {
+                crate::metrics::count_undecodable(topic);
+                tracing::warn!(topic, partition = delivery.position.partition,
+                    offset = delivery.position.offset, %error,
+                    "Skipping a log record that does not decode as an entry.");
+                None
+            }
+        }
+    }
+
+    /// The status entry reporting `status` at `site` (the replica's version id there when
+    /// known), for the status processor. The global status is FAILED on a failure, else the
+    /// merge of the sites as the entry knows them.
+    pub fn outcome(
+        &self,
+        site: &str,
+        status: ReplicationStatus,
+        data_store_version_id: Option<String>,
+    ) -> QueueEntry {
+        let mut md = self.md.clone();
+        let ri = &mut md.replication_info;
+        match ri.backends.iter_mut().find(|b| b.site == site) {
+            Some(b) => {
+                b.status = status;
+                if let Some(v) = &data_store_version_id {
+                    b.data_store_version_id = v.clone();
+                }
+            }
+            None => ri.backends.push(SiteState {
+                site: site.to_string(),
+                status,
+                data_store_version_id: data_store_version_id.unwrap_or_default(),
+            }),
+        }
+        ri.status = if status == ReplicationStatus::Failed {
+            ReplicationStatus::Failed.as_str().to_string()
+        } else {
+            merge_status(&ri.backends).as_str().to_string()
+        };
+        self.at_site(md, site)
+    }
+
+    /// The status entry of a version `site` did not copy because it is gone or changed at
+    /// the source.
+    pub fn skipped(&self, site: &str, why: SkipReason) -> QueueEntry {
+        let mut e = self.at_site(self.md.clone(), site);
+        e.skipped = Some(why);
+        e
+    }
+
+    /// The replay entry of this entry for `site` (reference 3.7): narrowed to the site, with
+    /// `replay_count`.
+    pub fn replay(&self, site: &str, replay_count: u32) -> QueueEntry {
+        let mut e = self.at_site(narrowed(self.md.clone(), site), site);
+        e.replay_count = Some(replay_count);
+        e
+    }
+
+    /// An entry of this kind about this version at `site`, carrying `md` and this entry's
+    /// replay count.
+    fn at_site(&self, md: ObjectMd, site: &str) -> QueueEntry {
+        let mut e = QueueEntry::queued(&self.version, &md);
+        e.kind = self.entry.kind;
+        e.site = Some(site.to_string());
+        e.replay_count = self.entry.replay_count;
+        e
     }
 }
 
@@ -353,7 +503,7 @@ mod tests {
         let mut info = ReplicationInfo::pending(&["s1".into(), "s2".into()]);
         info.size = 10;
         info.user_metadata.insert("color".into(), "blue".into());
-        let e = QueueEntry::new(&v, &ObjectMd::from_info(&v, &info));
+        let e = QueueEntry::queued(&v, &ObjectMd::from_info(&v, &info));
         let d = QueueEntry::decode(&e.encode()).unwrap();
         assert_eq!(d.version().unwrap(), v);
         let md = d.metadata().unwrap();
@@ -367,5 +517,103 @@ mod tests {
         let rmd = r.metadata().unwrap();
         assert_eq!(rmd.sites(), vec!["s2".to_string()]);
         assert_eq!(rmd.replication_info.backends.len(), 1);
+    }
+
+    #[test]
+    fn replay_entries_are_narrowed_to_the_site() {
+        let v = VersionRef::new("b", "k", "v1");
+        let mut md = ObjectMd {
+            version_id: Some("v1".into()),
+            ..ObjectMd::default()
+        };
+        md.replication_info.storage_class = "a,b".into();
+        md.replication_info.backends = vec![
+            SiteState {
+                site: "a".into(),
+                status: ReplicationStatus::Pending,
+                data_store_version_id: String::new(),
+            },
+            SiteState {
+                site: "b".into(),
+                status: ReplicationStatus::Completed,
+                data_store_version_id: "x".into(),
+            },
+        ];
+        let parsed = Parsed::parse(&QueueEntry::queued(&v, &md).encode()).unwrap();
+        let e = QueueEntry::decode(&parsed.replay("a", 3).encode()).expect("decodes");
+        assert_eq!(e.replay_count, Some(3));
+        assert_eq!(e.kind, EntryKind::Put);
+        let md = e.metadata().expect("metadata");
+        assert_eq!(md.sites(), vec!["a".to_string()]);
+        assert_eq!(md.replication_info.backends.len(), 1);
+        assert_eq!(e.version().expect("version"), v);
+    }
+
+    #[test]
+    fn outcomes_and_skips_name_their_site_and_keep_the_kind() {
+        let v = VersionRef::new("b", "k", "v1");
+        let info = ReplicationInfo::pending(&["a".into(), "c".into()]);
+        let mut queued = QueueEntry::queued(&v, &ObjectMd::from_info(&v, &info));
+        queued.replay_count = Some(2);
+        let parsed = Parsed::parse(&queued.encode()).unwrap();
+        let done = Parsed::parse(
+            &parsed
+                .outcome("a", ReplicationStatus::Completed, Some("r1".into()))
+                .encode(),
+        )
+        .unwrap();
+        assert_eq!(done.entry.site.as_deref(), Some("a"));
+        assert_eq!(done.entry.replay_count, Some(2));
+        let a = done
+            .md
+            .replication_info
+            .backends
+            .iter()
+            .find(|b| b.site == "a");
+        assert_eq!(a.map(|b| b.status), Some(ReplicationStatus::Completed));
+        assert_eq!(done.md.replication_info.status, "PROCESSING");
+        let failed = parsed.outcome("c", ReplicationStatus::Failed, None);
+        assert_eq!(failed.metadata().unwrap().replication_info.status, "FAILED");
+        let skipped = parsed.skipped("c", SkipReason::Changed);
+        let json: Value = serde_json::from_slice(&skipped.encode()).unwrap();
+        assert_eq!(json["skipped"], "changed");
+        assert_eq!(json["type"], "put");
+        assert_eq!(
+            QueueEntry::decode(&skipped.encode()).unwrap().skipped,
+            Some(SkipReason::Changed)
+        );
+    }
+
+    #[test]
+    fn records_that_do_not_decode_are_counted() {
+        let delivery = |value: &[u8]| Delivery {
+            position: crate::log::Position {
+                partition: 1,
+                offset: 7,
+            },
+            record: Record::new(b"k".to_vec(), value.to_vec()),
+        };
+        let before = crate::metrics::undecodable()
+            .get("entry-test-topic")
+            .copied()
+            .unwrap_or(0);
+        for bad in [
+            &b"not json"[..],
+            br#"{"bucket":"","key":"k","value":"{}"}"#,
+            br#"{"bucket":"b","key":"k","value":"[1]"}"#,
+            br#"{"type":"unknown","bucket":"b","key":"k","value":"{}"}"#,
+        ] {
+            assert!(Parsed::from_delivery("entry-test-topic", &delivery(bad)).is_none());
+        }
+        let ok = br#"{"type":"del","bucket":"b","key":"k","value":"{}"}"#;
+        let parsed = Parsed::from_delivery("entry-test-topic", &delivery(ok)).unwrap();
+        assert_eq!(parsed.entry.kind, EntryKind::Del);
+        assert_eq!(parsed.version.version_id, NULL_VERSION);
+        assert_eq!(
+            crate::metrics::undecodable()
+                .get("entry-test-topic")
+                .copied(),
+            Some(before + 4)
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! - [`entry`]: the JSON wire format of replication entries (the original's).
 //! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
 //! - [`error`]: the retry/fail disposition shared by adapters and stages.
+//! - [`metrics`]: process-wide counters (retries, replays, skips, undecodable records).
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
@@ -32,6 +33,7 @@ pub mod entry;
 pub mod error;
 pub mod intake;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod s3;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use backbeat::clock::SystemClock;
 use backbeat::durability::{Durability, SledDb};
-use backbeat::entry::{ObjectMd, QueueEntry};
+use backbeat::entry::{ObjectMd, QueueEntry, SkipReason};
 use backbeat::log::{Delivery, Position, Record};
 use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
-use backbeat::pipeline::populator::queued_ops;
 use backbeat::pipeline::runner::{Handler, Outcome};
+use backbeat::pipeline::transitions::queued as queued_ops;
 use backbeat::pipeline::StatusProcessor;
 use backbeat::store::{
     FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, SledStore, StateStore,
@@ -43,7 +43,7 @@ fn status_delivery(
             b.data_store_version_id = "dsv-1".into();
         }
     }
-    let mut e = QueueEntry::new(v, &md);
+    let mut e = QueueEntry::queued(v, &md);
     e.site = Some(site.into());
     Delivery {
         position: Position {
@@ -139,7 +139,7 @@ async fn a_skipped_version_leaves_nothing_pending_and_replays_change_nothing() {
     let skipped = |site: &str, offset| {
         let mut d = status_delivery(&v, &i, site, ReplicationStatus::Pending, offset);
         let mut e: QueueEntry = serde_json::from_slice(&d.record.value).unwrap();
-        e.skipped = Some("changed".into());
+        e.skipped = Some(SkipReason::Changed);
         d.record = Record::new(e.log_key(), e.encode());
         d
     };

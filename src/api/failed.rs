@@ -38,9 +38,10 @@ use super::metrics::store_error;
 use super::router::{parse_marker, Route};
 use super::{ApiError, AppState};
 use crate::entry::QueueEntry;
-use crate::log::{Record, TOPIC_REPLICATION};
+use crate::log::TOPIC_REPLICATION;
 use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef, NULL_VERSION};
-use crate::store::{failed_bucket, FailedEntry, Guard, StoreError, StoreOp, FAILED_PAGE};
+use crate::pipeline::transitions;
+use crate::store::{failed_bucket, FailedEntry, StoreError, FAILED_PAGE};
 
 /// Time-to-live of a retry lock.
 pub const RETRY_LOCK_TTL_MS: u64 = 5 * 60 * 1000;
@@ -267,18 +268,6 @@ async fn retry_one(state: &AppState, req: &RetryRequest) -> Result<Option<Value>
     res
 }
 
-fn site_guard(v: &VersionRef, site: &str, any_of: Vec<ReplicationStatus>) -> Guard {
-    Guard::SiteStatus {
-        version: v.clone(),
-        site: site.to_string(),
-        any_of,
-    }
-}
-
-fn size_i64(info: &ReplicationInfo) -> i64 {
-    i64::try_from(info.size).unwrap_or(i64::MAX)
-}
-
 async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Value>, ApiError> {
     use ReplicationStatus::{Completed, Failed, Pending};
     let store = &state.store;
@@ -291,68 +280,25 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     if !req.force && !in_failed_set {
         return Ok(None);
     }
-    let remove_failed = || StoreOp::RemoveFailed {
-        site: site.to_string(),
-        version: v.clone(),
-    };
+    let apply =
+        |(g, o): transitions::Update| async move { store.apply(g, o).await.map_err(store_error) };
     let Some(info) = store.replication(v).await.map_err(store_error)? else {
         if in_failed_set && !req.force {
-            // The original removes a member whose metadata cannot be fetched.
-            store
-                .apply(vec![], vec![remove_failed()])
-                .await
-                .map_err(store_error)?;
+            apply(transitions::orphan_failed(v, site)).await?;
         }
         return Ok(None);
     };
     match info.site(site).map(|s| s.status) {
         Some(Failed) => {
             // Step 1: PENDING and counted, still listed as failed until the entry is queued.
-            let applied = store
-                .apply(
-                    vec![site_guard(v, site, vec![Failed])],
-                    vec![
-                        StoreOp::SetSiteStatus {
-                            version: v.clone(),
-                            site: site.to_string(),
-                            status: Pending,
-                            data_store_version_id: None,
-                        },
-                        StoreOp::AddPending {
-                            site: site.to_string(),
-                            ops: 1,
-                            bytes: size_i64(&info),
-                        },
-                    ],
-                )
-                .await
-                .map_err(store_error)?;
-            if !applied {
+            if !apply(transitions::retry_requested(v, site, info.size)).await? {
                 return Ok(None);
             }
             if let Err(e) = append_retry(state, v, &info, site).await {
                 // Best effort back to FAILED; if this fails too, the version stays PENDING and
                 // in the failed set, and the next retry re-queues it.
-                let undo = store
-                    .apply(
-                        vec![site_guard(v, site, vec![Pending])],
-                        vec![
-                            StoreOp::SetSiteStatus {
-                                version: v.clone(),
-                                site: site.to_string(),
-                                status: Failed,
-                                data_store_version_id: None,
-                            },
-                            StoreOp::AddPending {
-                                site: site.to_string(),
-                                ops: -1,
-                                bytes: -size_i64(&info),
-                            },
-                        ],
-                    )
-                    .await;
-                if let Err(u) = undo {
-                    tracing::warn!(error = %u, site, version = %v, "Cannot undo a retry.");
+                if let Err(u) = apply(transitions::retry_undone(v, site, info.size)).await {
+                    tracing::warn!(error = ?u, site, version = %v, "Cannot undo a retry.");
                 }
                 return Err(e);
             }
@@ -362,25 +308,13 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
         Some(Pending) if in_failed_set || req.force => append_retry(state, v, &info, site).await?,
         Some(Completed) if in_failed_set => {
             // A stale failed entry: drop it, nothing to retry.
-            store
-                .apply(
-                    vec![site_guard(v, site, vec![Completed])],
-                    vec![remove_failed()],
-                )
-                .await
-                .map_err(store_error)?;
+            apply(transitions::stale_failed(v, site)).await?;
             return Ok(None);
         }
         _ => return Ok(None),
     }
     // Step 2: out of the failed set, unless the site already failed again meanwhile.
-    store
-        .apply(
-            vec![site_guard(v, site, vec![Pending, Completed])],
-            vec![remove_failed()],
-        )
-        .await
-        .map_err(store_error)?;
+    apply(transitions::retry_queued(v, site)).await?;
     tracing::info!(site, version = %v, force = req.force, "Failed version re-queued.");
     let mut out = version_json(v, site, &info);
     if let Some(obj) = out.as_object_mut() {
@@ -399,10 +333,7 @@ async fn append_retry(
     let entry = QueueEntry::retry(v, info, site);
     state
         .log
-        .append(
-            TOPIC_REPLICATION,
-            vec![Record::new(entry.log_key(), entry.encode())],
-        )
+        .append(TOPIC_REPLICATION, vec![entry.record()])
         .await
         .map(|_| ())
         .map_err(|e| {

@@ -13,7 +13,8 @@
 //!   `backbeat_replication_retries_total` (attempts retried after a transient error) and
 //!   `backbeat_replication_replays_total` (entries queued again whole) and
 //!   `backbeat_replication_skipped_total` (versions gone or changed at the source);
-//! - the log: `backbeat_log_end_offset{topic,partition}`,
+//! - the log: `backbeat_log_undecodable_total{topic}` (records skipped as undecodable, in
+//!   process memory), `backbeat_log_end_offset{topic,partition}`,
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
 //!   status group;
@@ -21,7 +22,6 @@
 //!   `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //!   `process_cpu_seconds_total`, `process_start_time_seconds`.
 
-use crate::pipeline::replay::{site_counters, SiteCounters};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -33,6 +33,7 @@ use super::{text_response, ApiError, AppState};
 use crate::log::{
     replication_group, PartitionLag, STATUS_GROUP, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
+use crate::metrics::{site_counters, undecodable, SiteCounters};
 use crate::store::Metric;
 
 /// Content type of the exposition.
@@ -245,6 +246,16 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
                 );
             }
         }
+    }
+    f.head(
+        "backbeat_log_undecodable_total",
+        "counter",
+        "Log records skipped because they do not decode as an entry, since the process started.",
+    );
+    let undecodable = undecodable();
+    for topic in [TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS] {
+        let n = undecodable.get(topic).copied().unwrap_or(0);
+        f.sample("backbeat_log_undecodable_total", &[("topic", topic)], n);
     }
     f.head(
         "backbeat_up",

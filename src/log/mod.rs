@@ -158,6 +158,53 @@ impl From<::sled::Error> for LogError {
     }
 }
 
+/// Opens the log `[storage] log` names (sled in `db`, or Kafka) and creates the replication
+/// topics with `[storage] partitions` (an existing topic keeps its partition count, with a
+/// warning).
+///
+/// # Errors
+/// [`LogError::Invalid`] when the configured log is not part of this build or lacks its
+/// section; any error of opening it or creating the topics.
+pub async fn open(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+) -> Result<std::sync::Arc<dyn Log>, LogError> {
+    use crate::config::LogKind;
+    let log: std::sync::Arc<dyn Log> = match (storage.log, db) {
+        (LogKind::Sled, Some(db)) => std::sync::Arc::new(SledLog::open(db.clone())?),
+        #[cfg(feature = "kafka")]
+        (LogKind::Kafka, _) => match &storage.kafka {
+            Some(k) => std::sync::Arc::new(KafkaLog::open(k)?),
+            None => {
+                return Err(LogError::Invalid(
+                    "the kafka log needs a [storage.kafka] section".into(),
+                ))
+            }
+        },
+        (LogKind::Sled, None) => {
+            return Err(LogError::Invalid("the sled log needs its database".into()))
+        }
+        #[cfg(not(feature = "kafka"))]
+        (LogKind::Kafka, _) => {
+            return Err(LogError::Invalid(
+                "the kafka log is not available in this build (feature kafka)".into(),
+            ))
+        }
+    };
+    for topic in [TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS] {
+        let n = log.create_topic(topic, storage.partitions).await?;
+        if n != storage.partitions {
+            tracing::warn!(
+                topic,
+                existing = n,
+                configured = storage.partitions,
+                "Topic keeps its existing partition count."
+            );
+        }
+    }
+    Ok(log)
+}
+
 /// A durable, partitioned, append-only log with consumer groups.
 #[async_trait]
 pub trait Log: Send + Sync + 'static {

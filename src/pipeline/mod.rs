@@ -11,7 +11,9 @@
 //!   order, an offset ledger so only contiguous finished offsets are committed.
 //! - [`batch`]: concurrent store updates merged into one transaction.
 //! - [`retry`]: bounded retries with exponential backoff and jitter.
-//! - [`replay`]: whole-entry replays through the log once retries are spent; retry counters.
+//! - [`replay`]: whole-entry replays through the log once retries are spent.
+//! - [`transitions`]: the pure functions turning each event about a version (queued, outcome,
+//!   skipped, retry) into one guarded store update.
 //! - [`pause`]: the per-site pause gate of a replication processor.
 //! - [`stage`]: stage tasks with their own cancellation token, stopped in data-flow order.
 
@@ -24,6 +26,7 @@ pub mod retry;
 pub mod runner;
 pub mod stage;
 pub mod status;
+pub mod transitions;
 
 use crate::log::LogError;
 use crate::store::StoreError;

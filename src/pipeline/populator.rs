@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::apply_merged;
+use super::transitions;
 use super::{StageError, StageTasks};
 use crate::config::{Config, SiteKind};
 use crate::entry::{ObjectMd, QueueEntry};
@@ -36,50 +37,12 @@ use crate::intake::{DiscoveredVersion, Intake, IntakeError};
 use crate::log::{Log, Record, TOPIC_REPLICATION};
 use crate::model::{ReplicationInfo, VersionRef, NULL_VERSION};
 use crate::source::{ObjectInfo, Rule, Source};
-use crate::store::{Guard, Metric, StateStore, StoreOp};
+use crate::store::{StateStore, StoreOp};
 
 /// Versions merged into one batch at most.
 const MAX_BATCH: usize = 4096;
 /// Metadata reads in flight.
 const HEAD_CONCURRENCY: usize = 16;
-
-/// The guard and operations that record a newly queued version: its replication info and, per
-/// site, pending +1/+size and the queued metrics.
-pub fn queued_ops(
-    version: &VersionRef,
-    info: ReplicationInfo,
-    now: u64,
-) -> (Vec<Guard>, Vec<StoreOp>) {
-    let size = info.size;
-    let mut ops = Vec::with_capacity(1 + info.backends.len() * 3);
-    for b in &info.backends {
-        ops.push(StoreOp::AddPending {
-            site: b.site.clone(),
-            ops: 1,
-            bytes: size.min(i64::MAX as u64) as i64,
-        });
-        ops.push(StoreOp::AddMetric {
-            site: b.site.clone(),
-            metric: Metric::Ops,
-            value: 1,
-            at_ms: now,
-        });
-        ops.push(StoreOp::AddMetric {
-            site: b.site.clone(),
-            metric: Metric::Bytes,
-            value: size,
-            at_ms: now,
-        });
-    }
-    ops.insert(
-        0,
-        StoreOp::PutReplication {
-            version: version.clone(),
-            info,
-        },
-    );
-    (vec![Guard::Absent(version.clone())], ops)
-}
 
 /// A discovered version, with its full metadata when the discovery already has it.
 struct Discovered {
@@ -341,8 +304,8 @@ impl PopulatorTask {
             }
         }
         md.replication_info.storage_type = types.join(",");
-        let entry = QueueEntry::new(&info.version, &md);
-        Some((Record::new(entry.log_key(), entry.encode()), ri))
+        let entry = QueueEntry::queued(&info.version, &md);
+        Some((entry.record(), ri))
     }
 
     /// Queues the versions of each request; returns per request the count newly queued.
@@ -421,7 +384,7 @@ impl PopulatorTask {
         let mut merged = Vec::with_capacity(updates.len());
         let mut waits = Vec::with_capacity(updates.len());
         for (i, v, ri) in updates {
-            let (g, o) = queued_ops(&v, ri, now);
+            let (g, o) = transitions::queued(&v, ri, now);
             let (reply, rx) = oneshot::channel();
             merged.push((g, o, reply));
             waits.push((i, rx));

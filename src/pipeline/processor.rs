@@ -20,16 +20,17 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::pause::PauseGate;
-use super::replay::{count_replay, count_retry, count_skip, next_replay, replay_record};
+use super::replay::next_replay;
 use super::retry::{retry, Retried, RetryPolicy};
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
-use crate::entry::{ObjectMd, QueueEntry};
+use crate::entry::{EntryKind, Parsed, SkipReason};
 use crate::error::Disposition;
 use crate::log::{
     replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
-use crate::model::{merge_status, ReplicationStatus, SiteState, VersionRef};
+use crate::metrics::{count_replay, count_retry, count_skip};
+use crate::model::ReplicationStatus;
 use crate::site::parts::part_ranges;
 use crate::site::{PutReceipt, Site, SiteError};
 use crate::source::{ObjectInfo, Source, SourceError};
@@ -68,11 +69,7 @@ impl std::fmt::Debug for ReplicationProcessor {
 }
 
 /// A parsed entry for this site.
-pub struct CopyJob {
-    version: VersionRef,
-    entry: QueueEntry,
-    md: ObjectMd,
-}
+pub type CopyJob = Parsed;
 
 /// Why one copy attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +93,7 @@ impl CopyError {
 enum Copied {
     Written(PutReceipt),
     /// Gone or changed at the source: reported as `skipped`, never copied.
-    Skipped(&'static str),
+    Skipped(SkipReason),
 }
 
 impl ReplicationProcessor {
@@ -176,20 +173,20 @@ impl ReplicationProcessor {
             None => {
                 // Metadata and data in one call (one blocking hop for the file source).
                 let Some((head, body)) = self.source.open(&job.version).await? else {
-                    return Ok(Copied::Skipped("gone"));
+                    return Ok(Copied::Skipped(SkipReason::Gone));
                 };
                 if changed(&head) {
-                    return Ok(Copied::Skipped("changed"));
+                    return Ok(Copied::Skipped(SkipReason::Changed));
                 }
                 let obj = self.object_info(job, &head);
                 Ok(Copied::Written(self.site.put(&obj, body).await?))
             }
             Some(mp) => {
                 let Some(head) = self.source.head(&job.version).await? else {
-                    return Ok(Copied::Skipped("gone"));
+                    return Ok(Copied::Skipped(SkipReason::Gone));
                 };
                 if changed(&head) {
-                    return Ok(Copied::Skipped("changed"));
+                    return Ok(Copied::Skipped(SkipReason::Changed));
                 }
                 let obj = self.object_info(job, &head);
                 self.object_metric(&obj, ObjectMetric::Bytes, obj.size)
@@ -242,45 +239,16 @@ impl ReplicationProcessor {
         status: ReplicationStatus,
         dsv: Option<String>,
     ) -> Record {
-        let site = self.site.name();
-        let mut md = job.md.clone();
-        let ri = &mut md.replication_info;
-        match ri.backends.iter_mut().find(|b| b.site == site) {
-            Some(b) => {
-                b.status = status;
-                if let Some(v) = &dsv {
-                    b.data_store_version_id = v.clone();
-                }
-            }
-            None => ri.backends.push(SiteState {
-                site: site.to_string(),
-                status,
-                data_store_version_id: dsv.unwrap_or_default(),
-            }),
-        }
-        ri.status = if status == ReplicationStatus::Failed {
-            ReplicationStatus::Failed.as_str().to_string()
-        } else {
-            merge_status(&ri.backends).as_str().to_string()
-        };
-        let mut e = QueueEntry::new(&job.version, &md);
-        e.kind = job.entry.kind.clone();
-        e.site = Some(site.to_string());
-        e.replay_count = job.entry.replay_count;
-        Record::new(e.log_key(), e.encode())
+        job.outcome(self.site.name(), status, dsv).record()
     }
 
     /// The status entry of a version not copied because it is gone or changed at the source.
-    fn skip_record(&self, job: &CopyJob, why: &'static str) -> Record {
+    fn skip_record(&self, job: &CopyJob, why: SkipReason) -> Record {
         let site = self.site.name();
         count_skip(site);
-        tracing::info!(site, key = %job.version.key, version_id = %job.version.version_id, why,
-            "Version gone or changed at the source; not copied.");
-        let mut e = QueueEntry::new(&job.version, &job.md);
-        e.kind = job.entry.kind.clone();
-        e.site = Some(site.to_string());
-        e.skipped = Some(why.to_string());
-        Record::new(e.log_key(), e.encode())
+        tracing::info!(site, key = %job.version.key, version_id = %job.version.version_id,
+            why = why.as_str(), "Version gone or changed at the source; not copied.");
+        job.skipped(site, why).record()
     }
 }
 
@@ -289,23 +257,15 @@ impl Handler for ReplicationProcessor {
     type Job = CopyJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<CopyJob> {
-        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
-            Ok(e) => e,
-            Err(error) => {
-                tracing::warn!(site = self.site.name(), partition = delivery.position.partition,
-                    offset = delivery.position.offset, %error, "Skipping an undecodable entry.");
-                return None;
-            }
-        };
-        if entry.kind != "put" || entry.bucket.is_empty() {
+        let job = Parsed::from_delivery(TOPIC_REPLICATION, delivery)?;
+        if job.entry.kind != EntryKind::Put {
             return None;
         }
-        let md = entry.metadata().ok()?;
-        if !md.sites().iter().any(|s| s == self.site.name()) {
-            return None;
-        }
-        let version = version_of(&entry, &md);
-        Some(CopyJob { version, entry, md })
+        job.md
+            .sites()
+            .iter()
+            .any(|s| s == self.site.name())
+            .then_some(job)
     }
 
     async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
@@ -349,7 +309,7 @@ impl Handler for ReplicationProcessor {
             Retried::Failed {
                 error: CopyError::Source(SourceError::NotFound(_)),
                 ..
-            } => self.skip_record(&job, "gone"),
+            } => self.skip_record(&job, SkipReason::Gone),
             Retried::Failed { error, attempts } => {
                 let transient = matches!(error.disposition(), Disposition::Retry { .. });
                 let replay = if transient {
@@ -359,7 +319,7 @@ impl Handler for ReplicationProcessor {
                 };
                 if let Some(count) = replay {
                     // Appended before this entry's offset is committed (at-least-once).
-                    let record = replay_record(&job.version, &job.md, &job.entry.kind, site, count);
+                    let record = job.replay(site, count).record();
                     self.log.append(TOPIC_REPLICATION, vec![record]).await?;
                     count_replay(site);
                     tracing::warn!(site, key = %job.version.key, version_id = %job.version.version_id,
@@ -375,15 +335,4 @@ impl Handler for ReplicationProcessor {
         };
         Ok(Outcome::Done(Some(record)))
     }
-}
-
-/// The version an entry is about, from its already parsed metadata.
-pub(crate) fn version_of(entry: &QueueEntry, md: &ObjectMd) -> VersionRef {
-    VersionRef::new(
-        entry.bucket.clone(),
-        entry.key.clone(),
-        md.version_id
-            .clone()
-            .unwrap_or_else(|| crate::model::NULL_VERSION.to_string()),
-    )
 }

@@ -2,13 +2,8 @@
 //! each per-site outcome to the state store in one guarded update, so replaying an entry
 //! changes nothing (reference 3.6, 3.10):
 //!
-//! ```text
-//! COMPLETED  guard: site PENDING   set site COMPLETED (+ dataStoreVersionId), pending -1/-size,
-//!                                   opsdone +1, bytesdone +size (+ object bytes for small objects)
-//! FAILED     guard: site PENDING   set site FAILED, pending -1/-size, failed set += (site, v),
-//!                                   opsfail +1, bytesfail +size
-//! skipped    guard: site PENDING   drop the site from the version, pending -1/-size
-//! ```
+//! (the updates are [`super::transitions::outcome`]'s: COMPLETED, FAILED or `skipped`, each
+//! guarded by "site is PENDING").
 //!
 //! `skipped` is a version gone or changed at the source: it will never reach the site (a
 //! changed file is a new version, queued on its own), so it must not stay pending.
@@ -25,13 +20,13 @@ use async_trait::async_trait;
 use tokio_util::task::TaskTracker;
 
 use super::batch::StoreBatcher;
-use super::populator::queued_ops;
 use super::runner::{self, Handler, Outcome, RunnerConfig};
+use super::transitions::{self, SiteOutcome};
 use super::{StageError, StageTasks};
-use crate::entry::{ObjectMd, QueueEntry};
+use crate::entry::Parsed;
 use crate::log::{Delivery, Log, STATUS_GROUP, TOPIC_REPLICATION_STATUS};
-use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
-use crate::store::{Guard, Metric, ObjectMetric, StateStore, StoreOp};
+use crate::model::ReplicationStatus;
+use crate::store::StateStore;
 
 /// Status updates in flight (each is one store transaction; their flushes are shared).
 const STATUS_CONCURRENCY: usize = 64;
@@ -49,15 +44,11 @@ impl std::fmt::Debug for StatusProcessor {
     }
 }
 
-/// A parsed status entry.
+/// A parsed status entry: the site and what it reported.
 pub struct StatusJob {
-    version: VersionRef,
+    parsed: Parsed,
     site: String,
-    status: ReplicationStatus,
-    data_store_version_id: Option<String>,
-    /// Gone or changed at the source (no copy).
-    skipped: bool,
-    md: ObjectMd,
+    outcome: SiteOutcome,
 }
 
 impl StatusProcessor {
@@ -101,68 +92,6 @@ impl StatusProcessor {
             mpu_threshold,
         }
     }
-
-    /// The guard and operations applying `job`'s outcome.
-    pub fn outcome_update(&self, job: &StatusJob, now: u64) -> (Vec<Guard>, Vec<StoreOp>) {
-        let size = job.md.content_length;
-        let site = job.site.clone();
-        let guard = Guard::SiteStatus {
-            version: job.version.clone(),
-            site: site.clone(),
-            any_of: vec![ReplicationStatus::Pending],
-        };
-        let metric = |metric, value| StoreOp::AddMetric {
-            site: site.clone(),
-            metric,
-            value,
-            at_ms: now,
-        };
-        let pending = StoreOp::AddPending {
-            site: site.clone(),
-            ops: -1,
-            bytes: -(size.min(i64::MAX as u64) as i64),
-        };
-        if job.skipped {
-            let remove = StoreOp::RemoveSite {
-                version: job.version.clone(),
-                site,
-            };
-            return (vec![guard], vec![remove, pending]);
-        }
-        let mut ops = vec![
-            StoreOp::SetSiteStatus {
-                version: job.version.clone(),
-                site: site.clone(),
-                status: job.status,
-                data_store_version_id: job.data_store_version_id.clone(),
-            },
-            pending,
-        ];
-        if job.status == ReplicationStatus::Completed {
-            ops.push(metric(Metric::OpsDone, 1));
-            ops.push(metric(Metric::BytesDone, size));
-            if size < self.mpu_threshold {
-                for m in [ObjectMetric::Bytes, ObjectMetric::BytesDone] {
-                    ops.push(StoreOp::AddObjectMetric {
-                        site: site.clone(),
-                        version: job.version.clone(),
-                        metric: m,
-                        value: size,
-                        at_ms: now,
-                    });
-                }
-            }
-        } else {
-            ops.push(metric(Metric::OpsFail, 1));
-            ops.push(metric(Metric::BytesFail, size));
-            ops.push(StoreOp::AddFailed {
-                site: site.clone(),
-                version: job.version.clone(),
-                score_ms: now,
-            });
-        }
-        (vec![guard], ops)
-    }
 }
 
 #[async_trait]
@@ -170,80 +99,70 @@ impl Handler for StatusProcessor {
     type Job = StatusJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<StatusJob> {
-        let entry = match serde_json::from_slice::<QueueEntry>(&delivery.record.value) {
-            Ok(e) => e,
-            Err(error) => {
-                tracing::warn!(partition = delivery.position.partition, offset = delivery.position.offset,
-                    %error, "Skipping an undecodable status entry.");
-                return None;
-            }
-        };
-        if entry.bucket.is_empty() {
-            return None;
-        }
-        let site = entry.site.clone()?;
-        let md = entry.metadata().ok()?;
-        let version = super::processor::version_of(&entry, &md);
-        if entry.skipped.is_some() {
+        let parsed = Parsed::from_delivery(TOPIC_REPLICATION_STATUS, delivery)?;
+        let site = parsed.entry.site.clone()?;
+        if parsed.entry.skipped.is_some() {
             return Some(StatusJob {
-                version,
+                parsed,
                 site,
-                status: ReplicationStatus::Pending,
-                data_store_version_id: None,
-                skipped: true,
-                md,
+                outcome: SiteOutcome::Skipped,
             });
         }
-        let state = md
+        let state = parsed
+            .md
             .replication_info
             .backends
             .iter()
             .find(|b| b.site == site)?;
-        let status = state.status;
-        if !matches!(
-            status,
-            ReplicationStatus::Completed | ReplicationStatus::Failed
-        ) {
-            tracing::debug!(site, version = %version, %status, "Status entry without an outcome; ignored.");
-            return None;
-        }
-        let dsv = Some(state.data_store_version_id.clone()).filter(|s| !s.is_empty());
+        let outcome = match state.status {
+            ReplicationStatus::Completed => SiteOutcome::Completed {
+                data_store_version_id: Some(state.data_store_version_id.clone())
+                    .filter(|s| !s.is_empty()),
+            },
+            ReplicationStatus::Failed => SiteOutcome::Failed,
+            status => {
+                tracing::debug!(site, version = %parsed.version, %status,
+                    "Status entry without an outcome; ignored.");
+                return None;
+            }
+        };
         Some(StatusJob {
-            version,
+            parsed,
             site,
-            status,
-            data_store_version_id: dsv,
-            skipped: false,
-            md,
+            outcome,
         })
     }
 
     async fn handle(&self, job: StatusJob) -> Result<Outcome, StageError> {
         let now = self.store.now_ms();
-        let (guards, ops) = self.outcome_update(&job, now);
+        let version = &job.parsed.version;
+        let size = job.parsed.md.content_length;
+        let (guards, ops) = transitions::outcome(
+            version,
+            &job.site,
+            &job.outcome,
+            size,
+            self.mpu_threshold,
+            now,
+        );
         if self.batcher.apply(guards.clone(), ops.clone()).await? {
-            tracing::debug!(site = %job.site, version = %job.version, status = %job.status, "Status applied.");
+            tracing::debug!(site = %job.site, %version, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
         }
         // The guard failed: the site is already past PENDING (a replayed entry), or the version
         // had no info yet.
-        if self.store.replication(&job.version).await?.is_none() {
+        if self.store.replication(version).await?.is_none() {
             // The populator appended the entry but crashed before its store update (or its
             // update is still on its way: its guarded update then finds ours and does nothing).
-            let mut info = job.md.to_info();
-            let sites = crate::entry::sites_of(&info.storage_class);
-            let pending = ReplicationInfo::pending(&sites);
-            info.backends = pending.backends;
-            info.status = pending.status;
-            let (g, o) = queued_ops(&job.version, info, now);
+            let (g, o) = transitions::recreated(version, &job.parsed.md, now);
             self.store.apply(g, o).await?;
-            tracing::debug!(site = %job.site, version = %job.version, "Replication info recreated from a status entry.");
+            tracing::debug!(site = %job.site, %version, "Replication info recreated from a status entry.");
         }
         // Once more now that the info exists, whoever wrote it: the populator's update may
         // have landed between the failed guard and the read above. For a replayed entry the
         // guard fails again and nothing changes.
         if self.store.apply(guards, ops).await? {
-            tracing::debug!(site = %job.site, version = %job.version, status = %job.status, "Status applied.");
+            tracing::debug!(site = %job.site, %version, outcome = ?job.outcome, "Status applied.");
         }
         Ok(Outcome::Done(None))
     }

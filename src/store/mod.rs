@@ -293,6 +293,36 @@ pub fn failed_page_upper(marker: Option<u64>, now_ms: u64) -> Option<u64> {
     }
 }
 
+/// Opens the state store `[storage] store` names (sled in `db`, or MongoDB) on `clock`.
+///
+/// # Errors
+/// [`StoreError::Invalid`] when the configured store is not part of this build or lacks its
+/// section; any error of opening it.
+pub async fn open(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+    clock: crate::clock::SharedClock,
+) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
+    use crate::config::StoreKind;
+    match (storage.store, db) {
+        (StoreKind::Sled, Some(db)) => Ok(std::sync::Arc::new(SledStore::open(db.clone(), clock)?)),
+        #[cfg(feature = "mongodb")]
+        (StoreKind::Mongodb, _) => match &storage.mongodb {
+            Some(m) => Ok(std::sync::Arc::new(MongoStore::open(m, clock).await?)),
+            None => Err(StoreError::Invalid(
+                "the mongodb store needs a [storage.mongodb] section".into(),
+            )),
+        },
+        (StoreKind::Sled, None) => Err(StoreError::Invalid(
+            "the sled store needs its database".into(),
+        )),
+        #[cfg(not(feature = "mongodb"))]
+        (StoreKind::Mongodb, _) => Err(StoreError::Invalid(
+            "the mongodb store is not available in this build (feature mongodb)".into(),
+        )),
+    }
+}
+
 /// The state store.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {

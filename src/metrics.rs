@@ -1,0 +1,113 @@
+//! Process-wide counters: what this process did since it started (Prometheus `_total`
+//! counters), kept in memory and reset at restart. The durable, windowed numbers (pending,
+//! completions and failures over 24 h) live in the state store; these are the ones only the
+//! process doing the work can count: retried attempts, replays, versions not copied, log
+//! records that did not decode.
+//!
+//! Writers are the pipeline stages; the API's Prometheus exposition reads them.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+
+/// Per-site counters of the replication processors.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SiteCounters {
+    /// Attempts retried after a transient error (within one entry's retry loop).
+    pub retries: u64,
+    /// Entries re-queued whole for a replay.
+    pub replays: u64,
+    /// Versions not copied because they were gone or changed at the source.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sites: BTreeMap<String, SiteCounters>,
+    /// Records that did not decode, by topic.
+    undecodable: BTreeMap<String, u64>,
+}
+
+fn counters() -> &'static Mutex<Counters> {
+    static C: OnceLock<Mutex<Counters>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(Counters::default()))
+}
+
+fn site_mut(site: &str, change: impl FnOnce(&mut SiteCounters)) {
+    let mut c = counters().lock();
+    match c.sites.get_mut(site) {
+        Some(s) => change(s),
+        None => change(c.sites.entry(site.to_string()).or_default()),
+    }
+}
+
+/// Counts one retried attempt at `site`.
+pub fn count_retry(site: &str) {
+    site_mut(site, |c| c.retries += 1);
+}
+
+/// Counts one replay entry queued for `site`.
+pub fn count_replay(site: &str) {
+    site_mut(site, |c| c.replays += 1);
+}
+
+/// Counts one version skipped at `site` (gone or changed at the source).
+pub fn count_skip(site: &str) {
+    site_mut(site, |c| c.skipped += 1);
+}
+
+/// The counters of `site`.
+pub fn site_counters(site: &str) -> SiteCounters {
+    counters()
+        .lock()
+        .sites
+        .get(site)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Counts one record of `topic` that did not decode.
+pub fn count_undecodable(topic: &str) {
+    let mut c = counters().lock();
+    match c.undecodable.get_mut(topic) {
+        Some(n) => *n += 1,
+        None => {
+            c.undecodable.insert(topic.to_string(), 1);
+        }
+    }
+}
+
+/// Undecodable records so far, by topic.
+pub fn undecodable() -> BTreeMap<String, u64> {
+    counters().lock().undecodable.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_per_site() {
+        count_retry("metrics-test-a");
+        count_retry("metrics-test-a");
+        count_replay("metrics-test-a");
+        count_skip("metrics-test-a");
+        assert_eq!(
+            site_counters("metrics-test-a"),
+            SiteCounters {
+                retries: 2,
+                replays: 1,
+                skipped: 1,
+            }
+        );
+        assert_eq!(site_counters("metrics-test-b"), SiteCounters::default());
+    }
+
+    #[test]
+    fn undecodable_records_are_counted_by_topic() {
+        count_undecodable("metrics-test-topic");
+        count_undecodable("metrics-test-topic");
+        assert_eq!(undecodable().get("metrics-test-topic"), Some(&2));
+    }
+}
