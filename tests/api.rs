@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use backbeat::api::router::ROUTES;
+use backbeat::api::routes::ROUTES;
 use backbeat::clock::iso8601_ms;
 use backbeat::log::{replication_group, TOPIC_REPLICATION};
 use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
@@ -1352,7 +1352,7 @@ async fn prometheus_exposition() {
 
 #[tokio::test]
 async fn openapi_document_lists_exactly_the_router_table() {
-    let doc: Value = serde_json::from_str(backbeat::api::router::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(backbeat::api::routes::OPENAPI).unwrap();
     let mut documented = BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {

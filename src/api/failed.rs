@@ -34,9 +34,9 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use super::metrics::store_error;
-use super::router::{parse_marker, Route};
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::routes::{parse_marker, Route};
+use super::state::AppState;
 use crate::entry::QueueEntry;
 use crate::log::{Record, TOPIC_REPLICATION};
 use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef, NULL_VERSION};
@@ -68,7 +68,7 @@ async fn enrich(state: &AppState, entries: &[FailedEntry]) -> Result<Vec<Value>,
                 tracing::debug!(site = %e.site, version = %e.version,
                     "Failed entry without replication info; left out of the listing.");
             }
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(ApiError::from(e)),
         }
     }
     Ok(out)
@@ -93,7 +93,7 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
     let mut page = match state.store.failed_page(site, marker, FAILED_PAGE).await {
         Ok(p) => p,
         Err(StoreError::Invalid(_)) => return Ok(empty),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     };
     // The original's order: hourly sets newest first, each set's members oldest first
     // (reference 1.7 step 3). The page holds the same entries either way.
@@ -113,12 +113,7 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
 pub async fn of_version(state: &AppState, version: &VersionRef) -> Result<Value, ApiError> {
     let mut entries = Vec::new();
     for site in &state.sites {
-        if let Some(e) = state
-            .store
-            .failed_entry(site, version)
-            .await
-            .map_err(store_error)?
-        {
+        if let Some(e) = state.store.failed_entry(site, version).await? {
             entries.push(e);
         }
     }
@@ -257,7 +252,7 @@ async fn retry_one(state: &AppState, req: &RetryRequest) -> Result<Option<Value>
         Ok(true) => {}
         Ok(false) => return Ok(None),
         Err(StoreError::Invalid(_)) => return Ok(None),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     }
     let res = retry_locked(state, req).await;
     if let Err(e) = store.unlock(&lock).await {
@@ -286,7 +281,7 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     let in_failed_set = match store.failed_entry(site, v).await {
         Ok(e) => e.is_some(),
         Err(StoreError::Invalid(_)) => return Ok(None),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     };
     if !req.force && !in_failed_set {
         return Ok(None);
@@ -295,13 +290,10 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
         site: site.to_string(),
         version: v.clone(),
     };
-    let Some(info) = store.replication(v).await.map_err(store_error)? else {
+    let Some(info) = store.replication(v).await? else {
         if in_failed_set && !req.force {
             // The original removes a member whose metadata cannot be fetched.
-            store
-                .apply(vec![], vec![remove_failed()])
-                .await
-                .map_err(store_error)?;
+            store.apply(vec![], vec![remove_failed()]).await?;
         }
         return Ok(None);
     };
@@ -325,8 +317,7 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
                         },
                     ],
                 )
-                .await
-                .map_err(store_error)?;
+                .await?;
             if !applied {
                 return Ok(None);
             }
@@ -367,8 +358,7 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
                     vec![site_guard(v, site, vec![Completed])],
                     vec![remove_failed()],
                 )
-                .await
-                .map_err(store_error)?;
+                .await?;
             return Ok(None);
         }
         _ => return Ok(None),
@@ -379,8 +369,7 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
             vec![site_guard(v, site, vec![Pending, Completed])],
             vec![remove_failed()],
         )
-        .await
-        .map_err(store_error)?;
+        .await?;
     tracing::info!(site, version = %v, force = req.force, "Failed version re-queued.");
     let mut out = version_json(v, site, &info);
     if let Some(obj) = out.as_object_mut() {
