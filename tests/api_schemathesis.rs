@@ -43,7 +43,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
 
     let work = tempfile::tempdir().unwrap();
     let doc = work.path().join("openapi.json");
-    std::fs::write(&doc, backbeat::api::router::OPENAPI).unwrap();
+    std::fs::write(&doc, backbeat::api::routes::OPENAPI).unwrap();
     let url = format!("http://{}/_/backbeat/api", api.addr);
     let mut cmd = tokio::process::Command::new(&st);
     cmd.arg("run")

@@ -1,8 +1,12 @@
-//! API errors in the original's format: `{"code": N, "description": "...", "<ErrorName>": true}`.
+//! API errors in the original's format: `{"code": N, "description": "...", "<ErrorName>": true}`,
+//! and how a state store failure becomes one (a 500).
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{header, Response, StatusCode};
+use hyper::{Response, StatusCode};
+
+use super::response::json_response;
+use crate::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,17 +118,11 @@ impl ApiError {
     }
 }
 
-/// A JSON response with `Content-Type: application/json` and an explicit length.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let len = bytes.len();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
-    resp
+/// A state store failure is the API's 500 (the original's answer when its internal clients
+/// fail); logged here so that every handler's `?` leaves the same warning.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "State store request failed.");
+        ApiError::internal(format!("error connecting to internal client: {e}"))
+    }
 }

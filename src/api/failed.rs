@@ -34,9 +34,9 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use super::metrics::store_error;
-use super::router::{parse_marker, Route};
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::routes::{parse_marker, Route};
+use super::state::AppState;
 use crate::entry::QueueEntry;
 use crate::log::TOPIC_REPLICATION;
 use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef, NULL_VERSION};
@@ -69,7 +69,7 @@ async fn enrich(state: &AppState, entries: &[FailedEntry]) -> Result<Vec<Value>,
                 tracing::debug!(site = %e.site, version = %e.version,
                     "Failed entry without replication info; left out of the listing.");
             }
-            Err(e) => return Err(store_error(e)),
+            Err(e) => return Err(ApiError::from(e)),
         }
     }
     Ok(out)
@@ -94,7 +94,7 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
     let mut page = match state.store.failed_page(site, marker, FAILED_PAGE).await {
         Ok(p) => p,
         Err(StoreError::Invalid(_)) => return Ok(empty),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     };
     // The original's order: hourly sets newest first, each set's members oldest first
     // (reference 1.7 step 3). The page holds the same entries either way.
@@ -114,12 +114,7 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
 pub async fn of_version(state: &AppState, version: &VersionRef) -> Result<Value, ApiError> {
     let mut entries = Vec::new();
     for site in &state.sites {
-        if let Some(e) = state
-            .store
-            .failed_entry(site, version)
-            .await
-            .map_err(store_error)?
-        {
+        if let Some(e) = state.store.failed_entry(site, version).await? {
             entries.push(e);
         }
     }
@@ -258,7 +253,7 @@ async fn retry_one(state: &AppState, req: &RetryRequest) -> Result<Option<Value>
         Ok(true) => {}
         Ok(false) => return Ok(None),
         Err(StoreError::Invalid(_)) => return Ok(None),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     }
     let res = retry_locked(state, req).await;
     if let Err(e) = store.unlock(&lock).await {
@@ -275,14 +270,14 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     let in_failed_set = match store.failed_entry(site, v).await {
         Ok(e) => e.is_some(),
         Err(StoreError::Invalid(_)) => return Ok(None),
-        Err(e) => return Err(store_error(e)),
+        Err(e) => return Err(ApiError::from(e)),
     };
     if !req.force && !in_failed_set {
         return Ok(None);
     }
     let apply =
-        |(g, o): transitions::Update| async move { store.apply(g, o).await.map_err(store_error) };
-    let Some(info) = store.replication(v).await.map_err(store_error)? else {
+        |(g, o): transitions::Update| async move { store.apply(g, o).await.map_err(ApiError::from) };
+    let Some(info) = store.replication(v).await.map_err(ApiError::from)? else {
         if in_failed_set && !req.force {
             apply(transitions::orphan_failed(v, site)).await?;
         }

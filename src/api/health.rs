@@ -15,7 +15,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::log::TOPIC_REPLICATION;
 
 /// Builds the healthcheck body and whether everything is healthy.

@@ -9,10 +9,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::router::{MetricKind, Service};
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::routes::{MetricKind, Service};
+use super::state::AppState;
 use crate::model::VersionRef;
-use crate::store::{Metric, ObjectMetric, StoreError, METRICS_BUCKET_MS};
+use crate::store::{Metric, ObjectMetric, METRICS_BUCKET_MS};
 
 /// `backlog` description.
 pub const DESC_BACKLOG: &str = "Number of incomplete replication operations (count) and number of incomplete bytes transferred (size)";
@@ -38,12 +39,6 @@ pub const DESC_OBJECT_PROGRESS: &str = "Number of bytes to be replicated (pendin
 /// Object throughput description.
 pub const DESC_OBJECT_THROUGHPUT: &str =
     "Current throughput for object replication in bytes/sec (throughput)";
-
-/// Maps a store failure to the API's 500.
-pub fn store_error(e: StoreError) -> ApiError {
-    tracing::warn!(error = %e, "State store request failed.");
-    ApiError::internal(format!("error connecting to internal client: {e}"))
-}
 
 /// JavaScript's `Number.prototype.toFixed(2)` for a non-negative finite number.
 pub fn to_fixed2(x: f64) -> String {
@@ -123,7 +118,7 @@ pub async fn site_metrics(
     let mut failures = 0u64;
     for s in &sites {
         if need_pending {
-            let (ops, bytes) = store.pending(s).await.map_err(store_error)?;
+            let (ops, bytes) = store.pending(s).await?;
             pending = (
                 pending.0.saturating_add(ops),
                 pending.1.saturating_add(bytes),
@@ -134,19 +129,13 @@ pub async fn site_metrics(
             );
         }
         if need_done {
-            let o = store
-                .metric_buckets(s, Metric::OpsDone)
-                .await
-                .map_err(store_error)?;
-            let b = store
-                .metric_buckets(s, Metric::BytesDone)
-                .await
-                .map_err(store_error)?;
+            let o = store.metric_buckets(s, Metric::OpsDone).await?;
+            let b = store.metric_buckets(s, Metric::BytesDone).await?;
             add_into(&mut ops_done, &o);
             add_into(&mut bytes_done, &b);
         }
         if want(MetricKind::Failures) {
-            failures += store.failed_count(s).await.map_err(store_error)?;
+            failures += store.failed_count(s).await?;
         }
     }
     let now = store.now_ms();
@@ -201,8 +190,7 @@ pub async fn object_metrics(
     let store = &state.store;
     let done = store
         .object_metric_buckets(site, version, ObjectMetric::BytesDone)
-        .await
-        .map_err(store_error)?;
+        .await?;
     if !progress {
         return Ok(json!({
             "description": DESC_OBJECT_THROUGHPUT,
@@ -211,8 +199,7 @@ pub async fn object_metrics(
     }
     let total: u64 = store
         .object_metric_buckets(site, version, ObjectMetric::Bytes)
-        .await
-        .map_err(store_error)?
+        .await?
         .iter()
         .sum();
     let done: u64 = done.iter().sum();

@@ -9,11 +9,15 @@
 //! 6. body validation -> 400 MalformedPOSTRequest;
 //! 7. store or log unusable -> 500 InternalError.
 //!
-//! Modules: [`router`] (the route table, matching, dispatch; its rows are the OpenAPI
-//! document's operations, `openapi.json`), [`health`], [`metrics`] (JSON metrics),
-//! [`failed`] (failed CRR list/get/retry), [`pause`] (pause/resume/schedule/status, through
-//! [`Control`]), [`object`] (our version view and S3 notification intake), [`monitoring`]
-//! (Prometheus text), [`error`].
+//! Modules, each importing only those listed before it (and none back): [`response`]
+//! (JSON and text bodies), [`error`] ([`ApiError`], store failures as 500s), [`state`]
+//! ([`AppState`]), [`routes`] (the route table, matching and query checks; its rows are the
+//! OpenAPI document's operations, `openapi.json`), then the handlers: [`health`], [`metrics`]
+//! (JSON metrics and the throughput arithmetic), [`failed`] (failed CRR list/get/retry),
+//! [`pause`] (pause/resume/schedule/status, through [`Control`](crate::control::Control)),
+//! [`object`] (our version view and S3 notification intake), [`monitoring`] (Prometheus
+//! text). This file owns the request pipeline above ([`serve`], [`handle`]) and the call of a
+//! matched route's handler (`run`), so it is the only module that imports the handlers.
 
 pub mod error;
 pub mod failed;
@@ -22,12 +26,13 @@ pub mod metrics;
 pub mod monitoring;
 pub mod object;
 pub mod pause;
-pub mod router;
+pub mod response;
+pub mod routes;
+pub mod state;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -40,113 +45,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::error::{json_response, ApiError};
-use crate::config::Config;
-use crate::control::Control;
-use crate::durability::Durability;
-use crate::intake::Intake;
-use crate::log::Log;
-use crate::store::StateStore;
+pub use self::error::ApiError;
+pub use self::response::{json_response, text_response};
+use self::routes::{Route, RouteId as R, OPENAPI};
+pub use self::state::AppState;
 
 /// Largest request body read (a retry body of thousands of entries fits).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// What every handler can reach.
-pub struct AppState {
-    /// The durable log.
-    pub log: Arc<dyn Log>,
-    /// The state store.
-    pub store: Arc<dyn StateStore>,
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Durability mode of the log.
-    pub durability: Durability,
-    /// Names of the configured CRR sites, in configuration order.
-    pub sites: Vec<String>,
-    /// Client networks allowed.
-    pub allow: Vec<ipnet::IpNet>,
-    /// Bearer token, when required.
-    pub token: Option<String>,
-    /// When the API started.
-    pub started: Instant,
-    /// The per-site pause channels.
-    pub control: Arc<Control>,
-    /// Where `POST notifications/s3` hands discovered versions; `None` without a source.
-    pub intake: Option<Arc<dyn Intake>>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("sites", &self.sites)
-            .finish()
-    }
-}
-
-impl AppState {
-    /// Builds the API state from the configuration and the opened log and store.
-    pub fn new(
-        config: Arc<Config>,
-        log: Arc<dyn Log>,
-        store: Arc<dyn StateStore>,
-        control: Arc<Control>,
-    ) -> AppState {
-        let allow = config
-            .server
-            .allow_from
-            .iter()
-            .filter_map(|s| crate::config::parse_net(s))
-            .collect();
-        AppState {
-            durability: config.storage.durability,
-            sites: config.sites.iter().map(|s| s.name.clone()).collect(),
-            token: config.api_token(),
-            allow,
-            log,
-            store,
-            config,
-            started: Instant::now(),
-            control,
-            intake: None,
-        }
-    }
-
-    /// Sets the intake of S3 event notifications.
-    pub fn with_intake(mut self, intake: Arc<dyn Intake>) -> AppState {
-        self.intake = Some(intake);
-        self
-    }
-
-    /// Per-site consumer state for the healthcheck: the lag of each site's consumer group.
-    pub async fn consumers_health(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for site in &self.sites {
-            let group = crate::log::replication_group(site);
-            let v = match self.log.lag(crate::log::TOPIC_REPLICATION, &group).await {
-                Ok(lags) => {
-                    let lag: u64 = lags.iter().map(|l| l.lag).sum();
-                    serde_json::json!({"group": group, "status": "ok", "lag": lag})
-                }
-                Err(e) => {
-                    serde_json::json!({"group": group, "status": "error", "error": e.to_string()})
-                }
-            };
-            out.insert(site.clone(), v);
-        }
-        serde_json::Value::Object(out)
-    }
-
-    fn allowed(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        self.allow.iter().any(|n| n.contains(&ip))
-    }
-}
 
 /// Answers one request.
 pub async fn handle(
@@ -162,7 +67,7 @@ pub async fn handle(
     };
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         // RFC 9110: a 405 lists the methods the resource supports.
-        let allow = router::allowed_methods(&path).join(", ");
+        let allow = routes::allowed_methods(&path).join(", ");
         if let Ok(v) = header::HeaderValue::from_str(&allow) {
             resp.headers_mut().insert(header::ALLOW, v);
         }
@@ -199,7 +104,7 @@ async fn dispatch(
     let method = req.method().clone();
     // The original admits GET, POST and DELETE only (reference 1.2 step 2); HEAD exists just
     // for our object view (DESIGN 6), so anywhere else it is refused as the original does.
-    let head_served = || router::allowed_methods(req.uri().path()).contains(&"HEAD");
+    let head_served = || routes::allowed_methods(req.uri().path()).contains(&"HEAD");
     let allowed = match method {
         Method::GET | Method::POST | Method::DELETE => true,
         Method::HEAD => head_served(),
@@ -209,13 +114,110 @@ async fn dispatch(
         return Err(ApiError::method_not_allowed());
     }
     let uri = req.uri().clone();
-    let route = router::parse(&method, uri.path(), uri.query(), &state.sites)?;
+    let route = routes::parse(&method, uri.path(), uri.query(), &state.sites)?;
     let body = if method == Method::POST {
         read_body(req.into_body()).await?
     } else {
         Bytes::new()
     };
-    router::run(state, route, body).await
+    run(state, route, body).await
+}
+
+/// The original's dependency check (reference 1.2 step 6): the log and the state store must
+/// accept writes, else 500 InternalError.
+fn dependencies_ok(state: &AppState) -> Result<(), ApiError> {
+    let log = state.log.check().err().map(|e| e.to_string());
+    let store = state.store.check().err().map(|e| e.to_string());
+    match (log, store) {
+        (None, None) => Ok(()),
+        (l, s) => {
+            let what: Vec<String> = l.into_iter().chain(s).collect();
+            Err(ApiError::internal(format!(
+                "error connecting to internal client: {}",
+                what.join("; ")
+            )))
+        }
+    }
+}
+
+/// Runs a matched route.
+///
+/// # Errors
+/// The route's own errors.
+async fn run(
+    state: &Arc<AppState>,
+    route: Route,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
+    // Body validation (400) before the dependency check (500), as the original's pipeline.
+    let retries = match route.id {
+        R::Retry => failed::parse_retry_body(&body)?,
+        _ => Vec::new(),
+    };
+    let hours = match route.id {
+        R::ScheduleResume => pause::parse_hours(&body)?,
+        _ => pause::DEFAULT_RESUME_HOURS,
+    };
+    if !matches!(
+        route.id,
+        R::Healthcheck | R::OpenApi | R::Monitoring | R::NotifyS3
+    ) {
+        dependencies_ok(state)?;
+    }
+    match route.id {
+        R::Healthcheck => match health::healthcheck(state).await {
+            Ok(body) => ok(body),
+            Err((err, details)) => {
+                let mut body = err.body();
+                if let (Some(obj), serde_json::Value::Object(d)) = (body.as_object_mut(), details) {
+                    for (k, v) in d {
+                        obj.insert(k, v);
+                    }
+                }
+                Ok(json_response(err.status, &body))
+            }
+        },
+        R::Monitoring => monitoring::prometheus(state).await,
+        R::OpenApi => Ok(text_response(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.to_string(),
+        )),
+        R::Metrics(service, kind) => {
+            ok(metrics::site_metrics(state, service, kind, &route.site).await?)
+        }
+        R::ObjectProgress | R::ObjectThroughput => {
+            let Some(version) = route.version() else {
+                return Err(ApiError::route_not_found(
+                    "must provide object key and version ID",
+                ));
+            };
+            let progress = route.id == R::ObjectProgress;
+            ok(metrics::object_metrics(state, &route.site, &version, progress).await?)
+        }
+        R::FailedList => ok(failed::list(state, &route).await?),
+        R::FailedVersion => match route.version() {
+            Some(v) => ok(failed::of_version(state, &v).await?),
+            None => ok(failed::list(state, &route).await?),
+        },
+        R::Retry => ok(failed::retry(state, retries).await?),
+        R::Pause => ok(pause::pause(state, &route.site).await?),
+        R::Resume => ok(pause::resume(state, &route.site).await?),
+        R::ScheduleResume => ok(pause::schedule(state, &route.site, hours).await?),
+        R::CancelSchedule => ok(pause::cancel_schedule(state, &route.site).await?),
+        R::GetSchedule => ok(pause::get_schedule(state, &route.site).await?),
+        R::Status => ok(pause::status(state, &route.site).await?),
+        R::ObjectView => {
+            let Some(version) = route.version() else {
+                return Err(ApiError::route_not_found(
+                    "must provide object key and version ID",
+                ));
+            };
+            object::view(state, &version).await
+        }
+        R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
+    }
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
@@ -266,22 +268,4 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     }
     tracker.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
-}
-
-/// A plain-text response (Prometheus exposition).
-pub fn text_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let len = body.len();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
-    resp
 }

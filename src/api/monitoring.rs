@@ -28,8 +28,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use super::metrics::{store_error, throughput};
-use super::{text_response, ApiError, AppState};
+use super::error::ApiError;
+use super::metrics::throughput;
+use super::response::text_response;
+use super::state::AppState;
 use crate::log::{
     replication_group, PartitionLag, STATUS_GROUP, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
@@ -89,12 +91,12 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     let now = store.now_ms();
     let mut sites = Vec::new();
     for site in &state.sites {
-        let pending = store.pending(site).await.map_err(store_error)?;
-        let failed = store.failed_count(site).await.map_err(store_error)?;
+        let pending = store.pending(site).await?;
+        let failed = store.failed_count(site).await?;
         let mut sums = [0u64; 6];
         let mut tput = (String::new(), String::new());
         for (i, m) in Metric::ALL.iter().enumerate() {
-            let b = store.metric_buckets(site, *m).await.map_err(store_error)?;
+            let b = store.metric_buckets(site, *m).await?;
             sums[i] = b.iter().sum();
             match m {
                 Metric::OpsDone => tput.0 = throughput(&b, now),

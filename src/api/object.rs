@@ -22,9 +22,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::metrics::store_error;
-use super::router::percent_decode;
-use super::{json_response, ApiError, AppState};
+use super::error::ApiError;
+use super::response::json_response;
+use super::routes::percent_decode;
+use super::state::AppState;
 use crate::intake::DiscoveredVersion;
 use crate::model::VersionRef;
 
@@ -33,7 +34,7 @@ use crate::model::VersionRef;
 /// # Errors
 /// 404 NoSuchKey for an unknown version; 500 InternalError when the store fails.
 pub async fn view(state: &AppState, v: &VersionRef) -> Result<Response<Full<Bytes>>, ApiError> {
-    let info = state.store.replication(v).await.map_err(store_error)?;
+    let info = state.store.replication(v).await?;
     // A version gone from the source before any site got it has no sites left: gone here too.
     let Some(info) = info.filter(|i| !i.backends.is_empty()) else {
         return Err(ApiError::no_such_key());

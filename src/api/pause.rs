@@ -13,8 +13,8 @@
 
 use serde_json::{Map, Value};
 
-use super::metrics::store_error;
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::clock::iso8601_ms;
 use crate::store::PauseState;
 
@@ -41,8 +41,7 @@ async fn change_all(
         state
             .control
             .update(state.store.as_ref(), &s, &change)
-            .await
-            .map_err(store_error)?;
+            .await?;
     }
     Ok(Value::Object(Map::new()))
 }
@@ -133,8 +132,7 @@ async fn read_all(
         let st = state
             .store
             .pause_state(crate::control::CRR_SERVICE, &s)
-            .await
-            .map_err(store_error)?
+            .await?
             .unwrap_or_default();
         out.insert(s, Value::String(show(st)));
     }

@@ -1,4 +1,7 @@
-//! Route parsing and dispatch (reference sections 1.3 and 1.4).
+//! The route table and everything read from a request line (reference sections 1.3 and 1.4):
+//! [`ROUTES`], the route ids, path and query parsing, percent-decoding, failed-list markers,
+//! matching and query validation. Pure: it runs no route (dispatch is in `api/mod.rs`) and
+//! imports no handler, so every handler may import it.
 //!
 //! Every route is a row of [`ROUTES`]: a method, a path template and what it runs. Matching
 //! walks the table, so the table is the whole API (the OpenAPI document is checked against it
@@ -20,15 +23,10 @@
 //!   string compare made it a 404).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
+use hyper::Method;
 
-use super::{
-    failed, health, json_response, metrics, monitoring, object, pause, ApiError, AppState,
-};
+use super::error::ApiError;
 use crate::model::VersionRef;
 
 /// The OpenAPI 3 document of every route, served at `openapi.json`.
@@ -468,103 +466,6 @@ pub fn parse_marker(s: &str) -> Option<i128> {
     }
     let n: i128 = digits[..end.min(30)].parse().ok()?;
     Some(if neg { -n } else { n })
-}
-
-/// The original's dependency check (reference 1.2 step 6): the log and the state store must
-/// accept writes, else 500 InternalError.
-fn dependencies_ok(state: &AppState) -> Result<(), ApiError> {
-    let log = state.log.check().err().map(|e| e.to_string());
-    let store = state.store.check().err().map(|e| e.to_string());
-    match (log, store) {
-        (None, None) => Ok(()),
-        (l, s) => {
-            let what: Vec<String> = l.into_iter().chain(s).collect();
-            Err(ApiError::internal(format!(
-                "error connecting to internal client: {}",
-                what.join("; ")
-            )))
-        }
-    }
-}
-
-/// Runs a matched route.
-///
-/// # Errors
-/// The route's own errors.
-pub async fn run(
-    state: &Arc<AppState>,
-    route: Route,
-    body: Bytes,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
-    // Body validation (400) before the dependency check (500), as the original's pipeline.
-    let retries = match route.id {
-        R::Retry => failed::parse_retry_body(&body)?,
-        _ => Vec::new(),
-    };
-    let hours = match route.id {
-        R::ScheduleResume => pause::parse_hours(&body)?,
-        _ => pause::DEFAULT_RESUME_HOURS,
-    };
-    if !matches!(
-        route.id,
-        R::Healthcheck | R::OpenApi | R::Monitoring | R::NotifyS3
-    ) {
-        dependencies_ok(state)?;
-    }
-    match route.id {
-        R::Healthcheck => match health::healthcheck(state).await {
-            Ok(body) => ok(body),
-            Err((err, details)) => {
-                let mut body = err.body();
-                if let (Some(obj), serde_json::Value::Object(d)) = (body.as_object_mut(), details) {
-                    for (k, v) in d {
-                        obj.insert(k, v);
-                    }
-                }
-                Ok(json_response(err.status, &body))
-            }
-        },
-        R::Monitoring => monitoring::prometheus(state).await,
-        R::OpenApi => Ok(super::text_response(
-            StatusCode::OK,
-            "application/json",
-            OPENAPI.to_string(),
-        )),
-        R::Metrics(service, kind) => {
-            ok(metrics::site_metrics(state, service, kind, &route.site).await?)
-        }
-        R::ObjectProgress | R::ObjectThroughput => {
-            let Some(version) = route.version() else {
-                return Err(ApiError::route_not_found(
-                    "must provide object key and version ID",
-                ));
-            };
-            let progress = route.id == R::ObjectProgress;
-            ok(metrics::object_metrics(state, &route.site, &version, progress).await?)
-        }
-        R::FailedList => ok(failed::list(state, &route).await?),
-        R::FailedVersion => match route.version() {
-            Some(v) => ok(failed::of_version(state, &v).await?),
-            None => ok(failed::list(state, &route).await?),
-        },
-        R::Retry => ok(failed::retry(state, retries).await?),
-        R::Pause => ok(pause::pause(state, &route.site).await?),
-        R::Resume => ok(pause::resume(state, &route.site).await?),
-        R::ScheduleResume => ok(pause::schedule(state, &route.site, hours).await?),
-        R::CancelSchedule => ok(pause::cancel_schedule(state, &route.site).await?),
-        R::GetSchedule => ok(pause::get_schedule(state, &route.site).await?),
-        R::Status => ok(pause::status(state, &route.site).await?),
-        R::ObjectView => {
-            let Some(version) = route.version() else {
-                return Err(ApiError::route_not_found(
-                    "must provide object key and version ID",
-                ));
-            };
-            object::view(state, &version).await
-        }
-        R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
-    }
 }
 
 #[cfg(test)]

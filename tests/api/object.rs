@@ -1,0 +1,104 @@
+//! Our own routes: the replication view of one version (JSON and headers) and S3 event
+//! notifications handed to the intake.
+
+use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+use backbeat::store::{Guard, StoreOp};
+use serde_json::json;
+
+use crate::common::api::{TestApi, T0};
+
+#[tokio::test]
+async fn object_view_as_json_and_headers() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    let v = VersionRef::new("bkt", "dir/é k", "v1");
+    let mut info = ReplicationInfo::pending(&["site1".to_string(), "site2".to_string()]);
+    info.set_site_status("site1", ReplicationStatus::Completed, Some("remote-1"));
+    let ops = vec![StoreOp::PutReplication {
+        version: v.clone(),
+        info,
+    }];
+    assert!(api
+        .store
+        .apply(vec![Guard::Absent(v.clone())], ops)
+        .await
+        .unwrap());
+    let path = "crr/object/bkt/dir/%C3%A9%20k?versionId=v1";
+    let r = api.call("GET", path, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"bucket": "bkt", "key": "dir/é k", "versionId": "v1", "status": "PROCESSING",
+               "sites": {"site1": {"status": "COMPLETED", "versionId": "remote-1"},
+                         "site2": {"status": "PENDING"}}})
+    );
+    let h = api.call("HEAD", path, None).await;
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(h.header("x-amz-replication-status"), Some("PROCESSING"));
+    assert_eq!(
+        h.header("x-amz-meta-site1-replication-status"),
+        Some("COMPLETED")
+    );
+    assert_eq!(h.header("x-amz-meta-site1-version-id"), Some("remote-1"));
+    assert_eq!(
+        h.header("x-amz-meta-site2-replication-status"),
+        Some("PENDING")
+    );
+    assert_eq!(h.header("x-amz-meta-site2-version-id"), None);
+    let missing = api
+        .call("GET", "crr/object/bkt/dir/x?versionId=v1", None)
+        .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["NoSuchKey"], true);
+    assert_eq!(
+        api.call("HEAD", "crr/object/bkt/dir/x?versionId=v1", None)
+            .await
+            .status,
+        404
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn s3_notifications_reach_the_intake() {
+    let api = TestApi::start(&["site1"], T0).await;
+    let body = br#"{"Records":[
+        {"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"photos"},
+         "object":{"key":"my+dir/a%2Bb.jpg","versionId":"v1","size":42,"eTag":"abc"}}},
+        {"eventName":"ObjectCreated:Copy","s3":{"bucket":{"name":"photos"},"object":{"key":"plain"}}}]}"#;
+    let r = api.call("POST", "notifications/s3", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"received": 2, "queued": 2}));
+    {
+        let got = api.intake.got.lock();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].key, "my dir/a+b.jpg");
+        assert_eq!(got[0].version_id.as_deref(), Some("v1"));
+        assert_eq!(got[0].size, Some(42));
+        assert_eq!(got[1].version_id, None);
+    }
+    let test_event = br#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"photos"}"#;
+    let r = api.call("POST", "notifications/s3", Some(test_event)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(api.intake.got.lock().len(), 2);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn s3_notifications_without_a_source_are_503() {
+    let api = TestApi::start_without_intake(&["site1"], T0).await;
+    let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#;
+    let r = api.call("POST", "notifications/s3", Some(body)).await;
+    assert_eq!(r.status, 503);
+    let e = r.json();
+    assert_eq!(e["ServiceUnavailable"], true);
+    assert_eq!(e["description"], "no source configured");
+    // Body validation still comes first.
+    assert_eq!(
+        api.call("POST", "notifications/s3", Some(b"x"))
+            .await
+            .status,
+        400
+    );
+    api.stop().await;
+}
