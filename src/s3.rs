@@ -34,7 +34,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::source::ByteStream;
+use crate::model::ByteStream;
 
 /// Bytes percent-encoded in a URI path segment or query component: all but RFC 3986's
 /// unreserved characters (`A-Z a-z 0-9 - . _ ~`).

@@ -34,8 +34,8 @@ use crate::config::{Config, SiteKind};
 use crate::entry::{ObjectMd, QueueEntry};
 use crate::intake::{DiscoveredVersion, Intake, IntakeError};
 use crate::log::{Log, Record, TOPIC_REPLICATION};
-use crate::model::{ReplicationInfo, VersionRef, NULL_VERSION};
-use crate::source::{ObjectInfo, Rule, Source};
+use crate::model::{ObjectInfo, ReplicationInfo, VersionRef, NULL_VERSION};
+use crate::source::{Rule, Source};
 use crate::store::{Guard, Metric, StateStore, StoreOp};
 
 /// Versions merged into one batch at most.

@@ -29,10 +29,10 @@ use crate::error::Disposition;
 use crate::log::{
     replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
-use crate::model::{merge_status, ReplicationStatus, SiteState, VersionRef};
+use crate::model::{merge_status, ObjectInfo, ReplicationStatus, SiteState, VersionRef};
 use crate::site::parts::part_ranges;
 use crate::site::{PutReceipt, Site, SiteError};
-use crate::source::{ObjectInfo, Source, SourceError};
+use crate::source::{Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp};
 
 /// Settings of a replication processor.

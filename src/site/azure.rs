@@ -36,11 +36,11 @@ use object_store::client::HttpRequestBody;
 
 use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
 use crate::config::SiteKind;
+use crate::model::{ByteStream, ObjectInfo};
 use crate::s3::{
     encode_key, error_chain, exact_length_body, http_client, uri_encode, xml_escape, HttpClient,
     Xml,
 };
-use crate::source::{ByteStream, ObjectInfo};
 
 /// Metadata name of the replication status marker.
 pub const META_STATUS: &str = "scal_replication_status";

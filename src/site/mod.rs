@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::config::{ConfigError, Secret, SiteConfig, SiteKind};
 use crate::error::Disposition;
-use crate::source::{ByteStream, ObjectInfo};
+use crate::model::{ByteStream, ObjectInfo};
 
 /// What a site answered for a written replica.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -21,8 +21,8 @@ use hyper::{HeaderMap, Method};
 
 use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
 use crate::config::SiteKind;
+use crate::model::{ByteStream, ObjectInfo};
 use crate::s3::{uri_encode, xml_escape, Body, S3Client, S3Error, S3ErrorKind, S3Request};
-use crate::source::{ByteStream, ObjectInfo};
 
 /// User metadata name of the replication status marker.
 pub const META_STATUS: &str = "scal-replication-status";

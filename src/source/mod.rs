@@ -8,41 +8,13 @@
 pub mod file;
 pub mod s3;
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::Stream;
 
 use crate::config::{ConfigError, SourceConfig, SourceKind};
 use crate::error::Disposition;
-use crate::model::VersionRef;
-
-/// A stream of object data. Never a whole object in memory: items are chunks.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
-
-/// What replication needs to know about one version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// The version.
-    pub version: VersionRef,
-    /// Size in bytes.
-    pub size: u64,
-    /// ETag without quotes.
-    pub etag: String,
-    /// Last-modified, ISO-8601 with milliseconds.
-    pub last_modified: String,
-    /// Content type.
-    pub content_type: Option<String>,
-    /// User metadata (names without `x-amz-meta-`).
-    pub user_metadata: BTreeMap<String, String>,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
-    /// Whether the version is a delete marker.
-    pub is_delete_marker: bool,
-}
+use crate::model::{ByteStream, ObjectInfo, VersionRef};
 
 /// A replication rule of a source bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]

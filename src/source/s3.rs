@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE};
 use hyper::{HeaderMap, Method};
 
-use super::{ByteStream, ObjectInfo, Rule, Source, SourceError, VersionPage};
-use crate::model::{VersionRef, NULL_VERSION};
+use super::{Rule, Source, SourceError, VersionPage};
+use crate::model::{ByteStream, ObjectInfo, VersionRef, NULL_VERSION};
 use crate::s3::{http_date_to_iso, uri_decode, S3Client, S3Error, S3ErrorKind, S3Request, Xml};
 
 /// Default versions per listing page (S3's maximum).
