@@ -14,6 +14,8 @@
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
+//! - [`http`]: the HTTP client, bodies, URI encoding and XML reader shared by the S3 client and
+//!   the `azure` site.
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`api`]: the REST API (hyper).
 //! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
@@ -30,6 +32,7 @@ pub mod control;
 pub mod durability;
 pub mod entry;
 pub mod error;
+pub mod http;
 pub mod intake;
 pub mod log;
 pub mod model;

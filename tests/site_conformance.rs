@@ -11,8 +11,9 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use backbeat::http::{uri_decode, Xml};
 use backbeat::model::{ByteStream, ObjectInfo, VersionRef};
-use backbeat::s3::{uri_decode, S3Client, S3Options, S3Request, Xml};
+use backbeat::s3::{S3Client, S3Options, S3Request};
 use backbeat::site::azure::AzureSite;
 use backbeat::site::file::{FileSite, Sidecar};
 use backbeat::site::parts::part_ranges;

@@ -7,8 +7,9 @@ mod common;
 
 use std::sync::LazyLock;
 
+use backbeat::http::Body;
 use backbeat::model::{ByteStream, VersionRef};
-use backbeat::s3::{Body, S3Request};
+use backbeat::s3::S3Request;
 use backbeat::source::s3::S3Source;
 use backbeat::source::{Source, SourceError};
 use common::moto;
