@@ -2,7 +2,7 @@
 //! Backbeat) on an embedded durable log and state store.
 //!
 //! Crate map:
-//! - [`config`]: the TOML configuration, parsed then validated as a whole.
+//! - [`config`]: the TOML configuration, read into typed sections that are checked as read.
 //! - [`control`]: per-site pause/resume channels and the scheduled-resume task.
 //! - [`durability`]: the embedded sled database and its flush policy (group commit).
 //! - [`log`]: the durable log (topics, partitions, consumer groups); [`log::SledLog`].

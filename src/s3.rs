@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::config::S3ClientConfig;
 use crate::error::chain;
 use crate::http::{
     encode_key, http_client, retry_after, stream_body, uri_encode, Body, HttpBody, HttpClient, Xml,
@@ -276,6 +277,24 @@ impl S3Client {
             opts,
             http,
         })
+    }
+
+    /// A client for the S3 server a configuration describes, with the default timeouts.
+    ///
+    /// # Errors
+    /// As [`S3Client::new`].
+    pub fn from_config(cfg: &S3ClientConfig) -> Result<S3Client, String> {
+        let opts = S3Options {
+            path_style: cfg.path_style,
+            ..S3Options::default()
+        };
+        S3Client::new(
+            &cfg.endpoint,
+            &cfg.region,
+            &cfg.access_key.0,
+            &cfg.secret_key.0,
+            opts,
+        )
     }
 
     /// The idle timeout.

@@ -335,8 +335,8 @@ impl PopulatorTask {
         let mut types: Vec<&str> = Vec::new();
         for s in &sites {
             if let Some(c) = self.config.sites.iter().find(|c| &c.name == s) {
-                if c.kind != SiteKind::File && !types.contains(&c.kind.as_str()) {
-                    types.push(c.kind.as_str());
+                if c.kind() != SiteKind::File && !types.contains(&c.kind().as_str()) {
+                    types.push(c.kind().as_str());
                 }
             }
         }
