@@ -21,8 +21,8 @@
 //! replicas.
 //!
 //! Consumers (`enable.auto.commit=false`, commits of exactly the given offsets, rebalances,
-//! keep-alive while the pipeline takes no records) are described in [`consumer`]; the rdkafka
-//! client context that routes librdkafka's logs and rebalance events is in [`context`].
+//! keep-alive while the pipeline takes no records) are described in `consumer.rs`; the rdkafka
+//! client context that routes librdkafka's logs and rebalance events is in `context.rs`.
 //!
 //! Differences from the sled log, by design of Kafka:
 //! - [`Log::retain`] is a no-op returning 0: the broker's retention policy (`retention.ms`,
