@@ -103,35 +103,21 @@ impl Config {
         let mut cfg = Config::default();
         // The names of every [[sites]] entry, usable or not, for the rules.
         let mut site_names = Vec::new();
+        // A section that cannot be read keeps its defaults, so the checks spanning sections
+        // report only their own problems.
         for (key, value) in table {
             match key.as_str() {
-                "server" => {
-                    if let Some(v) = server::read(value, &mut e) {
-                        cfg.server = v;
-                    }
-                }
-                "storage" => {
-                    if let Some(v) = storage::read(value, &mut e) {
-                        cfg.storage = v;
-                    }
-                }
+                "server" => cfg.server = server::read(value, &mut e).unwrap_or_default(),
+                "storage" => cfg.storage = storage::read(value, &mut e).unwrap_or_default(),
                 "source" => cfg.source = source::read(value, &mut e),
                 "sites" => (cfg.sites, site_names) = sites::read(value, &mut e),
                 "replication" => {
-                    if let Some(v) = replication::read(value, &mut e) {
-                        cfg.replication = v;
-                    }
+                    cfg.replication = replication::read(value, &mut e).unwrap_or_default()
                 }
                 "shutdown" => {
-                    if let Some(v) = engine::read_shutdown(value, &mut e) {
-                        cfg.shutdown = v;
-                    }
+                    cfg.shutdown = engine::read_shutdown(value, &mut e).unwrap_or_default()
                 }
-                "engine" => {
-                    if let Some(v) = engine::read_engine(value, &mut e) {
-                        cfg.engine = v;
-                    }
-                }
+                "engine" => cfg.engine = engine::read_engine(value, &mut e).unwrap_or_default(),
                 other => e.push(format!("{other}: unknown section")),
             }
         }
