@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError, LogKind, Stage, StoreKind};
+use crate::config::{Config, ConfigError, LogKind, SourceBackend, Stage, StoreKind};
 use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
@@ -32,6 +32,7 @@ use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::ProcessorConfig;
 use crate::pipeline::retry::RetryPolicy;
+use crate::pipeline::scanner;
 use crate::pipeline::{
     Populator, ReplicationProcessor, Scanner, StageError, StageTasks, StatusProcessor,
 };
@@ -324,6 +325,16 @@ impl Engine {
 
 type Pipeline = (Option<Arc<dyn Intake>>, Vec<StageTasks>);
 
+/// Events the directory watch may hold before it drops some (and asks for a pass):
+/// `BACKBEAT_WATCH_CAPACITY` (tests force a full channel with it), else 65,536.
+fn watch_capacity() -> usize {
+    std::env::var("BACKBEAT_WATCH_CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(65_536)
+}
+
 /// Builds the source and sites and starts the stages `[engine] stages` names; returns the
 /// intake (the populator, when it runs here) and the stages in stop order. Without a source,
 /// nothing runs.
@@ -356,24 +367,24 @@ async fn start_pipeline(
         let r = &config.replication;
         let mpu_threshold = r.mpu_threshold_mb.saturating_mul(1_000_000);
         if runs(Stage::Status) {
-            StatusProcessor::start(log.clone(), store.clone(), mpu_threshold, &status_stage)
-                .await?;
+            StatusProcessor::start(log.clone(), store.clone(), &status_stage).await?;
         }
         if runs(Stage::Replication) {
-            let pcfg = ProcessorConfig {
-                concurrency: r.concurrency.max(1),
-                mpu_threshold,
-                retry: RetryPolicy::from(&r.retry),
-                replay: r.retry.replay,
-            };
-            for site in sites {
+            for (site, site_cfg) in sites.into_iter().zip(&config.sites) {
+                let pcfg = ProcessorConfig {
+                    concurrency: r.concurrency.max(1),
+                    mpu_threshold,
+                    retry: RetryPolicy::from(&r.retry),
+                    replay: r.retry.replay,
+                    bucket_match: site_cfg.bucket_match,
+                };
                 let gate = PauseGate::new(control.subscribe(site.name()));
                 ReplicationProcessor::start(
                     log.clone(),
                     source.clone(),
                     site,
                     store.clone(),
-                    pcfg.clone(),
+                    pcfg,
                     gate,
                     &processor_stage,
                 )
@@ -383,20 +394,41 @@ async fn start_pipeline(
         if !runs(Stage::Populator) {
             return Ok(None);
         }
-        let populator = Populator::start(
+        let (populator, rules_changed) = Populator::start(
             source.clone(),
             store.clone(),
             log.clone(),
             config.clone(),
             &populator_stage,
         );
-        Scanner::start(
+        let (settle_ms, watched) = match &source_cfg.backend {
+            SourceBackend::File(f) => (f.settle_ms, f.watch),
+            SourceBackend::S3(_) => (0, false),
+        };
+        let passes = Scanner::start(
             populator.clone(),
             source.clone(),
             store.clone(),
             Duration::from_secs(source_cfg.scan_interval_s),
+            settle_ms,
+            rules_changed,
             &populator_stage,
         );
+        if let (true, Some(file)) = (watched, source.as_file()) {
+            let capacity = watch_capacity();
+            if let Err(e) = scanner::watch(
+                file.clone(),
+                populator.clone(),
+                passes.clone(),
+                capacity,
+                &populator_stage,
+            ) {
+                // Without the watch the rescans still find everything, later.
+                tracing::error!(error = %e,
+                    "Cannot watch the source directory; changes are found by the rescans only.");
+                passes.request(scanner::PassRequest::All);
+            }
+        }
         Ok::<_, StageError>(Some(populator))
     }
     .await;

@@ -1,35 +1,56 @@
-//! Wire format of the entries on `backbeat-replication` and `backbeat-replication-status`: the
-//! original's JSON (reference sections 2.1 and 2.2), so a deployment can move between the
-//! original and backbeat topic by topic.
+//! Entries of `backbeat-replication` and `backbeat-replication-status`: what they say
+//! ([`Entry`]), how each kind is built, and both encodings (DESIGN section 3, "Entry
+//! encoding"). This module owns every entry: the stages build them through its constructors
+//! ([`Entry::queued`], [`Entry::outcome`], [`Entry::replay`], [`Entry::retry`]) and read them
+//! through one parser ([`Entry::from_delivery`], which logs and counts a record that does not
+//! decode, so none is dropped silently).
 //!
-//! ```json
-//! {"type": "put", "bucket": "src", "key": "photo.jpg",
-//!  "value": "<ObjectMD as a JSON string>", "site": "aws-1", "replayCount": 4}
-//! ```
-//! - `key` is the plain object key (the version is `value.versionId`), as the original's retry
-//!   entries carry it;
-//! - `site` is absent on entries from the populator (each site's processor keeps the entries
-//!   whose `replicationInfo.storageClass` names it) and present on status and retry entries;
-//! - `replayCount` is absent until the first failure.
+//! Two encodings, one model:
+//! - [`EntryFormat::Json`], the original's (reference sections 2.1 and 2.2), used on Kafka so a
+//!   Zenko deployment's topics stay readable:
+//!   ```json
+//!   {"type": "put", "bucket": "src", "key": "photo.jpg",
+//!    "value": "<ObjectMD as a JSON string>", "site": "aws-1", "replayCount": 4}
+//!   ```
+//!   `key` is the plain object key (the version is `value.versionId`); `site` is absent on the
+//!   populator's entries (each site's processor keeps those whose
+//!   `replicationInfo.storageClass` names it) and present on status, retry and replay entries;
+//!   a status entry carries the site's outcome in `replicationInfo.backends[]`. Our additions
+//!   are top-level members the original ignores: `skipped` (a site will never get the
+//!   version: `superseded` or `replica`), `failure` (`{"reason", "attempts", "lastError",
+//!   "lastAttempt"}` of a FAILED outcome), `backfill`.
+//! - [`EntryFormat::Binary`], compact, for the embedded sled log: a leading byte
+//!   [`BINARY_MAGIC`] then the bincode of [`Entry`]. It holds only what a copy needs (no user
+//!   metadata: the processor reads the version's metadata from the source when it copies).
+//!
+//! Decoding accepts both, told apart by the first byte (`{` for JSON).
 //!
 //! The log record key is `encodeURIComponent("<bucket>/<key>")` (reference 2.0.1), so all the
 //! versions of one object land in one partition, in order.
-//!
-//! This module owns every entry: the stages build them through its constructors
-//! ([`QueueEntry::queued`], [`Parsed::outcome`], [`Parsed::skipped`], [`Parsed::replay`],
-//! [`QueueEntry::retry`]) and read them through one parser ([`Parsed::parse`], or
-//! [`Parsed::from_delivery`], which logs and counts a record that does not decode, so none is
-//! dropped silently).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
+use crate::error::FailureReason;
 use crate::log::{Delivery, Record};
-use crate::model::{
-    merge_status, ReplicationInfo, ReplicationStatus, SiteState, VersionRef, NULL_VERSION,
-};
+use crate::model::{merge_status, ReplicationStatus, SiteState, VersionRef, NULL_VERSION};
+use crate::transitions::{DropReason, FailedInfo, QueuedVersion, SiteOutcome};
+
+/// First byte of a binary-encoded entry (a JSON entry starts with `{`).
+pub const BINARY_MAGIC: u8 = 0xB1;
+
+/// How entries are written to a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFormat {
+    /// The original's JSON (Kafka).
+    Json,
+    /// Compact bincode (the embedded log).
+    Binary,
+}
 
 /// The `type` of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -38,31 +59,210 @@ pub enum EntryKind {
     /// A version to replicate (a delete marker is a put with `isDeleteMarker`).
     #[default]
     Put,
-    /// The original's deletion entry (a version deleted for good); nothing to replicate.
+    /// The key has no version any more at the source (every version deleted for good): its
+    /// replica is removed.
     Del,
 }
 
-/// Why a processor did not copy a version (on a status entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SkipReason {
-    /// The version no longer exists at the source.
-    Gone,
-    /// The version changed at the source since it was queued.
-    Changed,
+/// An entry of the replication topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `put` or `del`.
+    pub kind: EntryKind,
+    /// The version (for `del`, the last version the engine queued for the key).
+    pub version: VersionRef,
+    /// Source ETag without quotes.
+    pub etag: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the version was written at the source (ms since the epoch).
+    pub written_ms: u64,
+    /// A delete marker (or, with `del`, the key deleted).
+    pub deleted: bool,
+    /// First seen long after it was written: backfill, not lag.
+    pub backfill: bool,
+    /// The sites this entry is for (the rule's, or the one site of a retry or replay).
+    pub sites: Vec<String>,
+    /// The site of a status, retry or replay entry.
+    pub site: Option<String>,
+    /// Whole-entry re-attempts left, absent until the first failure.
+    pub replay_count: Option<u32>,
+    /// Attempts already made by earlier replays of this entry.
+    pub attempts: u32,
+    /// An operator's requeue: the replica is written again even if one of this version is
+    /// already there (it may be corrupt).
+    pub requeued: bool,
+    /// On a status entry: the site's outcome.
+    pub outcome: Option<SiteOutcome>,
 }
 
-impl SkipReason {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::Gone => "gone",
-            SkipReason::Changed => "changed",
+/// Errors decoding an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// The record is not a valid entry.
+    #[error("invalid entry: {0}")]
+    Invalid(String),
+}
+
+impl Entry {
+    /// The entry the populator queues for `version` (a key's current version) and the rule's
+    /// `sites`.
+    pub fn queued(bucket: &str, key: &str, version: &QueuedVersion, sites: Vec<String>) -> Entry {
+        Entry {
+            kind: EntryKind::Put,
+            version: VersionRef::new(bucket, key, version.version_id.clone()),
+            etag: version.etag.clone(),
+            size: version.size,
+            written_ms: version.written_ms,
+            deleted: version.deleted,
+            backfill: version.backfill,
+            sites,
+            site: None,
+            replay_count: None,
+            attempts: 0,
+            requeued: false,
+            outcome: None,
+        }
+    }
+
+    /// The entry removing `bucket/key`'s replica: the key has no version any more.
+    pub fn deletion(bucket: &str, key: &str, version: &QueuedVersion, sites: Vec<String>) -> Entry {
+        let mut e = Entry::queued(bucket, key, version, sites);
+        e.kind = EntryKind::Del;
+        e.deleted = true;
+        e
+    }
+
+    /// The version as the state store records it.
+    pub fn queued_version(&self) -> QueuedVersion {
+        QueuedVersion {
+            version_id: self.version.version_id.clone(),
+            etag: self.etag.clone(),
+            size: self.size,
+            written_ms: self.written_ms,
+            deleted: self.deleted,
+            backfill: self.backfill,
+        }
+    }
+
+    /// The retry entry of this version for `site` (the original's `toRetryEntry`): for that
+    /// site only.
+    pub fn retry(&self, site: &str) -> Entry {
+        let mut e = self.clone();
+        e.sites = vec![site.to_string()];
+        e.site = Some(site.to_string());
+        e.outcome = None;
+        e.replay_count = None;
+        e.attempts = 0;
+        e
+    }
+
+    /// The replay entry of this entry for `site` (reference 3.7): for that site only, with
+    /// `replay_count`, carrying the attempts made so far.
+    pub fn replay(&self, site: &str, replay_count: u32, attempts: u32) -> Entry {
+        let mut e = self.retry(site);
+        e.replay_count = Some(replay_count);
+        e.attempts = attempts;
+        e
+    }
+
+    /// The status entry reporting `outcome` at `site`.
+    pub fn outcome(&self, site: &str, outcome: SiteOutcome) -> Entry {
+        let mut e = self.clone();
+        e.site = Some(site.to_string());
+        e.outcome = Some(outcome);
+        e
+    }
+
+    /// Whether this entry is for `site`.
+    pub fn is_for(&self, site: &str) -> bool {
+        self.sites.iter().any(|s| s == site)
+    }
+
+    /// Encodes the entry as a log record value in `format`.
+    pub fn encode(&self, format: EntryFormat) -> Vec<u8> {
+        match format {
+            EntryFormat::Binary => {
+                let mut out = vec![BINARY_MAGIC];
+                if let Ok(body) = bincode::serde::encode_to_vec(self, bincode::config::standard()) {
+                    out.extend_from_slice(&body);
+                }
+                out
+            }
+            EntryFormat::Json => {
+                serde_json::to_vec(&QueueEntry::from_entry(self)).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The log record of this entry in `format`.
+    pub fn record(&self, format: EntryFormat) -> Record {
+        Record::new(
+            log_key(&self.version.bucket, &self.version.key),
+            self.encode(format),
+        )
+    }
+
+    /// Decodes a log record value in either format, checking the sanity rules of the original
+    /// (bucket and key are strings, the bucket is not empty, `value` parses).
+    ///
+    /// # Errors
+    /// `EntryError::Invalid` describing the problem.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
+        let e = match bytes.split_first() {
+            Some((&BINARY_MAGIC, body)) => {
+                bincode::serde::decode_from_slice::<Entry, _>(body, bincode::config::standard())
+                    .map(|(e, _)| e)
+                    .map_err(|e| EntryError::Invalid(format!("binary entry: {e}")))?
+            }
+            _ => {
+                let q: QueueEntry = serde_json::from_slice(bytes)
+                    .map_err(|e| EntryError::Invalid(e.to_string()))?;
+                q.to_entry()?
+            }
+        };
+        if e.version.bucket.is_empty() {
+            return Err(EntryError::Invalid("empty bucket".into()));
+        }
+        Ok(e)
+    }
+
+    /// Parses a record delivered from `topic`; a record that does not decode is logged with
+    /// its position and counted (`backbeat_log_undecodable_total`), then `None`.
+    pub fn from_delivery(topic: &str, delivery: &Delivery) -> Option<Entry> {
+        match Entry::decode(&delivery.record.value) {
+            Ok(e) => Some(e),
+            Err(error) => {
+                crate::metrics::count_undecodable(topic);
+                tracing::warn!(topic, partition = delivery.position.partition,
+                    offset = delivery.position.offset, %error,
+                    "Skipping a log record that does not decode as an entry.");
+                None
+            }
         }
     }
 }
 
-/// An entry of the replication topics.
+/// ISO-8601 with milliseconds of `ms` since the epoch.
+pub fn iso_ms(ms: u64) -> String {
+    let ns = i128::from(ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time; 0 when it does not parse.
+pub fn ms_of_iso(s: &str) -> u64 {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The original's JSON.
+
+/// An entry as the original writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueEntry {
     /// `put` (a delete marker is a put with `isDeleteMarker`), or `del`.
@@ -84,19 +284,39 @@ pub struct QueueEntry {
         skip_serializing_if = "Option::is_none"
     )]
     pub replay_count: Option<u32>,
-    /// On a status entry: the version was not copied because it is gone (`gone`) or changed
-    /// (`changed`) at the source, so the site will never have it (the original writes no
-    /// status then and the version stays PENDING, counted as pending forever).
+    /// Ours: on a status entry, why the site will never get the version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<SkipReason>,
+    pub skipped: Option<DropReason>,
+    /// Ours: on a FAILED status entry, what is known of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<JsonFailure>,
+    /// Ours: attempts made by earlier replays.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// Ours: backfill rather than live replication.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
+    /// Ours: an operator's requeue (written again whatever the site holds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeue: bool,
 }
 
-/// Errors decoding an entry.
-#[derive(Debug, thiserror::Error)]
-pub enum EntryError {
-    /// The record is not the expected JSON.
-    #[error("invalid entry: {0}")]
-    Invalid(String),
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Ours: a FAILED outcome's details in a JSON status entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonFailure {
+    /// Typed reason.
+    pub reason: FailureReason,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last error, one line.
+    pub last_error: String,
+    /// When the last attempt ended (ms).
+    pub last_attempt: u64,
 }
 
 /// The `replicationInfo` of an ObjectMD, as the original serializes it.
@@ -132,8 +352,8 @@ pub struct ReplicationInfoMd {
     pub is_nfs: Option<bool>,
 }
 
-/// The object metadata carried in an entry (the original's ObjectMD, the fields replication
-/// uses). User metadata are top-level `x-amz-meta-*` members, as in the original.
+/// The object metadata carried in a JSON entry (the original's ObjectMD, the fields
+/// replication uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ObjectMd {
     /// Version id (`null` for non-versioned objects).
@@ -142,13 +362,6 @@ pub struct ObjectMd {
     /// Size in bytes.
     #[serde(rename = "content-length", default)]
     pub content_length: u64,
-    /// Content type.
-    #[serde(
-        rename = "content-type",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub content_type: Option<String>,
     /// ETag without quotes.
     #[serde(rename = "content-md5", default)]
     pub content_md5: String,
@@ -162,8 +375,8 @@ pub struct ObjectMd {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub is_delete_marker: bool,
-    /// Object tags.
-    #[serde(default)]
+    /// Object tags (not carried by our entries: read from the source at copy time).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// Replication information.
     #[serde(rename = "replicationInfo", default)]
@@ -171,73 +384,6 @@ pub struct ObjectMd {
     /// Every other member (user metadata as `x-amz-meta-*`, fields we do not use).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-impl ObjectMd {
-    /// User metadata (names without the `x-amz-meta-` prefix).
-    pub fn user_metadata(&self) -> BTreeMap<String, String> {
-        self.extra
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("x-amz-meta-")?;
-                Some((name.to_string(), v.as_str()?.to_string()))
-            })
-            .collect()
-    }
-
-    /// Builds the metadata of `version` from the store's replication info.
-    pub fn from_info(version: &VersionRef, info: &ReplicationInfo) -> ObjectMd {
-        let mut extra = Map::new();
-        for (k, v) in &info.user_metadata {
-            extra.insert(format!("x-amz-meta-{k}"), Value::String(v.clone()));
-        }
-        ObjectMd {
-            version_id: Some(version.version_id.clone()),
-            content_length: info.size,
-            content_type: info.content_type.clone(),
-            content_md5: info.etag.clone(),
-            last_modified: info.last_modified.clone(),
-            is_delete_marker: false,
-            tags: info.tags.clone(),
-            replication_info: ReplicationInfoMd {
-                status: info
-                    .status
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                backends: info.backends.clone(),
-                content: info.content.clone(),
-                destination: info.destination.clone(),
-                storage_class: info.storage_class.clone(),
-                role: String::new(),
-                storage_type: String::new(),
-                data_store_version_id: String::new(),
-                is_nfs: None,
-            },
-            extra,
-        }
-    }
-
-    /// The store's replication info from this metadata.
-    pub fn to_info(&self) -> ReplicationInfo {
-        ReplicationInfo {
-            status: parse_status(&self.replication_info.status),
-            backends: self.replication_info.backends.clone(),
-            content: self.replication_info.content.clone(),
-            destination: self.replication_info.destination.clone(),
-            storage_class: self.replication_info.storage_class.clone(),
-            size: self.content_length,
-            etag: self.content_md5.clone(),
-            last_modified: self.last_modified.clone(),
-            content_type: self.content_type.clone(),
-            user_metadata: self.user_metadata(),
-            tags: self.tags.clone(),
-        }
-    }
-
-    /// The sites named by `replicationInfo.storageClass` (`:preferred_read` suffixes dropped).
-    pub fn sites(&self) -> Vec<String> {
-        sites_of(&self.replication_info.storage_class)
-    }
 }
 
 /// The sites of a `storageClass` comma list (`:preferred_read` suffixes dropped).
@@ -262,47 +408,92 @@ pub fn parse_status(s: &str) -> Option<ReplicationStatus> {
     })
 }
 
-/// `md` narrowed to `site` (the original's `toRetryEntry`): backends reduced to the site (its
-/// `dataStoreVersionId` kept), site PENDING, `storageClass` = the site, global PENDING.
-fn narrowed(mut md: ObjectMd, site: &str) -> ObjectMd {
-    let dsv = md
-        .replication_info
-        .backends
-        .iter()
-        .find(|b| b.site == site)
-        .map(|b| b.data_store_version_id.clone())
-        .unwrap_or_default();
-    md.replication_info.backends = vec![SiteState {
-        site: site.to_string(),
-        status: ReplicationStatus::Pending,
-        data_store_version_id: dsv,
-    }];
-    md.replication_info.storage_class = site.to_string();
-    md.replication_info.status = ReplicationStatus::Pending.as_str().into();
-    md
-}
-
 impl QueueEntry {
-    /// The entry the populator queues for `version`, carrying `md` (every site of the rule).
-    pub fn queued(version: &VersionRef, md: &ObjectMd) -> QueueEntry {
-        QueueEntry {
-            kind: EntryKind::Put,
-            bucket: version.bucket.clone(),
-            key: version.key.clone(),
-            value: serde_json::to_string(md).unwrap_or_else(|_| "{}".into()),
-            site: None,
-            replay_count: None,
-            skipped: None,
+    /// The original's entry for `e`.
+    pub fn from_entry(e: &Entry) -> QueueEntry {
+        let mut backends: Vec<SiteState> = e
+            .sites
+            .iter()
+            .map(|s| SiteState {
+                site: s.clone(),
+                status: ReplicationStatus::Pending,
+                data_store_version_id: String::new(),
+            })
+            .collect();
+        let (mut skipped, mut failure) = (None, None);
+        let mut global = ReplicationStatus::Pending;
+        if let (Some(site), Some(outcome)) = (&e.site, &e.outcome) {
+            let (status, dsv) = match outcome {
+                SiteOutcome::Completed {
+                    data_store_version_id,
+                } => (
+                    ReplicationStatus::Completed,
+                    data_store_version_id.clone().unwrap_or_default(),
+                ),
+                SiteOutcome::Failed(info) => {
+                    failure = Some(JsonFailure {
+                        reason: info.reason,
+                        attempts: info.attempts,
+                        last_error: info.last_error.clone(),
+                        last_attempt: info.last_attempt_ms,
+                    });
+                    (ReplicationStatus::Failed, String::new())
+                }
+                SiteOutcome::Dropped(why) => {
+                    skipped = Some(*why);
+                    (ReplicationStatus::Pending, String::new())
+                }
+            };
+            match backends.iter_mut().find(|b| &b.site == site) {
+                Some(b) => {
+                    b.status = status;
+                    b.data_store_version_id = dsv;
+                }
+                None => backends.push(SiteState {
+                    site: site.clone(),
+                    status,
+                    data_store_version_id: dsv,
+                }),
+            }
+            global = if status == ReplicationStatus::Failed {
+                ReplicationStatus::Failed
+            } else {
+                merge_status(&backends)
+            };
         }
-    }
-
-    /// The retry entry of `version` for `site` (the original's `toRetryEntry`), built from the
-    /// store's replication info.
-    pub fn retry(version: &VersionRef, info: &ReplicationInfo, site: &str) -> QueueEntry {
-        let md = narrowed(ObjectMd::from_info(version, info), site);
-        let mut e = QueueEntry::queued(version, &md);
-        e.site = Some(site.to_string());
-        e
+        let md = ObjectMd {
+            version_id: Some(e.version.version_id.clone()),
+            content_length: e.size,
+            content_md5: e.etag.clone(),
+            last_modified: iso_ms(e.written_ms),
+            is_delete_marker: e.deleted && e.kind == EntryKind::Put,
+            tags: BTreeMap::new(),
+            replication_info: ReplicationInfoMd {
+                status: global.as_str().to_string(),
+                backends,
+                content: if e.size == 0 || e.deleted {
+                    vec!["METADATA".into()]
+                } else {
+                    vec!["DATA".into(), "METADATA".into()]
+                },
+                storage_class: e.sites.join(","),
+                ..ReplicationInfoMd::default()
+            },
+            extra: Map::new(),
+        };
+        QueueEntry {
+            kind: e.kind,
+            bucket: e.version.bucket.clone(),
+            key: e.version.key.clone(),
+            value: serde_json::to_string(&md).unwrap_or_else(|_| "{}".into()),
+            site: e.site.clone(),
+            replay_count: e.replay_count,
+            skipped,
+            failure,
+            attempts: e.attempts,
+            backfill: e.backfill,
+            requeue: e.requeued,
+        }
     }
 
     /// Parses the metadata in `value`.
@@ -313,148 +504,80 @@ impl QueueEntry {
         serde_json::from_str(&self.value).map_err(|e| EntryError::Invalid(format!("value: {e}")))
     }
 
-    /// The version this entry is about.
+    /// The entry this JSON says (the original's, or ours).
     ///
     /// # Errors
-    /// `EntryError::Invalid` when the metadata cannot be parsed.
-    pub fn version(&self) -> Result<VersionRef, EntryError> {
-        Ok(self.version_with(&self.metadata()?))
-    }
-
-    fn version_with(&self, md: &ObjectMd) -> VersionRef {
-        VersionRef::new(
-            self.bucket.clone(),
-            self.key.clone(),
-            md.version_id
-                .clone()
-                .unwrap_or_else(|| NULL_VERSION.to_string()),
-        )
-    }
-
-    /// Encodes the entry as its log record value.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Decodes a log record value, checking the sanity rules of the original (bucket and key
-    /// are strings; `value` parses).
-    ///
-    /// # Errors
-    /// `EntryError::Invalid` describing the problem.
-    pub fn decode(bytes: &[u8]) -> Result<QueueEntry, EntryError> {
-        Parsed::parse(bytes).map(|p| p.entry)
-    }
-
-    /// The log record key: `encodeURIComponent("<bucket>/<key>")`.
-    pub fn log_key(&self) -> Vec<u8> {
-        log_key(&self.bucket, &self.key)
-    }
-
-    /// The log record of this entry.
-    pub fn record(&self) -> Record {
-        Record::new(self.log_key(), self.encode())
-    }
-}
-
-/// A delivered entry, parsed once: the version it is about, its metadata and the entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
-    /// The version.
-    pub version: VersionRef,
-    /// The object metadata (`value`).
-    pub md: ObjectMd,
-    /// The entry itself.
-    pub entry: QueueEntry,
-}
-
-impl Parsed {
-    /// Parses a log record value, checking the sanity rules of the original (bucket and key
-    /// are strings, the bucket is not empty, `value` parses).
-    ///
-    /// # Errors
-    /// `EntryError::Invalid` describing the problem.
-    pub fn parse(bytes: &[u8]) -> Result<Parsed, EntryError> {
-        let entry: QueueEntry =
-            serde_json::from_slice(bytes).map_err(|e| EntryError::Invalid(e.to_string()))?;
-        if entry.bucket.is_empty() {
-            return Err(EntryError::Invalid("empty bucket".into()));
+    /// `EntryError::Invalid` when `value` does not parse.
+    pub fn to_entry(&self) -> Result<Entry, EntryError> {
+        let md = self.metadata()?;
+        let ri = &md.replication_info;
+        let version_id = md
+            .version_id
+            .clone()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| NULL_VERSION.to_string());
+        let mut sites = sites_of(&ri.storage_class);
+        if sites.is_empty() {
+            sites = ri.backends.iter().map(|b| b.site.clone()).collect();
         }
-        let md = entry.metadata()?;
-        let version = entry.version_with(&md);
-        Ok(Parsed { version, md, entry })
-    }
-
-    /// Parses a record delivered from `topic`; a record that does not decode is logged with
-    /// its position and counted (`backbeat_log_undecodable_total`), then `None`.
-    pub fn from_delivery(topic: &str, delivery: &Delivery) -> Option<Parsed> {
-        match Parsed::parse(&delivery.record.value) {
-            Ok(p) => Some(p),
-            Err(error) => {
-                crate::metrics::count_undecodable(topic);
-                tracing::warn!(topic, partition = delivery.position.partition,
-                    offset = delivery.position.offset, %error,
-                    "Skipping a log record that does not decode as an entry.");
-                None
-            }
-        }
-    }
-
-    /// The status entry reporting `status` at `site` (the replica's version id there when
-    /// known), for the status processor. The global status is FAILED on a failure, else the
-    /// merge of the sites as the entry knows them.
-    pub fn outcome(
-        &self,
-        site: &str,
-        status: ReplicationStatus,
-        data_store_version_id: Option<String>,
-    ) -> QueueEntry {
-        let mut md = self.md.clone();
-        let ri = &mut md.replication_info;
-        match ri.backends.iter_mut().find(|b| b.site == site) {
-            Some(b) => {
-                b.status = status;
-                if let Some(v) = &data_store_version_id {
-                    b.data_store_version_id = v.clone();
+        let outcome = match &self.site {
+            None => None,
+            Some(site) => {
+                if let Some(why) = self.skipped {
+                    Some(SiteOutcome::Dropped(why))
+                } else {
+                    match ri
+                        .backends
+                        .iter()
+                        .find(|b| &b.site == site)
+                        .map(|b| b.status)
+                    {
+                        Some(ReplicationStatus::Completed) => {
+                            let dsv = ri
+                                .backends
+                                .iter()
+                                .find(|b| &b.site == site)
+                                .map(|b| b.data_store_version_id.clone())
+                                .filter(|d| !d.is_empty());
+                            Some(SiteOutcome::Completed {
+                                data_store_version_id: dsv,
+                            })
+                        }
+                        Some(ReplicationStatus::Failed) => {
+                            let f = self.failure.clone();
+                            Some(SiteOutcome::Failed(FailedInfo {
+                                size: md.content_length,
+                                written_ms: ms_of_iso(&md.last_modified),
+                                reason: f.as_ref().map_or(FailureReason::Rejected, |f| f.reason),
+                                attempts: f.as_ref().map_or(0, |f| f.attempts),
+                                last_error: f
+                                    .as_ref()
+                                    .map(|f| f.last_error.clone())
+                                    .unwrap_or_default(),
+                                last_attempt_ms: f.as_ref().map_or(0, |f| f.last_attempt),
+                            }))
+                        }
+                        // A retry or replay entry (site PENDING): no outcome.
+                        _ => None,
+                    }
                 }
             }
-            None => ri.backends.push(SiteState {
-                site: site.to_string(),
-                status,
-                data_store_version_id: data_store_version_id.unwrap_or_default(),
-            }),
-        }
-        ri.status = if status == ReplicationStatus::Failed {
-            ReplicationStatus::Failed.as_str().to_string()
-        } else {
-            merge_status(&ri.backends).as_str().to_string()
         };
-        self.at_site(md, site)
-    }
-
-    /// The status entry of a version `site` did not copy because it is gone or changed at
-    /// the source.
-    pub fn skipped(&self, site: &str, why: SkipReason) -> QueueEntry {
-        let mut e = self.at_site(self.md.clone(), site);
-        e.skipped = Some(why);
-        e
-    }
-
-    /// The replay entry of this entry for `site` (reference 3.7): narrowed to the site, with
-    /// `replay_count`.
-    pub fn replay(&self, site: &str, replay_count: u32) -> QueueEntry {
-        let mut e = self.at_site(narrowed(self.md.clone(), site), site);
-        e.replay_count = Some(replay_count);
-        e
-    }
-
-    /// An entry of this kind about this version at `site`, carrying `md` and this entry's
-    /// replay count.
-    fn at_site(&self, md: ObjectMd, site: &str) -> QueueEntry {
-        let mut e = QueueEntry::queued(&self.version, &md);
-        e.kind = self.entry.kind;
-        e.site = Some(site.to_string());
-        e.replay_count = self.entry.replay_count;
-        e
+        Ok(Entry {
+            kind: self.kind,
+            version: VersionRef::new(self.bucket.clone(), self.key.clone(), version_id),
+            etag: md.content_md5.clone(),
+            size: md.content_length,
+            written_ms: ms_of_iso(&md.last_modified),
+            deleted: md.is_delete_marker || self.kind == EntryKind::Del,
+            backfill: self.backfill,
+            sites,
+            site: self.site.clone(),
+            replay_count: self.replay_count,
+            attempts: self.attempts,
+            requeued: self.requeue,
+            outcome,
+        })
     }
 }
 
@@ -488,6 +611,22 @@ fn encode_uri_component_into(s: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    fn sample() -> Entry {
+        Entry::queued(
+            "b",
+            "k:1/é",
+            &QueuedVersion {
+                version_id: "v1".into(),
+                etag: "e1".into(),
+                size: 10,
+                written_ms: 1_700_000_000_123,
+                deleted: false,
+                backfill: true,
+            },
+            vec!["s1".into(), "s2".into()],
+        )
+    }
+
     #[test]
     fn encode_uri_component_matches_javascript() {
         assert_eq!(
@@ -498,89 +637,74 @@ mod tests {
     }
 
     #[test]
-    fn entry_roundtrips_and_keeps_user_metadata() {
-        let v = VersionRef::new("b", "k:1/é", "v1");
-        let mut info = ReplicationInfo::pending(&["s1".into(), "s2".into()]);
-        info.size = 10;
-        info.user_metadata.insert("color".into(), "blue".into());
-        let e = QueueEntry::queued(&v, &ObjectMd::from_info(&v, &info));
-        let d = QueueEntry::decode(&e.encode()).unwrap();
-        assert_eq!(d.version().unwrap(), v);
-        let md = d.metadata().unwrap();
-        assert_eq!(
-            md.user_metadata().get("color").map(String::as_str),
-            Some("blue")
-        );
-        assert_eq!(md.sites(), vec!["s1".to_string(), "s2".to_string()]);
-        assert_eq!(md.to_info().size, 10);
-        let r = QueueEntry::retry(&v, &info, "s2");
-        let rmd = r.metadata().unwrap();
-        assert_eq!(rmd.sites(), vec!["s2".to_string()]);
-        assert_eq!(rmd.replication_info.backends.len(), 1);
-    }
-
-    #[test]
-    fn replay_entries_are_narrowed_to_the_site() {
-        let v = VersionRef::new("b", "k", "v1");
-        let mut md = ObjectMd {
-            version_id: Some("v1".into()),
-            ..ObjectMd::default()
+    fn every_kind_roundtrips_in_both_formats() {
+        let q = sample();
+        let failed = FailedInfo {
+            size: 10,
+            written_ms: 1_700_000_000_123,
+            reason: FailureReason::Timeout,
+            attempts: 7,
+            last_error: "frozen".into(),
+            last_attempt_ms: 9,
         };
-        md.replication_info.storage_class = "a,b".into();
-        md.replication_info.backends = vec![
-            SiteState {
-                site: "a".into(),
-                status: ReplicationStatus::Pending,
-                data_store_version_id: String::new(),
-            },
-            SiteState {
-                site: "b".into(),
-                status: ReplicationStatus::Completed,
-                data_store_version_id: "x".into(),
-            },
+        let entries = [
+            q.clone(),
+            q.retry("s2"),
+            q.replay("s1", 3, 5),
+            q.outcome(
+                "s1",
+                SiteOutcome::Completed {
+                    data_store_version_id: Some("r1".into()),
+                },
+            ),
+            q.outcome("s2", SiteOutcome::Failed(failed)),
+            q.outcome("s2", SiteOutcome::Dropped(DropReason::Superseded)),
+            Entry::deletion("b", "gone", &q.queued_version(), vec!["s1".into()]),
         ];
-        let parsed = Parsed::parse(&QueueEntry::queued(&v, &md).encode()).unwrap();
-        let e = QueueEntry::decode(&parsed.replay("a", 3).encode()).expect("decodes");
-        assert_eq!(e.replay_count, Some(3));
-        assert_eq!(e.kind, EntryKind::Put);
-        let md = e.metadata().expect("metadata");
-        assert_eq!(md.sites(), vec!["a".to_string()]);
-        assert_eq!(md.replication_info.backends.len(), 1);
-        assert_eq!(e.version().expect("version"), v);
+        for e in entries {
+            for f in [EntryFormat::Binary, EntryFormat::Json] {
+                let back = Entry::decode(&e.encode(f)).unwrap();
+                assert_eq!(back, e, "{f:?}");
+            }
+        }
     }
 
     #[test]
-    fn outcomes_and_skips_name_their_site_and_keep_the_kind() {
-        let v = VersionRef::new("b", "k", "v1");
-        let info = ReplicationInfo::pending(&["a".into(), "c".into()]);
-        let mut queued = QueueEntry::queued(&v, &ObjectMd::from_info(&v, &info));
-        queued.replay_count = Some(2);
-        let parsed = Parsed::parse(&queued.encode()).unwrap();
-        let done = Parsed::parse(
-            &parsed
-                .outcome("a", ReplicationStatus::Completed, Some("r1".into()))
-                .encode(),
-        )
-        .unwrap();
-        assert_eq!(done.entry.site.as_deref(), Some("a"));
-        assert_eq!(done.entry.replay_count, Some(2));
-        let a = done
-            .md
-            .replication_info
-            .backends
-            .iter()
-            .find(|b| b.site == "a");
-        assert_eq!(a.map(|b| b.status), Some(ReplicationStatus::Completed));
-        assert_eq!(done.md.replication_info.status, "PROCESSING");
-        let failed = parsed.outcome("c", ReplicationStatus::Failed, None);
-        assert_eq!(failed.metadata().unwrap().replication_info.status, "FAILED");
-        let skipped = parsed.skipped("c", SkipReason::Changed);
-        let json: Value = serde_json::from_slice(&skipped.encode()).unwrap();
-        assert_eq!(json["skipped"], "changed");
+    fn the_json_is_the_originals() {
+        let q = sample().outcome(
+            "s1",
+            SiteOutcome::Completed {
+                data_store_version_id: Some("r1".into()),
+            },
+        );
+        let json: Value = serde_json::from_slice(&q.encode(EntryFormat::Json)).unwrap();
         assert_eq!(json["type"], "put");
+        assert_eq!(json["bucket"], "b");
+        assert_eq!(json["key"], "k:1/é");
+        assert_eq!(json["site"], "s1");
+        let md: Value = serde_json::from_str(json["value"].as_str().unwrap()).unwrap();
+        assert_eq!(md["versionId"], "v1");
+        assert_eq!(md["content-length"], 10);
+        assert_eq!(md["last-modified"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(md["replicationInfo"]["storageClass"], "s1,s2");
+        assert_eq!(md["replicationInfo"]["status"], "PROCESSING");
+        assert_eq!(md["replicationInfo"]["backends"][0]["status"], "COMPLETED");
         assert_eq!(
-            QueueEntry::decode(&skipped.encode()).unwrap().skipped,
-            Some(SkipReason::Changed)
+            md["replicationInfo"]["backends"][0]["dataStoreVersionId"],
+            "r1"
+        );
+        // An original retry entry (toRetryEntry) decodes as one for its site.
+        let original = br#"{"bucket":"b","key":"k","site":"aws","replayCount":2,
+            "value":"{\"versionId\":\"v9\",\"content-length\":3,\"replicationInfo\":{\"status\":\"PENDING\",\"storageClass\":\"aws\",\"backends\":[{\"site\":\"aws\",\"status\":\"PENDING\",\"dataStoreVersionId\":\"\"}]}}"}"#;
+        let e = Entry::decode(original).unwrap();
+        assert_eq!(e.version, VersionRef::new("b", "k", "v9"));
+        assert_eq!(e.sites, vec!["aws".to_string()]);
+        assert_eq!(e.replay_count, Some(2));
+        assert_eq!(e.outcome, None);
+        // The binary form is several times smaller.
+        assert!(
+            sample().encode(EntryFormat::Binary).len() * 4
+                < sample().encode(EntryFormat::Json).len()
         );
     }
 
@@ -599,21 +723,22 @@ mod tests {
             .unwrap_or(0);
         for bad in [
             &b"not json"[..],
+            &[BINARY_MAGIC, 1, 2][..],
             br#"{"bucket":"","key":"k","value":"{}"}"#,
             br#"{"bucket":"b","key":"k","value":"[1]"}"#,
             br#"{"type":"unknown","bucket":"b","key":"k","value":"{}"}"#,
         ] {
-            assert!(Parsed::from_delivery("entry-test-topic", &delivery(bad)).is_none());
+            assert!(Entry::from_delivery("entry-test-topic", &delivery(bad)).is_none());
         }
         let ok = br#"{"type":"del","bucket":"b","key":"k","value":"{}"}"#;
-        let parsed = Parsed::from_delivery("entry-test-topic", &delivery(ok)).unwrap();
-        assert_eq!(parsed.entry.kind, EntryKind::Del);
-        assert_eq!(parsed.version.version_id, NULL_VERSION);
+        let e = Entry::from_delivery("entry-test-topic", &delivery(ok)).unwrap();
+        assert_eq!(e.kind, EntryKind::Del);
+        assert_eq!(e.version.version_id, NULL_VERSION);
         assert_eq!(
             crate::metrics::undecodable()
                 .get("entry-test-topic")
                 .copied(),
-            Some(before + 4)
+            Some(before + 5)
         );
     }
 }

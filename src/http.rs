@@ -348,3 +348,52 @@ mod tests {
         );
     }
 }
+
+/// The RFC 2047 form (`=?UTF-8?B?<base64>?=`) of `value`: how a header carries text HTTP
+/// cannot (non-ASCII, surrounding spaces); S3 decodes it when it stores user metadata.
+pub fn rfc2047_encode(value: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "=?UTF-8?B?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(value.as_bytes())
+    )
+}
+
+/// Decodes an RFC 2047 encoded word in UTF-8 (`B` or `Q` encoding) when `value` is one;
+/// anything else comes back as it is.
+pub fn rfc2047_decode(value: &str) -> String {
+    use base64::Engine as _;
+    let decoded = (|| {
+        let inner = value.trim().strip_prefix("=?")?.strip_suffix("?=")?;
+        let mut parts = inner.splitn(3, '?');
+        let charset = parts.next()?;
+        let encoding = parts.next()?;
+        let text = parts.next()?;
+        if !charset.eq_ignore_ascii_case("utf-8") {
+            return None;
+        }
+        let bytes = match encoding {
+            "B" | "b" => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?,
+            "Q" | "q" => {
+                let mut out = Vec::with_capacity(text.len());
+                let mut it = text.bytes();
+                while let Some(b) = it.next() {
+                    match b {
+                        b'_' => out.push(b' '),
+                        b'=' => {
+                            let h = [it.next()?, it.next()?];
+                            out.push(u8::from_str_radix(std::str::from_utf8(&h).ok()?, 16).ok()?);
+                        }
+                        b => out.push(b),
+                    }
+                }
+                out
+            }
+            _ => return None,
+        };
+        String::from_utf8(bytes).ok()
+    })();
+    decoded.unwrap_or_else(|| value.to_string())
+}

@@ -19,6 +19,8 @@ pub struct DiscoveredVersion {
     pub size: Option<u64>,
     /// ETag announced by the event, if any.
     pub etag: Option<String>,
+    /// When the event happened (`eventTime`), in ms since the epoch: lag is measured from it.
+    pub event_time_ms: Option<u64>,
 }
 
 /// Errors of an intake.
@@ -36,4 +38,11 @@ pub trait Intake: Send + Sync + 'static {
     /// Queues the versions (each once, however often it is discovered); returns how many were
     /// newly queued. Durable on return.
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError>;
+
+    /// Queues each version again for its sites, whatever their status (`POST crr/requeue`);
+    /// returns how many entries were queued. Durable on return.
+    async fn requeue(
+        &self,
+        items: Vec<(crate::model::VersionRef, Vec<String>)>,
+    ) -> Result<usize, IntakeError>;
 }

@@ -17,16 +17,20 @@
 //! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
 //! - [`http`]: the HTTP client, bodies, URI encoding and XML reader shared by the S3 client and
 //!   the `azure` site.
-//! - [`model`]: versions, replication statuses and the status merge.
+//! - [`model`]: versions, replication statuses and the status merge, the per-key record.
+//! - [`transitions`]: the one pure function turning a change to a source key (queued, outcome,
+//!   retry, requeue, site removed) into its new record and effects; the stores apply it.
 //! - [`api`]: the REST API (hyper).
 //! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
+//! - [`checksum`]: MD5 computed while streaming (integrity end to end).
 //! - [`clock`]: wall-clock time, injectable for expiry tests.
 //! - [`telemetry`]: logging setup.
 //! - [`testkit`]: helpers for crash tests that need a separate process.
 
 pub mod api;
 pub mod app;
+pub mod checksum;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -45,3 +49,4 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod testkit;
+pub mod transitions;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const NULL_VERSION: &str = "null";
 
 /// One object version: `(bucket, key, version_id)`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct VersionRef {
     /// Source bucket.
     pub bucket: String,
@@ -98,7 +98,7 @@ impl fmt::Display for VersionRef {
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// What replication needs to know about one version: what a source reads and a site writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectInfo {
     /// The version.
     pub version: VersionRef,
@@ -108,14 +108,77 @@ pub struct ObjectInfo {
     pub etag: String,
     /// Last-modified, ISO-8601 with milliseconds.
     pub last_modified: String,
-    /// Content type.
-    pub content_type: Option<String>,
-    /// User metadata (names without `x-amz-meta-`).
+    /// The standard headers a replica carries (DESIGN section 3, "Metadata fidelity").
+    pub headers: ContentHeaders,
+    /// User metadata (names without `x-amz-meta-`, lowercase; values exactly as stored,
+    /// UTF-8 kept).
     pub user_metadata: BTreeMap<String, String>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// Whether the version is a delete marker.
     pub is_delete_marker: bool,
+    /// The MD5 of the bytes (hex) when known before reading them: an S3 ETag that is an MD5
+    /// (a single-part upload), or what a file source computed.
+    pub content_md5: Option<String>,
+    /// Whether the version is itself a replica (`scal-replication-status: REPLICA` or
+    /// `x-amz-replication-status: REPLICA`): never replicated (DESIGN section 3).
+    pub replica: bool,
+}
+
+impl ObjectInfo {
+    /// Last-modified in ms since the epoch (0 when unknown).
+    pub fn last_modified_ms(&self) -> u64 {
+        crate::entry::ms_of_iso(&self.last_modified)
+    }
+}
+
+/// The standard headers of an object that a replica carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContentHeaders {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// `Content-Disposition`.
+    pub content_disposition: Option<String>,
+    /// `Content-Language`.
+    pub content_language: Option<String>,
+    /// `Cache-Control`.
+    pub cache_control: Option<String>,
+    /// `Expires`, as the source gave it.
+    pub expires: Option<String>,
+}
+
+impl ContentHeaders {
+    /// Each header that is set, as `(HTTP name, value)`.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("content-type", &self.content_type),
+            ("content-encoding", &self.content_encoding),
+            ("content-disposition", &self.content_disposition),
+            ("content-language", &self.content_language),
+            ("cache-control", &self.cache_control),
+            ("expires", &self.expires),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.as_deref().map(|v| (n, v)))
+        .collect()
+    }
+
+    /// Sets the header named `name` (case-insensitive); `false` when it is not one of them.
+    pub fn set(&mut self, name: &str, value: String) -> bool {
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "content-type" => &mut self.content_type,
+            "content-encoding" => &mut self.content_encoding,
+            "content-disposition" => &mut self.content_disposition,
+            "content-language" => &mut self.content_language,
+            "cache-control" => &mut self.cache_control,
+            "expires" => &mut self.expires,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
 }
 
 /// A replication status, global or per site.
@@ -165,97 +228,48 @@ pub struct SiteState {
     pub data_store_version_id: String,
 }
 
-/// Replication information of one version (mirrors the original's `replicationInfo`, plus what
-/// is needed to write the replica).
+/// What the state store keeps per source key (DESIGN section 3, "newest wins"): the key's
+/// current version as last queued, and where each site stands with it. One record per key,
+/// not per version: a newer version replaces the older one's record, so state grows with the
+/// keys of the source, never with their history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicationInfo {
-    /// Global status, merged from the sites.
-    pub status: Option<ReplicationStatus>,
-    /// One entry per destination site.
-    pub backends: Vec<SiteState>,
-    /// `["DATA","METADATA"]`, or `["METADATA"]` for 0-byte objects.
-    pub content: Vec<String>,
-    /// Destination bucket (ARN or name).
-    pub destination: String,
-    /// Comma list of site names.
-    pub storage_class: String,
-    /// Object size in bytes.
-    pub size: u64,
-    /// Source ETag.
+pub struct KeyState {
+    /// The version id (a delete marker's id, or a synthetic id for a key deleted at a source
+    /// without delete markers).
+    pub version_id: String,
+    /// Source ETag without quotes (the file source's is its version id); with the version id,
+    /// what tells two `null` versions apart.
     pub etag: String,
-    /// Source last-modified, ISO-8601.
-    pub last_modified: String,
-    /// Content type of the source object.
-    pub content_type: Option<String>,
-    /// User metadata (without the `x-amz-meta-` prefix).
-    pub user_metadata: BTreeMap<String, String>,
-    /// Object tags.
-    pub tags: BTreeMap<String, String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the version was written at the source (ms since the epoch): lag is measured from
+    /// it.
+    pub written_ms: u64,
+    /// When it was queued (ms since the epoch).
+    pub queued_ms: u64,
+    /// The key's current state is "deleted" (a delete marker, or no version any more).
+    pub deleted: bool,
+    /// First seen long after it was written (initial sync, rescan, new site): counted as
+    /// backfill, not lag.
+    pub backfill: bool,
+    /// One entry per site of the version's rule: PENDING, COMPLETED or FAILED.
+    pub sites: Vec<SiteState>,
 }
 
-impl ReplicationInfo {
-    /// Replication info for a new version: every site PENDING.
-    pub fn pending(sites: &[String]) -> ReplicationInfo {
-        let mut info = ReplicationInfo {
-            backends: sites
-                .iter()
-                .map(|s| SiteState {
-                    site: s.clone(),
-                    status: ReplicationStatus::Pending,
-                    data_store_version_id: String::new(),
-                })
-                .collect(),
-            storage_class: sites.join(","),
-            ..ReplicationInfo::default()
-        };
-        info.status = Some(merge_status(&info.backends));
-        info
-    }
-
+impl KeyState {
     /// The state of `site`, if the version replicates there.
     pub fn site(&self, site: &str) -> Option<&SiteState> {
-        self.backends.iter().find(|b| b.site == site)
+        self.sites.iter().find(|b| b.site == site)
     }
 
-    /// Sets `site`'s status following the transition rules (COMPLETED is final; a retry moves
-    /// FAILED to PENDING) and re-merges the global status. Returns whether anything changed.
-    pub fn set_site_status(
-        &mut self,
-        site: &str,
-        status: ReplicationStatus,
-        data_store_version_id: Option<&str>,
-    ) -> bool {
-        let Some(b) = self.backends.iter_mut().find(|b| b.site == site) else {
-            return false;
-        };
-        if b.status == ReplicationStatus::Completed && status != ReplicationStatus::Completed {
-            return false;
-        }
-        let mut changed = b.status != status;
-        b.status = status;
-        if let Some(v) = data_store_version_id {
-            if b.data_store_version_id != v {
-                b.data_store_version_id = v.to_string();
-                changed = true;
-            }
-        }
-        self.status = Some(merge_status(&self.backends));
-        changed
+    /// The global status merged from the sites (`None` when no site is left).
+    pub fn status(&self) -> Option<ReplicationStatus> {
+        (!self.sites.is_empty()).then(|| merge_status(&self.sites))
     }
 
-    /// Drops `site` from the version's sites (the version is gone or changed at the source, so
-    /// it will never be copied there) unless the site is COMPLETED, and re-merges the global
-    /// status. Returns whether anything changed.
-    pub fn remove_site(&mut self, site: &str) -> bool {
-        let before = self.backends.len();
-        self.backends
-            .retain(|b| b.site != site || b.status == ReplicationStatus::Completed);
-        if self.backends.len() == before {
-            return false;
-        }
-        self.status = Some(merge_status(&self.backends));
-        true
+    /// Whether this record is about `version_id` (and, for `null` versions, `etag`).
+    pub fn is_version(&self, version_id: &str, etag: &str) -> bool {
+        self.version_id == version_id && (version_id != NULL_VERSION || self.etag == etag)
     }
 }
 
@@ -308,22 +322,6 @@ mod tests {
         assert_eq!(merge_status(&[st(Completed), st(Failed)]), Failed);
         assert_eq!(merge_status(&[st(Pending), st(Failed)]), Failed);
         assert_eq!(merge_status(&[st(Completed), st(Completed)]), Completed);
-    }
-
-    #[test]
-    fn completed_is_final() {
-        let mut info = ReplicationInfo::pending(&["a".into(), "b".into()]);
-        assert!(info.set_site_status("a", ReplicationStatus::Completed, Some("v1")));
-        assert_eq!(info.status, Some(ReplicationStatus::Processing));
-        assert!(!info.set_site_status("a", ReplicationStatus::Failed, None));
-        assert_eq!(
-            info.site("a").map(|s| s.status),
-            Some(ReplicationStatus::Completed)
-        );
-        assert!(info.set_site_status("b", ReplicationStatus::Failed, None));
-        assert_eq!(info.status, Some(ReplicationStatus::Failed));
-        assert!(info.set_site_status("b", ReplicationStatus::Pending, None));
-        assert_eq!(info.status, Some(ReplicationStatus::Processing));
     }
 
     #[test]

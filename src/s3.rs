@@ -64,6 +64,8 @@ pub struct S3Error {
     pub code: String,
     /// What happened.
     pub detail: String,
+    /// The error answer's headers, when there was one (a delete marker says so in them).
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 impl S3Error {
@@ -73,6 +75,7 @@ impl S3Error {
             status: None,
             code: String::new(),
             detail: detail.into(),
+            headers: None,
         }
     }
 
@@ -83,6 +86,7 @@ impl S3Error {
             status: None,
             code: String::new(),
             detail: detail.into(),
+            headers: None,
         }
     }
 
@@ -132,6 +136,7 @@ impl S3Error {
             status: Some(s),
             code: code.to_string(),
             detail: format!("HTTP {s}{code_part}{msg_part}"),
+            headers: Some(Box::new(headers.clone())),
         }
     }
 }

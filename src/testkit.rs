@@ -128,7 +128,8 @@ pub async fn seed_failed(config: &crate::config::Config, count: u64) -> Result<u
 }
 
 /// Writes what an API under load reads: `per_site` failed versions for each of `sites`
-/// (with their replication info), spread evenly over the last 24 hours, newest first; one
+/// (each with its key's record and a typed reason), spread evenly over the last 24 hours,
+/// newest first; one
 /// sample of every metric in each 5-minute bucket of the last 24 hours; some pending work.
 /// Returns how many failed entries were written.
 ///
@@ -139,15 +140,17 @@ pub async fn seed_load(
     sites: &[String],
     per_site: u64,
 ) -> Result<u64, String> {
-    use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+    use crate::error::FailureReason;
+    use crate::model::VersionRef;
     use crate::store::{Metric, StoreOp, METRICS_BUCKET_MS};
+    use crate::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
 
     const DAY_MS: u64 = 24 * 3_600_000;
     let now = store.now_ms();
     let mut ops = Vec::new();
     let flush = |ops: Vec<StoreOp>| async move {
         store
-            .apply(vec![], ops)
+            .apply(ops)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -159,19 +162,38 @@ pub async fn seed_load(
                 format!("{site}/dir-{}/key-{i}", i % 97),
                 format!("v{i}"),
             );
-            let mut info = ReplicationInfo::pending(sites);
-            info.size = 1000 + i;
-            info.last_modified = crate::clock::iso8601_ms(now);
-            info.set_site_status(site, ReplicationStatus::Failed, None);
-            ops.push(StoreOp::PutReplication {
-                version: v.clone(),
-                info,
-            });
-            ops.push(StoreOp::AddFailed {
-                site: site.clone(),
-                version: v,
-                score_ms: now.saturating_sub(i * DAY_MS / per_site.max(1)),
-            });
+            let at = now.saturating_sub(i * DAY_MS / per_site.max(1));
+            ops.push(StoreOp::key(
+                &v,
+                KeyChange::Queued {
+                    version: QueuedVersion {
+                        version_id: v.version_id.clone(),
+                        etag: format!("etag-{i}"),
+                        size: 1000 + i,
+                        written_ms: at,
+                        deleted: false,
+                        backfill: false,
+                    },
+                    sites: vec![site.clone()],
+                },
+            ));
+            ops.push(StoreOp::key(
+                &v,
+                KeyChange::Outcome {
+                    version_id: v.version_id.clone(),
+                    site: site.clone(),
+                    outcome: SiteOutcome::Failed(FailedInfo {
+                        size: 1000 + i,
+                        written_ms: at,
+                        reason: FailureReason::ALL[(i as usize) % FailureReason::ALL.len()],
+                        attempts: 30,
+                        last_error: format!(
+                            "transient failure talking to site {site}: connection refused (attempt {i})"
+                        ),
+                        last_attempt_ms: at,
+                    }),
+                },
+            ));
             if ops.len() >= 1000 {
                 flush(std::mem::take(&mut ops)).await?;
             }
@@ -193,11 +215,23 @@ pub async fn seed_load(
                 });
             }
         }
-        ops.push(StoreOp::AddPending {
-            site: site.clone(),
-            ops: 12,
-            bytes: 12_288,
-        });
+        for i in 0..12u64 {
+            let v = VersionRef::new("load", format!("{site}/pending-{i}"), "p1");
+            ops.push(StoreOp::key(
+                &v,
+                KeyChange::Queued {
+                    version: QueuedVersion {
+                        version_id: v.version_id.clone(),
+                        etag: "pending".into(),
+                        size: 1024,
+                        written_ms: now,
+                        deleted: false,
+                        backfill: false,
+                    },
+                    sites: vec![site.clone()],
+                },
+            ));
+        }
         flush(std::mem::take(&mut ops)).await?;
     }
     Ok(per_site * sites.len() as u64)

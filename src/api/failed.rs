@@ -4,26 +4,27 @@
 //! A listing page holds the 100 newest entries at or below the marker, in the original's order:
 //! hour by hour from the newest, and within an hour from the oldest entry (its `ZRANGE`).
 //!
-//! `Size` and `LastModified` come from the version's replication info in the store; an entry
-//! whose info is missing is left out of the answer (the original drops entries whose metadata
-//! fetch fails), so a page may hold fewer than 100 entries while `NextMarker` still leads on.
+//! Each entry carries, besides the original's members, what the failed set knows of the
+//! failure (ours): `Reason` (typed, DESIGN section 5), `Attempts`, `LastError` (one line, no
+//! secrets) and `LastAttempt`. Without `sitename` the listing spans every site.
 //!
 //! A retry of `(version, site)`:
 //! 1. takes the retry lock (with a TTL, so a crashed retry never blocks the version forever);
 //! 2. without `ForceRetry`, the pair must be in the failed set;
-//! 3. a FAILED site: one atomic update guarded by "site is FAILED" sets it PENDING and adds
-//!    1 op / size to the pending counters, *keeping* the failed-set entry; then the retry entry
-//!    is appended to `backbeat-replication`; then the failed-set entry is removed (guarded by
-//!    "site is PENDING or COMPLETED", so a new failure recorded meanwhile stays listed).
-//!    The site is PENDING before its entry is queued, so the status processor's "site is
-//!    PENDING" guard always accepts the outcome, however fast the copy is. A crash between the
-//!    steps leaves the version PENDING *and* listed as failed: the next retry of it (step 4)
+//! 3. the version must still be its key's current one (newest wins): a failed entry of a
+//!    version the key has moved past is dropped, never retried;
+//! 4. a FAILED site: [`KeyChange::Retry`] sets it PENDING and adds 1 op / size to the
+//!    pending counters, *keeping* the failed-set entry; then the retry entry is appended to
+//!    `backbeat-replication`; then [`KeyChange::Unlisted`] removes the failed-set entry
+//!    unless the site is FAILED again. The site is PENDING before its entry is queued, so the
+//!    status processor always accepts the outcome, however fast the copy is. A crash between
+//!    the steps leaves the version PENDING *and* listed as failed: the next retry of it (step 5)
 //!    re-queues it, so a retry is never lost (at-least-once) and never counted twice;
-//! 4. a PENDING site still in the failed set (an interrupted retry), or any PENDING site with
+//! 5. a PENDING site still in the failed set (an interrupted retry), or any PENDING site with
 //!    `ForceRetry` (a stuck version): the entry is appended again, counters untouched;
-//! 5. anything else (COMPLETED, unknown site, no info) is skipped; a COMPLETED site's stale
-//!    failed entry is dropped;
-//! 6. releases the lock.
+//! 6. anything else (COMPLETED, unknown site) is skipped; a COMPLETED site's stale failed
+//!    entry is dropped;
+//! 7. releases the lock.
 //!
 //! A skipped element is left out of the answer; the answer lists the re-queued ones with
 //! `"ReplicationStatus": "PENDING"`.
@@ -37,11 +38,11 @@ use tokio::task::JoinSet;
 use super::error::ApiError;
 use super::routes::{parse_marker, Route};
 use super::state::AppState;
-use crate::entry::QueueEntry;
+use crate::entry::{iso_ms, Entry};
 use crate::log::TOPIC_REPLICATION;
-use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef, NULL_VERSION};
-use crate::pipeline::transitions;
-use crate::store::{failed_bucket, FailedEntry, StoreError, FAILED_PAGE};
+use crate::model::{KeyState, ReplicationStatus, VersionRef, NULL_VERSION};
+use crate::store::{failed_bucket, FailedEntry, StoreError, StoreOp, FAILED_PAGE};
+use crate::transitions::{KeyChange, QueuedVersion};
 
 /// Time-to-live of a retry lock.
 pub const RETRY_LOCK_TTL_MS: u64 = 5 * 60 * 1000;
@@ -49,40 +50,33 @@ pub const RETRY_LOCK_TTL_MS: u64 = 5 * 60 * 1000;
 /// Retries processed at once.
 const RETRY_CONCURRENCY: usize = 10;
 
-fn version_json(v: &VersionRef, site: &str, info: &ReplicationInfo) -> Value {
+fn entry_json(e: &FailedEntry) -> Value {
+    let v = &e.version;
     json!({
         "Bucket": v.bucket,
         "Key": v.key,
         "VersionId": v.version_id,
-        "StorageClass": site,
-        "Size": info.size,
-        "LastModified": info.last_modified,
+        "StorageClass": e.site,
+        "Size": e.info.size,
+        "LastModified": iso_ms(e.info.written_ms),
+        "Reason": e.info.reason.as_str(),
+        "Attempts": e.info.attempts,
+        "LastError": e.info.last_error,
+        "LastAttempt": iso_ms(e.info.last_attempt_ms),
     })
 }
 
-async fn enrich(state: &AppState, entries: &[FailedEntry]) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        match state.store.replication(&e.version).await {
-            Ok(Some(info)) => out.push(version_json(&e.version, &e.site, &info)),
-            Ok(None) => {
-                tracing::debug!(site = %e.site, version = %e.version,
-                    "Failed entry without replication info; left out of the listing.");
-            }
-            Err(e) => return Err(ApiError::from(e)),
-        }
-    }
-    Ok(out)
-}
-
-/// `GET crr/failed?sitename=&marker=`.
+/// `GET crr/failed?sitename=&marker=`; without `sitename`, every site's failures, merged by
+/// time and paged the same way (entries of two sites failed in the same millisecond at a page
+/// boundary may show on both pages).
 ///
 /// # Errors
 /// 500 InternalError when the store fails.
 pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
     let empty = json!({"IsTruncated": false, "Versions": []});
-    let Some(site) = route.query.get("sitename") else {
-        return Ok(empty);
+    let sites: Vec<String> = match route.query.get("sitename") {
+        Some(site) => vec![site.clone()],
+        None => state.sites.clone(),
     };
     let marker = match route.query.get("marker").and_then(|m| parse_marker(m)) {
         None | Some(0) => None,
@@ -91,17 +85,23 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
             Err(_) => return Ok(empty),
         },
     };
-    let mut page = match state.store.failed_page(site, marker, FAILED_PAGE).await {
-        Ok(p) => p,
-        Err(StoreError::Invalid(_)) => return Ok(empty),
-        Err(e) => return Err(ApiError::from(e)),
-    };
+    let mut entries = Vec::new();
+    for site in &sites {
+        match state.store.failed_page(site, marker, FAILED_PAGE + 1).await {
+            Ok(p) => entries.extend(p.entries),
+            Err(StoreError::Invalid(_)) => {}
+            Err(e) => return Err(ApiError::from(e)),
+        }
+    }
+    // The newest first across sites; one more than a page tells whether another follows.
+    entries.sort_by_key(|e| Reverse(e.score_ms));
+    let next_marker = entries.get(FAILED_PAGE).map(|e| e.score_ms);
+    entries.truncate(FAILED_PAGE);
     // The original's order: hourly sets newest first, each set's members oldest first
     // (reference 1.7 step 3). The page holds the same entries either way.
-    page.entries
-        .sort_by_key(|e| (Reverse(failed_bucket(e.score_ms)), e.score_ms));
-    let versions = enrich(state, &page.entries).await?;
-    Ok(match page.next_marker {
+    entries.sort_by_key(|e| (Reverse(failed_bucket(e.score_ms)), e.score_ms));
+    let versions: Vec<Value> = entries.iter().map(entry_json).collect();
+    Ok(match next_marker {
         Some(m) => json!({"IsTruncated": true, "NextMarker": m, "Versions": versions}),
         None => json!({"IsTruncated": false, "Versions": versions}),
     })
@@ -112,13 +112,12 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
 /// # Errors
 /// 500 InternalError when the store fails.
 pub async fn of_version(state: &AppState, version: &VersionRef) -> Result<Value, ApiError> {
-    let mut entries = Vec::new();
+    let mut versions = Vec::new();
     for site in &state.sites {
         if let Some(e) = state.store.failed_entry(site, version).await? {
-            entries.push(e);
+            versions.push(entry_json(&e));
         }
     }
-    let versions = enrich(state, &entries).await?;
     Ok(json!({"IsTruncated": false, "Versions": versions}))
 }
 
@@ -267,32 +266,50 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     use ReplicationStatus::{Completed, Failed, Pending};
     let store = &state.store;
     let (v, site) = (&req.version, req.site.as_str());
-    let in_failed_set = match store.failed_entry(site, v).await {
-        Ok(e) => e.is_some(),
+    let listed = match store.failed_entry(site, v).await {
+        Ok(e) => e,
         Err(StoreError::Invalid(_)) => return Ok(None),
         Err(e) => return Err(ApiError::from(e)),
     };
-    if !req.force && !in_failed_set {
+    if !req.force && listed.is_none() {
         return Ok(None);
     }
-    let apply =
-        |(g, o): transitions::Update| async move { store.apply(g, o).await.map_err(ApiError::from) };
-    let Some(info) = store.replication(v).await.map_err(ApiError::from)? else {
-        if in_failed_set && !req.force {
-            apply(transitions::orphan_failed(v, site)).await?;
+    let change = |change: KeyChange| async move {
+        let changed = store.apply(vec![StoreOp::key(v, change)]).await?;
+        Ok::<bool, ApiError>(changed.first().copied().unwrap_or(false))
+    };
+    let unlisted = || KeyChange::Unlisted {
+        version_id: v.version_id.clone(),
+        site: site.to_string(),
+    };
+    let record = store.key_state(&v.bucket, &v.key).await?;
+    let Some(k) = record.filter(|k| k.version_id == v.version_id) else {
+        // The key moved on to another version (newest wins), or has no record: nothing to
+        // retry; a failed entry left behind goes (the original drops a member whose metadata
+        // cannot be fetched).
+        if listed.is_some() {
+            change(unlisted()).await?;
         }
         return Ok(None);
     };
-    match info.site(site).map(|s| s.status) {
+    match k.site(site).map(|s| s.status) {
         Some(Failed) => {
             // Step 1: PENDING and counted, still listed as failed until the entry is queued.
-            if !apply(transitions::retry_requested(v, site, info.size)).await? {
+            let retry = KeyChange::Retry {
+                version_id: v.version_id.clone(),
+                site: site.to_string(),
+            };
+            if !change(retry).await? {
                 return Ok(None);
             }
-            if let Err(e) = append_retry(state, v, &info, site).await {
+            if let Err(e) = append_retry(state, v, &k, site).await {
                 // Best effort back to FAILED; if this fails too, the version stays PENDING and
                 // in the failed set, and the next retry re-queues it.
-                if let Err(u) = apply(transitions::retry_undone(v, site, info.size)).await {
+                let undo = KeyChange::RetryUndone {
+                    version_id: v.version_id.clone(),
+                    site: site.to_string(),
+                };
+                if let Err(u) = change(undo).await {
                     tracing::warn!(error = ?u, site, version = %v, "Cannot undo a retry.");
                 }
                 return Err(e);
@@ -300,41 +317,66 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
         }
         // PENDING and still in the failed set: a retry interrupted between its two steps;
         // with ForceRetry, a stuck version. Re-queued; the counters already count it.
-        Some(Pending) if in_failed_set || req.force => append_retry(state, v, &info, site).await?,
-        Some(Completed) if in_failed_set => {
+        Some(Pending) if listed.is_some() || req.force => append_retry(state, v, &k, site).await?,
+        Some(Completed) if listed.is_some() => {
             // A stale failed entry: drop it, nothing to retry.
-            apply(transitions::stale_failed(v, site)).await?;
+            change(unlisted()).await?;
             return Ok(None);
         }
         _ => return Ok(None),
     }
     // Step 2: out of the failed set, unless the site already failed again meanwhile.
-    apply(transitions::retry_queued(v, site)).await?;
+    change(unlisted()).await?;
     tracing::info!(site, version = %v, force = req.force, "Failed version re-queued.");
-    let mut out = version_json(v, site, &info);
-    if let Some(obj) = out.as_object_mut() {
-        obj.insert("ReplicationStatus".into(), "PENDING".into());
-    }
-    Ok(Some(out))
+    Ok(Some(json!({
+        "Bucket": v.bucket,
+        "Key": v.key,
+        "VersionId": v.version_id,
+        "StorageClass": site,
+        "Size": k.size,
+        "LastModified": iso_ms(k.written_ms),
+        "ReplicationStatus": "PENDING",
+    })))
 }
 
-/// Appends the original's retry entry of `(v, site)` to `backbeat-replication`.
+/// Appends the retry entry of `(v, site)` to `backbeat-replication`.
 async fn append_retry(
     state: &AppState,
     v: &VersionRef,
-    info: &ReplicationInfo,
+    k: &KeyState,
     site: &str,
 ) -> Result<(), ApiError> {
-    let entry = QueueEntry::retry(v, info, site);
+    let entry = Entry::queued(
+        &v.bucket,
+        &v.key,
+        &queued_version(k),
+        vec![site.to_string()],
+    )
+    .retry(site);
     state
         .log
-        .append(TOPIC_REPLICATION, vec![entry.record()])
+        .append(
+            TOPIC_REPLICATION,
+            vec![entry.record(state.log.entry_format())],
+        )
         .await
         .map(|_| ())
         .map_err(|e| {
             tracing::warn!(error = %e, "Cannot append a retry entry.");
             ApiError::internal(format!("error connecting to internal client: {e}"))
         })
+}
+
+/// The version a key's record says, as entries carry it.
+pub fn queued_version(k: &KeyState) -> QueuedVersion {
+    QueuedVersion {
+        version_id: k.version_id.clone(),
+        etag: k.etag.clone(),
+        size: k.size,
+        written_ms: k.written_ms,
+        deleted: k.deleted,
+        backfill: k.backfill,
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@
 //! with, on both GET and HEAD, the headers CloudServer shows on a HEAD of the source object:
 //! `x-amz-replication-status: <global>`, `x-amz-meta-<site>-replication-status: <status>` per
 //! site, and `x-amz-meta-<site>-version-id: <id>` once a site is COMPLETED with a version id.
-//! An unknown version is a 404 `NoSuchKey`, and so is one that was gone or changed at the
-//! source before any site got it (every site dropped it, see `pipeline::status`).
+//! The state is kept per key, for its current version (DESIGN section 3, newest wins): a
+//! version that is not its key's current one is a 404 `NoSuchKey`, and so is one no site will
+//! get (superseded before any copy, or a replica). A FAILED site shows its `reason` and
+//! `lastError`; `deleteMarker` says whether the version is a deletion.
 //!
 //! `POST notifications/s3`: the standard S3 event JSON (`Records[]`, keys form-encoded with
 //! `+` for spaces). The whole body is validated before anything is handed to the intake;
@@ -34,19 +36,26 @@ use crate::model::VersionRef;
 /// # Errors
 /// 404 NoSuchKey for an unknown version; 500 InternalError when the store fails.
 pub async fn view(state: &AppState, v: &VersionRef) -> Result<Response<Full<Bytes>>, ApiError> {
-    let info = state.store.replication(v).await?;
-    // A version gone from the source before any site got it has no sites left: gone here too.
-    let Some(info) = info.filter(|i| !i.backends.is_empty()) else {
+    let record = state.store.key_state(&v.bucket, &v.key).await?;
+    // Only the key's current version is known (newest wins: the state is per key), and a
+    // version no site will get (superseded, a replica) has no sites left: unknown here.
+    let Some(info) = record.filter(|k| k.version_id == v.version_id && !k.sites.is_empty()) else {
         return Err(ApiError::no_such_key());
     };
-    let global = info.status.map(|s| s.as_str()).unwrap_or("");
+    let global = info.status().map(|s| s.as_str()).unwrap_or("");
     let mut sites = Map::new();
     let mut headers = vec![("x-amz-replication-status".to_string(), global.to_string())];
-    for b in &info.backends {
+    for b in &info.sites {
         let mut s = Map::new();
         s.insert("status".into(), b.status.as_str().into());
         if !b.data_store_version_id.is_empty() {
             s.insert("versionId".into(), b.data_store_version_id.clone().into());
+        }
+        if b.status == crate::model::ReplicationStatus::Failed {
+            if let Some(f) = state.store.failed_entry(&b.site, v).await? {
+                s.insert("reason".into(), f.info.reason.as_str().into());
+                s.insert("lastError".into(), f.info.last_error.clone().into());
+            }
         }
         sites.insert(b.site.clone(), Value::Object(s));
         headers.push((
@@ -66,6 +75,7 @@ pub async fn view(state: &AppState, v: &VersionRef) -> Result<Response<Full<Byte
         "bucket": v.bucket,
         "key": v.key,
         "versionId": v.version_id,
+        "deleteMarker": info.deleted,
         "status": global,
         "sites": sites,
     });
@@ -142,6 +152,16 @@ pub fn parse_s3_event(body: &[u8]) -> Result<Option<Vec<DiscoveredVersion>>, Api
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(at("s3.object.eTag must be a string")),
         };
+        let event_time_ms = match rec.get("eventTime") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(crate::entry::ms_of_iso(t)).filter(|ms| *ms > 0),
+            Some(_) => return Err(at("eventTime must be an ISO-8601 string")),
+        };
+        if !crate::config::is_s3_bucket_name(bucket) {
+            return Err(at(&format!(
+                "s3.bucket.name {bucket:?} is not a valid S3 bucket name"
+            )));
+        }
         out.push(DiscoveredVersion {
             event_name: event_name.to_string(),
             bucket: bucket.to_string(),
@@ -149,6 +169,7 @@ pub fn parse_s3_event(body: &[u8]) -> Result<Option<Vec<DiscoveredVersion>>, Api
             version_id,
             size,
             etag,
+            event_time_ms,
         });
     }
     Ok(Some(out))
@@ -166,6 +187,20 @@ pub async fn notify_s3(state: &AppState, body: &[u8]) -> Result<Value, ApiError>
     let Some(intake) = &state.intake else {
         return Err(ApiError::service_unavailable("no source configured"));
     };
+    // Only the configured source buckets: anything else is refused, named, and logged.
+    let buckets = state
+        .config
+        .source
+        .as_ref()
+        .map(|s| s.buckets())
+        .unwrap_or_default();
+    if let Some(v) = versions.iter().find(|v| !buckets.contains(&v.bucket)) {
+        tracing::warn!(bucket = %v.bucket, "Event notification about a bucket that is not a configured source; refused.");
+        return Err(bad(&format!(
+            "bucket {:?} is not a source bucket of this engine",
+            v.bucket
+        )));
+    }
     let received = versions.len();
     let queued = intake.discovered(versions).await.map_err(|e| {
         tracing::warn!(error = %e, "Notification intake failed.");
@@ -180,11 +215,24 @@ mod tests {
 
     #[test]
     fn s3_events_parse() {
-        let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},
+        let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","eventTime":"2026-01-01T00:00:01.500Z",
+            "s3":{"bucket":{"name":"photos"},
             "object":{"key":"a+b%2Fc","versionId":"v1","size":3,"eTag":"e"}}}]}"#;
         let v = parse_s3_event(body).unwrap().unwrap();
         assert_eq!(v[0].key, "a b/c");
         assert_eq!(v[0].version_id.as_deref(), Some("v1"));
+        assert_eq!(v[0].event_time_ms, Some(1_767_225_601_500));
+        // A crafted bucket name never goes near a URL or a host name.
+        for name in ["evil.com/x", "a", "UPPER", "x..y", "10.0.0.1", "h:80"] {
+            let body = format!(
+                r#"{{"Records":[{{"eventName":"ObjectCreated:Put","s3":{{"bucket":{{"name":"{name}"}},"object":{{"key":"k"}}}}}}]}}"#
+            );
+            assert_eq!(
+                parse_s3_event(body.as_bytes()).unwrap_err().status,
+                400,
+                "{name}"
+            );
+        }
         assert!(parse_s3_event(br#"{"Event":"s3:TestEvent"}"#)
             .unwrap()
             .is_none());

@@ -116,3 +116,20 @@ pub fn grace_period_s() -> u64 {
 pub fn stages() -> Vec<super::Stage> {
     super::Stage::ALL.to_vec()
 }
+
+/// Seconds between rescans of a watched directory (the watch finds changes at once).
+pub const WATCHED_SCAN_INTERVAL_S: u64 = 300;
+
+/// A rescan leaves files modified less than this many ms ago to a later pass.
+pub const SETTLE_MS: u64 = 2000;
+
+/// A version first seen more than this many seconds after its write is backfill, and a site
+/// whose oldest pending version is older is `behind`.
+pub fn lag_target_s() -> u64 {
+    60
+}
+
+/// A site with work waiting and no completion for this many seconds is `stalled`.
+pub fn stall_after_s() -> u64 {
+    120
+}

@@ -33,6 +33,20 @@ pub(super) fn is_bucket_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/')
 }
 
+/// Whether `name` follows S3's bucket naming rules: 3 to 63 characters of lowercase letters,
+/// digits, `.` and `-`, starting and ending with a letter or digit, no `..`, not an IP
+/// address. Checked before a name goes near a URL or a host name.
+pub fn is_s3_bucket_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
 /// The fields of one TOML table, read one by one.
 pub(super) struct Fields<'e> {
     /// Where the table is (`source`, `sites[1]`): the prefix of every problem.

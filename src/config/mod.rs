@@ -28,6 +28,7 @@ mod storage;
 use std::path::{Path, PathBuf};
 
 pub use self::engine::{EngineConfig, ShutdownConfig, Stage};
+pub use self::fields::is_s3_bucket_name;
 pub use self::replication::{ReplicationConfig, RetryConfig, RuleConfig};
 pub use self::s3_client::S3ClientConfig;
 pub use self::secret::Secret;
@@ -122,6 +123,10 @@ impl Config {
             }
         }
         replication::check_rule_sites(&cfg.replication.rules, &site_names, &mut e);
+        replication::check_namespaces(&cfg.replication.rules, &cfg.sites, &mut e);
+        if let Some(src) = &cfg.source {
+            replication::check_rule_buckets(&cfg.replication.rules, &src.buckets(), &mut e);
+        }
         engine::check_split(&cfg.engine, &cfg.storage, &mut e);
         if e.is_empty() {
             Ok(cfg)

@@ -23,6 +23,13 @@ pub struct ReplicationConfig {
     /// Rules for buckets without their own replication configuration.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Seconds: a version first seen later than this after its write is backfill (not lag),
+    /// and a site whose oldest pending version is older is `behind`.
+    #[serde(default = "defaults::lag_target_s")]
+    pub lag_target_s: u64,
+    /// Seconds: a site with work waiting and no completion for this long is `stalled`.
+    #[serde(default = "defaults::stall_after_s")]
+    pub stall_after_s: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -32,6 +39,8 @@ impl Default for ReplicationConfig {
             mpu_threshold_mb: defaults::mpu_threshold_mb(),
             retry: RetryConfig::default(),
             rules: Vec::new(),
+            lag_target_s: defaults::lag_target_s(),
+            stall_after_s: defaults::stall_after_s(),
         }
     }
 }
@@ -166,6 +175,48 @@ pub(super) fn check_rule_sites(rules: &[RuleConfig], sites: &[String], e: &mut V
                     "replication.rules[{i}].sites[{j}]: unknown site {s:?}"
                 ));
             }
+        }
+    }
+}
+
+/// Checks that a site keeping keys as they are (`bucket_match = true`) is fed by the rules of
+/// one source bucket at most: two buckets would write the same keys there (DESIGN section 3).
+pub(super) fn check_namespaces(
+    rules: &[RuleConfig],
+    sites: &[super::SiteConfig],
+    e: &mut Vec<String>,
+) {
+    for site in sites.iter().filter(|s| s.bucket_match) {
+        let mut buckets: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.sites.contains(&site.name))
+            .map(|r| r.bucket.as_str())
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        if buckets.len() > 1 {
+            e.push(format!(
+                "sites.{}.bucket_match: the site keeps keys as they are, but rules of {} source \
+                 buckets ({}) replicate to it, whose keys would overwrite each other; set \
+                 bucket_match = false (keys become <bucket>/<key>) or send one bucket only",
+                site.name,
+                buckets.len(),
+                buckets.join(", ")
+            ));
+        }
+    }
+}
+
+/// Checks that every rule names a bucket the source provides (a directory source's bucket is
+/// its directory's name).
+pub(super) fn check_rule_buckets(rules: &[RuleConfig], buckets: &[String], e: &mut Vec<String>) {
+    for (i, rule) in rules.iter().enumerate() {
+        if !rule.bucket.is_empty() && !buckets.contains(&rule.bucket) {
+            e.push(format!(
+                "replication.rules[{i}].bucket: the source provides no bucket {:?} (it provides {})",
+                rule.bucket,
+                buckets.join(", ")
+            ));
         }
     }
 }

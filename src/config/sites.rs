@@ -35,6 +35,10 @@ impl SiteKind {
 pub struct SiteConfig {
     /// Site name, as used in rules, the API and `StorageClass`.
     pub name: String,
+    /// Keys are stored as they are (`true`) instead of `<source bucket>/<key>` (`false`, the
+    /// default, so two source buckets never collide at one site); then only one source bucket
+    /// may send versions to the site.
+    pub bucket_match: bool,
     /// The kind of site (`type`) and its own settings.
     pub backend: SiteBackend,
 }
@@ -126,8 +130,13 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> (Vec<SiteConfig>,
             }
             names.push(name.clone());
         }
+        let bucket_match = f.or("bucket_match", || false);
         if let (Some(name), Some(backend)) = (name, read_backend(f)) {
-            sites.push(SiteConfig { name, backend });
+            sites.push(SiteConfig {
+                name,
+                bucket_match,
+                backend,
+            });
         }
     }
     (sites, names)

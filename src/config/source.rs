@@ -10,10 +10,31 @@ use super::s3_client::S3ClientConfig;
 /// `[source]`: the settings of every kind, then the kind-specific part.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Seconds between versions listings (0 turns scanning off).
+    /// Seconds between full passes over the source (0: never, only allowed with the watch of
+    /// a directory). Default: 300 for a watched directory, 30 otherwise.
     pub scan_interval_s: u64,
+    /// Versions replicated everywhere are deleted from the source (an edge inbox); these
+    /// deletions are not replicated.
+    pub transient: bool,
     /// The kind of source (`type`) and its own settings.
     pub backend: SourceBackend,
+}
+
+impl SourceConfig {
+    /// The buckets this source provides: the configured ones, or a directory's last segment.
+    pub fn buckets(&self) -> Vec<String> {
+        match &self.backend {
+            SourceBackend::S3(c) => c.buckets.clone(),
+            SourceBackend::File(c) => c
+                .path
+                .canonicalize()
+                .unwrap_or_else(|_| c.path.clone())
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| vec![n.to_string()])
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The kind-specific part of `[source]`, tagged by `type`.
@@ -37,15 +58,22 @@ pub struct S3SourceConfig {
 /// `[source] type = "file"`: a local directory.
 #[derive(Debug, Clone)]
 pub struct FileSourceConfig {
-    /// Directory watched; its last segment names the bucket.
+    /// Directory replicated; its last segment names the bucket.
     pub path: PathBuf,
+    /// Watch the directory (inotify) so changes are replicated at once; `false` for file
+    /// systems without inotify events (NFS, SMB), which then rely on the rescans.
+    pub watch: bool,
+    /// A rescan leaves files modified less than this long ago to a later pass (or the watch),
+    /// so a file still being written is not copied half-written.
+    pub settle_ms: u64,
 }
 
 /// Reads and checks `[source]`.
 pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<SourceConfig> {
     let mut f = Fields::new("source".into(), value, e)?;
     let kind: Option<String> = f.required("type");
-    let scan_interval_s = f.or("scan_interval_s", defaults::scan_interval_s);
+    let scan_interval_s: Option<u64> = f.optional("scan_interval_s");
+    let transient = f.or("transient", || false);
     let backend = match kind.as_deref() {
         Some("s3") => read_s3(&mut f).map(SourceBackend::S3),
         Some("file") => read_file(&mut f).map(SourceBackend::File),
@@ -64,10 +92,31 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<SourceConf
         }
         None => return None,
     };
+    let backend = backend?;
+    let watched = matches!(&backend, SourceBackend::File(c) if c.watch);
+    let scan_interval_s = scan_interval_s.unwrap_or(if watched {
+        defaults::WATCHED_SCAN_INTERVAL_S
+    } else {
+        defaults::scan_interval_s()
+    });
+    if scan_interval_s == 0 && !watched {
+        f.problem(
+            "scan_interval_s",
+            "0 (never rescan) is only allowed for a directory source with watch = true: \
+             without the watch nothing would ever be found",
+        );
+    }
+    if transient && matches!(backend, SourceBackend::S3(_)) {
+        f.problem(
+            "transient",
+            "only a directory source (type = \"file\") can be transient",
+        );
+    }
     f.finish();
     Some(SourceConfig {
         scan_interval_s,
-        backend: backend?,
+        transient,
+        backend,
     })
 }
 
@@ -92,6 +141,8 @@ fn read_s3(f: &mut Fields<'_>) -> Option<S3SourceConfig> {
 }
 
 fn read_file(f: &mut Fields<'_>) -> Option<FileSourceConfig> {
+    let watch = f.or("watch", || true);
+    let settle_ms = f.or("settle_ms", || defaults::SETTLE_MS);
     let path: PathBuf = f.required("path")?;
     if path.file_name().is_none() {
         f.problem(
@@ -100,5 +151,19 @@ fn read_file(f: &mut Fields<'_>) -> Option<FileSourceConfig> {
         );
         return None;
     }
-    Some(FileSourceConfig { path })
+    if !path.is_dir() {
+        f.problem(
+            "path",
+            format!("{} is not an existing directory", path.display()),
+        );
+        return None;
+    }
+    if settle_ms > 3_600_000 {
+        f.problem("settle_ms", format!("{settle_ms} must be at most 3600000"));
+    }
+    Some(FileSourceConfig {
+        path,
+        watch,
+        settle_ms,
+    })
 }

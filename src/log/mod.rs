@@ -211,6 +211,12 @@ pub trait Log: Send + Sync + 'static {
     /// The name of the implementation (`sled`, `kafka`).
     fn kind(&self) -> &'static str;
 
+    /// How replication entries are written to this log: the original's JSON by default (so a
+    /// Kafka topic stays readable by Zenko's tools), compact binary for the embedded log.
+    fn entry_format(&self) -> crate::entry::EntryFormat {
+        crate::entry::EntryFormat::Json
+    }
+
     /// Creates `topic` with `partitions` partitions if it does not exist. An existing topic keeps
     /// its partition count, which is returned.
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32, LogError>;

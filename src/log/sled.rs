@@ -317,6 +317,10 @@ impl Inner {
 
 #[async_trait]
 impl Log for SledLog {
+    fn entry_format(&self) -> crate::entry::EntryFormat {
+        crate::entry::EntryFormat::Binary
+    }
+
     fn kind(&self) -> &'static str {
         "sled"
     }

@@ -1,31 +1,29 @@
-//! Group updates of the state store: concurrent guarded updates (those arriving within a 2 ms
-//! linger) are merged into one transaction (one flush, no write conflicts between them on the
-//! shared counters). If the
-//! merged transaction finds a guard false (a replayed entry), each update is applied on its
-//! own, so the outcome is exactly as if they had been applied one by one.
-//!
-//! Callers must never have two updates of the same (version, site) in flight at once (the
-//! runner's per-key order guarantees it): guards are checked before any operation of the
-//! merged transaction is applied.
+//! Group updates of the state store: concurrent updates (those arriving within a 2 ms linger)
+//! are merged into one transaction: one flush, and no write conflicts between them on the
+//! shared counters. Each key change checks its own preconditions inside the transaction
+//! ([`crate::transitions::apply`]), so merging changes nothing about the outcome: each caller
+//! gets back, per op of its own, whether it changed anything. Two changes of the same key in
+//! one batch are applied in arrival order.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::store::{Guard, StateStore, StoreError, StoreOp};
+use crate::store::{StateStore, StoreError, StoreOp};
 
 /// Updates merged into one transaction at most.
 const MAX_MERGED: usize = 512;
 /// How long a batch waits for more updates after its first (one flush then serves many).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
-type Reply = oneshot::Sender<Result<bool, StoreError>>;
+/// Where a caller's answer goes: per op, whether it changed anything.
+pub type Reply = oneshot::Sender<Result<Vec<bool>, StoreError>>;
 
 /// Handle of a batching task. Cheap to clone; the task ends when every handle is dropped.
 #[derive(Clone, Debug)]
 pub struct StoreBatcher {
-    tx: mpsc::Sender<(Vec<Guard>, Vec<StoreOp>, Reply)>,
+    tx: mpsc::Sender<(Vec<StoreOp>, Reply)>,
 }
 
 fn copy_error(e: &StoreError) -> StoreError {
@@ -35,7 +33,7 @@ fn copy_error(e: &StoreError) -> StoreError {
 impl StoreBatcher {
     /// Starts the batching task on `tracker`.
     pub fn start(store: Arc<dyn StateStore>, tracker: &TaskTracker) -> StoreBatcher {
-        let (tx, mut rx) = mpsc::channel::<(Vec<Guard>, Vec<StoreOp>, Reply)>(MAX_MERGED * 2);
+        let (tx, mut rx) = mpsc::channel::<(Vec<StoreOp>, Reply)>(MAX_MERGED * 2);
         tracker.spawn(async move {
             let mut batch = Vec::with_capacity(MAX_MERGED);
             while rx.recv_many(&mut batch, MAX_MERGED).await > 0 {
@@ -53,48 +51,36 @@ impl StoreBatcher {
         StoreBatcher { tx }
     }
 
-    /// Applies one guarded update (merged with concurrent ones); whether it was applied.
+    /// Applies `ops` (merged with concurrent updates); per op, whether it changed anything.
     ///
     /// # Errors
     /// The store's error.
-    pub async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
+    pub async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let closed = || StoreError::Invalid("store batcher stopped".into());
-        self.tx
-            .send((guards, ops, reply))
-            .await
-            .map_err(|_| closed())?;
+        self.tx.send((ops, reply)).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 }
 
-/// Applies `batch` as one transaction, or one by one when a guard fails.
-pub async fn apply_merged(store: &dyn StateStore, batch: Vec<(Vec<Guard>, Vec<StoreOp>, Reply)>) {
-    if batch.len() == 1 {
-        if let Some((g, o, reply)) = batch.into_iter().next() {
-            let _ = reply.send(store.apply(g, o).await);
-        }
-        return;
-    }
-    let mut guards = Vec::new();
+/// Applies `batch` as one transaction and hands each caller its own ops' results.
+pub async fn apply_merged(store: &dyn StateStore, batch: Vec<(Vec<StoreOp>, Reply)>) {
     let mut ops = Vec::new();
-    for (g, o, _) in &batch {
-        guards.extend(g.iter().cloned());
-        ops.extend(o.iter().cloned());
+    let mut replies = Vec::with_capacity(batch.len());
+    for (o, reply) in batch {
+        replies.push((o.len(), reply));
+        ops.extend(o);
     }
-    match store.apply(guards, ops).await {
-        Ok(true) => {
-            for (_, _, reply) in batch {
-                let _ = reply.send(Ok(true));
-            }
-        }
-        Ok(false) => {
-            for (g, o, reply) in batch {
-                let _ = reply.send(store.apply(g, o).await);
+    match store.apply(ops).await {
+        Ok(changed) => {
+            let mut rest = changed.into_iter();
+            for (n, reply) in replies {
+                let mine: Vec<bool> = rest.by_ref().take(n).collect();
+                let _ = reply.send(Ok(mine));
             }
         }
         Err(e) => {
-            for (_, _, reply) in batch {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(copy_error(&e)));
             }
         }

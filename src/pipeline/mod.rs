@@ -2,8 +2,10 @@
 //! replication processor per site -> `backbeat-replication-status` -> status processor -> state
 //! store.
 //!
-//! - [`populator`]: turns discovered versions (scanner, webhook intake) into queued entries and
-//!   their PENDING replication info, each version once.
+//! - [`populator`]: turns discoveries about source keys (scanner, watch, webhook intake,
+//!   requeue) into queued entries and their keys' records, each key's current version once.
+//! - [`scanner`]: passes comparing each source bucket with the records (initial sync,
+//!   rescans, deletions), and the directory watch.
 //! - [`processor`]: copies the data of each entry to one site, streaming, and reports the
 //!   outcome on the status topic.
 //! - [`status`]: applies the outcomes to the state store, exactly once per (version, site).
@@ -12,8 +14,6 @@
 //! - [`batch`]: concurrent store updates merged into one transaction.
 //! - [`retry`]: bounded retries with exponential backoff and jitter.
 //! - [`replay`]: whole-entry replays through the log once retries are spent.
-//! - [`transitions`]: the pure functions turning each event about a version (queued, outcome,
-//!   skipped, retry) into one guarded store update.
 //! - [`pause`]: the per-site pause gate of a replication processor.
 //! - [`stage`]: stage tasks with their own cancellation token, stopped in data-flow order.
 
@@ -24,15 +24,16 @@ pub mod processor;
 pub mod replay;
 pub mod retry;
 pub mod runner;
+pub mod scanner;
 pub mod stage;
 pub mod status;
-pub mod transitions;
 
 use crate::log::LogError;
 use crate::store::StoreError;
 
-pub use self::populator::{Populator, Scanner};
+pub use self::populator::Populator;
 pub use self::processor::ReplicationProcessor;
+pub use self::scanner::Scanner;
 pub use self::stage::StageTasks;
 pub use self::status::StatusProcessor;
 

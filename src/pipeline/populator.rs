@@ -1,27 +1,35 @@
-//! [`Populator`]: turns discovered versions into queued replication entries, each version
-//! once, and [`Scanner`]: the periodic versions listing (and initial sync) feeding it.
+//! [`Populator`]: turns discoveries about source keys into queued entries, each key's current
+//! version once (DESIGN section 3, "newest wins").
 //!
-//! Every discovery (scanner pages, webhook intake) goes through **one** task, over a channel,
-//! so two discoveries of one version never race. For a batch of versions the task:
-//! 1. drops those already known (`store.replication`) or repeated in the batch;
-//! 2. reads each one's full metadata (`Source::head`); a vanished version is dropped;
-//! 3. picks the rule: the bucket's own replication rules (cached, refreshed at each scan), else
-//!    `[[replication.rules]]`; the first enabled rule whose prefix matches; no rule, nothing;
-//! 4. appends all the entries to `backbeat-replication` in one call (one flush), **then**
-//! 5. per version, one guarded store update (`Absent(version)`): PENDING replication info and
-//!    the queued counters. A crash between 4 and 5 re-discovers and re-queues the version
-//!    (at-least-once); the guard keeps the counters exact.
+//! Every discovery (the scanner's passes, the directory watch, S3 event notifications, an
+//! operator's requeue) goes through **one** task, over a channel, so two discoveries of one
+//! key never race. For a batch of discoveries the task:
+//! 1. learns each key's current version: a listing or a stat gives it; an event or a watch
+//!    only names the key, so the source is asked (S3: a HEAD without `versionId`);
+//! 2. picks the rule: the bucket's own replication configuration (read again at least every
+//!    30 s, and at once for an event about a bucket whose copy is older), else
+//!    `[[replication.rules]]`: the enabled matching rule of highest priority; a deletion only
+//!    under a rule that replicates delete markers; no rule, nothing;
+//! 3. compares with the key's record in the store: the same version already queued to every
+//!    site of the rule, nothing; a site missing from it (a site added to the rule), that site
+//!    only (backfill); another version, every site;
+//! 4. appends the entries to `backbeat-replication` in one call (one flush), **then**
+//! 5. records each key's version in the store ([`KeyChange::Queued`], one transaction for the
+//!    batch). A crash between 4 and 5 re-discovers the key and the status processor records
+//!    it from its entry (at-least-once); the record's own checks keep the counters exact.
 //!
-//! A delete marker is queued like any version, with `isDeleteMarker` (reference 3.1); the
-//! replication processor then has each site remove its replica of the key.
+//! A site keeping keys as they are (`bucket_match = true`) belongs to one source bucket: the
+//! one whose configured rule names it, else the first that sends it a version (recorded in the
+//! store). A version of any other bucket is FAILED there with reason `NamespaceConflict`,
+//! never written.
 //!
-//! A key's versions come newest first in a versions listing and are queued oldest first, so the
-//! newest is written last at each site. When a listing page ends inside a key, the scanner holds
-//! that key's versions back and queues them with the rest of the key from the next page.
+//! A version first seen more than `[replication] lag_target_s` after its write (initial sync,
+//! a rescan's find, a new site's backfill) is marked backfill: it counts in
+//! `backbeat_replication_backfill_total`, not in the lag.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
@@ -29,35 +37,76 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::apply_merged;
-use super::transitions;
 use super::{StageError, StageTasks};
-use crate::config::{Config, SiteKind};
-use crate::entry::{ObjectMd, QueueEntry};
+use crate::config::Config;
+use crate::entry::{Entry, EntryFormat};
+use crate::error::FailureReason;
 use crate::intake::{DiscoveredVersion, Intake, IntakeError};
-use crate::log::{Log, Record, TOPIC_REPLICATION};
-use crate::model::{ObjectInfo, ReplicationInfo, VersionRef, NULL_VERSION};
-use crate::source::{Rule, Source};
+use crate::log::{Log, TOPIC_REPLICATION};
+use crate::model::{KeyState, ObjectInfo, VersionRef};
+use crate::source::{rule_for, Rule, Source};
 use crate::store::{StateStore, StoreOp};
+use crate::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
 
-/// Versions merged into one batch at most.
+/// Discoveries merged into one batch at most.
 const MAX_BATCH: usize = 4096;
-/// Metadata reads in flight.
+/// Source reads (current versions) in flight.
 const HEAD_CONCURRENCY: usize = 16;
+/// A bucket's replication configuration is read again after this long.
+pub const RULES_TTL: Duration = Duration::from_secs(30);
 
-/// A discovered version, with its full metadata when the discovery already has it.
-struct Discovered {
-    version: VersionRef,
-    info: Option<ObjectInfo>,
+/// What is known about one source key.
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// The key's current version as a listing or a stat gave it (`None`: the key has no
+    /// version any more). `full` when it carries the full metadata.
+    Current {
+        /// Source bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Its current version.
+        current: Option<Box<ObjectInfo>>,
+        /// The metadata is complete (no need to read it again).
+        full: bool,
+    },
+    /// Something happened to the key (an event, the watch): its current version is read.
+    Changed {
+        /// Source bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// When it happened at the source (an event's `eventTime`), in ms.
+        at_ms: Option<u64>,
+    },
+    /// An operator asked for `version` to be copied again to `sites`, whatever their status.
+    Requeue {
+        /// The version.
+        version: VersionRef,
+        /// The sites.
+        sites: Vec<String>,
+    },
+}
+
+impl Discovery {
+    fn bucket_key(&self) -> (&str, &str) {
+        match self {
+            Discovery::Current { bucket, key, .. } | Discovery::Changed { bucket, key, .. } => {
+                (bucket, key)
+            }
+            Discovery::Requeue { version, .. } => (&version.bucket, &version.key),
+        }
+    }
 }
 
 enum Request {
-    Versions {
-        versions: Vec<Discovered>,
+    Discoveries {
+        items: Vec<Discovery>,
         reply: oneshot::Sender<Result<usize, String>>,
     },
-    RefreshRules {
+    Rules {
         bucket: String,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<Vec<Rule>, String>>,
     },
 }
 
@@ -67,117 +116,137 @@ pub struct Populator {
     tx: mpsc::Sender<Request>,
 }
 
+/// A bucket's rules and when they were read.
+struct CachedRules {
+    rules: Vec<Rule>,
+    at: Instant,
+}
+
 /// The populator task's state.
 struct PopulatorTask {
     source: Arc<dyn Source>,
     store: Arc<dyn StateStore>,
     log: Arc<dyn Log>,
+    format: EntryFormat,
     config: Arc<Config>,
-    rules: HashMap<String, Vec<Rule>>,
+    rules: HashMap<String, CachedRules>,
+    /// Sites keeping keys as they are, and the bucket that owns each when known.
+    owners: HashMap<String, Option<String>>,
+    /// Buckets whose rules changed since they were last read: the scanner passes them again
+    /// (new sites get what already exists).
+    changed_rules: mpsc::UnboundedSender<String>,
 }
 
 impl Populator {
-    /// Starts the populator task in `stage`; returns its handle.
+    /// Starts the populator task in `stage`; returns its handle and a channel naming the
+    /// buckets whose replication rules changed (to be scanned again).
     pub fn start(
         source: Arc<dyn Source>,
         store: Arc<dyn StateStore>,
         log: Arc<dyn Log>,
         config: Arc<Config>,
         stage: &StageTasks,
-    ) -> Populator {
+    ) -> (Populator, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::channel(256);
+        let (changed_rules, changed_rx) = mpsc::unbounded_channel();
+        let owners = config
+            .sites
+            .iter()
+            .filter(|s| s.bucket_match)
+            .map(|s| {
+                let owner = config
+                    .replication
+                    .rules
+                    .iter()
+                    .find(|r| r.sites.contains(&s.name))
+                    .map(|r| r.bucket.clone());
+                (s.name.clone(), owner)
+            })
+            .collect();
         let task = PopulatorTask {
             source,
             store,
+            format: log.entry_format(),
             log,
             config,
             rules: HashMap::new(),
+            owners,
+            changed_rules,
         };
         stage.spawn(task.run(rx, stage.token().clone()));
-        Populator { tx }
+        (Populator { tx }, changed_rx)
     }
 
-    /// Queues `versions` (each once); returns how many were newly queued. Durable on return.
+    /// Queues what `items` say (each key's current version once); returns how many entries
+    /// were queued. Durable on return.
     ///
     /// # Errors
-    /// A description when the populator is stopped or a source read failed (the versions that
+    /// A description when the populator is stopped or a source read failed (the keys that
     /// could be read are queued all the same).
-    pub async fn submit(&self, versions: Vec<VersionRef>) -> Result<usize, String> {
-        let versions = versions
-            .into_iter()
-            .map(|version| Discovered {
-                version,
-                info: None,
-            })
-            .collect();
-        self.send(versions).await
-    }
-
-    /// [`Populator::submit`] for versions whose listing carries their full metadata (see
-    /// [`Source::listing_is_full_metadata`]): they are not read again.
-    ///
-    /// # Errors
-    /// As [`Populator::submit`].
-    pub async fn submit_listed(&self, versions: Vec<ObjectInfo>) -> Result<usize, String> {
-        let versions = versions
-            .into_iter()
-            .map(|info| Discovered {
-                version: info.version.clone(),
-                info: Some(info),
-            })
-            .collect();
-        self.send(versions).await
-    }
-
-    async fn send(&self, versions: Vec<Discovered>) -> Result<usize, String> {
-        if versions.is_empty() {
+    pub async fn submit(&self, items: Vec<Discovery>) -> Result<usize, String> {
+        if items.is_empty() {
             return Ok(0);
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Versions { versions, reply })
+            .send(Request::Discoveries { items, reply })
             .await
             .map_err(|_| "populator stopped".to_string())?;
         rx.await.map_err(|_| "populator stopped".to_string())?
     }
 
-    /// Forgets the cached rules of `bucket`, so the next version of it reads them again.
-    pub async fn refresh_rules(&self, bucket: &str) {
+    /// The rules that apply to `bucket` now (read again when older than [`RULES_TTL`]).
+    ///
+    /// # Errors
+    /// A description when the populator is stopped or the rules cannot be read.
+    pub async fn rules(&self, bucket: &str) -> Result<Vec<Rule>, String> {
         let (reply, rx) = oneshot::channel();
-        let req = Request::RefreshRules {
+        let req = Request::Rules {
             bucket: bucket.to_string(),
             reply,
         };
-        if self.tx.send(req).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.tx
+            .send(req)
+            .await
+            .map_err(|_| "populator stopped".to_string())?;
+        rx.await.map_err(|_| "populator stopped".to_string())?
     }
 }
 
 #[async_trait]
 impl Intake for Populator {
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
-        let versions: Vec<VersionRef> = versions
+        // Whatever the event (a put, a delete marker, a version deleted for good, an
+        // undelete), the key's current version is what the sites must mirror.
+        let items = versions
             .into_iter()
-            // A delete marker is a version to replicate; other removals (a version deleted
-            // for good) have nothing to replicate.
-            .filter(|d| {
-                !d.event_name.starts_with("ObjectRemoved")
-                    || d.event_name
-                        .starts_with("ObjectRemoved:DeleteMarkerCreated")
-            })
-            .map(|d| {
-                VersionRef::new(
-                    d.bucket,
-                    d.key,
-                    d.version_id.unwrap_or_else(|| NULL_VERSION.into()),
-                )
+            .map(|d| Discovery::Changed {
+                bucket: d.bucket,
+                key: d.key,
+                at_ms: d.event_time_ms,
             })
             .collect();
-        self.submit(versions)
+        self.submit(items)
             .await
             .map_err(|e| IntakeError::Unavailable(e.into()))
     }
+
+    async fn requeue(&self, items: Vec<(VersionRef, Vec<String>)>) -> Result<usize, IntakeError> {
+        let items = items
+            .into_iter()
+            .map(|(version, sites)| Discovery::Requeue { version, sites })
+            .collect();
+        self.submit(items)
+            .await
+            .map_err(|e| IntakeError::Unavailable(e.into()))
+    }
+}
+
+/// One key to queue: the entry, the record change, and what its request counts.
+struct Queued {
+    request: usize,
+    entry: Option<Entry>,
+    ops: Vec<StoreOp>,
 }
 
 impl PopulatorTask {
@@ -186,10 +255,16 @@ impl PopulatorTask {
         mut rx: mpsc::Receiver<Request>,
         token: CancellationToken,
     ) -> Result<(), StageError> {
+        let mut refresh = tokio::time::interval(RULES_TTL);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
                 () = token.cancelled() => return Ok(()),
+                _ = refresh.tick() => {
+                    self.refresh_rules().await;
+                    continue;
+                }
                 r = rx.recv() => match r {
                     Some(r) => r,
                     None => return Ok(()),
@@ -200,13 +275,13 @@ impl PopulatorTask {
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
-                    Request::RefreshRules { bucket, reply } => {
-                        self.rules.remove(&bucket);
-                        let _ = reply.send(());
+                    Request::Rules { bucket, reply } => {
+                        let r = self.rules_of(&bucket).await.map(<[Rule]>::to_vec);
+                        let _ = reply.send(r);
                     }
-                    Request::Versions { versions, reply } => {
-                        total += versions.len();
-                        batch.push((versions, reply));
+                    Request::Discoveries { items, reply } => {
+                        total += items.len();
+                        batch.push((items, reply));
                     }
                 }
                 if total < MAX_BATCH {
@@ -225,9 +300,46 @@ impl PopulatorTask {
         }
     }
 
-    /// The rule for `key` in `bucket`, or `Err` when the bucket's rules cannot be read.
-    async fn rule_for(&mut self, bucket: &str, key: &str) -> Result<Option<Rule>, String> {
-        if !self.rules.contains_key(bucket) {
+    /// Reads again the rules of every bucket read before; a bucket whose rules changed is
+    /// passed to the scanner.
+    async fn refresh_rules(&mut self) {
+        let buckets: Vec<String> = self.rules.keys().cloned().collect();
+        for bucket in buckets {
+            let before = self.rules.get(&bucket).map(|c| c.rules.clone());
+            self.rules.remove(&bucket);
+            match self.rules_of(&bucket).await {
+                Ok(now) => {
+                    if before.as_deref() != Some(now) {
+                        tracing::info!(
+                            bucket,
+                            "Replication rules changed; the bucket is scanned again."
+                        );
+                        let _ = self.changed_rules.send(bucket);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(bucket, %error, "Cannot read replication rules; keeping the last ones.");
+                    if let Some(rules) = before {
+                        self.rules.insert(
+                            bucket,
+                            CachedRules {
+                                rules,
+                                at: Instant::now(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rules of `bucket`, read again when older than [`RULES_TTL`].
+    async fn rules_of(&mut self, bucket: &str) -> Result<&[Rule], String> {
+        let stale = self
+            .rules
+            .get(bucket)
+            .is_none_or(|c| c.at.elapsed() >= RULES_TTL);
+        if stale {
             let rules = match self.source.replication_rules(bucket).await {
                 Ok(Some(rules)) => rules,
                 Ok(None) => self
@@ -237,11 +349,11 @@ impl PopulatorTask {
                     .iter()
                     .filter(|r| r.bucket == bucket)
                     .map(|r| Rule {
-                        id: String::new(),
                         enabled: r.enabled,
                         prefix: r.prefix.clone(),
                         sites: r.sites.clone(),
-                        destination: String::new(),
+                        delete_markers: true,
+                        ..Rule::default()
                     })
                     .collect(),
                 Err(e) => {
@@ -250,149 +362,134 @@ impl PopulatorTask {
                     ))
                 }
             };
-            self.rules.insert(bucket.to_string(), rules);
+            self.rules.insert(
+                bucket.to_string(),
+                CachedRules {
+                    rules,
+                    at: Instant::now(),
+                },
+            );
         }
-        let rules = self
+        Ok(self
             .rules
             .get(bucket)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        Ok(rules
-            .iter()
-            .find(|r| r.enabled && key.starts_with(&r.prefix))
-            .cloned())
+            .map(|c| c.rules.as_slice())
+            .unwrap_or_default())
     }
 
-    fn entry_for(&self, info: &ObjectInfo, rule: &Rule) -> Option<(Record, ReplicationInfo)> {
-        let sites: Vec<String> = rule
-            .sites
-            .iter()
-            .filter(|s| {
-                let known = self.config.sites.iter().any(|c| &c.name == *s);
-                if !known {
-                    tracing::warn!(site = %s, bucket = %info.version.bucket, "Rule names an unknown site; ignored.");
-                }
-                known
-            })
-            .cloned()
-            .collect();
-        if sites.is_empty() {
-            return None;
-        }
-        let mut ri = ReplicationInfo::pending(&sites);
-        ri.content = if info.size == 0 || info.is_delete_marker {
-            vec!["METADATA".into()]
-        } else {
-            vec!["DATA".into(), "METADATA".into()]
+    /// Whether `bucket` may write to `site` (a `bucket_match` site belongs to one bucket).
+    async fn owns(&mut self, site: &str, bucket: &str) -> Result<bool, StageError> {
+        let Some(owner) = self.owners.get(site).cloned() else {
+            return Ok(true);
         };
-        ri.destination = rule.destination.clone();
-        ri.size = info.size;
-        ri.etag = info.etag.clone();
-        ri.last_modified = info.last_modified.clone();
-        ri.content_type = info.content_type.clone();
-        ri.user_metadata = info.user_metadata.clone();
-        ri.tags = info.tags.clone();
-        let mut md = ObjectMd::from_info(&info.version, &ri);
-        // A delete marker is a put with `isDeleteMarker` (reference 3.1); its sites delete.
-        md.is_delete_marker = info.is_delete_marker;
-        let mut types: Vec<&str> = Vec::new();
-        for s in &sites {
-            if let Some(c) = self.config.sites.iter().find(|c| &c.name == s) {
-                if c.kind() != SiteKind::File && !types.contains(&c.kind().as_str()) {
-                    types.push(c.kind().as_str());
-                }
-            }
+        if let Some(o) = owner {
+            return Ok(o == bucket);
         }
-        md.replication_info.storage_type = types.join(",");
-        let entry = QueueEntry::queued(&info.version, &md);
-        Some((entry.record(), ri))
+        let o = self.store.claim_namespace(site, bucket).await?;
+        if o == bucket {
+            tracing::info!(
+                site,
+                bucket,
+                "The site's keys now belong to this source bucket."
+            );
+        }
+        self.owners.insert(site.to_string(), Some(o.clone()));
+        Ok(o == bucket)
     }
 
-    /// Queues the versions of each request; returns per request the count newly queued.
+    /// Queues the discoveries of each request; returns per request the count queued.
     async fn process(
         &mut self,
-        requests: Vec<&[Discovered]>,
+        requests: Vec<&[Discovery]>,
     ) -> Result<Vec<Result<usize, String>>, StageError> {
         let mut results: Vec<Result<usize, String>> = vec![Ok(0); requests.len()];
-        let mut seen = HashSet::new();
-        let mut todo = Vec::new();
-        for (i, versions) in requests.iter().enumerate() {
-            for d in versions.iter() {
-                if !seen.insert(d.version.clone()) {
-                    continue;
+        // The last discovery of each key wins (the newest news about it).
+        let mut latest: HashMap<(String, String), (usize, Discovery)> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, items) in requests.iter().enumerate() {
+            for d in items.iter() {
+                let (b, k) = d.bucket_key();
+                let id = (b.to_string(), k.to_string());
+                if latest.insert(id.clone(), (i, d.clone())).is_none() {
+                    order.push(id);
                 }
-                if self.store.replication(&d.version).await?.is_some() {
-                    continue;
-                }
-                todo.push((i, d.version.clone(), d.info.clone()));
             }
         }
-        if todo.is_empty() {
-            return Ok(results);
-        }
+        // 1. Current versions (read where the discovery does not carry them).
         let source = self.source.clone();
-        let heads: Vec<_> = stream::iter(todo)
-            .map(|(i, v, known)| {
+        let resolved: Vec<_> = stream::iter(order.into_iter().filter_map(|id| latest.remove(&id)))
+            .map(|(i, d)| {
                 let source = source.clone();
                 async move {
-                    let r = match known {
-                        Some(info) => Ok(Some(info)),
-                        None => source.head(&v).await,
+                    let current = match &d {
+                        Discovery::Current { current, full, .. } if *full || current.is_none() => {
+                            Ok(current.as_deref().cloned())
+                        }
+                        _ => {
+                            let (b, k) = d.bucket_key();
+                            source.current(b, k).await
+                        }
                     };
-                    (i, v, r)
+                    (i, d, current)
                 }
             })
             .buffered(HEAD_CONCURRENCY)
             .collect()
             .await;
-        let mut records = Vec::new();
-        let mut updates = Vec::new();
-        for (i, v, head) in heads {
-            let info = match head {
-                Ok(Some(info)) => info,
-                Ok(None) => continue,
+        // 2-3. Rules and records.
+        let now = self.store.now_ms();
+        let lag_target = self.config.replication.lag_target_s.saturating_mul(1000);
+        let mut queued = Vec::new();
+        for (i, d, current) in resolved {
+            let current = match current {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(version = %v, error = %e, "Cannot read a discovered version; the next scan retries.");
-                    results[i] = Err(format!("cannot read {v}: {e}"));
+                    let (b, k) = d.bucket_key();
+                    tracing::warn!(bucket = b, key = k, error = %e,
+                        "Cannot read a key's current version; the next pass retries.");
+                    results[i] = Err(format!("cannot read {b}/{k}: {e}"));
                     continue;
                 }
             };
-            let rule = match self.rule_for(&v.bucket, &v.key).await {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(version = %v, error = %e, "Cannot read replication rules; the next scan retries.");
+            match self.plan(&d, current, now, lag_target).await {
+                Ok(Some((entry, ops))) => queued.push(Queued {
+                    request: i,
+                    entry,
+                    ops,
+                }),
+                Ok(None) => {}
+                Err(Plan::Stage(e)) => return Err(e),
+                Err(Plan::Skip(e)) => {
+                    let (b, k) = d.bucket_key();
+                    tracing::warn!(bucket = b, key = k, error = %e, "Cannot queue a key; the next pass retries.");
                     results[i] = Err(e);
-                    continue;
                 }
-            };
-            let mut info = info;
-            info.version = v.clone();
-            if let Some((record, ri)) = self.entry_for(&info, &rule) {
-                records.push(record);
-                updates.push((i, v, ri));
             }
         }
-        if records.is_empty() {
+        if queued.is_empty() {
             return Ok(results);
         }
+        // 4. The entries, in one append.
+        let records: Vec<_> = queued
+            .iter()
+            .filter_map(|q| q.entry.as_ref().map(|e| e.record(self.format)))
+            .collect();
         let n = records.len();
-        self.log.append(TOPIC_REPLICATION, records).await?;
-        // One transaction for the whole batch (versions are distinct and were absent); if a
-        // guard fails after all (a racing status processor recreated one), one by one.
-        let now = self.store.now_ms();
-        let mut merged = Vec::with_capacity(updates.len());
-        let mut waits = Vec::with_capacity(updates.len());
-        for (i, v, ri) in updates {
-            let (g, o) = transitions::queued(&v, ri, now);
+        if !records.is_empty() {
+            self.log.append(TOPIC_REPLICATION, records).await?;
+        }
+        // 5. The records, in one transaction.
+        let mut merged = Vec::with_capacity(queued.len());
+        let mut waits = Vec::with_capacity(queued.len());
+        for q in queued {
             let (reply, rx) = oneshot::channel();
-            merged.push((g, o, reply));
-            waits.push((i, rx));
+            merged.push((q.ops, reply));
+            waits.push((q.request, q.entry.is_some(), rx));
         }
         apply_merged(&*self.store, merged).await;
-        for (i, rx) in waits {
-            let applied = rx.await.map_err(|_| StageError::Closed)??;
-            if applied {
+        for (i, has_entry, rx) in waits {
+            rx.await.map_err(|_| StageError::Closed)??;
+            if has_entry {
                 if let Some(Ok(c)) = results.get_mut(i) {
                     *c += 1;
                 }
@@ -401,239 +498,230 @@ impl PopulatorTask {
         tracing::debug!(queued = n, "Versions queued.");
         Ok(results)
     }
-}
 
-/// The periodic versions listing of every source bucket (and the initial sync at start), with
-/// a durable cursor per bucket so an interrupted pass resumes where it stopped.
-pub struct Scanner {
-    populator: Populator,
-    source: Arc<dyn Source>,
-    store: Arc<dyn StateStore>,
-    interval: Duration,
-    token: CancellationToken,
-}
-
-impl std::fmt::Debug for Scanner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scanner")
-            .field("interval", &self.interval)
-            .finish()
-    }
-}
-
-/// The store cursor name of `bucket`'s scan.
-pub fn cursor_name(bucket: &str) -> String {
-    format!("scan:{bucket}")
-}
-
-/// Splits off the versions of the last key of `versions` (a listing keeps a key's versions
-/// together).
-fn split_last_key(versions: &mut Vec<ObjectInfo>) -> Vec<ObjectInfo> {
-    let Some(last) = versions.last().map(|v| v.version.clone()) else {
-        return Vec::new();
-    };
-    let at = versions
-        .iter()
-        .rposition(|v| v.version.bucket != last.bucket || v.version.key != last.key)
-        .map_or(0, |i| i + 1);
-    versions.split_off(at)
-}
-
-/// Orders a listing page for queueing: a key's versions come newest first in a versions
-/// listing (S3 `ListObjectVersions`); they are queued oldest first so the newest is written
-/// last at each site.
-fn oldest_first(versions: Vec<ObjectInfo>) -> Vec<VersionRef> {
-    oldest_first_infos(versions)
-        .into_iter()
-        .map(|i| i.version)
-        .collect()
-}
-
-/// [`oldest_first`], keeping the listed metadata.
-fn oldest_first_infos(versions: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
-    let mut groups: Vec<Vec<ObjectInfo>> = Vec::new();
-    let mut index: HashMap<(String, String), usize> = HashMap::new();
-    for v in versions {
-        let k = (v.version.bucket.clone(), v.version.key.clone());
-        let i = *index.entry(k).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        if let Some(g) = groups.get_mut(i) {
-            g.push(v);
-        }
-    }
-    groups
-        .into_iter()
-        .flat_map(|g| g.into_iter().rev())
-        .collect()
-}
-
-impl Scanner {
-    /// Starts the scanner in `stage`: a pass at once, then every `interval` (zero: only the
-    /// initial pass).
-    pub fn start(
-        populator: Populator,
-        source: Arc<dyn Source>,
-        store: Arc<dyn StateStore>,
-        interval: Duration,
-        stage: &StageTasks,
-    ) {
-        let s = Scanner {
-            populator,
-            source,
-            store,
-            interval,
-            token: stage.token().clone(),
-        };
-        stage.spawn(s.run());
-    }
-
-    async fn run(self) -> Result<(), StageError> {
-        for bucket in self.source.buckets() {
-            match self.source.versioning_enabled(&bucket).await {
-                Ok(Some(false)) => tracing::warn!(bucket,
-                    "Source bucket without versioning: an overwrite of a key already replicated will not be replicated again. Enable versioning on it."),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(bucket, error = %crate::error::chain(&e),
-                    "Cannot read the bucket's versioning state."),
-            }
-        }
-        loop {
-            for bucket in self.source.buckets() {
-                if self.token.is_cancelled() {
-                    return Ok(());
-                }
-                self.scan_bucket(&bucket).await?;
-            }
-            if self.interval.is_zero() {
-                self.token.cancelled().await;
-                return Ok(());
-            }
-            tokio::select! {
-                biased;
-                () = self.token.cancelled() => return Ok(()),
-                () = tokio::time::sleep(self.interval) => {}
-            }
-        }
-    }
-
-    async fn scan_bucket(&self, bucket: &str) -> Result<(), StageError> {
-        self.populator.refresh_rules(bucket).await;
-        let name = cursor_name(bucket);
-        let mut cursor = self
+    /// What to do about `d` whose key's current version is `current`: the entry to append
+    /// (if any) and the store ops recording it; `None` when there is nothing to do.
+    async fn plan(
+        &mut self,
+        d: &Discovery,
+        current: Option<ObjectInfo>,
+        now: u64,
+        lag_target: u64,
+    ) -> Result<Option<(Option<Entry>, Vec<StoreOp>)>, Plan> {
+        let (bucket, key) = d.bucket_key();
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        let record = self
             .store
-            .cursor(&name)
-            .await?
-            .and_then(|c| String::from_utf8(c).ok())
-            .filter(|c| !c.is_empty());
-        let mut listed = 0usize;
-        let mut queued = 0usize;
-        // The versions of the last key of a page that goes on (they may continue on the next
-        // page). Only in memory: after a crash the next pass lists them again.
-        let mut carry: Vec<ObjectInfo> = Vec::new();
-        loop {
-            if self.token.is_cancelled() {
-                return Ok(());
-            }
-            let page = match self.source.list_versions(bucket, cursor.as_deref()).await {
-                Ok(p) => p,
-                Err(error) => {
-                    tracing::warn!(bucket, %error, "Versions listing failed; the next scan resumes.");
-                    return Ok(());
-                }
-            };
-            listed += page.versions.len();
-            let mut versions = std::mem::take(&mut carry);
-            versions.extend(page.versions);
-            if page.next.is_some() {
-                carry = split_last_key(&mut versions);
-            }
-            let submitted = if self.source.listing_is_full_metadata() {
-                self.populator
-                    .submit_listed(oldest_first_infos(versions))
-                    .await
-            } else {
-                self.populator.submit(oldest_first(versions)).await
-            };
-            match submitted {
-                Ok(n) => queued += n,
-                Err(error) => {
-                    tracing::warn!(bucket, %error, "Could not queue a listing page; the next scan resumes.");
-                    return Ok(());
-                }
-            }
-            let value = page.next.clone().unwrap_or_default().into_bytes();
-            self.store
-                .apply(
-                    Vec::new(),
-                    vec![StoreOp::PutCursor {
-                        name: name.clone(),
-                        value,
-                    }],
-                )
-                .await?;
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => break,
+            .key_state(&bucket, &key)
+            .await
+            .map_err(Plan::stage)?;
+        let deleted = current.as_ref().is_none_or(|c| c.is_delete_marker);
+        if let Some(c) = &current {
+            if !deleted && c.replica {
+                // Never replicated (DESIGN 3); remembered so scans do not ask again.
+                return Ok(None);
             }
         }
-        tracing::info!(bucket, listed, queued, "Scan pass done.");
-        Ok(())
+        // The version the sites must end up with.
+        let version = match &current {
+            Some(c) => QueuedVersion {
+                version_id: c.version.version_id.clone(),
+                etag: c.etag.clone(),
+                size: if deleted { 0 } else { c.size },
+                written_ms: c.last_modified_ms(),
+                deleted,
+                backfill: false,
+            },
+            None => match &record {
+                // The key has no version any more: a deletion named after the last one.
+                Some(k) if !k.deleted => QueuedVersion {
+                    version_id: format!("del-{}", k.version_id),
+                    etag: String::new(),
+                    size: 0,
+                    written_ms: now,
+                    deleted: true,
+                    backfill: false,
+                },
+                _ => return Ok(None),
+            },
+        };
+        let at_ms = match d {
+            Discovery::Changed { at_ms: Some(t), .. } => *t,
+            _ => version.written_ms,
+        };
+        let version = QueuedVersion {
+            backfill: now.saturating_sub(at_ms.max(version.written_ms)) > lag_target,
+            written_ms: if at_ms > 0 { at_ms } else { now },
+            ..version
+        };
+        // The rule.
+        let rules = self.rules_of(&bucket).await.map_err(Plan::Skip)?.to_vec();
+        let needs_tags = rules.iter().any(Rule::needs_tags);
+        let tags: BTreeMap<String, String> = match &current {
+            Some(c)
+                if needs_tags
+                    && !deleted
+                    && c.tags.is_empty()
+                    && !matches!(d, Discovery::Changed { .. }) =>
+            {
+                // A listing carries no tags: read them for the tag filters.
+                match self.source.current(&bucket, &key).await {
+                    Ok(Some(full)) => full.tags,
+                    Ok(None) => BTreeMap::new(),
+                    Err(e) => {
+                        return Err(Plan::Skip(format!(
+                            "cannot read the tags of {bucket}/{key}: {e}"
+                        )))
+                    }
+                }
+            }
+            Some(c) => c.tags.clone(),
+            None => BTreeMap::new(),
+        };
+        let rule = if deleted {
+            // A deletion follows the rule that covers the key without tags (delete markers
+            // carry none) and replicates delete markers.
+            rule_for(&rules, &key, &BTreeMap::new()).filter(|r| r.delete_markers)
+        } else {
+            rule_for(&rules, &key, &tags)
+        };
+        let Some(rule) = rule else {
+            return Ok(None);
+        };
+        let mut sites: Vec<String> = Vec::new();
+        for s in &rule.sites {
+            if self.config.sites.iter().any(|c| &c.name == s) {
+                if !sites.contains(s) {
+                    sites.push(s.clone());
+                }
+            } else {
+                tracing::warn!(site = %s, bucket, "Rule names an unknown site; ignored.");
+            }
+        }
+        if sites.is_empty() {
+            return Ok(None);
+        }
+        let vref = VersionRef::new(&bucket, &key, &version.version_id);
+        // What the record already has.
+        let (sites_to_copy, force): (Vec<String>, bool) = match d {
+            Discovery::Requeue {
+                version: asked,
+                sites: asked_sites,
+            } => {
+                if asked.version_id != version.version_id {
+                    tracing::info!(version = %asked, current = %version.version_id,
+                        "Requeue of a version that is not the key's current one: the current one is queued.");
+                }
+                let s: Vec<String> = asked_sites
+                    .iter()
+                    .filter(|s| self.config.sites.iter().any(|c| &&c.name == s))
+                    .cloned()
+                    .collect();
+                (s, true)
+            }
+            _ => match &record {
+                Some(k) if k.is_version(&version.version_id, &version.etag) => {
+                    let missing: Vec<String> = sites
+                        .iter()
+                        .filter(|s| k.site(s).is_none())
+                        .cloned()
+                        .collect();
+                    (missing, false)
+                }
+                Some(k) if deleted && k.deleted => (Vec::new(), false),
+                _ => (sites.clone(), false),
+            },
+        };
+        if sites_to_copy.is_empty() {
+            return Ok(None);
+        }
+        // Namespaces: a site keeping keys as they are takes one bucket's versions only.
+        let mut copy = Vec::new();
+        let mut conflicts = Vec::new();
+        for s in &sites_to_copy {
+            if self.owns(s, &bucket).await.map_err(Plan::Stage)? {
+                copy.push(s.clone());
+            } else {
+                conflicts.push(s.clone());
+            }
+        }
+        let change = if force {
+            KeyChange::Requeued {
+                version: version.clone(),
+                sites: sites_to_copy.clone(),
+            }
+        } else {
+            KeyChange::Queued {
+                version: version.clone(),
+                sites: sites.clone(),
+            }
+        };
+        let mut ops = vec![StoreOp::key(&vref, change)];
+        for s in &conflicts {
+            let owner = self.owners.get(s).cloned().flatten().unwrap_or_default();
+            tracing::error!(site = %s, bucket, key, owner,
+                "Namespace conflict: the site keeps keys as they are and belongs to another source bucket; not replicated there.");
+            ops.push(StoreOp::key(
+                &vref,
+                KeyChange::Outcome {
+                    version_id: version.version_id.clone(),
+                    site: s.clone(),
+                    outcome: SiteOutcome::Failed(FailedInfo {
+                        size: version.size,
+                        written_ms: version.written_ms,
+                        reason: FailureReason::NamespaceConflict,
+                        attempts: 0,
+                        last_error: format!(
+                            "site {s} keeps keys as they are (bucket_match) and belongs to source bucket {owner}"
+                        ),
+                        last_attempt_ms: now,
+                    }),
+                },
+            ));
+        }
+        let entry = (!copy.is_empty()).then(|| {
+            let e = if current.is_none() {
+                Entry::deletion(&bucket, &key, &version, copy.clone())
+            } else {
+                Entry::queued(&bucket, &key, &version, copy.clone())
+            };
+            // A requeue copies again even a replica that looks right (it may be corrupt).
+            Entry {
+                requeued: force,
+                ..e
+            }
+        });
+        Ok(Some((entry, ops)))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why a key could not be planned.
+enum Plan {
+    /// The store failed: fatal for the stage.
+    Stage(StageError),
+    /// This key only; the next pass retries.
+    Skip(String),
+}
 
-    fn info(key: &str, vid: &str) -> ObjectInfo {
-        ObjectInfo {
-            version: VersionRef::new("b", key, vid),
-            size: 0,
-            etag: String::new(),
-            last_modified: String::new(),
-            content_type: None,
-            user_metadata: Default::default(),
-            tags: Default::default(),
-            is_delete_marker: false,
+impl Plan {
+    fn stage(e: crate::store::StoreError) -> Plan {
+        Plan::Stage(StageError::Store(e))
+    }
+}
+
+/// Whether a record says the key's current version is `info`'s, already sent to `sites`.
+pub fn up_to_date(record: Option<&KeyState>, info: Option<&ObjectInfo>, sites: &[String]) -> bool {
+    match (record, info) {
+        (None, None) => true,
+        (Some(k), None) => k.deleted,
+        (None, Some(i)) => i.is_delete_marker,
+        (Some(k), Some(i)) => {
+            if i.is_delete_marker {
+                k.deleted
+            } else {
+                k.is_version(&i.version.version_id, &i.etag)
+                    && sites.iter().all(|s| k.site(s).is_some())
+            }
         }
-    }
-
-    #[test]
-    fn listing_pages_are_queued_oldest_version_first_per_key() {
-        let page = vec![
-            info("a", "a3"),
-            info("a", "a2"),
-            info("a", "a1"),
-            info("b", "b2"),
-            info("b", "b1"),
-            info("c", "c1"),
-        ];
-        let ids: Vec<String> = oldest_first(page)
-            .into_iter()
-            .map(|v| v.version_id)
-            .collect();
-        assert_eq!(ids, ["a1", "a2", "a3", "b1", "b2", "c1"]);
-    }
-
-    #[test]
-    fn a_key_split_across_pages_is_held_back_whole() {
-        let mut page = vec![info("a", "a1"), info("b", "b3"), info("b", "b2")];
-        let carry = split_last_key(&mut page);
-        assert_eq!(page, vec![info("a", "a1")]);
-        assert_eq!(carry, vec![info("b", "b3"), info("b", "b2")]);
-        // The next page goes on with b: all of b is queued oldest first.
-        let mut next = carry;
-        next.extend([info("b", "b1"), info("c", "c1")]);
-        let ids: Vec<String> = oldest_first(next)
-            .into_iter()
-            .map(|v| v.version_id)
-            .collect();
-        assert_eq!(ids, ["b1", "b2", "b3", "c1"]);
-        // A page of one key only: everything is held back.
-        let mut only = vec![info("z", "z2"), info("z", "z1")];
-        assert_eq!(split_last_key(&mut only).len(), 2);
-        assert!(only.is_empty());
     }
 }

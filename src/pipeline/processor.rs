@@ -1,22 +1,37 @@
 //! [`ReplicationProcessor`]: one per site. Reads `backbeat-replication` in the site's consumer
-//! group, keeps the entries whose `storageClass` names the site, copies each version's data
-//! from the source to the site (streaming; multipart from `replication.mpu_threshold_mb`), and
-//! appends the outcome (COMPLETED with the replica's version id, or FAILED) to
-//! `backbeat-replication-status`. Offsets are committed only after the status entries are
-//! appended (see [`super::runner`]).
+//! group, keeps the entries meant for the site, makes the site mirror each key's current
+//! version, and appends the outcome to `backbeat-replication-status`. Offsets are committed
+//! only after the status entries are appended (see [`super::runner`]).
 //!
-//! Outcomes as the original (reference 3.3 step 9, 3.4 step 8): a version that is gone from
-//! the source, or changed since it was queued, is not copied; unlike the original, which
-//! writes no status and leaves it PENDING (counted as pending forever), a status entry marked
-//! `skipped` takes the site off the version and off the pending counters; a site already
-//! COMPLETED for the version is skipped; transient errors are retried ([`super::retry`]),
-//! then the whole entry is replayed later through the log ([`super::replay`]); permanent
-//! errors, or replays exhausted, give FAILED. While the site is paused no new copy starts
-//! ([`super::pause`]).
+//! For an entry about version `v` of key `k` (DESIGN section 3):
+//! 1. **Newest wins.** The source is asked for `k`'s current version (S3: a `GET` without
+//!    `versionId`, which also serves the copy when it is `v`; file: a stat). If it is not `v`
+//!    (a newer version, or `k` deleted since; or, for a deletion, `k` written again), `v` is
+//!    *dropped* for the site as `superseded` and nothing is written: replays, retries,
+//!    requeues and reordering after a crash can never put an older version on top of a newer
+//!    one. A version that is itself a replica is dropped as `replica` (no loops).
+//! 2. **Where it goes.** The key at the site is `<source bucket>/<key>`, or the key as it is
+//!    for a site with `bucket_match = true`. A key the site cannot store is FAILED at once
+//!    (`Rejected`, naming the limit).
+//! 3. **No second copy.** An entry that may have been handled before (a replay, a retry or
+//!    requeue, a later attempt, or one delivered again after a restart) first reads the site:
+//!    a replica of `v` already there is COMPLETED without writing again, so a versioned site
+//!    never gets two versions of one source version.
+//! 4. **Integrity.** The site hashes what it writes and checks it against what the destination
+//!    stored; a multipart copy reads each part with `If-Match`, so a version changed mid-copy
+//!    never yields a torn replica (it is dropped as superseded instead).
+//! 5. **Retries.** Transient errors are retried ([`super::retry`]), then the whole entry is
+//!    replayed later through the log ([`super::replay`]); permanent errors, or replays
+//!    exhausted, give FAILED with a typed reason. While the site is paused no new copy starts
+//!    and a copy waiting to retry does not contact the site ([`super::pause`]).
+//! 6. A deletion (a delete marker, or a key with no version left) removes the replica, writing
+//!    nothing when it is already absent or already a delete marker.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::pause::PauseGate;
@@ -24,17 +39,17 @@ use super::replay::next_replay;
 use super::retry::{retry, Retried, RetryPolicy};
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
-use crate::entry::{EntryKind, Parsed, SkipReason};
-use crate::error::Disposition;
-use crate::log::{
-    replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
-};
+use crate::checksum::hex;
+use crate::entry::{Entry, EntryFormat};
+use crate::error::{Disposition, FailureReason};
+use crate::log::{replication_group, Delivery, Log, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::metrics::{count_replay, count_retry, count_skip};
-use crate::model::{ObjectInfo, ReplicationStatus};
+use crate::model::{ByteStream, ObjectInfo, ReplicationStatus, NULL_VERSION};
 use crate::site::parts::part_ranges;
-use crate::site::{PutReceipt, Site, SiteError};
+use crate::site::{PartReceipt, PutReceipt, Site, SiteError};
 use crate::source::{Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp};
+use crate::transitions::{DropReason, FailedInfo, SiteOutcome};
 
 /// Settings of a replication processor.
 #[derive(Debug, Clone)]
@@ -47,6 +62,9 @@ pub struct ProcessorConfig {
     pub retry: RetryPolicy,
     /// Whole-entry replays after the retries are spent on a transient error.
     pub replay: u32,
+    /// The site keeps source keys as they are (`bucket_match = true`) instead of
+    /// `<source bucket>/<key>`.
+    pub bucket_match: bool,
 }
 
 /// The replication processor of one site.
@@ -57,7 +75,11 @@ pub struct ReplicationProcessor {
     cfg: ProcessorConfig,
     token: CancellationToken,
     log: Arc<dyn Log>,
+    format: EntryFormat,
     gate: PauseGate,
+    /// Per partition, the end offset when this processor started: entries below it may have
+    /// been handled by an earlier run that stopped before committing them.
+    ends_at_start: Mutex<HashMap<u32, u64>>,
 }
 
 impl std::fmt::Debug for ReplicationProcessor {
@@ -68,8 +90,11 @@ impl std::fmt::Debug for ReplicationProcessor {
     }
 }
 
-/// A parsed entry for this site.
-pub type CopyJob = Parsed;
+/// An entry for this site, and whether it may have been handled before.
+pub struct CopyJob {
+    entry: Entry,
+    seen_before: bool,
+}
 
 /// Why one copy attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +112,45 @@ impl CopyError {
             CopyError::Site(e) => e.disposition(),
         }
     }
+
+    fn reason(&self) -> FailureReason {
+        match self {
+            CopyError::Source(_) => FailureReason::SourceUnreadable,
+            CopyError::Site(e) => e.reason(),
+        }
+    }
 }
 
 /// What one copy attempt achieved.
 enum Copied {
     Written(PutReceipt),
-    /// Gone or changed at the source: reported as `skipped`, never copied.
-    Skipped(SkipReason),
+    Dropped(DropReason),
+}
+
+/// The key a replica of source `bucket/key` has at a site (DESIGN section 3, "Where a replica
+/// lives").
+pub fn site_key(bucket: &str, key: &str, bucket_match: bool) -> String {
+    if bucket_match {
+        key.to_string()
+    } else {
+        format!("{bucket}/{key}")
+    }
+}
+
+/// Whether `current` (the source's answer about the key) is the version `entry` is about.
+fn is_current(entry: &Entry, current: &ObjectInfo) -> bool {
+    current.version.version_id == entry.version.version_id
+        && !current.is_delete_marker
+        && (entry.version.version_id != NULL_VERSION || current.etag == entry.etag)
+}
+
+/// One line, at most 300 characters: what a failed entry and the status view show.
+fn one_line(s: &str) -> String {
+    let line: String = s.split(['\n', '\r']).collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line,
+    }
 }
 
 impl ReplicationProcessor {
@@ -111,9 +168,14 @@ impl ReplicationProcessor {
         gate: PauseGate,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
-        let consumer = log
-            .consumer(TOPIC_REPLICATION, &replication_group(site.name()))
-            .await?;
+        let group = replication_group(site.name());
+        let ends = log
+            .lag(TOPIC_REPLICATION, &group)
+            .await?
+            .into_iter()
+            .map(|l| (l.partition, l.end))
+            .collect();
+        let consumer = log.consumer(TOPIC_REPLICATION, &group).await?;
         let runner_cfg = RunnerConfig {
             stage: "replication-processor",
             concurrency: cfg.concurrency,
@@ -127,8 +189,10 @@ impl ReplicationProcessor {
             store,
             cfg,
             token: stage.token().clone(),
+            format: log.entry_format(),
             log: log.clone(),
             gate,
+            ends_at_start: Mutex::new(ends),
         });
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
@@ -138,83 +202,124 @@ impl ReplicationProcessor {
         Ok(())
     }
 
-    fn object_info(&self, job: &CopyJob, head: &ObjectInfo) -> ObjectInfo {
-        let mut obj = head.clone();
-        obj.version = job.version.clone();
-        obj
+    /// Whether the site already holds the replica of `entry`'s version at `key` (the receipt
+    /// of it when it does).
+    async fn already_there(
+        &self,
+        key: &str,
+        entry: &Entry,
+    ) -> Result<Option<PutReceipt>, SiteError> {
+        Ok(self.site.replica(key).await?.and_then(|r| {
+            (r.source_version_id.as_deref() == Some(entry.version.version_id.as_str())
+                && r.size == entry.size
+                && !r.delete_marker)
+                .then_some(PutReceipt {
+                    version_id: r.site_version_id,
+                    etag: None,
+                    wrote: false,
+                })
+        }))
     }
 
-    async fn copy_once(&self, job: &CopyJob) -> Result<Copied, CopyError> {
-        let md = &job.md;
-        if md.is_delete_marker {
-            // Nothing to read: the site removes its replica of the key (an S3 site with
-            // versioning writes a delete marker of its own).
-            let obj = ObjectInfo {
-                version: job.version.clone(),
-                size: 0,
-                etag: String::new(),
-                last_modified: md.last_modified.clone(),
-                content_type: None,
-                user_metadata: Default::default(),
-                tags: Default::default(),
-                is_delete_marker: true,
-            };
-            return Ok(Copied::Written(self.site.delete(&obj).await?));
+    async fn copy_once(&self, job: &CopyJob, key: &str, attempt: u32) -> Result<Copied, CopyError> {
+        let e = &job.entry;
+        let (bucket, src_key) = (&e.version.bucket, &e.version.key);
+        let maybe_done = job.seen_before || (attempt > 0 && !e.requeued);
+        if e.deleted {
+            // A deletion applies while the key is still deleted at the source.
+            if let Some(cur) = self.source.current(bucket, src_key).await? {
+                if !cur.is_delete_marker {
+                    return Ok(Copied::Dropped(DropReason::Superseded));
+                }
+            }
+            return Ok(Copied::Written(self.site.delete(key).await?));
         }
-        let changed = |head: &ObjectInfo| {
-            head.size != md.content_length
-                || (!md.content_md5.is_empty() && head.etag != md.content_md5)
-        };
-        let mp = self
+        let multipart = self
             .site
             .multipart()
-            .filter(|_| md.content_length >= self.cfg.mpu_threshold && md.content_length > 0);
-        match mp {
-            None => {
-                // Metadata and data in one call (one blocking hop for the file source).
-                let Some((head, body)) = self.source.open(&job.version).await? else {
-                    return Ok(Copied::Skipped(SkipReason::Gone));
-                };
-                if changed(&head) {
-                    return Ok(Copied::Skipped(SkipReason::Changed));
-                }
-                let obj = self.object_info(job, &head);
-                Ok(Copied::Written(self.site.put(&obj, body).await?))
+            .filter(|_| e.size >= self.cfg.mpu_threshold && e.size > 0);
+        let Some(mp) = multipart else {
+            let want_md5 = self.site.needs_md5_up_front();
+            let Some((cur, body)) = self.source.open_current(bucket, src_key, want_md5).await?
+            else {
+                return Ok(Copied::Dropped(DropReason::Superseded));
+            };
+            if !is_current(e, &cur) {
+                return Ok(Copied::Dropped(DropReason::Superseded));
             }
-            Some(mp) => {
-                let Some(head) = self.source.head(&job.version).await? else {
-                    return Ok(Copied::Skipped(SkipReason::Gone));
-                };
-                if changed(&head) {
-                    return Ok(Copied::Skipped(SkipReason::Changed));
-                }
-                let obj = self.object_info(job, &head);
-                self.object_metric(&obj, ObjectMetric::Bytes, obj.size)
-                    .await;
-                let upload = mp.create(&obj).await?;
-                let result = async {
-                    let mut parts = Vec::new();
-                    for (i, (start, end)) in part_ranges(obj.size).into_iter().enumerate() {
-                        let len = end - start + 1;
-                        let body = self.source.get(&job.version, Some((start, end))).await?;
-                        let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
-                        parts.push(mp.put_part(&obj, &upload, number, len, body).await?);
-                        self.object_metric(&obj, ObjectMetric::BytesDone, len).await;
-                    }
-                    Ok::<_, CopyError>(mp.complete(&obj, &upload, &parts).await?)
-                }
-                .await;
-                match result {
-                    Ok(r) => Ok(Copied::Written(r)),
-                    Err(e) => {
-                        if let Err(abort) = mp.abort(&obj, &upload).await {
-                            tracing::warn!(site = self.site.name(), version = %job.version, error = %abort,
-                                "Could not abort a multipart upload.");
-                        }
-                        Err(e)
-                    }
+            if cur.replica {
+                return Ok(Copied::Dropped(DropReason::Replica));
+            }
+            if maybe_done {
+                if let Some(r) = self.already_there(key, e).await? {
+                    return Ok(Copied::Written(r));
                 }
             }
+            let body: ByteStream = match body {
+                Some(b) => b,
+                None => Box::pin(futures_util::stream::empty()),
+            };
+            return Ok(Copied::Written(self.site.put(key, &cur, body).await?));
+        };
+        let Some(mut cur) = self.source.current(bucket, src_key).await? else {
+            return Ok(Copied::Dropped(DropReason::Superseded));
+        };
+        if !is_current(e, &cur) {
+            return Ok(Copied::Dropped(DropReason::Superseded));
+        }
+        if cur.replica {
+            return Ok(Copied::Dropped(DropReason::Replica));
+        }
+        if maybe_done {
+            if let Some(r) = self.already_there(key, e).await? {
+                return Ok(Copied::Written(r));
+            }
+        }
+        self.object_metric(&cur, ObjectMetric::Bytes, cur.size)
+            .await;
+        let upload = mp.create(key, &cur).await?;
+        let result = async {
+            let mut parts: Vec<PartReceipt> = Vec::new();
+            // The whole object's MD5, over the parts in order, for the sites that record it
+            // after the data (Azure's block list, the file site's sidecar).
+            let whole = Arc::new(Mutex::new(<md5::Md5 as md5::Digest>::new()));
+            for (i, (start, end)) in part_ranges(cur.size).into_iter().enumerate() {
+                let len = end - start + 1;
+                let body = self
+                    .source
+                    .get_range(&cur.version, &cur.etag, (start, end))
+                    .await?;
+                let body = feed(body, whole.clone());
+                let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                parts.push(mp.put_part(key, &upload, number, len, body).await?);
+                self.object_metric(&cur, ObjectMetric::BytesDone, len).await;
+            }
+            if cur.content_md5.is_none() {
+                let h = std::mem::replace(&mut *whole.lock(), <md5::Md5 as md5::Digest>::new());
+                let d: [u8; 16] = md5::Digest::finalize(h).into();
+                cur.content_md5 = Some(hex(&d));
+            }
+            Ok::<_, CopyError>(mp.complete(key, &cur, &upload, &parts).await?)
+        }
+        .await;
+        match result {
+            Ok(r) => Ok(Copied::Written(r)),
+            Err(CopyError::Source(SourceError::NotFound(_))) => {
+                // Changed mid-copy (If-Match refused it): the newer version supersedes it.
+                self.abort(mp, key, &upload).await;
+                Ok(Copied::Dropped(DropReason::Superseded))
+            }
+            Err(err) => {
+                self.abort(mp, key, &upload).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn abort(&self, mp: &dyn crate::site::MultipartSite, key: &str, upload: &str) {
+        if let Err(abort) = mp.abort(key, upload).await {
+            tracing::warn!(site = self.site.name(), key, error = %abort,
+                "Could not abort a multipart upload.");
         }
     }
 
@@ -228,28 +333,44 @@ impl ReplicationProcessor {
             value,
             at_ms: self.store.now_ms(),
         };
-        if let Err(e) = self.store.apply(Vec::new(), vec![op]).await {
+        if let Err(e) = self.store.apply(vec![op]).await {
             tracing::warn!(site = self.site.name(), error = %e, "Could not record object progress.");
         }
     }
 
-    fn status_record(
-        &self,
-        job: &CopyJob,
-        status: ReplicationStatus,
-        dsv: Option<String>,
-    ) -> Record {
-        job.outcome(self.site.name(), status, dsv).record()
+    fn status(&self, job: &CopyJob, outcome: SiteOutcome) -> Outcome {
+        let record = job
+            .entry
+            .outcome(self.site.name(), outcome)
+            .record(self.format);
+        Outcome::Done(Some(record))
     }
 
-    /// The status entry of a version not copied because it is gone or changed at the source.
-    fn skip_record(&self, job: &CopyJob, why: SkipReason) -> Record {
-        let site = self.site.name();
-        count_skip(site);
-        tracing::info!(site, key = %job.version.key, version_id = %job.version.version_id,
-            why = why.as_str(), "Version gone or changed at the source; not copied.");
-        job.skipped(site, why).record()
+    fn failed(&self, job: &CopyJob, error: &CopyError, attempts: u32) -> Outcome {
+        let e = &job.entry;
+        self.status(
+            job,
+            SiteOutcome::Failed(FailedInfo {
+                size: e.size,
+                written_ms: e.written_ms,
+                reason: error.reason(),
+                attempts: e.attempts.saturating_add(attempts),
+                last_error: one_line(&crate::error::chain(error)),
+                last_attempt_ms: self.store.now_ms(),
+            }),
+        )
     }
+}
+
+/// Feeds every chunk of `body` into `hasher` as it passes.
+fn feed(body: ByteStream, hasher: Arc<Mutex<md5::Md5>>) -> ByteStream {
+    use futures_util::StreamExt;
+    Box::pin(body.map(move |chunk| {
+        if let Ok(c) = &chunk {
+            md5::Digest::update(&mut *hasher.lock(), c);
+        }
+        chunk
+    }))
 }
 
 #[async_trait]
@@ -257,59 +378,94 @@ impl Handler for ReplicationProcessor {
     type Job = CopyJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<CopyJob> {
-        let job = Parsed::from_delivery(TOPIC_REPLICATION, delivery)?;
-        if job.entry.kind != EntryKind::Put {
+        let entry = Entry::from_delivery(TOPIC_REPLICATION, delivery)?;
+        let site = self.site.name();
+        if entry.outcome.is_some() || !entry.is_for(site) {
             return None;
         }
-        job.md
-            .sites()
-            .iter()
-            .any(|s| s == self.site.name())
-            .then_some(job)
+        if entry.site.as_deref().is_some_and(|s| s != site) {
+            return None;
+        }
+        let p = delivery.position;
+        let before_start = self
+            .ends_at_start
+            .lock()
+            .get(&p.partition)
+            .is_some_and(|end| p.offset < *end);
+        let seen_before = !entry.requeued
+            && (before_start || entry.site.is_some() || entry.replay_count.is_some());
+        Some(CopyJob { entry, seen_before })
     }
 
     async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
         let site = self.site.name();
+        let v = &job.entry.version;
         if !self.gate.wait(&self.token).await {
             return Ok(Outcome::Abandoned);
         }
-        if let Some(info) = self.store.replication(&job.version).await? {
-            if info.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed) {
-                tracing::debug!(site, version = %job.version, "Already replicated; skipping.");
+        // A replayed entry of a version already COMPLETED here (when this process sees the
+        // store the status processor writes).
+        if let Some(k) = self.store.key_state(&v.bucket, &v.key).await? {
+            if k.version_id == v.version_id
+                && k.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed)
+            {
+                tracing::debug!(site, version = %v, "Already replicated; skipping.");
                 return Ok(Outcome::Done(None));
             }
         }
-        // The error of the last attempt, logged when the next one starts.
-        let last_error = parking_lot::Mutex::new(String::new());
+        let key = site_key(&v.bucket, &v.key, self.cfg.bucket_match);
+        if let Err(e) = self.site.check_key(&key) {
+            let error = CopyError::Site(e);
+            tracing::error!(site, key = %v.key, version_id = %v.version_id,
+                error = %crate::error::chain(&error), "Replication failed: the site cannot store this key.");
+            return Ok(self.failed(&job, &error, 0));
+        }
         let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |n| {
-            let last_error = &last_error;
             let job = &job;
+            let key = &key;
             async move {
                 if n > 0 {
+                    // Waiting to retry while the site is paused: it is not contacted.
+                    if self.gate.is_paused() && !self.gate.wait(&self.token).await {
+                        return Err(CopyError::Site(SiteError::transient(site, "stopping")));
+                    }
                     count_retry(site);
-                    let error = last_error.lock().clone();
-                    tracing::warn!(site, key = %job.version.key, version_id = %job.version.version_id,
-                        attempt = n + 1, %error, "Retrying a copy after a transient error.");
                 }
-                let r = self.copy_once(job).await;
-                if let Err(e) = &r {
-                    *last_error.lock() = crate::error::chain(e);
+                let r = self.copy_once(job, key, n).await;
+                if let Err(error) = &r {
+                    tracing::warn!(site, key = %job.entry.version.key,
+                        version_id = %job.entry.version.version_id, attempt = n + 1,
+                        reason = %error.reason(), error = %crate::error::chain(error),
+                        "Copy attempt failed.");
                 }
                 r
             }
         })
         .await;
-        let record = match out {
+        let outcome = match out {
             Retried::Cancelled => return Ok(Outcome::Abandoned),
-            Retried::Done(Copied::Skipped(why)) => self.skip_record(&job, why),
+            Retried::Done(Copied::Dropped(why)) => {
+                count_skip(site);
+                tracing::info!(site, key = %v.key, version_id = %v.version_id,
+                    why = why.as_str(), "Version not copied.");
+                self.status(&job, SiteOutcome::Dropped(why))
+            }
             Retried::Done(Copied::Written(receipt)) => {
-                tracing::debug!(site, version = %job.version, "Replicated.");
-                self.status_record(&job, ReplicationStatus::Completed, receipt.version_id)
+                tracing::debug!(site, version = %v, wrote = receipt.wrote, "Replicated.");
+                self.status(
+                    &job,
+                    SiteOutcome::Completed {
+                        data_store_version_id: receipt.version_id,
+                    },
+                )
             }
             Retried::Failed {
                 error: CopyError::Source(SourceError::NotFound(_)),
                 ..
-            } => self.skip_record(&job, SkipReason::Gone),
+            } => {
+                count_skip(site);
+                self.status(&job, SiteOutcome::Dropped(DropReason::Superseded))
+            }
             Retried::Failed { error, attempts } => {
                 let transient = matches!(error.disposition(), Disposition::Retry { .. });
                 let replay = if transient {
@@ -319,20 +475,40 @@ impl Handler for ReplicationProcessor {
                 };
                 if let Some(count) = replay {
                     // Appended before this entry's offset is committed (at-least-once).
-                    let record = job.replay(site, count).record();
+                    let attempts = job.entry.attempts.saturating_add(attempts);
+                    let record = job.entry.replay(site, count, attempts).record(self.format);
                     self.log.append(TOPIC_REPLICATION, vec![record]).await?;
                     count_replay(site);
-                    tracing::warn!(site, key = %job.version.key, version_id = %job.version.version_id,
-                        attempts, replay_count = count, error = %crate::error::chain(&error),
+                    tracing::warn!(site, key = %v.key, version_id = %v.version_id,
+                        attempts, replay_count = count, reason = %error.reason(),
+                        error = %crate::error::chain(&error),
                         "Retries spent; the entry is queued again for a replay.");
                     return Ok(Outcome::Done(None));
                 }
-                tracing::error!(site, key = %job.version.key, version_id = %job.version.version_id,
+                tracing::error!(site, key = %v.key, version_id = %v.version_id,
                     attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
-                    error = %crate::error::chain(&error), "Replication failed.");
-                self.status_record(&job, ReplicationStatus::Failed, None)
+                    reason = %error.reason(), error = %crate::error::chain(&error),
+                    "Replication failed.");
+                self.failed(&job, &error, attempts)
             }
         };
-        Ok(Outcome::Done(Some(record)))
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_live_under_their_source_bucket_unless_bucket_match() {
+        assert_eq!(site_key("photos", "a/b.jpg", false), "photos/a/b.jpg");
+        assert_eq!(site_key("photos", "a/b.jpg", true), "a/b.jpg");
+    }
+
+    #[test]
+    fn errors_shown_to_operators_are_one_short_line() {
+        assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+        assert!(one_line(&"x".repeat(1000)).len() <= 303);
     }
 }

@@ -1,18 +1,14 @@
 //! [`StatusProcessor`]: reads `backbeat-replication-status` in [`STATUS_GROUP`] and applies
-//! each per-site outcome to the state store in one guarded update, so replaying an entry
-//! changes nothing (reference 3.6, 3.10):
+//! each per-site outcome to its key's record in the state store as one
+//! [`KeyChange::Outcome`] (reference 3.6, 3.10). The change applies only while the site is
+//! PENDING with that very version, so a replayed entry, a late FAILED after COMPLETED, or an
+//! outcome about a version the key has moved past (newest wins) changes nothing.
 //!
-//! (the updates are [`super::transitions::outcome`]'s: COMPLETED, FAILED or `skipped`, each
-//! guarded by "site is PENDING").
-//!
-//! `skipped` is a version gone or changed at the source: it will never reach the site (a
-//! changed file is a new version, queued on its own), so it must not stay pending.
-//!
-//! COMPLETED is final: a late FAILED finds the guard false. A version with no replication info
-//! (the populator crashed between its log append and its store update, or a fast site overtook
-//! that update) is first created from the entry's metadata with the counters the populator
-//! would have written. After a failed guard the update is tried once more, so an outcome is
-//! never dropped because the populator's update landed while it was being applied.
+//! A key with no record, or a record of a version written before this one at the source, is
+//! one whose populator appended the entry but crashed before its store update (or whose update
+//! is still on its way): the version is first recorded from the entry ([`KeyChange::Queued`],
+//! as the populator would have), then the outcome applies, in one transaction. The populator's
+//! own update then finds it done.
 
 use std::sync::Arc;
 
@@ -21,12 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use super::batch::StoreBatcher;
 use super::runner::{self, Handler, Outcome, RunnerConfig};
-use super::transitions::{self, SiteOutcome};
 use super::{StageError, StageTasks};
-use crate::entry::Parsed;
+use crate::entry::Entry;
 use crate::log::{Delivery, Log, STATUS_GROUP, TOPIC_REPLICATION_STATUS};
-use crate::model::ReplicationStatus;
-use crate::store::StateStore;
+use crate::store::{StateStore, StoreOp};
+use crate::transitions::{KeyChange, SiteOutcome};
 
 /// Status updates in flight (each is one store transaction; their flushes are shared).
 const STATUS_CONCURRENCY: usize = 64;
@@ -35,7 +30,6 @@ const STATUS_CONCURRENCY: usize = 64;
 pub struct StatusProcessor {
     store: Arc<dyn StateStore>,
     batcher: StoreBatcher,
-    mpu_threshold: u64,
 }
 
 impl std::fmt::Debug for StatusProcessor {
@@ -44,23 +38,21 @@ impl std::fmt::Debug for StatusProcessor {
     }
 }
 
-/// A parsed status entry: the site and what it reported.
+/// A status entry: its site and outcome are present.
 pub struct StatusJob {
-    parsed: Parsed,
+    entry: Entry,
     site: String,
     outcome: SiteOutcome,
 }
 
 impl StatusProcessor {
-    /// Starts the status processor as a task of `stage`. `mpu_threshold` tells which objects
-    /// had their object-level progress recorded part by part by the processor.
+    /// Starts the status processor as a task of `stage`.
     ///
     /// # Errors
     /// `StageError::Log` when the consumer cannot be opened.
     pub async fn start(
         log: Arc<dyn Log>,
         store: Arc<dyn StateStore>,
-        mpu_threshold: u64,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
         let consumer = log.consumer(TOPIC_REPLICATION_STATUS, STATUS_GROUP).await?;
@@ -71,7 +63,7 @@ impl StatusProcessor {
             output_topic: None,
             drain_on_stop: true,
         };
-        let handler = Arc::new(StatusProcessor::new(store, mpu_threshold, stage.tracker()));
+        let handler = Arc::new(StatusProcessor::new(store, stage.tracker()));
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
         stage.spawn(runner::run(log, consumer, handler, cfg, token, tracker));
@@ -80,17 +72,20 @@ impl StatusProcessor {
 
     /// A status processor whose store batching task runs on `tracker` (for tests that drive
     /// the [`Handler`] directly).
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        mpu_threshold: u64,
-        tracker: &TaskTracker,
-    ) -> StatusProcessor {
+    pub fn new(store: Arc<dyn StateStore>, tracker: &TaskTracker) -> StatusProcessor {
         let batcher = StoreBatcher::start(store.clone(), tracker);
-        StatusProcessor {
-            store,
-            batcher,
-            mpu_threshold,
-        }
+        StatusProcessor { store, batcher }
+    }
+
+    fn outcome_op(job: &StatusJob) -> StoreOp {
+        StoreOp::key(
+            &job.entry.version,
+            KeyChange::Outcome {
+                version_id: job.entry.version.version_id.clone(),
+                site: job.site.clone(),
+                outcome: job.outcome.clone(),
+            },
+        )
     }
 }
 
@@ -99,70 +94,47 @@ impl Handler for StatusProcessor {
     type Job = StatusJob;
 
     fn prepare(&self, delivery: &Delivery) -> Option<StatusJob> {
-        let parsed = Parsed::from_delivery(TOPIC_REPLICATION_STATUS, delivery)?;
-        let site = parsed.entry.site.clone()?;
-        if parsed.entry.skipped.is_some() {
-            return Some(StatusJob {
-                parsed,
-                site,
-                outcome: SiteOutcome::Skipped,
-            });
-        }
-        let state = parsed
-            .md
-            .replication_info
-            .backends
-            .iter()
-            .find(|b| b.site == site)?;
-        let outcome = match state.status {
-            ReplicationStatus::Completed => SiteOutcome::Completed {
-                data_store_version_id: Some(state.data_store_version_id.clone())
-                    .filter(|s| !s.is_empty()),
-            },
-            ReplicationStatus::Failed => SiteOutcome::Failed,
-            status => {
-                tracing::debug!(site, version = %parsed.version, %status,
-                    "Status entry without an outcome; ignored.");
-                return None;
-            }
+        let entry = Entry::from_delivery(TOPIC_REPLICATION_STATUS, delivery)?;
+        let site = entry.site.clone()?;
+        let Some(outcome) = entry.outcome.clone() else {
+            tracing::debug!(site, version = %entry.version,
+                "Status entry without an outcome; ignored.");
+            return None;
         };
         Some(StatusJob {
-            parsed,
+            entry,
             site,
             outcome,
         })
     }
 
     async fn handle(&self, job: StatusJob) -> Result<Outcome, StageError> {
-        let now = self.store.now_ms();
-        let version = &job.parsed.version;
-        let size = job.parsed.md.content_length;
-        let (guards, ops) = transitions::outcome(
-            version,
-            &job.site,
-            &job.outcome,
-            size,
-            self.mpu_threshold,
-            now,
-        );
-        if self.batcher.apply(guards.clone(), ops.clone()).await? {
-            tracing::debug!(site = %job.site, %version, outcome = ?job.outcome, "Status applied.");
+        let v = &job.entry.version;
+        let changed = self.batcher.apply(vec![Self::outcome_op(&job)]).await?;
+        if changed.first().copied().unwrap_or(false) {
+            tracing::debug!(site = %job.site, version = %v, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
         }
-        // The guard failed: the site is already past PENDING (a replayed entry), or the version
-        // had no info yet.
-        if self.store.replication(version).await?.is_none() {
-            // The populator appended the entry but crashed before its store update (or its
-            // update is still on its way: its guarded update then finds ours and does nothing).
-            let (g, o) = transitions::recreated(version, &job.parsed.md, now);
-            self.store.apply(g, o).await?;
-            tracing::debug!(site = %job.site, %version, "Replication info recreated from a status entry.");
-        }
-        // Once more now that the info exists, whoever wrote it: the populator's update may
-        // have landed between the failed guard and the read above. For a replayed entry the
-        // guard fails again and nothing changes.
-        if self.store.apply(guards, ops).await? {
-            tracing::debug!(site = %job.site, %version, outcome = ?job.outcome, "Status applied.");
+        // Not applied: a replay, a version the key moved past, or a record not written yet.
+        let record = self.store.key_state(&v.bucket, &v.key).await?;
+        let missing = match &record {
+            None => true,
+            Some(k) => k.version_id != v.version_id && job.entry.written_ms > k.written_ms,
+        };
+        if missing {
+            let queued = StoreOp::key(
+                v,
+                KeyChange::Queued {
+                    version: job.entry.queued_version(),
+                    sites: job.entry.sites.clone(),
+                },
+            );
+            let changed = self
+                .store
+                .apply(vec![queued, Self::outcome_op(&job)])
+                .await?;
+            tracing::debug!(site = %job.site, version = %v, applied = ?changed,
+                "Version recorded from its status entry.");
         }
         Ok(Outcome::Done(None))
     }

@@ -17,7 +17,17 @@
 //! - Metadata names must be C# identifiers: every character outside `[A-Za-z0-9_]` becomes `_`
 //!   and a leading digit gets a `_` prefix ([`azure_metadata_name`]); so the markers are
 //!   `scal_replication_status: REPLICA` and `scal_version_id: <source version id>`. Azure
-//!   metadata names are case-insensitive. Values must be ASCII header values.
+//!   metadata names are case-insensitive. Values that are not plain ASCII header text are
+//!   stored in their RFC 2047 form. The markers: `scal_replication_status`, `scal_version_id`,
+//!   `scal_size`, `scal_md5`, `scal_source_bucket`.
+//! - Standard headers become blob properties (`x-ms-blob-content-type`, `-content-encoding`,
+//!   `-content-disposition`, `-content-language`, `-cache-control`); `Expires`, which Azure
+//!   does not have, the metadata entry `scal_expires`.
+//! - Integrity: each Put Blob and Put Block body is hashed as it is sent and compared with the
+//!   `Content-MD5` Azure computed of what it received; the committed blob keeps its MD5
+//!   (`x-ms-blob-content-md5`) when known.
+//! - Limits: keys with a `.` or `..` path segment, ending with a dot, over 1,024 characters
+//!   or 254 segments are refused ([`Site::check_key`]).
 //! - Tags: blob index tags (`x-ms-tags`) when the tag set fits Azure's rules (at most 10 tags,
 //!   keys 1-128 and values 0-256 characters of `[A-Za-z0-9 +-./:=_]`); otherwise the whole tag
 //!   set goes, URL-encoded like a query string, into the metadata entry `scal_tags`.
@@ -34,11 +44,15 @@ use hyper::{HeaderMap, Method, Request, Response};
 use object_store::azure::{AzureAccessKey, AzureAuthorizer, AzureCredential};
 use object_store::client::HttpRequestBody;
 
-use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
+use super::{
+    recorded_md5, ListPage, MultipartSite, PartReceipt, PutReceipt, ReplicaInfo, Site, SiteError,
+};
+use crate::checksum::{hashed, md5_of_base64, md5_of_hex, Digested};
 use crate::config::SiteKind;
-use crate::error::chain;
+use crate::error::{chain, FailureReason};
 use crate::http::{
-    encode_key, http_client, retry_after, uri_encode, xml_escape, Body, HttpClient, Xml,
+    encode_key, http_client, retry_after, rfc2047_decode, rfc2047_encode, uri_encode, xml_escape,
+    Body, HttpClient, Xml,
 };
 use crate::model::{ByteStream, ObjectInfo};
 
@@ -46,6 +60,12 @@ use crate::model::{ByteStream, ObjectInfo};
 pub const META_STATUS: &str = "scal_replication_status";
 /// Metadata name of the source version id marker.
 pub const META_VERSION: &str = "scal_version_id";
+/// Metadata name of the replica's size.
+pub const META_SIZE: &str = "scal_size";
+/// Metadata name of the replica's MD5.
+pub const META_MD5: &str = "scal_md5";
+/// Metadata name of the source bucket.
+pub const META_BUCKET: &str = "scal_source_bucket";
 /// Metadata name holding the tag set when it cannot be blob index tags.
 pub const META_TAGS: &str = "scal_tags";
 
@@ -251,10 +271,7 @@ impl AzureSite {
     fn classify(&self, e: AzureError) -> SiteError {
         let site = self.name.clone();
         match (e.status, e.code.as_str()) {
-            (None, _) => SiteError::Transient {
-                site,
-                detail: e.detail,
-            },
+            (None, _) => SiteError::transient(&site, e.detail),
             (_, "ServerBusy") | (Some(429 | 503), _) => SiteError::Throttled {
                 site,
                 retry_after: e.retry_after,
@@ -271,6 +288,16 @@ impl AzureSite {
             (Some(500..=599), _) => SiteError::Transient {
                 site,
                 detail: e.detail,
+                reason: FailureReason::ServerError,
+            },
+            (_, "Md5Mismatch" | "InvalidMd5") => SiteError::ChecksumMismatch {
+                site,
+                detail: e.detail,
+            },
+            (_, "RequestBodyTooLarge") => SiteError::TooLarge {
+                site,
+                size: 0,
+                detail: e.detail,
             },
             _ => SiteError::Rejected {
                 site,
@@ -286,28 +313,45 @@ impl AzureSite {
         }
     }
 
-    /// Content type, metadata (with the REPLICA markers) and tags of a replica.
+    /// Blob properties (the standard headers), metadata (with the REPLICA markers) and tags
+    /// of a replica.
     fn replica_headers(
         &self,
         obj: &ObjectInfo,
+        md5: Option<&str>,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, SiteError> {
         let value = |what: &str, v: &str| {
             HeaderValue::from_str(v)
                 .map_err(|_| self.rejected(format!("{what} {v:?} is not a valid header value")))
         };
         let mut h = Vec::new();
-        if let Some(ct) = &obj.content_type {
-            h.push((
-                HeaderName::from_static("x-ms-blob-content-type"),
-                value("content type", ct)?,
-            ));
-        }
         let mut meta: BTreeMap<String, String> = BTreeMap::new();
+        for (name, v) in obj.headers.pairs() {
+            let prop = match name {
+                "content-type" => "x-ms-blob-content-type",
+                "content-encoding" => "x-ms-blob-content-encoding",
+                "content-disposition" => "x-ms-blob-content-disposition",
+                "content-language" => "x-ms-blob-content-language",
+                "cache-control" => "x-ms-blob-cache-control",
+                // Azure has no Expires property: kept as metadata.
+                _ => {
+                    meta.insert(format!("scal_{name}"), v.to_string());
+                    continue;
+                }
+            };
+            h.push((HeaderName::from_static(prop), value(name, v)?));
+        }
         for (k, v) in &obj.user_metadata {
             meta.insert(azure_metadata_name(k).to_ascii_lowercase(), v.clone());
         }
         meta.insert(META_STATUS.into(), "REPLICA".into());
         meta.insert(META_VERSION.into(), obj.version.version_id.clone());
+        meta.insert(META_SIZE.into(), obj.size.to_string());
+        meta.insert(
+            META_MD5.into(),
+            md5.map_or_else(|| recorded_md5(obj), str::to_owned),
+        );
+        meta.insert(META_BUCKET.into(), obj.version.bucket.clone());
         if !obj.tags.is_empty() {
             if fits_index_tags(&obj.tags) {
                 h.push((
@@ -323,9 +367,39 @@ impl AzureSite {
                 HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes()).map_err(|_| {
                     self.rejected(format!("metadata name {k:?} is not a valid header name"))
                 })?;
-            h.push((name, value("metadata value", &v)?));
+            h.push((name, value("metadata value", &header_text(&v))?));
+        }
+        if let Some(m) = md5.and_then(md5_of_hex) {
+            h.push((
+                HeaderName::from_static("x-ms-blob-content-md5"),
+                value("MD5", &base64_of(&m))?,
+            ));
         }
         Ok(h)
+    }
+
+    fn mismatch(&self, detail: String) -> SiteError {
+        SiteError::ChecksumMismatch {
+            site: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// Checks the Content-MD5 Azure computed of what it received against what was sent.
+    fn check_md5(&self, what: &str, headers: &HeaderMap, sent: &Digested) -> Result<(), SiteError> {
+        let got = headers
+            .get("content-md5")
+            .and_then(|v| v.to_str().ok())
+            .and_then(md5_of_base64);
+        match got {
+            Some(g) if g != sent.md5 => Err(self.mismatch(format!(
+                "{what}: Content-MD5 {} is not the MD5 of the {} bytes sent ({})",
+                base64_of(&g),
+                sent.len,
+                sent.base64()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn block_id(upload_id: &str, number: u32) -> String {
@@ -340,7 +414,8 @@ impl AzureSite {
         }
     }
 
-    async fn exists(&self, blob: &str) -> Result<bool, SiteError> {
+    /// The properties and metadata of `blob`, `None` when it does not exist.
+    async fn properties(&self, blob: &str) -> Result<Option<HeaderMap>, SiteError> {
         match self
             .send(
                 Method::HEAD,
@@ -350,8 +425,8 @@ impl AzureSite {
             )
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.status == Some(404) => Ok(false),
+            Ok(resp) => Ok(Some(resp.headers().clone())),
+            Err(e) if e.status == Some(404) => Ok(None),
             Err(e) => Err(self.classify(e)),
         }
     }
@@ -390,6 +465,39 @@ fn receipt(headers: &HeaderMap) -> PutReceipt {
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
             .map(|e| e.trim_matches('"').to_string()),
+        wrote: true,
+    }
+}
+
+fn base64_of(md5: &[u8; 16]) -> String {
+    Digested { md5: *md5, len: 0 }.base64()
+}
+
+/// `v` as metadata header text: as it is when plain ASCII, else its RFC 2047 form.
+fn header_text(v: &str) -> String {
+    let plain = v.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        && !v.starts_with(' ')
+        && !v.ends_with(' ');
+    if plain {
+        v.to_string()
+    } else {
+        rfc2047_encode(v)
+    }
+}
+
+/// The REPLICA metadata of `blob` from its metadata (`x-ms-meta-*` headers, or a listing's
+/// `<Metadata>`), by lowercase name, and its size.
+fn replica_from(blob: &str, size: u64, meta: &BTreeMap<String, String>) -> ReplicaInfo {
+    let get = |n: &str| meta.get(n).map(|v| rfc2047_decode(v));
+    let is_replica = get(META_STATUS).is_some_and(|s| s.trim() == "REPLICA");
+    ReplicaInfo {
+        key: blob.to_string(),
+        source_version_id: get(META_VERSION).filter(|_| is_replica),
+        source_bucket: get(META_BUCKET),
+        size,
+        md5: get(META_MD5),
+        site_version_id: None,
+        delete_marker: false,
     }
 }
 
@@ -403,18 +511,72 @@ impl Site for AzureSite {
         SiteKind::Azure
     }
 
-    async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError> {
-        let mut headers = self.replica_headers(obj)?;
+    fn check_key(&self, key: &str) -> Result<(), SiteError> {
+        let limit = |what: &str| {
+            Err(self.rejected(format!(
+                "Azure Blob Storage cannot store key {key:?}: {what}"
+            )))
+        };
+        if key.is_empty() || key.chars().count() > 1024 {
+            return limit("blob names are 1 to 1024 characters");
+        }
+        let segments: Vec<&str> = key.split('/').collect();
+        if segments.iter().any(|s| *s == "." || *s == "..") {
+            return limit("a path segment is \".\" or \"..\"");
+        }
+        if segments.len() > 254 {
+            return limit("more than 254 path segments");
+        }
+        if key.ends_with('.') {
+            return limit("a blob name cannot end with a dot");
+        }
+        Ok(())
+    }
+
+    fn needs_md5_up_front(&self) -> bool {
+        true
+    }
+
+    async fn replica(&self, key: &str) -> Result<Option<ReplicaInfo>, SiteError> {
+        let Some(h) = self.properties(key).await? else {
+            return Ok(None);
+        };
+        let mut meta = BTreeMap::new();
+        for (name, v) in &h {
+            if let (Some(k), Ok(v)) = (name.as_str().strip_prefix("x-ms-meta-"), v.to_str()) {
+                meta.insert(k.to_ascii_lowercase(), v.to_string());
+            }
+        }
+        let size = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Some(replica_from(key, size, &meta)))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
+    ) -> Result<PutReceipt, SiteError> {
+        let (body, digest) = hashed(body);
+        let mut headers = self.replica_headers(obj, obj.content_md5.as_deref())?;
         headers.push((
             HeaderName::from_static("x-ms-blob-type"),
             HeaderValue::from_static("BlockBlob"),
         ));
-        let url = self.url(Some(&obj.version.key), "");
+        let url = self.url(Some(key), "");
         let resp = self
             .send(Method::PUT, &url, headers, Body::Stream(body, obj.size))
             .await
             .map_err(|e| self.classify(e))?;
-        tracing::debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Replica written.");
+        let sent = digest
+            .get()
+            .ok_or_else(|| SiteError::transient(&self.name, "the body was not sent whole"))?;
+        self.check_md5(&format!("Put Blob {key}"), resp.headers(), &sent)?;
+        tracing::debug!(site = %self.name, key, size = obj.size, "Replica written.");
         Ok(receipt(resp.headers()))
     }
 
@@ -422,11 +584,14 @@ impl Site for AzureSite {
         Some(self)
     }
 
-    async fn delete(&self, obj: &ObjectInfo) -> Result<PutReceipt, SiteError> {
+    async fn delete(&self, key: &str) -> Result<PutReceipt, SiteError> {
+        if self.properties(key).await?.is_none() {
+            return Ok(PutReceipt::default());
+        }
         match self
             .send(
                 Method::DELETE,
-                &self.url(Some(&obj.version.key), ""),
+                &self.url(Some(key), ""),
                 Vec::new(),
                 Body::Empty,
             )
@@ -436,6 +601,63 @@ impl Site for AzureSite {
             Err(e) if e.code == "BlobNotFound" => Ok(PutReceipt::default()),
             Err(e) => Err(self.classify(e)),
         }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, SiteError> {
+        let mut query = format!(
+            "restype=container&comp=list&include=metadata&maxresults={}",
+            limit.clamp(1, 5000)
+        );
+        if !prefix.is_empty() {
+            query.push_str(&format!("&prefix={}", uri_encode(prefix)));
+        }
+        if let Some(m) = cursor {
+            query.push_str(&format!("&marker={}", uri_encode(m)));
+        }
+        let resp = self
+            .send(
+                Method::GET,
+                &self.url(None, &query),
+                Vec::new(),
+                Body::Empty,
+            )
+            .await
+            .map_err(|e| self.classify(e))?;
+        let bytes = match tokio::time::timeout(self.idle_timeout, resp.into_body().collect()).await
+        {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => return Err(SiteError::transient(&self.name, chain(&e))),
+            Err(_) => return Err(SiteError::transient(&self.name, "listing timed out")),
+        };
+        let xml = Xml::parse(&bytes).map_err(|e| self.rejected(format!("listing: {e}")))?;
+        let mut items = Vec::new();
+        if let Some(blobs) = xml.child("Blobs") {
+            for b in blobs.all("Blob") {
+                let name = b.text_of("Name").unwrap_or_default().to_string();
+                let size = b
+                    .path(&["Properties", "Content-Length"])
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut meta = BTreeMap::new();
+                if let Some(m) = b.child("Metadata") {
+                    for c in &m.children {
+                        meta.insert(c.name.to_ascii_lowercase(), c.text.clone());
+                    }
+                }
+                let r = replica_from(&name, size, &meta);
+                items.push((name, size, Some(r)));
+            }
+        }
+        let next = xml
+            .text_of("NextMarker")
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
+        Ok(ListPage { items, next })
     }
 
     async fn health(&self) -> Result<(), SiteError> {
@@ -460,16 +682,16 @@ impl Site for AzureSite {
 
 #[async_trait]
 impl MultipartSite for AzureSite {
-    async fn create(&self, obj: &ObjectInfo) -> Result<String, SiteError> {
+    async fn create(&self, _key: &str, obj: &ObjectInfo) -> Result<String, SiteError> {
         // Nothing to create at Azure: blocks are staged against the blob name. Validate what
         // the commit will send now, so a bad header fails before any data moves.
-        self.replica_headers(obj)?;
+        self.replica_headers(obj, None)?;
         Ok(format!("{:016x}", rand::random::<u64>()))
     }
 
     async fn put_part(
         &self,
-        obj: &ObjectInfo,
+        key: &str,
         upload_id: &str,
         number: u32,
         len: u64,
@@ -478,17 +700,28 @@ impl MultipartSite for AzureSite {
         self.check_upload_id(upload_id)?;
         let id = Self::block_id(upload_id, number);
         let url = self.url(
-            Some(&obj.version.key),
+            Some(key),
             &format!("comp=block&blockid={}", uri_encode(&id)),
         );
-        self.send(Method::PUT, &url, Vec::new(), Body::Stream(body, len))
+        let (body, digest) = hashed(body);
+        let resp = self
+            .send(Method::PUT, &url, Vec::new(), Body::Stream(body, len))
             .await
             .map_err(|e| self.classify(e))?;
-        Ok(PartReceipt { number, etag: id })
+        let sent = digest
+            .get()
+            .ok_or_else(|| SiteError::transient(&self.name, "a block was not sent whole"))?;
+        self.check_md5(&format!("block {number} of {key}"), resp.headers(), &sent)?;
+        Ok(PartReceipt {
+            number,
+            etag: id,
+            md5: sent.md5,
+        })
     }
 
     async fn complete(
         &self,
+        key: &str,
         obj: &ObjectInfo,
         upload_id: &str,
         parts: &[PartReceipt],
@@ -498,17 +731,21 @@ impl MultipartSite for AzureSite {
             .iter()
             .map(|p| Self::block_id(upload_id, p.number))
             .collect();
+        // The whole object's MD5 is known by now (computed over the parts): the blob keeps it.
         let headers = self
-            .commit(&obj.version.key, &ids, self.replica_headers(obj)?)
+            .commit(
+                key,
+                &ids,
+                self.replica_headers(obj, obj.content_md5.as_deref())?,
+            )
             .await?;
-        tracing::debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Multipart replica written.");
+        tracing::debug!(site = %self.name, key, size = obj.size, "Multipart replica written.");
         Ok(receipt(&headers))
     }
 
-    async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError> {
+    async fn abort(&self, key: &str, upload_id: &str) -> Result<(), SiteError> {
         self.check_upload_id(upload_id)?;
-        let key = &obj.version.key;
-        if self.exists(key).await? {
+        if self.properties(key).await?.is_some() {
             // Never replace an existing replica to drop staged blocks; Azure discards them.
             return Ok(());
         }

@@ -45,7 +45,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tracing::debug;
 
 use super::parts::part_ranges;
-use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
+use super::{ListPage, MultipartSite, PartReceipt, PutReceipt, ReplicaInfo, Site, SiteError};
 use crate::config::SiteKind;
 use crate::model::{ByteStream, ObjectInfo};
 
@@ -63,9 +63,12 @@ pub struct Sidecar {
     /// The source version id.
     #[serde(rename = "scal-version-id")]
     pub version_id: String,
+    /// MD5 (hex) of the replica's bytes, computed as they were written.
+    #[serde(rename = "scal-md5", default)]
+    pub md5: String,
     /// Source bucket.
     pub bucket: String,
-    /// Object key, as given (not encoded).
+    /// Source object key, as given (not encoded).
     pub key: String,
     /// Content type.
     #[serde(
@@ -74,6 +77,10 @@ pub struct Sidecar {
         skip_serializing_if = "Option::is_none"
     )]
     pub content_type: Option<String>,
+    /// The other standard headers (`content-encoding`, `content-disposition`,
+    /// `content-language`, `cache-control`, `expires`), by lowercase name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// Size in bytes.
     pub size: u64,
     /// Source ETag.
@@ -90,13 +97,22 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    fn of(obj: &ObjectInfo) -> Sidecar {
+    fn of(obj: &ObjectInfo, md5: &str) -> Sidecar {
+        let headers = obj
+            .headers
+            .pairs()
+            .into_iter()
+            .filter(|(n, _)| *n != "content-type")
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         Sidecar {
             replication_status: "REPLICA".into(),
             version_id: obj.version.version_id.clone(),
+            md5: md5.to_string(),
             bucket: obj.version.bucket.clone(),
             key: obj.version.key.clone(),
-            content_type: obj.content_type.clone(),
+            content_type: obj.headers.content_type.clone(),
+            headers,
             size: obj.size,
             etag: obj.etag.clone(),
             last_modified: obj.last_modified.clone(),
@@ -213,10 +229,7 @@ impl FileSite {
         } else if matches!(e.raw_os_error(), Some(17 | 20 | 21 | 22 | 36)) {
             self.rejected(detail)
         } else {
-            SiteError::Transient {
-                site: self.name.clone(),
-                detail,
-            }
+            SiteError::transient(&self.name, detail)
         }
     }
 
@@ -279,8 +292,9 @@ impl FileSite {
         dir: &Path,
         file: &str,
         obj: &ObjectInfo,
+        md5: &str,
     ) -> Result<PathBuf, SiteError> {
-        let json = serde_json::to_vec_pretty(&Sidecar::of(obj))
+        let json = serde_json::to_vec_pretty(&Sidecar::of(obj, md5))
             .map_err(|e| self.rejected(format!("cannot encode sidecar: {e}")))?;
         let tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
         let res = async {
@@ -361,12 +375,14 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     d.sync_all().await
 }
 
-/// Copies `body` into `file`, checking that exactly `expected` bytes arrive.
+/// Copies `body` into `file`, checking that exactly `expected` bytes arrive; returns the MD5
+/// of what was written.
 async fn copy_exact(
     file: &mut tokio::fs::File,
-    mut body: ByteStream,
+    body: ByteStream,
     expected: u64,
-) -> Result<(), String> {
+) -> Result<[u8; 16], String> {
+    let (mut body, digest) = crate::checksum::hashed(body);
     let mut written = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("source stream failed: {e}"))?;
@@ -388,7 +404,10 @@ async fn copy_exact(
     file.flush()
         .await
         .map_err(|e| format!("write failed: {e}"))?;
-    Ok(())
+    digest
+        .get()
+        .map(|d| d.md5)
+        .ok_or_else(|| "the body did not end cleanly".to_string())
 }
 
 #[async_trait]
@@ -401,26 +420,70 @@ impl Site for FileSite {
         SiteKind::File
     }
 
-    async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError> {
-        let (dir, file) = self.prepare(&obj.version.key).await?;
+    async fn replica(&self, key: &str) -> Result<Option<ReplicaInfo>, SiteError> {
+        let data = self.path_of(key);
+        let m = match tokio::fs::symlink_metadata(&data).await {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.io_error("cannot inspect", &data, e)),
+        };
+        let mut info = ReplicaInfo {
+            key: key.to_string(),
+            size: m.len(),
+            ..ReplicaInfo::default()
+        };
+        let sidecar = self.sidecar_of(key);
+        match tokio::fs::read(&sidecar).await {
+            Ok(bytes) => {
+                if let Ok(sc) = serde_json::from_slice::<Sidecar>(&bytes) {
+                    if sc.replication_status == "REPLICA" {
+                        info.source_version_id = Some(sc.version_id);
+                        info.source_bucket = Some(sc.bucket);
+                        info.md5 = Some(sc.md5).filter(|m| !m.is_empty());
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_error("cannot read", &sidecar, e)),
+        }
+        Ok(Some(info))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
+    ) -> Result<PutReceipt, SiteError> {
+        let (dir, file) = self.prepare(key).await?;
         let tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
         let mut f = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| self.io_error("cannot create", &tmp, e))?;
         let copied = copy_exact(&mut f, body, obj.size).await;
         let synced = match copied {
-            Ok(()) => f.sync_all().await.map_err(|e| format!("fsync failed: {e}")),
+            Ok(md5) => f
+                .sync_all()
+                .await
+                .map(|()| md5)
+                .map_err(|e| format!("fsync failed: {e}")),
             Err(e) => Err(e),
         };
         drop(f);
-        if let Err(detail) = synced {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(SiteError::Transient {
-                site: self.name.clone(),
-                detail,
-            });
-        }
-        let meta_tmp = match self.write_sidecar_tmp(&dir, &file, obj).await {
+        let md5 = match synced {
+            Ok(md5) => md5,
+            Err(detail) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(SiteError::transient(&self.name, detail));
+            }
+        };
+        let meta_tmp = match self
+            .write_sidecar_tmp(&dir, &file, obj, &crate::checksum::hex(&md5))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -428,16 +491,19 @@ impl Site for FileSite {
             }
         };
         self.publish(&dir, &file, &tmp, &meta_tmp).await?;
-        debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Replica written.");
-        Ok(PutReceipt::default())
+        debug!(site = %self.name, key, size = obj.size, "Replica written.");
+        Ok(PutReceipt {
+            wrote: true,
+            ..PutReceipt::default()
+        })
     }
 
     fn multipart(&self) -> Option<&dyn MultipartSite> {
         Some(self)
     }
 
-    async fn delete(&self, obj: &ObjectInfo) -> Result<PutReceipt, SiteError> {
-        let (dir, file) = self.locate(&obj.version.key)?;
+    async fn delete(&self, key: &str) -> Result<PutReceipt, SiteError> {
+        let (dir, file) = self.locate(key)?;
         // Never follow a link on the way: only a real tree under the root is touched.
         let mut p = self.root.clone();
         if let Ok(rel) = dir.strip_prefix(&self.root) {
@@ -445,26 +511,62 @@ impl Site for FileSite {
                 p.push(c);
                 match tokio::fs::symlink_metadata(&p).await {
                     Ok(m) if m.file_type().is_dir() => {}
-                    Ok(_) => {
-                        return Err(self.rejected(format!("{} is not a directory", p.display())))
-                    }
+                    Ok(_) => return Ok(PutReceipt::default()),
                     Err(e) if e.kind() == ErrorKind::NotFound => return Ok(PutReceipt::default()),
                     Err(e) => return Err(self.io_error("cannot inspect", &p, e)),
                 }
             }
         }
+        let mut wrote = false;
         for name in [file.clone(), format!("{file}{SIDECAR_SUFFIX}")] {
             let path = dir.join(&name);
             match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
+                Ok(()) => wrote = true,
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(self.io_error("cannot remove", &path, e)),
             }
         }
-        sync_dir(&dir)
-            .await
-            .map_err(|e| self.io_error("cannot sync directory", &dir, e))?;
-        Ok(PutReceipt::default())
+        if wrote {
+            sync_dir(&dir)
+                .await
+                .map_err(|e| self.io_error("cannot sync directory", &dir, e))?;
+        }
+        Ok(PutReceipt {
+            wrote,
+            ..PutReceipt::default()
+        })
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, SiteError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let cursor = cursor.map(str::to_owned);
+        let limit = limit.max(1);
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let full = list_tree(&root, "", &prefix, cursor.as_deref(), limit, &mut out)?;
+            Ok::<_, std::io::Error>((out, full))
+        })
+        .await
+        .map_err(|e| SiteError::transient(&self.name, format!("listing task failed: {e}")))?
+        .map_err(|e| self.io_error("cannot list", &self.root, e))?;
+        let (keys, full) = listed;
+        let mut items = Vec::with_capacity(keys.len());
+        for (key, size) in keys {
+            let r = self.replica(&key).await?;
+            items.push((key, size, r));
+        }
+        let next = if full {
+            items.last().map(|(k, _, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(ListPage { items, next })
     }
 
     async fn health(&self) -> Result<(), SiteError> {
@@ -485,13 +587,90 @@ impl Site for FileSite {
     }
 }
 
-/// Multipart for the file site: the upload is a preallocated temporary file; part `n` is written
-/// at the offset [`part_ranges`] gives for the object's size, so parts may arrive in any order
-/// and concurrently. Parts must follow [`part_ranges`]; others are [`SiteError::Rejected`].
+/// Appends the replicas under `dir_key` (a key prefix, `""` or `a/b/`) whose key starts with
+/// `prefix` and sorts after `cursor`, in key byte order, as `(key, size)`; `true` once `limit`
+/// were appended. Sidecars, temporary and part files are not replicas; names that are not
+/// encoded segments are skipped.
+fn list_tree(
+    root: &Path,
+    dir_key: &str,
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: usize,
+    out: &mut Vec<(String, u64)>,
+) -> std::io::Result<bool> {
+    let dir = root.join(key_to_relative_path(dir_key.trim_end_matches('/')));
+    let dir = if dir_key.is_empty() {
+        root.to_path_buf()
+    } else {
+        dir
+    };
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // (sort key: the key, with `/` appended for a directory; is a directory; size)
+    let mut entries: Vec<(String, bool, u64)> = Vec::new();
+    for entry in rd {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.ends_with(SIDECAR_SUFFIX) || name.contains(TMP_INFIX) || name.contains(MPU_INFIX) {
+            continue;
+        }
+        let Some(seg) = decode_segment(&name) else {
+            continue;
+        };
+        let m = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let key = format!("{dir_key}{seg}");
+        if m.is_dir() {
+            entries.push((format!("{key}/"), true, 0));
+        } else if m.is_file() {
+            entries.push((key, false, m.len()));
+        }
+    }
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    for (key, is_dir, size) in entries {
+        // Outside the prefix: skipped (a directory only when no key under it can match).
+        if !(key.starts_with(prefix) || is_dir && prefix.starts_with(key.as_str())) {
+            continue;
+        }
+        if is_dir {
+            if let Some(c) = cursor {
+                if c > key.as_str() && !c.starts_with(key.as_str()) {
+                    continue;
+                }
+            }
+            if list_tree(root, &key, prefix, cursor, limit, out)? {
+                return Ok(true);
+            }
+        } else {
+            if cursor.is_some_and(|c| key.as_str() <= c) {
+                continue;
+            }
+            out.push((key, size));
+            if out.len() >= limit {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Multipart for the file site: the upload is a temporary file preallocated to the object's
+/// size; part `n` is written at the offset [`part_ranges`] gives for that size (read back from
+/// the upload file), so parts may arrive in any order and concurrently. Parts must follow
+/// [`part_ranges`]; others are [`SiteError::Rejected`].
 #[async_trait]
 impl MultipartSite for FileSite {
-    async fn create(&self, obj: &ObjectInfo) -> Result<String, SiteError> {
-        let (dir, file) = self.prepare(&obj.version.key).await?;
+    async fn create(&self, key: &str, obj: &ObjectInfo) -> Result<String, SiteError> {
+        let (dir, file) = self.prepare(key).await?;
         let id = random_hex();
         let path = self.mpu_path(&dir, &file, &id)?;
         let f = tokio::fs::File::create(&path)
@@ -507,23 +686,14 @@ impl MultipartSite for FileSite {
 
     async fn put_part(
         &self,
-        obj: &ObjectInfo,
+        key: &str,
         upload_id: &str,
         number: u32,
         len: u64,
         body: ByteStream,
     ) -> Result<PartReceipt, SiteError> {
-        let (dir, file) = self.locate(&obj.version.key)?;
+        let (dir, file) = self.locate(key)?;
         let path = self.mpu_path(&dir, &file, upload_id)?;
-        let ranges = part_ranges(obj.size);
-        let (start, end) = match (number as usize).checked_sub(1).and_then(|i| ranges.get(i)) {
-            Some(r) => *r,
-            None if obj.size == 0 && number == 1 && len == 0 => (0, 0),
-            None => return Err(self.rejected(format!("part {number} out of range"))),
-        };
-        if obj.size > 0 && end - start + 1 != len {
-            return Err(self.rejected(format!("part {number} must be {} bytes", end - start + 1)));
-        }
         let mut f = tokio::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -532,28 +702,42 @@ impl MultipartSite for FileSite {
                 ErrorKind::NotFound => self.rejected(format!("no such upload {upload_id}")),
                 _ => self.io_error("cannot open", &path, e),
             })?;
+        let size = f
+            .metadata()
+            .await
+            .map_err(|e| self.io_error("cannot inspect", &path, e))?
+            .len();
+        let ranges = part_ranges(size);
+        let (start, end) = match (number as usize).checked_sub(1).and_then(|i| ranges.get(i)) {
+            Some(r) => *r,
+            None if size == 0 && number == 1 && len == 0 => (0, 0),
+            None => return Err(self.rejected(format!("part {number} out of range"))),
+        };
+        if size > 0 && end - start + 1 != len {
+            return Err(self.rejected(format!("part {number} must be {} bytes", end - start + 1)));
+        }
         f.seek(SeekFrom::Start(start))
             .await
             .map_err(|e| self.io_error("cannot seek", &path, e))?;
         let res = match copy_exact(&mut f, body, len).await {
-            Ok(()) => f
+            Ok(md5) => f
                 .sync_data()
                 .await
+                .map(|()| md5)
                 .map_err(|e| format!("fsync failed: {e}")),
             Err(e) => Err(e),
         };
-        res.map_err(|detail| SiteError::Transient {
-            site: self.name.clone(),
-            detail,
-        })?;
+        let md5 = res.map_err(|detail| SiteError::transient(&self.name, detail))?;
         Ok(PartReceipt {
             number,
             etag: format!("{number}"),
+            md5,
         })
     }
 
     async fn complete(
         &self,
+        key: &str,
         obj: &ObjectInfo,
         upload_id: &str,
         parts: &[PartReceipt],
@@ -566,7 +750,7 @@ impl MultipartSite for FileSite {
         if parts.len() != expected || !in_order {
             return Err(self.rejected(format!("expected parts 1..={expected} in order")));
         }
-        let (dir, file) = self.prepare(&obj.version.key).await?;
+        let (dir, file) = self.prepare(key).await?;
         let path = self.mpu_path(&dir, &file, upload_id)?;
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.len() == obj.size => {}
@@ -582,14 +766,19 @@ impl MultipartSite for FileSite {
             }
             Err(e) => return Err(self.io_error("cannot inspect", &path, e)),
         }
-        let meta_tmp = self.write_sidecar_tmp(&dir, &file, obj).await?;
+        // The caller computed the whole object's MD5 over the parts.
+        let md5 = crate::site::recorded_md5(obj);
+        let meta_tmp = self.write_sidecar_tmp(&dir, &file, obj, &md5).await?;
         self.publish(&dir, &file, &path, &meta_tmp).await?;
-        debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Multipart replica written.");
-        Ok(PutReceipt::default())
+        debug!(site = %self.name, key, size = obj.size, "Multipart replica written.");
+        Ok(PutReceipt {
+            wrote: true,
+            ..PutReceipt::default()
+        })
     }
 
-    async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError> {
-        let (dir, file) = self.locate(&obj.version.key)?;
+    async fn abort(&self, key: &str, upload_id: &str) -> Result<(), SiteError> {
+        let (dir, file) = self.locate(key)?;
         let path = self.mpu_path(&dir, &file, upload_id)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),

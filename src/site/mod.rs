@@ -1,8 +1,18 @@
 //! Sites: destinations replicas are written to (DESIGN section 4).
 //!
-//! A [`Site`] puts a replica, streaming; large objects go through the optional
-//! [`MultipartSite`] capability. Implementations: `aws_s3`, `azure`, `file`.
-//! Every error is classified where it arises ([`SiteError::disposition`]).
+//! A [`Site`] writes a replica under a key the processor chose (the namespace rule of DESIGN
+//! section 3), streaming; large objects go through the optional [`MultipartSite`] capability.
+//! Implementations: `aws_s3`, `azure`, `file`. Every write is checked end to end: the site
+//! hashes what it sends ([`crate::checksum`]) and compares it with what the destination says it
+//! stored (S3: the ETag of a PUT, of each part and of the completed upload; Azure: the
+//! Content-MD5 of each block and blob; file: the bytes it wrote), so a corrupted replica is a
+//! [`SiteError::ChecksumMismatch`], retried, never COMPLETED. Every error is classified where
+//! it arises ([`SiteError::disposition`], [`SiteError::reason`]).
+//!
+//! Each replica records, as REPLICA metadata under the site's naming rules, the source version
+//! id (`scal-version-id`), size (`scal-size`) and MD5 (`scal-md5`, the MD5 of the bytes when
+//! known before writing them; for a source object uploaded in parts whose MD5 was not known,
+//! its ETag), so [`Site::replica`] and `backbeat verify` can compare without reading data.
 
 pub mod azure;
 pub mod file;
@@ -15,9 +25,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{ConfigError, SiteBackend, SiteConfig, SiteKind};
-use crate::error::Disposition;
+use crate::error::{Disposition, FailureReason};
 use crate::model::{ByteStream, ObjectInfo};
 use crate::s3::S3Client;
+
+/// User metadata name of the replication status marker.
+pub const META_STATUS: &str = "scal-replication-status";
+/// User metadata name of the source version id marker.
+pub const META_VERSION: &str = "scal-version-id";
+/// User metadata name of the replica's size.
+pub const META_SIZE: &str = "scal-size";
+/// User metadata name of the replica's MD5 (hex).
+pub const META_MD5: &str = "scal-md5";
+/// User metadata name of the source bucket (ours, for `verify` and the namespace rule).
+pub const META_BUCKET: &str = "scal-source-bucket";
 
 /// What a site answered for a written replica.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -26,6 +47,8 @@ pub struct PutReceipt {
     pub version_id: Option<String>,
     /// The replica's ETag at the site.
     pub etag: Option<String>,
+    /// Whether anything was written (a deletion of a replica already absent writes nothing).
+    pub wrote: bool,
 }
 
 /// One uploaded part.
@@ -35,6 +58,44 @@ pub struct PartReceipt {
     pub number: u32,
     /// Part ETag (S3) or block id (Azure).
     pub etag: String,
+    /// MD5 of the part's bytes, as sent.
+    pub md5: [u8; 16],
+}
+
+/// What a site holds at a key: what `backbeat verify` and the replay check read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaInfo {
+    /// The site key.
+    pub key: String,
+    /// `scal-version-id`: the source version this replica is (`None`: not written by us).
+    pub source_version_id: Option<String>,
+    /// The source bucket, when the replica says (ours).
+    pub source_bucket: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// `scal-md5`, when recorded.
+    pub md5: Option<String>,
+    /// The site's own version id of the replica, when it versions objects.
+    pub site_version_id: Option<String>,
+    /// The key's newest version at the site is a delete marker (no replica readable).
+    pub delete_marker: bool,
+}
+
+impl ReplicaInfo {
+    /// Whether this is a replica written by a replication engine.
+    pub fn is_replica(&self) -> bool {
+        self.source_version_id.is_some()
+    }
+}
+
+/// One page of a site's keys, in byte order (for `backbeat verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListPage {
+    /// `(key, size, replica)` in key byte order; `replica` is filled when the listing carries
+    /// the REPLICA metadata (Azure, file), else it is read with [`Site::replica`].
+    pub items: Vec<(String, u64, Option<ReplicaInfo>)>,
+    /// Where the next page starts (opaque, the site's own), when another page follows.
+    pub next: Option<String>,
 }
 
 /// Errors of a site.
@@ -65,12 +126,30 @@ pub enum SiteError {
         /// Bucket or container.
         bucket: String,
     },
-    /// The request can never succeed as it is (invalid key for the site, 4xx).
+    /// The request can never succeed as it is (a key the site cannot store, another 4xx).
     #[error("site {site} refused the request: {detail}")]
     Rejected {
         /// Site name.
         site: String,
         /// What the site said.
+        detail: String,
+    },
+    /// The object is larger than the site accepts.
+    #[error("site {site} cannot store {size} bytes: {detail}")]
+    TooLarge {
+        /// Site name.
+        site: String,
+        /// Object size.
+        size: u64,
+        /// The limit.
+        detail: String,
+    },
+    /// The bytes the site stored are not the bytes sent (retried: a new copy is made).
+    #[error("site {site} stored other bytes than sent: {detail}")]
+    ChecksumMismatch {
+        /// Site name.
+        site: String,
+        /// What differs.
         detail: String,
     },
     /// Network failure, timeout, 5xx, or a source stream that broke mid-copy.
@@ -80,6 +159,8 @@ pub enum SiteError {
         site: String,
         /// What happened.
         detail: String,
+        /// `Unreachable`, `Timeout` or `ServerError`.
+        reason: FailureReason,
     },
 }
 
@@ -90,11 +171,57 @@ impl SiteError {
             SiteError::Throttled { retry_after, .. } => Disposition::Retry {
                 after: *retry_after,
             },
-            SiteError::Transient { .. } => Disposition::Retry { after: None },
+            SiteError::Transient { .. } | SiteError::ChecksumMismatch { .. } => {
+                Disposition::Retry { after: None }
+            }
             SiteError::Unauthorized { .. }
             | SiteError::NoSuchBucket { .. }
-            | SiteError::Rejected { .. } => Disposition::Fail,
+            | SiteError::Rejected { .. }
+            | SiteError::TooLarge { .. } => Disposition::Fail,
         }
+    }
+
+    /// The typed reason of this failure (DESIGN section 5).
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            SiteError::Throttled { .. } => FailureReason::Throttled,
+            SiteError::Unauthorized { .. } => FailureReason::AccessDenied,
+            SiteError::NoSuchBucket { .. } => FailureReason::NoSuchBucket,
+            SiteError::Rejected { .. } => FailureReason::Rejected,
+            SiteError::TooLarge { .. } => FailureReason::TooLarge,
+            SiteError::ChecksumMismatch { .. } => FailureReason::ChecksumMismatch,
+            SiteError::Transient { reason, .. } => *reason,
+        }
+    }
+
+    /// A transient error of `site`, its reason read from the message (a transport error's
+    /// words are all we have: connection refused or reset is `Unreachable`, timed out or
+    /// stalled is `Timeout`, anything else `ServerError`).
+    pub fn transient(site: &str, detail: impl Into<String>) -> SiteError {
+        let detail = detail.into();
+        SiteError::Transient {
+            site: site.to_string(),
+            reason: transient_reason(&detail),
+            detail,
+        }
+    }
+}
+
+/// The reason of a transient failure described by `detail`.
+pub fn transient_reason(detail: &str) -> FailureReason {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("timed out") || d.contains("timeout") || d.contains("stalled") {
+        FailureReason::Timeout
+    } else if d.contains("refused")
+        || d.contains("reset")
+        || d.contains("unreachable")
+        || d.contains("dns")
+        || d.contains("connect")
+        || d.contains("broken pipe")
+    {
+        FailureReason::Unreachable
+    } else {
+        FailureReason::ServerError
     }
 }
 
@@ -107,59 +234,89 @@ pub trait Site: Send + Sync + 'static {
     /// The site's kind.
     fn kind(&self) -> SiteKind;
 
-    /// Writes the replica of `obj` in one request, streaming `body` (exactly `obj.size` bytes).
-    /// The replica carries the REPLICA markers (`scal-replication-status: REPLICA`,
-    /// `scal-version-id: <source version id>`, under the site's naming rules), the content type,
-    /// user metadata and tags.
-    async fn put(&self, obj: &ObjectInfo, body: ByteStream) -> Result<PutReceipt, SiteError>;
-
-    /// Replicates a deletion: removes the replica of `obj.version.key` (S3: writes a delete
-    /// marker when the bucket is versioned). Deleting what does not exist succeeds. The receipt
-    /// carries the delete marker's version id, when the site has one.
-    ///
-    /// The default refuses, for sites that cannot delete.
-    async fn delete(&self, obj: &ObjectInfo) -> Result<PutReceipt, SiteError> {
-        Err(SiteError::Rejected {
-            site: self.name().to_string(),
-            detail: format!("site cannot delete {}", obj.version.key),
-        })
+    /// Checks that the site can store `key` at all (DESIGN section 3, "Site limits"):
+    /// [`SiteError::Rejected`] naming the limit when it cannot.
+    fn check_key(&self, _key: &str) -> Result<(), SiteError> {
+        Ok(())
     }
+
+    /// Whether [`Site::put`] needs [`ObjectInfo::content_md5`] before the data (the site
+    /// writes the REPLICA metadata in the request's headers).
+    fn needs_md5_up_front(&self) -> bool {
+        false
+    }
+
+    /// What the site holds at `key`: the replica's REPLICA metadata, a delete marker, or
+    /// `None` when nothing is there.
+    async fn replica(&self, key: &str) -> Result<Option<ReplicaInfo>, SiteError>;
+
+    /// Writes the replica of source version `obj` at `key`, streaming `body` (exactly
+    /// `obj.size` bytes), with the REPLICA markers, the standard headers, user metadata and
+    /// tags; checks that the site stored the bytes sent.
+    async fn put(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
+    ) -> Result<PutReceipt, SiteError>;
+
+    /// Replicates a deletion of the source key: removes the replica at `key` (S3: writes a
+    /// delete marker when the bucket is versioned). Writes nothing when no replica is there or
+    /// the newest version there is already a delete marker (so deletes never ping-pong between
+    /// two buckets replicating to each other); `wrote` in the receipt says which.
+    async fn delete(&self, key: &str) -> Result<PutReceipt, SiteError>;
 
     /// Multipart capability, when the site has it.
     fn multipart(&self) -> Option<&dyn MultipartSite> {
         None
     }
 
+    /// Up to `limit` keys under `prefix` in byte order, from `cursor` (a previous page's
+    /// `next`) or the first (for `backbeat verify`).
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, SiteError>;
+
     /// Checks that the site is reachable and the target exists.
     async fn health(&self) -> Result<(), SiteError>;
 }
 
-/// Multipart uploads (S3 multipart, Azure blocks + block list).
+/// Multipart uploads (S3 multipart, Azure blocks + block list), each part checked like a put.
 #[async_trait]
 pub trait MultipartSite: Send + Sync {
-    /// Starts an upload for `obj`; returns its id.
-    async fn create(&self, obj: &ObjectInfo) -> Result<String, SiteError>;
+    /// Starts an upload of `obj` at `key`; returns its id.
+    async fn create(&self, key: &str, obj: &ObjectInfo) -> Result<String, SiteError>;
 
     /// Uploads part `number` (from 1) of `len` bytes.
     async fn put_part(
         &self,
-        obj: &ObjectInfo,
+        key: &str,
         upload_id: &str,
         number: u32,
         len: u64,
         body: ByteStream,
     ) -> Result<PartReceipt, SiteError>;
 
-    /// Completes the upload from its parts, in order.
+    /// Completes the upload from its parts, in order, with the REPLICA metadata of `obj`.
     async fn complete(
         &self,
+        key: &str,
         obj: &ObjectInfo,
         upload_id: &str,
         parts: &[PartReceipt],
     ) -> Result<PutReceipt, SiteError>;
 
     /// Aborts the upload so no part remains at the site.
-    async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError>;
+    async fn abort(&self, key: &str, upload_id: &str) -> Result<(), SiteError>;
+}
+
+/// The value `scal-md5` records for `obj`: its MD5 when known, else (a source object uploaded
+/// in parts) its ETag.
+pub fn recorded_md5(obj: &ObjectInfo) -> String {
+    obj.content_md5.clone().unwrap_or_else(|| obj.etag.clone())
 }
 
 /// Builds the site a `[[sites]]` entry describes (already checked by the configuration). Never

@@ -5,20 +5,24 @@
 //!   sockets and the like are skipped (a link could lead out of the directory).
 //! - Version id: derived from the file's `(size, mtime in ns, inode)`, as
 //!   `<size hex>-<mtime ns hex>-<inode hex>`; a changed or replaced file is a new version, and
-//!   the id is stable across restarts. The ETag is the version id (no content hash is computed).
-//! - Listing order: depth-first, entries of a directory sorted by name bytes; equivalently,
-//!   keys compared segment by segment. A page's cursor is its last key; the next page lists
-//!   the keys after it in that order, skipping whole subtrees before it.
-//! - [`Source::head`] and [`Source::get`] re-stat the file: a version that is no longer the
-//!   file's current one is gone (`Ok(None)` / [`SourceError::NotFound`]). A `get` stream ends
-//!   with an error if the file changed while it was read, so a torn copy is never completed.
+//!   the id is stable across restarts. The ETag is the version id. A removed file is the key
+//!   deleted (no delete markers here: the engine names the deletion `del-<last version id>`).
+//! - Listing order: keys in byte order (a directory `d` sorts as `d/`), the order of S3
+//!   listings and of the state store, so a scan can walk both side by side. A page's cursor is
+//!   its last key.
+//! - [`FileSource::scan_dir`] reads one directory entry by entry (its files, its
+//!   subdirectories and an order-independent summary of its entries) for the scanner's cheap
+//!   passes: a directory whose summary did not change needs no comparison with the store, and
+//!   a directory of a million files is never held in memory.
+//! - [`Source::current`] and [`Source::open_current`] stat the file; a stream ends with an
+//!   error if the file changed while it was read, and [`Source::get_range`] refuses a file
+//!   that is no longer the version, so a torn copy is never completed.
 //! - No replication configuration: rules come from the configuration file.
-//! - [`FileSource::watch`] reports changed keys within milliseconds (inotify, through the
-//!   `notify` crate), so new files need not wait for the next rescan. It is a hint: events may
-//!   repeat, and some are lost (a full channel, a directory moved in whole, an overflowing
-//!   kernel queue); the periodic rescan catches those.
+//! - [`FileSource::watch`] reports changes within milliseconds (inotify, through the `notify`
+//!   crate): a file closed after writing or renamed in, a directory created or moved in (to be
+//!   walked at once), a file removed or moved out, and a lost or overflowed watch (to be
+//!   rescanned). Events may repeat; the periodic rescan catches what the watch lost.
 
-use std::cmp::Ordering;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +35,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{Rule, Source, SourceError, VersionPage};
+use super::{KeyPage, Rule, Source, SourceError};
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
 
 /// Default number of versions per listing page.
@@ -47,17 +51,62 @@ pub struct FileSource {
     page_size: usize,
 }
 
-/// Changed keys of a watched [`FileSource`]; watching stops when this is dropped.
+/// What the watch of a [`FileSource`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A file was closed after writing, or renamed in: its key.
+    Written(String),
+    /// A file was removed or moved out: its key.
+    Removed(String),
+    /// A directory was created or moved in: its key prefix (`dir/`), to be walked at once.
+    Directory(String),
+    /// Events were lost (the kernel queue overflowed, the channel was full, a watch failed):
+    /// the whole tree is to be rescanned.
+    Rescan,
+}
+
+/// The changes of a watched [`FileSource`]; watching stops when this is dropped.
 pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,
-    /// Keys whose file was created, written, renamed or removed (not deduplicated). Head them
-    /// to learn their current version, if any.
-    pub changes: tokio::sync::mpsc::Receiver<String>,
+    /// The events, in order; when the channel is full events are dropped and a
+    /// [`WatchEvent::Rescan`] follows once there is room again.
+    pub events: tokio::sync::mpsc::Receiver<WatchEvent>,
 }
 
 impl std::fmt::Debug for FileWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileWatch").finish_non_exhaustive()
+    }
+}
+
+/// What [`FileSource::scan_dir`] found in one directory, besides its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirScan {
+    /// A summary of its entries (name, kind, size, mtime, inode), independent of their
+    /// order: two scans with the same summary saw the same entries (up to a 64-bit hash
+    /// collision).
+    pub summary: u64,
+    /// Its subdirectories, as key prefixes (`dir/sub/`).
+    pub subdirs: Vec<String>,
+    /// Files modified too recently to be taken (left to a later pass).
+    pub unsettled: usize,
+}
+
+/// FNV-1a, 64 bits: a stable hash for directory summaries kept across restarts and Rust
+/// versions (the standard library's hasher may change).
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 ^= u64::from(*x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 
@@ -88,13 +137,6 @@ fn last_modified_of(m: &std::fs::Metadata) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
-}
-
-/// Compares two keys segment by segment (the listing order).
-fn cmp_keys(a: &[String], b: &[String]) -> Ordering {
-    a.iter()
-        .map(String::as_bytes)
-        .cmp(b.iter().map(String::as_bytes))
 }
 
 impl FileSource {
@@ -140,37 +182,82 @@ impl FileSource {
         &self.root
     }
 
-    /// Watches the directory tree and sends the key of every changed file on
-    /// [`FileWatch::changes`] (at most `capacity` waiting; more are dropped, for the rescan to
-    /// find).
+    /// Watches the directory tree; at most `capacity` events wait in [`FileWatch::events`]
+    /// (more are dropped, then a [`WatchEvent::Rescan`] is sent).
     ///
     /// # Errors
     /// [`SourceError::Transient`] if the watch cannot be set up (e.g. the inotify watch limit).
     pub fn watch(&self, capacity: usize) -> Result<FileWatch, SourceError> {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
         use notify::{EventKind, RecursiveMode, Watcher};
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let root = self.root.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) => {
-                    if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
-                        return;
+        // Set when an event could not be sent: a rescan is owed once there is room.
+        let mut lost = false;
+        let mut send = move |ev: WatchEvent| {
+            if lost && tx.try_send(WatchEvent::Rescan).is_ok() {
+                lost = false;
+            }
+            if !lost && tx.try_send(ev).is_err() {
+                lost = true;
+                tracing::debug!("File watch channel full; a rescan will catch up.");
+            }
+        };
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let ev = match res {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "File watch error; rescanning.");
+                    send(WatchEvent::Rescan);
+                    return;
+                }
+            };
+            if ev.need_rescan() {
+                send(WatchEvent::Rescan);
+                return;
+            }
+            let dir_of = |p: &Path| key_of(&root, p).map(|k| format!("{k}/"));
+            for (i, p) in ev.paths.iter().enumerate() {
+                let Some(key) = key_of(&root, p) else {
+                    continue;
+                };
+                let event = match ev.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                        WatchEvent::Written(key)
                     }
-                    for p in &ev.paths {
-                        if let Some(key) = key_of(&root, p) {
-                            if tx.try_send(key).is_err() {
-                                tracing::debug!(
-                                    "File watch channel full or closed; the rescan will catch up."
-                                );
+                    EventKind::Create(CreateKind::Folder) => match dir_of(p) {
+                        Some(d) => WatchEvent::Directory(d),
+                        None => continue,
+                    },
+                    EventKind::Remove(_) => WatchEvent::Removed(key),
+                    EventKind::Modify(ModifyKind::Name(mode)) => {
+                        // `Both` carries [from, to].
+                        let moved_in = match mode {
+                            RenameMode::To => true,
+                            RenameMode::From => false,
+                            RenameMode::Both => i == 1,
+                            _ => p.exists(),
+                        };
+                        if !moved_in {
+                            WatchEvent::Removed(key)
+                        } else if p.is_dir() {
+                            match dir_of(p) {
+                                Some(d) => WatchEvent::Directory(d),
+                                None => continue,
                             }
+                        } else {
+                            WatchEvent::Written(key)
                         }
                     }
-                }
-                Err(e) => tracing::warn!(error = %e, "File watch error; the rescan will catch up."),
-            })
-            .map_err(|e| {
-                SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
-            })?;
+                    // Being written (wait for the close), attributes, opens: nothing yet.
+                    _ => continue,
+                };
+                send(event);
+            }
+        })
+        .map_err(|e| {
+            SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
+        })?;
         watcher
             .watch(&self.root, RecursiveMode::Recursive)
             .map_err(|e| {
@@ -178,7 +265,7 @@ impl FileSource {
             })?;
         Ok(FileWatch {
             _watcher: watcher,
-            changes: rx,
+            events: rx,
         })
     }
 
@@ -255,42 +342,70 @@ impl FileSource {
         Ok(None)
     }
 
-    /// [`Source::open`] in one blocking call: the file opened and checked to be the version;
-    /// a file of at most one chunk is read whole here (and checked unchanged after the read),
-    /// a larger one is handed back open for streaming.
-    fn open_blocking(&self, version: &VersionRef) -> std::io::Result<Option<(ObjectInfo, Opened)>> {
-        let Some((path, m)) = self.stat_blocking(&version.key)? else {
-            return Ok(None);
-        };
-        if version_id_of(&m) != version.version_id {
-            return Ok(None);
+    /// [`Source::open_current`] in one blocking call: the key's file opened; a file of at most
+    /// one chunk is read whole here (and checked unchanged after the read), a larger one is
+    /// handed back open for streaming, hashed first when `want_md5` (a second local read,
+    /// cheaper than a site without the MD5 up front).
+    fn open_blocking(
+        &self,
+        key: &str,
+        want_md5: bool,
+    ) -> std::io::Result<Option<(ObjectInfo, Opened)>> {
+        // A file replaced between the stat and the open is opened again (a few times).
+        for _ in 0..3 {
+            let Some((path, m)) = self.stat_blocking(key)? else {
+                return Ok(None);
+            };
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // The file opened is the one stat'ed (not a replacement that raced in).
+            let fm = file.metadata()?;
+            let vid = version_id_of(&m);
+            if !fm.is_file() || version_id_of(&fm) != vid {
+                continue;
+            }
+            let mut info = self.info(key.to_string(), &fm);
+            let len = fm.len();
+            let unchanged = |path: &Path| match std::fs::symlink_metadata(path) {
+                Ok(after) => version_id_of(&after) == vid,
+                Err(_) => false,
+            };
+            if len > CHUNK as u64 {
+                if want_md5 {
+                    let mut h = <md5::Md5 as md5::Digest>::new();
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut reader = std::io::Read::take(&mut file, len);
+                    loop {
+                        let n = std::io::Read::read(&mut reader, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        md5::Digest::update(&mut h, buf.get(..n).unwrap_or_default());
+                    }
+                    if !unchanged(&path) {
+                        continue;
+                    }
+                    let d: [u8; 16] = md5::Digest::finalize(h).into();
+                    info.content_md5 = Some(crate::checksum::hex(&d));
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+                }
+                return Ok(Some((info, Opened::Stream { file, path, len })));
+            }
+            let mut buf = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, len), &mut buf)?;
+            // Changed while read (or truncated): read the new one.
+            if !unchanged(&path) || buf.len() as u64 != len {
+                continue;
+            }
+            info.content_md5 = Some(crate::checksum::hex(&crate::checksum::md5(&buf)));
+            return Ok(Some((info, Opened::Whole(Bytes::from(buf)))));
         }
-        let mut file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        // The file opened is the one stat'ed (not a replacement that raced in).
-        let fm = file.metadata()?;
-        if !fm.is_file() || version_id_of(&fm) != version.version_id {
-            return Ok(None);
-        }
-        let info = self.info(version.key.clone(), &fm);
-        let len = fm.len();
-        if len > CHUNK as u64 {
-            return Ok(Some((info, Opened::Stream { file, path, len })));
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, len), &mut buf)?;
-        // Changed while read (or truncated): this version is gone.
-        let unchanged = match std::fs::symlink_metadata(&path) {
-            Ok(after) => version_id_of(&after) == version.version_id,
-            Err(_) => false,
-        };
-        if !unchanged || buf.len() as u64 != len {
-            return Ok(None);
-        }
-        Ok(Some((info, Opened::Whole(Bytes::from(buf)))))
+        Err(std::io::Error::other(format!(
+            "{key} keeps changing while it is opened"
+        )))
     }
 
     fn info(&self, key: String, m: &std::fs::Metadata) -> ObjectInfo {
@@ -300,110 +415,178 @@ impl FileSource {
             size: m.len(),
             etag: vid,
             last_modified: last_modified_of(m),
-            content_type: None,
-            user_metadata: Default::default(),
-            tags: Default::default(),
-            is_delete_marker: false,
+            ..ObjectInfo::default()
         }
     }
 
-    /// Lists up to `page_size` files after `cursor` (listing order), synchronously.
-    fn list_blocking(&self, cursor: Option<Vec<String>>) -> std::io::Result<VersionPage> {
-        let mut out = Vec::new();
-        let mut full = false;
-        let mut prefix = Vec::new();
-        self.walk(
-            &self.root.clone(),
-            &mut prefix,
-            cursor.as_deref(),
-            &mut out,
-            &mut full,
-        )?;
-        let next = if full {
-            out.last().map(|o: &ObjectInfo| o.version.key.clone())
+    /// The directory of key prefix `prefix` (`""` for the root, else `dir/`), if it is one.
+    fn dir_path(&self, prefix: &str) -> std::io::Result<Option<PathBuf>> {
+        let dir = if prefix.is_empty() {
+            self.root.clone()
         } else {
-            None
+            match self.path_of(prefix.trim_end_matches('/')) {
+                Some(p) => p,
+                None => return Ok(None),
+            }
         };
-        Ok(VersionPage {
-            versions: out,
-            next,
-        })
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(Some(dir)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    fn walk(
+    /// Reads directory `prefix` (`""` for the root, else `dir/` or `dir/sub/`) entry by
+    /// entry, in no particular order and without holding them: its summary and
+    /// subdirectories, and, with `emit`, each regular file modified at or before
+    /// `settled_before_ms` as a version. `None` when it is not a directory (any more).
+    ///
+    /// # Errors
+    /// An I/O error other than "not found".
+    pub fn scan_dir(
         &self,
-        dir: &Path,
-        prefix: &mut Vec<String>,
-        cursor: Option<&[String]>,
-        out: &mut Vec<ObjectInfo>,
-        full: &mut bool,
-    ) -> std::io::Result<()> {
-        let rd = match std::fs::read_dir(dir) {
+        prefix: &str,
+        settled_before_ms: u64,
+        mut emit: Option<&mut dyn FnMut(ObjectInfo)>,
+    ) -> std::io::Result<Option<DirScan>> {
+        let Some(dir) = self.dir_path(prefix)? else {
+            return Ok(None);
+        };
+        let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
-            // A directory removed while we walk is simply gone.
-            Err(e) if e.kind() == ErrorKind::NotFound && !prefix.is_empty() => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut entries: Vec<(String, std::fs::DirEntry)> = Vec::new();
+        let mut scan = DirScan {
+            summary: 0,
+            subdirs: Vec::new(),
+            unsettled: 0,
+        };
         for entry in rd {
             let entry = entry?;
-            match entry.file_name().into_string() {
-                Ok(name) => entries.push((name, entry)),
+            let name = match entry.file_name().into_string() {
+                Ok(n) => n,
                 Err(name) => {
                     tracing::warn!(dir = %dir.display(), name = ?name, "Skipping a file whose name is not UTF-8.");
+                    continue;
+                }
+            };
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let ft = m.file_type();
+            let mut h = Fnv::new();
+            h.bytes(name.as_bytes());
+            h.bytes(&[0]);
+            if ft.is_dir() {
+                h.bytes(b"/");
+                h.bytes(&m.ino().to_le_bytes());
+                scan.subdirs.push(format!("{prefix}{name}/"));
+            } else if ft.is_file() {
+                let vid = version_id_of(&m);
+                h.bytes(vid.as_bytes());
+                let mtime_ms = u64::try_from(m.mtime()).unwrap_or(0).saturating_mul(1000)
+                    + u64::try_from(m.mtime_nsec()).unwrap_or(0) / 1_000_000;
+                if mtime_ms > settled_before_ms {
+                    scan.unsettled += 1;
+                } else if let Some(f) = emit.as_mut() {
+                    f(self.info(format!("{prefix}{name}"), &m));
+                }
+            } else {
+                continue;
+            }
+            scan.summary = scan.summary.wrapping_add(h.0);
+        }
+        Ok(Some(scan))
+    }
+
+    /// The entries of directory `prefix` sorted in key byte order (a directory's name
+    /// followed by `/`), for ordered listings.
+    fn sorted_entries(&self, prefix: &str) -> std::io::Result<Vec<(String, bool)>> {
+        let Some(dir) = self.dir_path(prefix)? else {
+            return Ok(Vec::new());
+        };
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let ft = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if ft.is_dir() {
+                out.push((format!("{prefix}{name}/"), true));
+            } else if ft.is_file() {
+                out.push((format!("{prefix}{name}"), false));
+            }
+        }
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(out)
+    }
+
+    /// Visits every file under directory `prefix` after `cursor`, in key byte order, holding
+    /// one sorted list of names per directory level; `f` returns `false` to stop. Returns
+    /// `false` when stopped.
+    ///
+    /// # Errors
+    /// An I/O error other than "not found".
+    pub fn walk_sorted(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        f: &mut dyn FnMut(ObjectInfo) -> bool,
+    ) -> std::io::Result<bool> {
+        for (key, is_dir) in self.sorted_entries(prefix)? {
+            if is_dir {
+                // A subtree entirely at or before the cursor is skipped whole.
+                if let Some(c) = cursor {
+                    if c > key.as_str() && !c.starts_with(key.as_str()) {
+                        continue;
+                    }
+                }
+                if !self.walk_sorted(&key, cursor, f)? {
+                    return Ok(false);
+                }
+            } else {
+                if cursor.is_some_and(|c| key.as_str() <= c) {
+                    continue;
+                }
+                let Some((_, m)) = self.stat_blocking(&key)? else {
+                    continue;
+                };
+                if !f(self.info(key, &m)) {
+                    return Ok(false);
                 }
             }
         }
-        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, entry) in entries {
-            if *full {
-                return Ok(());
-            }
-            prefix.push(name);
-            let res = self.visit(&entry, prefix, cursor, out, full);
-            prefix.pop();
-            res?;
-        }
-        Ok(())
+        Ok(true)
     }
 
-    fn visit(
-        &self,
-        entry: &std::fs::DirEntry,
-        segs: &mut Vec<String>,
-        cursor: Option<&[String]>,
-        out: &mut Vec<ObjectInfo>,
-        full: &mut bool,
-    ) -> std::io::Result<()> {
-        // Position relative to the cursor: Less = entirely before it, skip.
-        let pos = match cursor {
-            None => Ordering::Greater,
-            Some(c) => cmp_keys(segs, &c[..segs.len().min(c.len())]),
+    /// Lists up to `page_size` files after `cursor` in key byte order, synchronously.
+    fn list_blocking(&self, cursor: Option<&str>) -> std::io::Result<KeyPage> {
+        let mut out = Vec::new();
+        let page = self.page_size;
+        let done = self.walk_sorted("", cursor, &mut |info| {
+            out.push(info);
+            out.len() < page
+        })?;
+        let next = if done {
+            None
+        } else {
+            out.last().map(|o: &ObjectInfo| o.version.key.clone())
         };
-        if pos == Ordering::Less {
-            return Ok(());
-        }
-        let m = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let ft = m.file_type();
-        if ft.is_dir() {
-            return self.walk(&entry.path(), segs, cursor, out, full);
-        }
-        if !ft.is_file() {
-            return Ok(());
-        }
-        // Equal means this is the cursor's key itself (or a file where the cursor went deeper).
-        if pos == Ordering::Equal {
-            return Ok(());
-        }
-        out.push(self.info(segs.join("/"), &m));
-        if out.len() >= self.page_size {
-            *full = true;
-        }
-        Ok(())
+        Ok(KeyPage { items: out, next })
     }
 }
 
@@ -458,70 +641,42 @@ impl Source for FileSource {
         true
     }
 
-    async fn list_versions(
+    fn as_file(&self) -> Option<&FileSource> {
+        Some(self)
+    }
+
+    async fn list_current(
         &self,
         bucket: &str,
         cursor: Option<&str>,
-    ) -> Result<VersionPage, SourceError> {
+    ) -> Result<KeyPage, SourceError> {
         self.check_bucket(bucket)?;
-        let cursor = cursor.map(|c| c.split('/').map(str::to_owned).collect::<Vec<_>>());
+        let cursor = cursor.map(str::to_owned);
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.list_blocking(cursor))
+        tokio::task::spawn_blocking(move || me.list_blocking(cursor.as_deref()))
             .await
             .map_err(|e| SourceError::Transient(format!("listing task failed: {e}")))?
             .map_err(io_to_source)
     }
 
-    async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError> {
-        self.check_bucket(&version.bucket)?;
-        let Some((_, m)) = self.stat(&version.key).await? else {
-            return Ok(None);
-        };
-        if version_id_of(&m) != version.version_id {
-            return Ok(None);
-        }
-        Ok(Some(self.info(version.key.clone(), &m)))
+    async fn current(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, SourceError> {
+        self.check_bucket(bucket)?;
+        Ok(self
+            .stat(key)
+            .await?
+            .map(|(_, m)| self.info(key.to_string(), &m)))
     }
 
-    async fn get(
+    async fn open_current(
         &self,
-        version: &VersionRef,
-        range: Option<(u64, u64)>,
-    ) -> Result<ByteStream, SourceError> {
-        self.check_bucket(&version.bucket)?;
-        let gone = || SourceError::NotFound(format!("{version} is no longer the current file"));
-        let Some((path, _)) = self.stat(&version.key).await? else {
-            return Err(gone());
-        };
-        let mut file = tokio::fs::File::open(&path).await.map_err(io_to_source)?;
-        let m = file.metadata().await.map_err(io_to_source)?;
-        if !m.is_file() || version_id_of(&m) != version.version_id {
-            return Err(gone());
-        }
-        let (start, len) = match range {
-            None => (0, m.len()),
-            Some((s, e)) if s <= e && e < m.len() => (s, e - s + 1),
-            Some((s, e)) => {
-                return Err(SourceError::Invalid(format!(
-                    "range {s}-{e} outside of {} bytes",
-                    m.len()
-                )))
-            }
-        };
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(io_to_source)?;
-        Ok(checked_stream(file, len, path, version.version_id.clone()))
-    }
-
-    async fn open(
-        &self,
-        version: &VersionRef,
-    ) -> Result<Option<(ObjectInfo, ByteStream)>, SourceError> {
-        self.check_bucket(&version.bucket)?;
+        bucket: &str,
+        key: &str,
+        want_md5: bool,
+    ) -> Result<Option<(ObjectInfo, Option<ByteStream>)>, SourceError> {
+        self.check_bucket(bucket)?;
         let me = self.clone();
-        let v = version.clone();
-        let opened = tokio::task::spawn_blocking(move || me.open_blocking(&v))
+        let k = key.to_string();
+        let opened = tokio::task::spawn_blocking(move || me.open_blocking(&k, want_md5))
             .await
             .map_err(|e| SourceError::Transient(format!("open task failed: {e}")))?
             .map_err(io_to_source)?;
@@ -534,11 +689,46 @@ impl Source for FileSource {
                     tokio::fs::File::from_std(file),
                     len,
                     path,
-                    version.version_id.clone(),
+                    info.version.version_id.clone(),
                 ),
             };
-            (info, body)
+            (info, Some(body))
         }))
+    }
+
+    async fn get_range(
+        &self,
+        version: &VersionRef,
+        _etag: &str,
+        range: (u64, u64),
+    ) -> Result<ByteStream, SourceError> {
+        // A file's ETag is its version id, checked below.
+        self.check_bucket(&version.bucket)?;
+        let gone = || SourceError::NotFound(format!("{version} is no longer the current file"));
+        let Some((path, _)) = self.stat(&version.key).await? else {
+            return Err(gone());
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(io_to_source)?;
+        let m = file.metadata().await.map_err(io_to_source)?;
+        if !m.is_file() || version_id_of(&m) != version.version_id {
+            return Err(gone());
+        }
+        let (s, e) = range;
+        if s > e || e >= m.len() {
+            return Err(SourceError::Invalid(format!(
+                "range {s}-{e} outside of {} bytes",
+                m.len()
+            )));
+        }
+        file.seek(std::io::SeekFrom::Start(s))
+            .await
+            .map_err(io_to_source)?;
+        Ok(checked_stream(
+            file,
+            e - s + 1,
+            path,
+            version.version_id.clone(),
+        ))
     }
 
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError> {
@@ -551,14 +741,50 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
-    fn segs(k: &str) -> Vec<String> {
-        k.split('/').map(str::to_owned).collect()
-    }
-
     #[test]
-    fn keys_compare_segment_by_segment() {
-        assert_eq!(cmp_keys(&segs("a/b"), &segs("a-c")), Ordering::Less);
-        assert_eq!(cmp_keys(&segs("a"), &segs("a/b")), Ordering::Less);
-        assert_eq!(cmp_keys(&segs("b"), &segs("a/z")), Ordering::Greater);
+    fn listing_is_in_key_byte_order_and_pages_resume_after_the_cursor() {
+        let tmp = std::env::temp_dir().join(format!("bb-file-src-{}", std::process::id()));
+        let root = tmp.join("bk");
+        for k in ["a-c", "a/b", "a/c/d", "a0", "b", "a/b0"] {
+            let p = root.join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, k).unwrap();
+        }
+        let src = FileSource::new(&root).unwrap().with_page_size(2);
+        let mut keys = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = src.list_blocking(cursor.as_deref()).unwrap();
+            keys.extend(page.items.iter().map(|i| i.version.key.clone()));
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys, ["a-c", "a/b", "a/b0", "a/c/d", "a0", "b"]);
+        let root_dir = src.scan_dir("", u64::MAX, None).unwrap().unwrap();
+        assert_eq!(root_dir.subdirs, ["a/"]);
+        let again = src.scan_dir("", u64::MAX, None).unwrap().unwrap();
+        assert_eq!(root_dir.summary, again.summary);
+        std::fs::write(root.join("a0"), "changed!").unwrap();
+        let mut files = Vec::new();
+        let changed = src
+            .scan_dir(
+                "",
+                u64::MAX,
+                Some(&mut |i: ObjectInfo| files.push(i.version.key)),
+            )
+            .unwrap()
+            .unwrap();
+        assert_ne!(changed.summary, root_dir.summary);
+        files.sort();
+        assert_eq!(files, ["a-c", "a0", "b"]);
+        // Too recent to be taken: counted, not listed.
+        let recent = src.scan_dir("", 0, None).unwrap().unwrap();
+        assert_eq!(recent.unsettled, 3);
+        let _ = std::fs::remove_dir_all(tmp);
     }
 }

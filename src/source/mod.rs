@@ -1,9 +1,9 @@
 //! Sources: where object versions come from (DESIGN section 4).
 //!
-//! A [`Source`] lists versions (for scans and the initial sync), reads one version's metadata,
-//! streams its data (whole or by range), and reads a bucket's own replication rules when it has
-//! them. Implementations: `s3` (any S3-compatible server, SigV4) and `file` (a local
-//! directory).
+//! A [`Source`] lists a bucket's keys with their current versions (for scans and the initial
+//! sync), tells a key's current version, streams it (whole, or a byte range of a version
+//! guarded by its ETag), and reads a bucket's own replication rules when it has them.
+//! Implementations: `s3` (any S3-compatible server, SigV4) and `file` (a local directory).
 
 pub mod file;
 pub mod s3;
@@ -17,26 +17,69 @@ use crate::error::Disposition;
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
 use crate::s3::S3Client;
 
-/// A replication rule of a source bucket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A replication rule of a source bucket: from the bucket's own replication configuration
+/// (AWS semantics, field by field) or from `[[replication.rules]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rule {
     /// Rule id, when the source has one.
     pub id: String,
-    /// Whether the rule is enabled.
+    /// Whether the rule is enabled (`Status`).
     pub enabled: bool,
-    /// Key prefix.
+    /// Key prefix (`Prefix`, `Filter/Prefix` or `Filter/And/Prefix`).
     pub prefix: String,
+    /// Tags a version must carry, all of them (`Filter/Tag`, `Filter/And/Tag`).
+    pub tags: Vec<(String, String)>,
+    /// `Priority`: among the enabled rules that match a key, the highest wins (ties: the
+    /// first listed).
+    pub priority: i64,
+    /// Whether delete markers are replicated (`DeleteMarkerReplication/Status`; a V1 rule,
+    /// with a top-level `Prefix`, replicates them, and so do configured rules).
+    pub delete_markers: bool,
     /// Destination sites (the comma list of the rule's `StorageClass`).
     pub sites: Vec<String>,
     /// Destination bucket, when given (ARN or name).
     pub destination: String,
 }
 
-/// One page of a versions listing.
+impl Rule {
+    /// Whether the rule covers `key`, for a version with `tags` (a delete marker has none).
+    pub fn matches(&self, key: &str, tags: &std::collections::BTreeMap<String, String>) -> bool {
+        self.enabled
+            && key.starts_with(&self.prefix)
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| tags.get(k).map(String::as_str) == Some(v.as_str()))
+    }
+
+    /// Whether the rule needs a version's tags to decide.
+    pub fn needs_tags(&self) -> bool {
+        !self.tags.is_empty()
+    }
+}
+
+/// The rule that applies to `key` among `rules`: the enabled matching rule of highest
+/// priority (the first of them on a tie); `None` when no rule covers the key.
+pub fn rule_for<'a>(
+    rules: &'a [Rule],
+    key: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Option<&'a Rule> {
+    let mut best: Option<&Rule> = None;
+    for r in rules.iter().filter(|r| r.matches(key, tags)) {
+        if best.is_none_or(|b| r.priority > b.priority) {
+            best = Some(r);
+        }
+    }
+    best
+}
+
+/// One page of a bucket's keys in byte order, each with its current version.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VersionPage {
-    /// Versions listed (metadata as a listing gives it; `head` completes it).
-    pub versions: Vec<ObjectInfo>,
+pub struct KeyPage {
+    /// One entry per key (a delete marker when the key is deleted in a versioned bucket),
+    /// keys in byte order. Metadata as the listing gives it; [`Source::current`] completes it.
+    pub items: Vec<ObjectInfo>,
     /// Where the next page starts; `None` at the end of the bucket.
     pub next: Option<String>,
 }
@@ -80,7 +123,8 @@ impl SourceError {
     }
 }
 
-/// A source of object versions.
+/// A source of object versions. A source is asked about a key's *current* version (DESIGN
+/// section 3, newest wins): what a site must end up mirroring.
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
     /// `s3` or `file`.
@@ -89,56 +133,62 @@ pub trait Source: Send + Sync + 'static {
     /// The buckets this source replicates from.
     fn buckets(&self) -> Vec<String>;
 
-    /// One page of `bucket`'s versions, starting at `cursor` (from a previous page's `next`).
-    async fn list_versions(
+    /// One page of `bucket`'s keys in byte order, each with its current version, starting
+    /// after `cursor` (from a previous page's `next`). A key whose every version was deleted
+    /// for good is not listed.
+    async fn list_current(
         &self,
         bucket: &str,
         cursor: Option<&str>,
-    ) -> Result<VersionPage, SourceError>;
+    ) -> Result<KeyPage, SourceError>;
 
-    /// Whether the versions of a listing page carry everything [`Source::head`] would give
-    /// (the file source: a file has no content type, user metadata or tags), so a discovered
-    /// version need not be read again. S3 listings lack user metadata, tags and content type.
+    /// Whether the items of a listing page carry everything [`Source::current`] would give
+    /// (the file source), so a listed version need not be read again. S3 listings lack user
+    /// metadata, headers and tags.
     fn listing_is_full_metadata(&self) -> bool {
         false
     }
 
-    /// The full metadata of one version; `Ok(None)` when it no longer exists.
-    async fn head(&self, version: &VersionRef) -> Result<Option<ObjectInfo>, SourceError>;
+    /// The current version of `bucket/key` with its full metadata (a delete marker when the
+    /// key is deleted in a versioned bucket); `Ok(None)` when the key has no version.
+    async fn current(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, SourceError>;
 
-    /// Streams a version's data; `range` is an inclusive byte range.
-    async fn get(
+    /// The current version of `bucket/key` with its data, in one request where the source
+    /// can (S3: a `GET` without `versionId`): what a copy needs. No body for a delete marker.
+    /// `want_md5`: the caller needs the MD5 of the bytes before reading them (a site that
+    /// writes it in headers); a source that can compute it cheaply (a local file) sets
+    /// [`ObjectInfo::content_md5`].
+    async fn open_current(
+        &self,
+        bucket: &str,
+        key: &str,
+        want_md5: bool,
+    ) -> Result<Option<(ObjectInfo, Option<ByteStream>)>, SourceError>;
+
+    /// Streams bytes `range` (inclusive) of `version`, refused (`NotFound`) unless the version
+    /// is still the one with `etag` (S3: `versionId` and `If-Match`; file: the file unchanged),
+    /// so a version changed mid-copy never yields a torn replica.
+    async fn get_range(
         &self,
         version: &VersionRef,
-        range: Option<(u64, u64)>,
+        etag: &str,
+        range: (u64, u64),
     ) -> Result<ByteStream, SourceError>;
-
-    /// The metadata and the data of one version in one call (what a copy needs); `Ok(None)`
-    /// when the version no longer exists. The default is [`Source::head`] then
-    /// [`Source::get`]; a source that can do both at once (the file source reads a small file
-    /// whole in one blocking call) overrides it.
-    async fn open(
-        &self,
-        version: &VersionRef,
-    ) -> Result<Option<(ObjectInfo, ByteStream)>, SourceError> {
-        let Some(info) = self.head(version).await? else {
-            return Ok(None);
-        };
-        match self.get(version, None).await {
-            Ok(body) => Ok(Some((info, body))),
-            Err(SourceError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 
     /// The bucket's own replication rules; `Ok(None)` when it has no replication configuration.
     async fn replication_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>, SourceError>;
 
     /// Whether the bucket keeps versions: `Some(false)` when its overwrites replace the
-    /// `null` version (then an overwrite of a key already replicated is not seen as new);
-    /// `None` when the question does not apply (the default; a directory has no such setting).
+    /// `null` version; `None` when the question does not apply (the default; a directory has
+    /// no such setting).
     async fn versioning_enabled(&self, _bucket: &str) -> Result<Option<bool>, SourceError> {
         Ok(None)
+    }
+
+    /// The directory source behind this source, for what only a directory can do (a watch,
+    /// directory summaries).
+    fn as_file(&self) -> Option<&file::FileSource> {
+        None
     }
 }
 

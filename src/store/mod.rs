@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "mongodb")]
 pub use self::mongo::MongoStore;
 pub use self::sled::SledStore;
-use crate::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+use crate::model::{KeyState, VersionRef};
+use crate::transitions::{FailedInfo, KeyChange};
 
 /// Length of a metrics bucket.
 pub const METRICS_BUCKET_MS: u64 = 5 * 60 * 1000;
@@ -94,61 +95,19 @@ impl ObjectMetric {
     }
 }
 
-/// A condition an atomic update requires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Guard {
-    /// The version has no replication info yet.
-    Absent(VersionRef),
-    /// The version has replication info.
-    Present(VersionRef),
-    /// The version's status at `site` is one of `any_of`.
-    SiteStatus {
-        /// The version.
-        version: VersionRef,
-        /// The site.
-        site: String,
-        /// Accepted statuses.
-        any_of: Vec<ReplicationStatus>,
-    },
-}
-
 /// One part of an atomic update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    /// Creates or replaces a version's replication info.
-    PutReplication {
-        /// The version.
-        version: VersionRef,
-        /// Its replication info.
-        info: ReplicationInfo,
-    },
-    /// Sets one site's status (COMPLETED stays final) and re-merges the global status.
-    SetSiteStatus {
-        /// The version.
-        version: VersionRef,
-        /// The site.
-        site: String,
-        /// New status.
-        status: ReplicationStatus,
-        /// The replica's version id at the site, when known.
-        data_store_version_id: Option<String>,
-    },
-    /// Drops `site` from a version's sites (gone or changed at the source) unless COMPLETED
-    /// there ([`ReplicationInfo::remove_site`]).
-    RemoveSite {
-        /// The version.
-        version: VersionRef,
-        /// The site.
-        site: String,
-    },
-    /// Adds to the non-expiring pending counters of `site` (may be negative).
-    AddPending {
-        /// The site.
-        site: String,
-        /// Operations delta.
-        ops: i64,
-        /// Bytes delta.
-        bytes: i64,
+    /// A change to one source key's record, with its effects on the pending counters, the
+    /// window metrics and the failed set ([`crate::transitions::apply`], at the store's
+    /// clock). Changes nothing when it does not apply (a replay).
+    Key {
+        /// Source bucket.
+        bucket: String,
+        /// Object key.
+        key: String,
+        /// The change.
+        change: KeyChange,
     },
     /// Adds to a 5-minute metrics bucket of `site`.
     AddMetric {
@@ -174,23 +133,29 @@ pub enum StoreOp {
         /// When it happened (ms).
         at_ms: u64,
     },
-    /// Puts `(site, version)` in the failed set with `score_ms` as failure time (moved there if
-    /// already present: one entry per pair). Scores are unique per site: a taken score is bumped
-    /// by 1 ms, so markers page without duplicates.
-    AddFailed {
-        /// The site.
-        site: String,
-        /// The version.
-        version: VersionRef,
-        /// Failure time (ms).
-        score_ms: u64,
+    /// Stores the summary of a directory of a file source (its entries as of a pass whose
+    /// changes are all queued).
+    PutDirSummary {
+        /// Source bucket.
+        bucket: String,
+        /// Directory key prefix (`""`, `a/`, `a/b/`).
+        dir: String,
+        /// The summary.
+        summary: u64,
     },
-    /// Removes `(site, version)` from the failed set, if present.
-    RemoveFailed {
+    /// Forgets the summaries of `prefix` and every directory under it (removed directories).
+    DeleteDirSummaries {
+        /// Source bucket.
+        bucket: String,
+        /// Directory key prefix.
+        prefix: String,
+    },
+    /// Records `bucket` as the owner of a `bucket_match` site unless one is recorded already.
+    ClaimNamespace {
         /// The site.
         site: String,
-        /// The version.
-        version: VersionRef,
+        /// The source bucket.
+        bucket: String,
     },
     /// Stores a source cursor.
     PutCursor {
@@ -201,8 +166,19 @@ pub enum StoreOp {
     },
 }
 
+impl StoreOp {
+    /// A [`StoreOp::Key`] change of `version`'s key.
+    pub fn key(version: &VersionRef, change: KeyChange) -> StoreOp {
+        StoreOp::Key {
+            bucket: version.bucket.clone(),
+            key: version.key.clone(),
+            change,
+        }
+    }
+}
+
 /// One failed-set entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedEntry {
     /// The site that failed.
     pub site: String,
@@ -210,6 +186,8 @@ pub struct FailedEntry {
     pub version: VersionRef,
     /// When it failed (ms), also its listing marker.
     pub score_ms: u64,
+    /// What is known of the failure.
+    pub info: FailedInfo,
 }
 
 /// One page of a site's failed set.
@@ -332,15 +310,40 @@ pub trait StateStore: Send + Sync + 'static {
     /// The store's clock (ms since the epoch).
     fn now_ms(&self) -> u64;
 
-    /// Applies `ops` atomically if every guard holds; returns whether they were applied.
-    /// Durable on return.
-    async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError>;
+    /// Applies `ops` atomically, all or nothing; returns for each op whether it changed
+    /// anything (a replayed key change does not). Durable on return.
+    async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError>;
 
-    /// The replication info of a version.
-    async fn replication(
+    /// The record of a source key.
+    async fn key_state(&self, bucket: &str, key: &str) -> Result<Option<KeyState>, StoreError>;
+
+    /// Up to `limit` records of `bucket`'s keys starting with `prefix`, in key byte order,
+    /// after `after` (or from the first).
+    async fn key_states(
         &self,
-        version: &VersionRef,
-    ) -> Result<Option<ReplicationInfo>, StoreError>;
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyState)>, StoreError>;
+
+    /// The records of the keys directly in directory `dir` (`""`, `a/`; keys with no further
+    /// `/`), up to `limit` after `after`, and the names of the subdirectories with records
+    /// (`a/sub/`), for a file source's scan; subtrees are skipped, not read.
+    async fn key_children(
+        &self,
+        bucket: &str,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError>;
+
+    /// The summary of directory `dir` of a file source, when stored.
+    async fn dir_summary(&self, bucket: &str, dir: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The source bucket owning `bucket_match` site `site`: the one recorded, or `bucket`,
+    /// recorded now when none was.
+    async fn claim_namespace(&self, site: &str, bucket: &str) -> Result<String, StoreError>;
 
     /// A page (at most `limit`) of `site`'s failed set, newest first, starting at `marker`
     /// (a score: entries with a score at or below it) or at the newest entry.
@@ -421,15 +424,33 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
 pub(crate) fn check_op_names(ops: &[StoreOp]) -> Result<(), StoreError> {
     for op in ops {
         let (what, name) = match op {
-            StoreOp::SetSiteStatus { site, .. }
-            | StoreOp::RemoveSite { site, .. }
-            | StoreOp::AddPending { site, .. }
-            | StoreOp::AddMetric { site, .. }
-            | StoreOp::AddObjectMetric { site, .. }
-            | StoreOp::AddFailed { site, .. }
-            | StoreOp::RemoveFailed { site, .. } => ("site", site.as_str()),
+            StoreOp::AddMetric { site, .. } | StoreOp::AddObjectMetric { site, .. } => {
+                ("site", site.as_str())
+            }
             StoreOp::PutCursor { name, .. } => ("cursor", name.as_str()),
-            StoreOp::PutReplication { .. } => continue,
+            StoreOp::PutDirSummary { bucket, .. } | StoreOp::DeleteDirSummaries { bucket, .. } => {
+                ("bucket", bucket.as_str())
+            }
+            StoreOp::ClaimNamespace { site, bucket } => {
+                check_name("bucket", bucket)?;
+                ("site", site.as_str())
+            }
+            StoreOp::Key { bucket, change, .. } => {
+                check_name("bucket", bucket)?;
+                match change {
+                    KeyChange::Queued { sites, .. } | KeyChange::Requeued { sites, .. } => {
+                        for s in sites {
+                            check_name("site", s)?;
+                        }
+                        continue;
+                    }
+                    KeyChange::Outcome { site, .. }
+                    | KeyChange::Retry { site, .. }
+                    | KeyChange::RetryUndone { site, .. }
+                    | KeyChange::Unlisted { site, .. }
+                    | KeyChange::SiteRemoved { site } => ("site", site.as_str()),
+                }
+            }
         };
         check_name(what, name)?;
     }

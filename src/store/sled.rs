@@ -6,13 +6,18 @@
 //!
 //! ```text
 //! "V"                                     -> u32 BE format version
-//! "R" vref                                -> [1][bincode ReplicationInfo]
+//! "K" bucket 0x00 key                     -> [1][bincode KeyState]   one record per source key
+//! "E" expiry u64 BE bucket 0x00 key       -> ()                  a replicated deletion's record
+//!                                                                 to drop once expired
 //! "F" site 0x00 score u64 BE              -> vref                failed set, by time
-//! "G" site 0x00 vref                      -> score u64 BE        failed set, by version
+//! "G" site 0x00 vref                      -> [1][bincode (score u64, FailedInfo)]
+//!                                                                 failed set, by version
 //! "H" site 0x00 hour u64 BE               -> u64 BE              entries per hourly bucket
 //! "M" site 0x00 metric u8 bucket u64 BE   -> u64 BE              5-minute site counters
 //! "O" bucket u64 BE metric u8 site 0x00 vref -> u64 BE           5-minute object counters
 //! "P" site 0x00 ("o" | "b")               -> i64 BE              pending ops / bytes
+//! "D" bucket 0x00 dir                      -> u64 BE              a file source directory's summary
+//! "N" site                                -> bucket              owner of a bucket_match site
 //! "S" service 0x00 site                   -> JSON PauseState
 //! "C" name                                -> bytes               source cursors
 //! "L" name                                -> u64 BE              lock expiry (ms)
@@ -25,17 +30,24 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{
     check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
-    metrics_bucket, FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, StateStore,
+    metrics_bucket, FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore,
     StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
-use crate::model::{ReplicationInfo, VersionRef};
+use crate::model::{KeyState, ReplicationStatus, VersionRef};
+use crate::transitions::{self, FailedInfo, KeyChange};
 
-/// On-disk format version of the state store.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format version of the state store. Version 1 kept one record per version (`R`).
+pub const FORMAT_VERSION: u32 = 2;
 
-const INFO_VERSION: u8 = 1;
+/// Leading byte of encoded values (records, failed entries), so a later layout can be told
+/// apart.
+const VALUE_VERSION: u8 = 1;
+
+/// How long the record of a key deleted at the source (and replicated) is kept, for the
+/// object view, before the expiry sweep drops it.
+pub const DELETED_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Transactions of at most this many guards and operations run on the calling task.
 const INLINE_OPS: usize = 16;
@@ -70,9 +82,27 @@ fn site_prefix(tag: u8, site: &str) -> Vec<u8> {
     k
 }
 
-fn info_key(v: &VersionRef) -> Vec<u8> {
-    let mut k = vec![b'R'];
-    k.extend_from_slice(&v.encode());
+fn k_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + key.len() + 2);
+    k.push(b'K');
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn d_key(bucket: &str, dir: &str) -> Vec<u8> {
+    let mut k = k_key(bucket, dir);
+    if let Some(t) = k.first_mut() {
+        *t = b'D';
+    }
+    k
+}
+
+fn e_key(expiry: u64, bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'E'];
+    k.extend_from_slice(&expiry.to_be_bytes());
+    k.extend_from_slice(&k_key(bucket, key)[1..]);
     k
 }
 
@@ -129,24 +159,22 @@ fn named_key(tag: u8, name: &str) -> Vec<u8> {
     k
 }
 
-fn encode_info(info: &ReplicationInfo) -> Vec<u8> {
-    let mut out = vec![INFO_VERSION];
-    if let Ok(body) = bincode::serde::encode_to_vec(info, bincode::config::standard()) {
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_VERSION];
+    if let Ok(body) = bincode::serde::encode_to_vec(value, bincode::config::standard()) {
         out.extend_from_slice(&body);
     }
     out
 }
 
-fn decode_info(bytes: &[u8]) -> Result<ReplicationInfo, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&INFO_VERSION, body)) => {
+        Some((&VALUE_VERSION, body)) => {
             bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map(|(info, _)| info)
-                .map_err(|e| StoreError::Corrupt(format!("replication info: {e}")))
+                .map(|(v, _)| v)
+                .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
         }
-        _ => Err(StoreError::Corrupt(
-            "replication info: unknown version".into(),
-        )),
+        _ => Err(StoreError::Corrupt(format!("{what}: unknown encoding"))),
     }
 }
 
@@ -156,9 +184,9 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
-fn tx_info(tx: &TransactionalTree, v: &VersionRef) -> TxResult<Option<ReplicationInfo>> {
-    match tx.get(info_key(v))? {
-        Some(bytes) => match decode_info(&bytes) {
+fn tx_key(tx: &TransactionalTree, k: &[u8]) -> TxResult<Option<KeyState>> {
+    match tx.get(k)? {
+        Some(bytes) => match decode("key record", &bytes) {
             Ok(i) => Ok(Some(i)),
             Err(e) => abort(e),
         },
@@ -181,10 +209,26 @@ fn tx_add_u64(tx: &TransactionalTree, key: Vec<u8>, delta: i64) -> TxResult<()> 
     Ok(())
 }
 
+fn tx_add_metric(
+    tx: &TransactionalTree,
+    site: &str,
+    metric: Metric,
+    value: u64,
+    at_ms: u64,
+) -> TxResult<()> {
+    if value > 0 {
+        tx_add_u64(tx, m_key(site, metric, metrics_bucket(at_ms)), value as i64)?;
+    }
+    Ok(())
+}
+
 fn tx_remove_failed(tx: &TransactionalTree, site: &str, v: &VersionRef) -> TxResult<()> {
     let g = g_key(site, v);
     if let Some(old) = tx.get(&g)? {
-        let score = be_u64(&old);
+        let (score, _): (u64, FailedInfo) = match decode("failed entry", &old) {
+            Ok(x) => x,
+            Err(e) => return abort(e),
+        };
         tx.remove(g)?;
         tx.remove(f_key(site, score))?;
         tx_add_u64(tx, h_key(site, failed_bucket(score)), -1)?;
@@ -192,78 +236,106 @@ fn tx_remove_failed(tx: &TransactionalTree, site: &str, v: &VersionRef) -> TxRes
     Ok(())
 }
 
-fn eval_guard(tx: &TransactionalTree, g: &Guard) -> TxResult<bool> {
-    Ok(match g {
-        Guard::Absent(v) => tx.get(info_key(v))?.is_none(),
-        Guard::Present(v) => tx.get(info_key(v))?.is_some(),
-        Guard::SiteStatus {
-            version,
-            site,
-            any_of,
-        } => match tx_info(tx, version)? {
-            Some(info) => info
-                .site(site)
-                .map(|s| any_of.contains(&s.status))
-                .unwrap_or(false),
-            None => false,
-        },
-    })
+/// Puts `(site, v)` in the failed set at `score_ms` (moved there if already present: one
+/// entry per pair). Scores are unique per site: a taken score is bumped by 1 ms, so markers
+/// page without duplicates.
+fn tx_add_failed(
+    tx: &TransactionalTree,
+    site: &str,
+    v: &VersionRef,
+    info: &FailedInfo,
+    score_ms: u64,
+) -> TxResult<()> {
+    tx_remove_failed(tx, site, v)?;
+    let mut score = score_ms;
+    while tx.get(f_key(site, score))?.is_some() {
+        score += 1;
+    }
+    tx.insert(f_key(site, score), v.encode())?;
+    tx.insert(g_key(site, v), encode(&(score, info)))?;
+    tx_add_u64(tx, h_key(site, failed_bucket(score)), 1)?;
+    Ok(())
 }
 
-/// Applies `change` to `version`'s info, if any, and writes it back when it changed.
-fn update_info(
-    tx: &TransactionalTree,
-    version: &VersionRef,
-    change: impl FnOnce(&mut ReplicationInfo) -> bool,
-) -> TxResult<()> {
-    if let Some(mut info) = tx_info(tx, version)? {
-        if change(&mut info) {
-            tx.insert(info_key(version), encode_info(&info))?;
+fn tx_add_pending(tx: &TransactionalTree, site: &str, ops: i64, bytes: i64) -> TxResult<()> {
+    for (which, delta) in [(b'o', ops), (b'b', bytes)] {
+        if delta == 0 {
+            continue;
         }
+        let k = p_key(site, which);
+        let cur = tx.get(&k)?.map(|v| be_i64(&v)).unwrap_or(0);
+        tx.insert(k, &cur.saturating_add(delta).to_be_bytes())?;
     }
     Ok(())
 }
 
-fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
-    match op {
-        StoreOp::PutReplication { version, info } => {
-            tx.insert(info_key(version), encode_info(info))?;
-        }
-        StoreOp::SetSiteStatus {
-            version,
-            site,
-            status,
-            data_store_version_id,
-        } => update_info(tx, version, |info| {
-            info.set_site_status(site, *status, data_store_version_id.as_deref())
-        })?,
-        StoreOp::RemoveSite { version, site } => {
-            update_info(tx, version, |info| info.remove_site(site))?
-        }
-        StoreOp::AddPending { site, ops, bytes } => {
-            for (which, delta) in [(b'o', *ops), (b'b', *bytes)] {
-                if delta == 0 {
-                    continue;
-                }
-                let k = p_key(site, which);
-                let cur = tx.get(&k)?.map(|v| be_i64(&v)).unwrap_or(0);
-                tx.insert(k, &cur.saturating_add(delta).to_be_bytes())?;
+/// Applies a key change and its effects; returns whether it changed anything.
+fn tx_key_change(
+    tx: &TransactionalTree,
+    bucket: &str,
+    key: &str,
+    change: &KeyChange,
+    now: u64,
+) -> TxResult<bool> {
+    let k = k_key(bucket, key);
+    let old = tx_key(tx, &k)?;
+    let (new, fx) = transitions::apply(bucket, key, old, change, now);
+    if !fx.changed {
+        return Ok(false);
+    }
+    match &new {
+        Some(state) => {
+            tx.insert(k.as_slice(), encode(state))?;
+            let settled = state.deleted
+                && state
+                    .sites
+                    .iter()
+                    .all(|s| s.status == ReplicationStatus::Completed);
+            if settled {
+                tx.insert(
+                    e_key(now.saturating_add(DELETED_KEY_TTL_MS), bucket, key),
+                    &[],
+                )?;
             }
         }
+        None => {
+            tx.remove(k.as_slice())?;
+        }
+    }
+    for (site, ops, bytes) in &fx.pending {
+        tx_add_pending(tx, site, *ops, *bytes)?;
+    }
+    for (site, metric, value) in &fx.metrics {
+        tx_add_metric(tx, site, *metric, *value, now)?;
+    }
+    for (site, v) in &fx.failed_remove {
+        tx_remove_failed(tx, site, v)?;
+    }
+    for (site, v, info) in &fx.failed_add {
+        // Listed at the time of its last attempt (the change's time if unknown).
+        let at = if info.last_attempt_ms > 0 {
+            info.last_attempt_ms
+        } else {
+            now
+        };
+        tx_add_failed(tx, site, v, info, at)?;
+    }
+    Ok(true)
+}
+
+fn apply_op(tx: &TransactionalTree, op: &StoreOp, now: u64) -> TxResult<bool> {
+    match op {
+        StoreOp::Key {
+            bucket,
+            key,
+            change,
+        } => return tx_key_change(tx, bucket, key, change, now),
         StoreOp::AddMetric {
             site,
             metric,
             value,
             at_ms,
-        } => {
-            if *value > 0 {
-                tx_add_u64(
-                    tx,
-                    m_key(site, *metric, metrics_bucket(*at_ms)),
-                    *value as i64,
-                )?;
-            }
-        }
+        } => tx_add_metric(tx, site, *metric, *value, *at_ms)?,
         StoreOp::AddObjectMetric {
             site,
             version,
@@ -279,26 +351,29 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp) -> TxResult<()> {
                 )?;
             }
         }
-        StoreOp::AddFailed {
-            site,
-            version,
-            score_ms,
-        } => {
-            tx_remove_failed(tx, site, version)?;
-            let mut score = *score_ms;
-            while tx.get(f_key(site, score))?.is_some() {
-                score += 1;
-            }
-            tx.insert(f_key(site, score), version.encode())?;
-            tx.insert(g_key(site, version), &score.to_be_bytes())?;
-            tx_add_u64(tx, h_key(site, failed_bucket(score)), 1)?;
-        }
-        StoreOp::RemoveFailed { site, version } => tx_remove_failed(tx, site, version)?,
         StoreOp::PutCursor { name, value } => {
             tx.insert(named_key(b'C', name), value.as_slice())?;
         }
+        StoreOp::PutDirSummary {
+            bucket,
+            dir,
+            summary,
+        } => {
+            tx.insert(d_key(bucket, dir), &summary.to_be_bytes())?;
+        }
+        StoreOp::DeleteDirSummaries { .. } => {
+            // A range removal, done outside transactions (see `SledStore::apply`).
+        }
+        StoreOp::ClaimNamespace { site, bucket } => {
+            let k = named_key(b'N', site);
+            if tx.get(&k)?.is_none() {
+                tx.insert(k, bucket.as_bytes())?;
+            } else {
+                return Ok(false);
+            }
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 impl SledStore {
@@ -360,26 +435,28 @@ impl StateStore for SledStore {
         self.clock.now_ms()
     }
 
-    async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
+    async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
         self.db.check()?;
-        let n_ops = ops.len() + guards.len();
         check_op_names(&ops)?;
+        let now = self.now_ms();
+        let n_ops = ops.len();
+        let ranges: Vec<StoreOp> = ops
+            .iter()
+            .filter(|o| matches!(o, StoreOp::DeleteDirSummaries { .. }))
+            .cloned()
+            .collect();
         let run = move |tree: &sled::Tree| {
             tree.transaction(|tx| {
-                for g in &guards {
-                    if !eval_guard(tx, g)? {
-                        return Ok(false);
-                    }
-                }
+                let mut changed = Vec::with_capacity(ops.len());
                 for op in &ops {
-                    apply_op(tx, op)?;
+                    changed.push(apply_op(tx, op, now)?);
                 }
-                Ok(true)
+                Ok(changed)
             })
         };
         // A small transaction is a few microseconds of in-memory work (sled writes to disk in
         // its own threads): run it in place rather than pay a hop to the blocking pool.
-        let applied = if n_ops <= INLINE_OPS {
+        let changed = if n_ops <= INLINE_OPS {
             run(&self.tree)
         } else {
             let tree = self.tree.clone();
@@ -387,26 +464,147 @@ impl StateStore for SledStore {
                 .await
                 .map_err(|e| StoreError::Storage(Box::new(e)))?
         };
-        let applied = match applied {
-            Ok(a) => a,
+        let changed = match changed {
+            Ok(c) => c,
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
             Err(sled::transaction::TransactionError::Storage(e)) => {
                 return Err(self.db.poison_on(&e).into())
             }
         };
-        if applied {
+        // Removals of whole ranges (a removed directory's summaries) after the transaction:
+        // a crash in between only leaves summaries that the next pass finds stale.
+        let mut removed = false;
+        for op in &ranges {
+            if let StoreOp::DeleteDirSummaries { bucket, prefix } = op {
+                let start = d_key(bucket, prefix);
+                for item in self.tree.scan_prefix(&start) {
+                    let (k, _) = item?;
+                    if let Err(e) = self.tree.remove(k) {
+                        return Err(self.db.poison_on(&e).into());
+                    }
+                    removed = true;
+                }
+            }
+        }
+        if removed || changed.iter().any(|c| *c) {
             self.db.sync().await?;
         }
-        Ok(applied)
+        Ok(changed)
     }
 
-    async fn replication(
-        &self,
-        version: &VersionRef,
-    ) -> Result<Option<ReplicationInfo>, StoreError> {
-        match self.tree.get(info_key(version))? {
-            Some(b) => Ok(Some(decode_info(&b)?)),
+    async fn key_state(&self, bucket: &str, key: &str) -> Result<Option<KeyState>, StoreError> {
+        check_name("bucket", bucket)?;
+        match self.tree.get(k_key(bucket, key))? {
+            Some(b) => Ok(Some(decode("key record", &b)?)),
             None => Ok(None),
+        }
+    }
+
+    async fn key_states(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyState)>, StoreError> {
+        check_name("bucket", bucket)?;
+        let tree = self.tree.clone();
+        let head = k_key(bucket, prefix);
+        let start = match after {
+            // The smallest key after `after`: `after` followed by a NUL byte.
+            Some(a) if a >= prefix => {
+                let mut k = k_key(bucket, a);
+                k.push(0);
+                k
+            }
+            _ => head.clone(),
+        };
+        let base = k_key(bucket, "").len();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for item in tree.range(start..) {
+                let (k, v) = item?;
+                if !k.starts_with(&head) || out.len() >= limit {
+                    break;
+                }
+                let key = String::from_utf8(k.get(base..).unwrap_or_default().to_vec())
+                    .map_err(|_| StoreError::Corrupt("key record name".into()))?;
+                out.push((key, decode("key record", &v)?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(Box::new(e)))?
+    }
+
+    async fn key_children(
+        &self,
+        bucket: &str,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError> {
+        check_name("bucket", bucket)?;
+        let tree = self.tree.clone();
+        let head = k_key(bucket, dir);
+        let base = k_key(bucket, "").len();
+        let mut start = match after {
+            Some(a) if a >= dir => {
+                let mut k = k_key(bucket, a);
+                k.push(0);
+                k
+            }
+            _ => head.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut subdirs = Vec::new();
+            'seek: loop {
+                for item in tree.range(start.clone()..) {
+                    let (k, v) = item?;
+                    if !k.starts_with(&head) || out.len() >= limit {
+                        break 'seek;
+                    }
+                    let rest = k.get(head.len()..).unwrap_or_default();
+                    if let Some(slash) = rest.iter().position(|b| *b == b'/') {
+                        // A subtree: name it, then skip past it (`/` + 1 is `0`).
+                        let sub = k.get(base..head.len() + slash + 1).unwrap_or_default();
+                        subdirs.push(
+                            String::from_utf8(sub.to_vec())
+                                .map_err(|_| StoreError::Corrupt("key record name".into()))?,
+                        );
+                        let mut next = k.get(..head.len() + slash).unwrap_or_default().to_vec();
+                        next.push(b'0');
+                        start = next;
+                        continue 'seek;
+                    }
+                    let key = String::from_utf8(k.get(base..).unwrap_or_default().to_vec())
+                        .map_err(|_| StoreError::Corrupt("key record name".into()))?;
+                    out.push((key, decode("key record", &v)?));
+                }
+                break;
+            }
+            Ok((out, subdirs))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(Box::new(e)))?
+    }
+
+    async fn dir_summary(&self, bucket: &str, dir: &str) -> Result<Option<u64>, StoreError> {
+        check_name("bucket", bucket)?;
+        Ok(self.tree.get(d_key(bucket, dir))?.map(|v| be_u64(&v)))
+    }
+
+    async fn claim_namespace(&self, site: &str, bucket: &str) -> Result<String, StoreError> {
+        let op = StoreOp::ClaimNamespace {
+            site: site.to_string(),
+            bucket: bucket.to_string(),
+        };
+        self.apply(vec![op]).await?;
+        match self.tree.get(named_key(b'N', site))? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt(format!("namespace owner of site {site}"))),
+            None => Ok(bucket.to_string()),
         }
     }
 
@@ -438,10 +636,15 @@ impl StateStore for SledStore {
                 }
                 let version = VersionRef::decode(&v)
                     .ok_or_else(|| StoreError::Corrupt(format!("failed entry of site {site}")))?;
+                let info = match tree.get(g_key(&site, &version))? {
+                    Some(g) => decode::<(u64, FailedInfo)>("failed entry", &g)?.1,
+                    None => continue,
+                };
                 entries.push(FailedEntry {
                     site: site.clone(),
                     version,
                     score_ms: score,
+                    info,
                 });
             }
             Ok(FailedPage {
@@ -462,11 +665,12 @@ impl StateStore for SledStore {
         let window_start = failed_window_start(self.now_ms());
         Ok(match self.tree.get(g_key(site, version))? {
             Some(v) => {
-                let score = be_u64(&v);
+                let (score, info): (u64, FailedInfo) = decode("failed entry", &v)?;
                 (score >= window_start).then(|| FailedEntry {
                     site: site.to_string(),
                     version: version.clone(),
                     score_ms: score,
+                    info,
                 })
             }
             None => None,
@@ -639,7 +843,11 @@ impl StateStore for SledStore {
                     tree.remove(&k)?;
                     if let Some(version) = VersionRef::decode(&v) {
                         let g = g_key(&site, &version);
-                        if tree.get(&g)?.map(|s| be_u64(&s)) == Some(score) {
+                        let listed = match tree.get(&g)? {
+                            Some(x) => decode::<(u64, FailedInfo)>("failed entry", &x)?.0,
+                            None => u64::MAX,
+                        };
+                        if listed == score {
                             tree.remove(g)?;
                         }
                     }
@@ -669,6 +877,34 @@ impl StateStore for SledStore {
                 let (k, _) = item?;
                 tree.remove(k)?;
                 removed += 1;
+            }
+            // Records of keys deleted at the source, replicated everywhere, kept their TTL.
+            let mut hi = vec![b'E'];
+            hi.extend_from_slice(&now.to_be_bytes());
+            for item in tree.range(b"E".to_vec()..hi) {
+                let (k, _) = item?;
+                tree.remove(&k)?;
+                removed += 1;
+                let Some(rest) = k.get(9..) else { continue };
+                let mut kk = vec![b'K'];
+                kk.extend_from_slice(rest);
+                let settled = match tree.get(&kk)? {
+                    Some(v) => {
+                        let state: KeyState = decode("key record", &v)?;
+                        state.deleted
+                            && state
+                                .sites
+                                .iter()
+                                .all(|s| s.status == ReplicationStatus::Completed)
+                    }
+                    None => false,
+                };
+                // A key written again since then keeps its record. (A race with a change
+                // applied meanwhile only delays the drop to the next settled deletion.)
+                if settled {
+                    tree.remove(kk)?;
+                    removed += 1;
+                }
             }
             // Expired locks.
             for item in tree.scan_prefix(b"L") {
