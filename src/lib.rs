@@ -10,12 +10,15 @@
 //!   locks); [`store::SledStore`].
 //! - [`entry`]: the JSON wire format of replication entries (the original's).
 //! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
-//! - [`error`]: the retry/fail disposition shared by adapters and stages.
+//! - [`error`]: the retry/fail disposition and the failure reasons shared by adapters and
+//!   stages.
 //! - [`metrics`]: process-wide counters (retries, replays, skips, undecodable records).
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
 //! - [`model`]: versions, replication statuses and the status merge.
+//! - [`observe`]: the operator's view in memory (attempts, reasons, lag, short-window
+//!   throughput, scans) and the site states; fed by the pipeline, read by the API.
 //! - [`api`]: the REST API (hyper).
 //! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
@@ -35,6 +38,7 @@ pub mod intake;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod pipeline;
 pub mod s3;
 pub mod site;
