@@ -108,6 +108,14 @@
     return v.toFixed(2);
   }
 
+  // Axis labels: short, exact enough to tell gridlines apart.
+  function fmtAxis(n) {
+    const v = Number(n);
+    if (v === 0) return '0';
+    if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString('en');
+    return String(parseFloat(v.toPrecision(3)));
+  }
+
   function fmtTime(iso) {
     if (!iso) return '–';
     const d = new Date(iso);
@@ -128,7 +136,9 @@
   }
 
   function td(text, cls) {
-    return el('td', { text: text === undefined || text === null ? '–' : String(text), class: cls || '' });
+    const attrs = { text: text === undefined || text === null ? '–' : String(text) };
+    if (cls) attrs.class = cls;
+    return el('td', attrs);
   }
 
   function setOptions(select, names) {
@@ -158,9 +168,10 @@
       .map(([r, n]) => r + ' ' + n)
       .join(', ');
     tr.appendChild(td(fmtNumber(s.failures24h) + (reasons ? ' (' + reasons + ')' : ''), 'num'));
-    tr.appendChild(td(s.etaSeconds === null ? '–' : fmtSeconds(s.etaSeconds), 'num'));
+    const eta = s.etaSeconds === null || s.backlog.ops === 0 ? '–' : fmtSeconds(s.etaSeconds);
+    tr.appendChild(td(eta, 'num'));
     tr.appendChild(
-      td(s.lastError ? fmtTime(s.lastError.at) + ': ' + s.lastError.message : '–', s.lastError ? 'err' : '')
+      td(s.lastError ? fmtTime(s.lastError.at) + ': ' + s.lastError.message : '–', s.lastError ? 'err' : null)
     );
     const paused = s.state === 'paused';
     const pause = el('button', {
@@ -270,23 +281,24 @@
     g.strokeStyle = '#e3e7ee';
     g.fillStyle = '#667085';
     g.lineWidth = 1;
-    for (let i = 0; i <= 4; i++) {
-      const y = top + h - (h * i) / 4;
+    // Five gridlines: a fifth of 1, 2 or 5 times a power of ten is a round number.
+    const lines = 5;
+    for (let i = 0; i <= lines; i++) {
+      const y = top + h - (h * i) / lines;
       g.beginPath();
       g.moveTo(left, y);
       g.lineTo(left + w, y);
       g.stroke();
-      const label = yFormat((top10 * i) / 4);
       g.textAlign = 'right';
-      g.fillText(label, left - 6, y + 4);
+      g.fillText(yFormat((top10 * i) / lines), left - 6, y + 4);
     }
-    g.textAlign = 'center';
     const ticks = 6;
     for (let i = 0; i <= ticks && n > 1; i++) {
       const idx = Math.round(((n - 1) * i) / ticks);
       const x = left + (w * idx) / (n - 1);
       const t = new Date(start + idx * stepMs);
       const label = t.toLocaleTimeString('en-GB', { hour12: false, hour: '2-digit', minute: '2-digit' });
+      g.textAlign = i === 0 ? 'left' : i === ticks ? 'right' : 'center';
       g.fillText(label, x, top + h + 16);
     }
     if (n === 0) return;
@@ -329,7 +341,7 @@
     if (!s) return;
     const step = h.bucketSeconds * 1000;
     const perSecond = (arr) => arr.map((v) => v / h.bucketSeconds);
-    drawChart($('chart-backlog'), h.startMs, step, [{ label: 'backlog (versions)', color: '#1565c0', values: s.backlog }], fmtNumber);
+    drawChart($('chart-backlog'), h.startMs, step, [{ label: 'backlog (versions)', color: '#1565c0', values: s.backlog }], fmtAxis);
     drawChart(
       $('chart-throughput'),
       h.startMs,
@@ -338,7 +350,7 @@
         { label: 'completed /s', color: '#1565c0', values: perSecond(s.completed) },
         { label: 'failed /s', color: '#c62828', values: perSecond(s.failed) },
       ],
-      fmtNumber
+      fmtAxis
     );
     drawChart(
       $('chart-lag'),
@@ -380,7 +392,7 @@
       tr.appendChild(td(fmtBytes(v.Size), 'num'));
       tr.appendChild(td(v.Reason));
       tr.appendChild(td(v.Attempts, 'num'));
-      tr.appendChild(td(v.LastError, v.LastError ? 'err' : ''));
+      tr.appendChild(td(v.LastError, v.LastError ? 'err' : null));
       tr.appendChild(td(v.LastAttempt ? fmtTime(v.LastAttempt) : fmtTime(v.LastModified)));
       const retry = el('button', { type: 'button', text: 'Retry' });
       retry.addEventListener('click', () => retryOne(v, site, retry));
