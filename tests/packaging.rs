@@ -180,10 +180,7 @@ struct Rule {
 fn alert_rules(text: &str) -> Vec<Rule> {
     assert!(!text.contains('\t'), "no tabs in YAML");
     let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        lines.iter().any(|l| *l == "groups:"),
-        "a top-level `groups:`"
-    );
+    assert!(lines.contains(&"groups:"), "a top-level `groups:`");
     let indent = |l: &str| l.len() - l.trim_start().len();
     let unquote = |v: &str| v.trim().trim_matches('"').to_string();
     let mut rules: Vec<Rule> = Vec::new();
