@@ -208,6 +208,7 @@ impl Engine {
         background.spawn(observe::run_sampler(
             observer.clone(),
             store.clone(),
+            control.clone(),
             root.child_token(),
         ));
 

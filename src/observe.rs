@@ -36,7 +36,8 @@
 //! pending version is older than `lag_target`); `ok`. "Work started waiting" is the first
 //! moment the observer saw work for an idle site: a `queued`, an attempt, an oldest pending,
 //! or a backlog sample with pending ops ([`Observer::note_backlog`], called by [`run_sampler`]
-//! every [`SAMPLE_EVERY`] and by every reader).
+//! every [`SAMPLE_EVERY`] and by every reader). A pause stops that count: a resumed site has
+//! `stall_after` again before it is `stalled`.
 //!
 //! # Bounded memory
 //!
@@ -58,6 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, SourceKind};
+use crate::control::Control;
 use crate::error::FailureReason;
 use crate::store::StateStore;
 
@@ -814,11 +816,15 @@ impl Observer {
         sources.push(s);
     }
 
-    /// Tells the observer `site`'s pending ops counter: work starts waiting when it turns
-    /// positive at an idle site, and stops when it is back to 0 with no oldest pending.
-    pub fn note_backlog(&self, site: &str, pending_ops: i64) {
+    /// Tells the observer `site`'s pending ops counter and pause flag: work starts waiting when
+    /// the counter turns positive at an idle site, and stops when it is back to 0 with no
+    /// oldest pending. A paused site's work is not waiting on the site: its stall count
+    /// starts again when it is resumed.
+    pub fn note_backlog(&self, site: &str, pending_ops: i64, paused: bool) {
         self.with_site(site, |o, now| {
-            if pending_ops > 0 || o.oldest_pending_ms.is_some() {
+            if paused {
+                o.waiting_since_ms = None;
+            } else if pending_ops > 0 || o.oldest_pending_ms.is_some() {
                 o.work_seen(now);
             } else {
                 o.waiting_since_ms = None;
@@ -837,7 +843,7 @@ impl Observer {
     /// `site`'s state now, given its pause flag and pending ops counter (which it also notes,
     /// see [`Observer::note_backlog`]); `ok` for a site it does not observe.
     pub fn state(&self, site: &str, paused: bool, pending_ops: i64) -> SiteState {
-        self.note_backlog(site, pending_ops);
+        self.note_backlog(site, pending_ops, paused);
         match self.view(site) {
             Some(v) => v.state(paused, pending_ops, &self.thresholds, self.clock.now_ms()),
             None => SiteState::Ok,
@@ -891,17 +897,20 @@ pub fn source_buckets(config: &Config) -> Vec<String> {
     }
 }
 
-/// Notes every site's pending ops counter every [`SAMPLE_EVERY`] until `token` is cancelled,
-/// so a site whose work waits is judged `stalled` on time even when nobody reads its status.
+/// Notes every site's pending ops counter and pause flag every [`SAMPLE_EVERY`] until `token`
+/// is cancelled, so a site whose work waits is judged `stalled` on time even when nobody reads
+/// its status.
 pub async fn run_sampler(
     observer: Arc<Observer>,
     store: Arc<dyn StateStore>,
+    control: Arc<Control>,
     token: CancellationToken,
 ) {
     loop {
         for site in observer.sites() {
+            let paused = control.current(site).paused;
             match store.pending(site).await {
-                Ok((ops, _)) => observer.note_backlog(site, ops),
+                Ok((ops, _)) => observer.note_backlog(site, ops, paused),
                 Err(e) => tracing::debug!(site, error = %e, "Cannot sample the backlog."),
             }
         }
@@ -1175,6 +1184,24 @@ mod tests {
         assert_eq!(o.state("a", false, 1), SiteState::Behind);
         let v = o.view("a").unwrap();
         assert_eq!(v.oldest_pending_ms, Some(clock.now_ms() - 90_000));
+    }
+
+    #[test]
+    fn a_resumed_site_has_stall_after_again_before_it_stalls() {
+        let clock = ManualClock::new(T0);
+        let o = observer(&clock);
+        assert_eq!(o.state("a", false, 3), SiteState::Ok);
+        assert_eq!(o.state("a", true, 3), SiteState::Paused);
+        clock.advance(3_600_000);
+        o.attempt_failed("a", FailureReason::Timeout, "slow");
+        o.note_backlog("a", 3, true);
+        assert_eq!(o.state("a", true, 3), SiteState::Paused);
+        // Resumed: the count starts now.
+        assert_eq!(o.state("a", false, 3), SiteState::Ok);
+        clock.advance(119_000);
+        assert_eq!(o.state("a", false, 3), SiteState::Ok);
+        clock.advance(1_000);
+        assert_eq!(o.state("a", false, 3), SiteState::Stalled);
     }
 
     #[test]
