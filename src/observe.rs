@@ -414,8 +414,8 @@ pub struct LagPoint {
     pub max_s: f64,
 }
 
-/// A copy of one site's observations, taken under its lock.
-#[derive(Debug, Clone, PartialEq)]
+/// A copy of one site's observations, taken under its lock (`Default`: nothing observed).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SiteView {
     /// Attempts failed in a row since the last success.
     pub consecutive_failures: u32,

@@ -133,9 +133,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
                 _ => {}
             }
         }
-        let Some(view) = state.observer.view(site) else {
-            continue;
-        };
+        let view = state.observer.view(site).unwrap_or_default();
         sites.push(SiteNumbers {
             site: site.clone(),
             state: site_state(state, site, pending.0),

@@ -80,10 +80,7 @@ pub async fn status(state: &AppState) -> Result<Value, ApiError> {
         let failures = store.failed_count(site).await?;
         let now = store.now_ms();
         let site_state = site_state(state, site, ops);
-        let view: SiteView = match state.observer.view(site) {
-            Some(v) => v,
-            None => continue,
-        };
+        let view: SiteView = state.observer.view(site).unwrap_or_default();
         let tput900 = (
             rate(&throughput(&done, now)),
             rate(&throughput(&done_bytes, now)),
