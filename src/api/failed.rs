@@ -275,8 +275,9 @@ async fn retry_locked(state: &AppState, req: &RetryRequest) -> Result<Option<Val
     if !req.force && !in_failed_set {
         return Ok(None);
     }
-    let apply =
-        |(g, o): transitions::Update| async move { store.apply(g, o).await.map_err(ApiError::from) };
+    let apply = |(g, o): transitions::Update| async move {
+        store.apply(g, o).await.map_err(ApiError::from)
+    };
     let Some(info) = store.replication(v).await.map_err(ApiError::from)? else {
         if in_failed_set && !req.force {
             apply(transitions::orphan_failed(v, site)).await?;
