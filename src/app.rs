@@ -257,7 +257,7 @@ impl Engine {
             durability = config.storage.durability.as_str(),
             path = %config.storage.path.display(),
             sites = config.sites.len(),
-            stages = %config.engine.stages.join(","),
+            stages = %config.engine.stage_names(),
             "Backbeat started."
         );
         Ok(Engine {

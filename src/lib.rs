@@ -2,7 +2,7 @@
 //! Backbeat) on an embedded durable log and state store.
 //!
 //! Crate map:
-//! - [`config`]: the TOML configuration, parsed then validated as a whole.
+//! - [`config`]: the TOML configuration, read into typed sections that are checked as read.
 //! - [`control`]: per-site pause/resume channels and the scheduled-resume task.
 //! - [`durability`]: the embedded sled database and its flush policy (group commit).
 //! - [`log`]: the durable log (topics, partitions, consumer groups); [`log::SledLog`].
@@ -16,6 +16,8 @@
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
 //! - [`s3`]: the SigV4-signed S3 client shared by the `s3` source and the `aws_s3` site.
+//! - [`http`]: the HTTP client, bodies, URI encoding and XML reader shared by the S3 client and
+//!   the `azure` site.
 //! - [`model`]: versions, replication statuses and the status merge.
 //! - [`observe`]: the operator's view in memory (attempts, reasons, lag, short-window
 //!   throughput, scans) and the site states; fed by the pipeline, read by the API.
@@ -34,6 +36,7 @@ pub mod control;
 pub mod durability;
 pub mod entry;
 pub mod error;
+pub mod http;
 pub mod intake;
 pub mod log;
 pub mod metrics;

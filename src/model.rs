@@ -1,9 +1,13 @@
-//! Domain types shared by every stage: object versions, replication statuses, replication info
-//! and the status merge. No I/O here.
+//! Domain types shared by every stage and adapter: object versions, what replication knows
+//! about one version ([`ObjectInfo`]) and the stream its data travels in ([`ByteStream`]),
+//! replication statuses, replication info and the status merge. No I/O here.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::pin::Pin;
 
+use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 /// The version id of a non-versioned object, as the original writes it in URLs.
@@ -87,6 +91,31 @@ impl fmt::Display for VersionRef {
             self.bucket, self.key, self.version_id
         )
     }
+}
+
+/// A stream of object data, from a source to a site. Never a whole object in memory: items are
+/// chunks.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// What replication needs to know about one version: what a source reads and a site writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The version.
+    pub version: VersionRef,
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    /// Last-modified, ISO-8601 with milliseconds.
+    pub last_modified: String,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// User metadata (names without `x-amz-meta-`).
+    pub user_metadata: BTreeMap<String, String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Whether the version is a delete marker.
+    pub is_delete_marker: bool,
 }
 
 /// A replication status, global or per site.

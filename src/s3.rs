@@ -1,17 +1,15 @@
 //! A small S3 client shared by the `s3` source and the `aws_s3` site: requests signed with
-//! SigV4 by `aws-sigv4` (no hand-written signing), sent through hyper-util's pooled client,
-//! answers parsed with `quick-xml`.
+//! SigV4 by `aws-sigv4` (no hand-written signing), sent through the shared HTTP client of
+//! [`crate::http`], XML answers read with its [`Xml`] reader.
 //!
 //! - Addressing: path style `http://host/bucket/key` (default) or virtual-host style
-//!   `http://bucket.host/key`. Key bytes outside RFC 3986's unreserved set are percent-encoded
-//!   once, `/` kept, which is the canonical URI S3 signs (no double encoding, no path
-//!   normalization), so keys with spaces, `%`, `+`, `?`, `#`, `:` or unicode round-trip.
+//!   `http://bucket.host/key`; keys encoded once by [`crate::http::encode_key`].
 //! - Bodies are streamed (`Content-Length` set, `UNSIGNED-PAYLOAD`); response bodies are streams
 //!   with an idle timeout, and XML answers are read with a size cap.
 //! - Errors are classified here ([`S3ErrorKind`]), once, from the status and the S3 error code.
-//! - `http://` and `https://` endpoints; TLS by rustls with the Mozilla roots compiled in.
-//!   Environment variables such as `AWS_CA_BUNDLE` or `AWS_PROFILE` are never read:
-//!   credentials come from the configuration, trust from the bundled roots.
+//! - `http://` and `https://` endpoints. Environment variables such as `AWS_CA_BUNDLE` or
+//!   `AWS_PROFILE` are never read: credentials come from the configuration, trust from the
+//!   roots bundled in [`crate::http`].
 
 use std::time::{Duration, SystemTime};
 
@@ -22,48 +20,20 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::source::ByteStream;
-
-/// Bytes percent-encoded in a URI path segment or query component: all but RFC 3986's
-/// unreserved characters (`A-Z a-z 0-9 - . _ ~`).
-const STRICT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use crate::config::S3ClientConfig;
+use crate::error::chain;
+use crate::http::{
+    encode_key, http_client, retry_after, stream_body, uri_encode, Body, HttpBody, HttpClient, Xml,
+};
+use crate::model::ByteStream;
 
 /// Largest XML answer read into memory (listings of 1,000 versions are ~500 KiB).
 const MAX_XML: usize = 16 * 1024 * 1024;
-
-/// Percent-encodes a string for a URI path segment or a query component.
-pub fn uri_encode(s: &str) -> String {
-    utf8_percent_encode(s, STRICT).to_string()
-}
-
-/// Percent-encodes a key for a URI path: every segment encoded, `/` kept.
-pub fn encode_key(key: &str) -> String {
-    key.split('/').map(uri_encode).collect::<Vec<_>>().join("/")
-}
-
-/// Decodes a percent-encoded string (listings with `encoding-type=url`).
-pub fn uri_decode(s: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
-}
 
 /// How an S3 failure should be handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +94,7 @@ impl S3Error {
         headers: &HeaderMap,
     ) -> S3Error {
         let s = status.as_u16();
-        let retry_after = headers
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(headers);
         let kind = match (s, code) {
             (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded")
             | (429 | 503, _) => S3ErrorKind::Throttled(retry_after),
@@ -168,133 +134,6 @@ impl S3Error {
             detail: format!("HTTP {s}{code_part}{msg_part}"),
         }
     }
-}
-
-/// A minimal XML element tree, enough to read S3 answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Xml {
-    /// Local name (namespace prefix dropped).
-    pub name: String,
-    /// Text content (unescaped).
-    pub text: String,
-    /// Child elements in order.
-    pub children: Vec<Xml>,
-}
-
-impl Xml {
-    /// Parses a document into its root element.
-    ///
-    /// # Errors
-    /// A description of the problem if the XML is malformed or has no root.
-    pub fn parse(bytes: &[u8]) -> Result<Xml, String> {
-        use quick_xml::events::Event;
-        let mut reader = quick_xml::Reader::from_reader(bytes);
-        let mut stack: Vec<Xml> = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            let ev = reader
-                .read_event_into(&mut buf)
-                .map_err(|e| format!("malformed XML: {e}"))?;
-            match ev {
-                Event::Start(e) => {
-                    if stack.len() > 64 {
-                        return Err("XML nested too deeply".into());
-                    }
-                    stack.push(Xml {
-                        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
-                        ..Xml::default()
-                    });
-                }
-                Event::Empty(e) => {
-                    let el = Xml {
-                        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
-                        ..Xml::default()
-                    };
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(el),
-                        None => return Ok(el),
-                    }
-                }
-                Event::Text(t) => {
-                    let text = t.decode().map_err(|e| format!("malformed XML text: {e}"))?;
-                    if let Some(top) = stack.last_mut() {
-                        top.text.push_str(&text);
-                    }
-                }
-                Event::GeneralRef(r) => {
-                    let name = String::from_utf8_lossy(r.as_ref()).into_owned();
-                    let resolved = match name.as_str() {
-                        "amp" => "&".to_string(),
-                        "lt" => "<".to_string(),
-                        "gt" => ">".to_string(),
-                        "quot" => "\"".to_string(),
-                        "apos" => "'".to_string(),
-                        _ => match r.resolve_char_ref() {
-                            Ok(Some(c)) => c.to_string(),
-                            _ => return Err(format!("unknown XML entity &{name};")),
-                        },
-                    };
-                    if let Some(top) = stack.last_mut() {
-                        top.text.push_str(&resolved);
-                    }
-                }
-                Event::CData(t) => {
-                    if let Some(top) = stack.last_mut() {
-                        top.text.push_str(&String::from_utf8_lossy(&t));
-                    }
-                }
-                Event::End(_) => {
-                    let done = stack.pop().ok_or("unbalanced XML")?;
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(done),
-                        None => return Ok(done),
-                    }
-                }
-                Event::Eof => return Err("XML ended before its root element closed".into()),
-                _ => {}
-            }
-            buf.clear();
-        }
-    }
-
-    /// The first child named `name`.
-    pub fn child(&self, name: &str) -> Option<&Xml> {
-        self.children.iter().find(|c| c.name == name)
-    }
-
-    /// All children named `name`.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Xml> + 'a {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-
-    /// The text of the first child named `name`.
-    pub fn text_of(&self, name: &str) -> Option<&str> {
-        self.child(name).map(|c| c.text.as_str())
-    }
-
-    /// The text at a path of child names.
-    pub fn path(&self, names: &[&str]) -> Option<&str> {
-        let mut cur = self;
-        for n in names {
-            cur = cur.child(n)?;
-        }
-        Some(cur.text.as_str())
-    }
-}
-
-/// Escapes text for an XML element.
-pub fn xml_escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
-}
-
-/// A request body.
-pub enum Body {
-    /// No body.
-    Empty,
-    /// A small body in memory (XML).
-    Bytes(Bytes),
-    /// A stream of exactly `len` bytes.
-    Stream(ByteStream, u64),
 }
 
 /// An S3 request, before signing.
@@ -376,27 +215,6 @@ impl Default for S3Options {
     }
 }
 
-/// The pooled HTTP/1 client (http or https), with streaming request bodies.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UnsyncBoxBody<Bytes, std::io::Error>>;
-
-/// A pooled HTTP/1 client with a connect timeout (shared by the S3 and Azure adapters).
-/// `https://` goes through rustls (ring) with the Mozilla roots compiled in (webpki-roots):
-/// the system store and variables such as `AWS_CA_BUNDLE` are not read.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let https = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(https)
-}
-
 /// A signed S3 client for one endpoint and one set of credentials.
 #[derive(Clone)]
 pub struct S3Client {
@@ -461,6 +279,24 @@ impl S3Client {
         })
     }
 
+    /// A client for the S3 server a configuration describes, with the default timeouts.
+    ///
+    /// # Errors
+    /// As [`S3Client::new`].
+    pub fn from_config(cfg: &S3ClientConfig) -> Result<S3Client, String> {
+        let opts = S3Options {
+            path_style: cfg.path_style,
+            ..S3Options::default()
+        };
+        S3Client::new(
+            &cfg.endpoint,
+            &cfg.region,
+            &cfg.access_key.0,
+            &cfg.secret_key.0,
+            opts,
+        )
+    }
+
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         self.opts.idle_timeout
@@ -510,22 +346,8 @@ impl S3Client {
     pub async fn send(&self, req: S3Request<'_>) -> Result<Response<Incoming>, S3Error> {
         let (host, url) = self.url(req.bucket, req.key, &req.query);
         let method = req.method.clone();
-        let (body, len) = match req.body {
-            Body::Empty => (
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-                0,
-            ),
-            Body::Bytes(b) => {
-                let n = b.len() as u64;
-                (
-                    Full::new(b).map_err(|never| match never {}).boxed_unsync(),
-                    n,
-                )
-            }
-            Body::Stream(s, n) => (exact_length_body(s, n), n),
-        };
+        let len = req.body.len();
+        let body = req.body.into_http();
         let host_value =
             HeaderValue::from_str(&host).map_err(|e| S3Error::invalid(format!("bad host: {e}")))?;
         let mut http_req = Request::builder()
@@ -553,7 +375,7 @@ impl S3Client {
             Ok(Err(e)) => {
                 return Err(S3Error::transient(format!(
                     "{method} failed: {}",
-                    error_chain(&e)
+                    chain(&e)
                 )))
             }
             Ok(Ok(r)) => r,
@@ -580,7 +402,7 @@ impl S3Client {
         Ok(resp)
     }
 
-    fn sign(&self, req: &mut Request<UnsyncBoxBody<Bytes, std::io::Error>>) -> Result<(), S3Error> {
+    fn sign(&self, req: &mut Request<HttpBody>) -> Result<(), S3Error> {
         let identity = self.credentials.clone().into();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -628,7 +450,7 @@ impl S3Client {
                 Ok(Some(Err(e))) => {
                     return Err(S3Error::transient(format!(
                         "answer body failed: {}",
-                        error_chain(&e)
+                        chain(&e)
                     )))
                 }
                 Ok(Some(Ok(f))) => f,
@@ -670,108 +492,13 @@ impl S3Client {
 
     /// Turns an answer body into a [`ByteStream`] with the idle timeout between chunks.
     pub fn stream_body(&self, body: Incoming) -> ByteStream {
-        let idle = self.opts.idle_timeout;
-        let s = futures_util::stream::unfold(Some(body), move |state| async move {
-            let mut body = state?;
-            loop {
-                match tokio::time::timeout(idle, body.frame()).await {
-                    Err(_) => {
-                        return Some((
-                            Err(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "S3 body stalled",
-                            )),
-                            None,
-                        ))
-                    }
-                    Ok(None) => return None,
-                    Ok(Some(Err(e))) => {
-                        return Some((Err(std::io::Error::other(error_chain(&e))), None))
-                    }
-                    Ok(Some(Ok(f))) => {
-                        if let Ok(data) = f.into_data() {
-                            if !data.is_empty() {
-                                return Some((Ok(data), Some(body)));
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Box::pin(s)
+        stream_body(body, self.opts.idle_timeout, "S3")
     }
-}
-
-/// A request body from a stream that must yield exactly `len` bytes; a shorter or longer stream
-/// fails the request (so a broken source never becomes a truncated replica).
-pub fn exact_length_body(stream: ByteStream, len: u64) -> UnsyncBoxBody<Bytes, std::io::Error> {
-    let counted = futures_util::stream::unfold(
-        (stream, 0u64, false),
-        move |(mut s, seen, done)| async move {
-            if done {
-                return None;
-            }
-            match s.next().await {
-                Some(Ok(chunk)) => {
-                    let seen = seen + chunk.len() as u64;
-                    if seen > len {
-                        let e =
-                            std::io::Error::other(format!("source stream longer than {len} bytes"));
-                        return Some((Err(e), (s, seen, true)));
-                    }
-                    Some((Ok(Frame::data(chunk)), (s, seen, false)))
-                }
-                Some(Err(e)) => Some((Err(e), (s, seen, true))),
-                None if seen < len => {
-                    let e = std::io::Error::other(format!(
-                        "source stream ended after {seen} of {len} bytes"
-                    ));
-                    Some((Err(e), (s, seen, true)))
-                }
-                None => None,
-            }
-        },
-    );
-    StreamBody::new(counted).boxed_unsync()
-}
-
-/// An error and its causes, joined (hyper's own messages are terse).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Parses an HTTP date (`Last-Modified`) into ISO-8601 with milliseconds.
-pub fn http_date_to_iso(s: &str) -> Option<String> {
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let t = time::PrimitiveDateTime::parse(s.trim(), fmt)
-        .ok()?
-        .assume_utc();
-    let out = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.format(out).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_encoded_once_with_slashes_kept() {
-        assert_eq!(encode_key("a b/c+d?e#f%g:h"), "a%20b/c%2Bd%3Fe%23f%25g%3Ah");
-        assert_eq!(encode_key("é"), "%C3%A9");
-        assert_eq!(encode_key("x~y_z-.1"), "x~y_z-.1");
-        assert_eq!(uri_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
-    }
 
     #[test]
     fn errors_are_classified_from_status_and_code() {
@@ -791,20 +518,6 @@ mod tests {
         h.insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("7"));
         let e = S3Error::from_answer(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "", &h);
         assert_eq!(e.kind, S3ErrorKind::Throttled(Some(Duration::from_secs(7))));
-    }
-
-    #[test]
-    fn xml_answers_parse_with_entities() {
-        let x = Xml::parse(
-            br#"<?xml version="1.0"?><R xmlns="http://s3"><A>x &amp; y</A><B/><A>2</A><C><D>d</D></C></R>"#,
-        )
-        .unwrap();
-        assert_eq!(x.name, "R");
-        assert_eq!(x.text_of("A"), Some("x & y"));
-        assert_eq!(x.all("A").count(), 2);
-        assert_eq!(x.path(&["C", "D"]), Some("d"));
-        assert!(Xml::parse(b"<R><A></R>").is_err());
-        assert!(Xml::parse(b"").is_err());
     }
 
     #[test]
@@ -838,13 +551,5 @@ mod tests {
         assert_eq!(c.url("bkt", None, &[]).1, "https://bkt.s3.example.com/");
         assert!(S3Client::new("ftp://x", "r", "a", "s", S3Options::default()).is_err());
         assert!(S3Client::new("http://", "r", "a", "s", S3Options::default()).is_err());
-    }
-
-    #[test]
-    fn http_dates_become_iso_with_milliseconds() {
-        assert_eq!(
-            http_date_to_iso("Thu, 26 Nov 2026 10:00:01 GMT").as_deref(),
-            Some("2026-11-26T10:00:01.000Z")
-        );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use backbeat::config::{Config, ConfigError, Stage};
+use backbeat::config::{Config, ConfigError, SiteBackend, SiteKind, SourceBackend, Stage};
 
 fn example() -> String {
     std::fs::read_to_string(concat!(
@@ -47,6 +47,60 @@ fn the_example_parses_with_every_section() {
     assert_eq!(cfg.server.port, 8900);
     assert!(cfg.source.is_some());
     assert!(Stage::ALL.into_iter().all(|s| cfg.engine.runs(s)));
+}
+
+#[test]
+fn sections_are_typed_by_kind_with_secrets_resolved() {
+    set_example_env();
+    let cfg = Config::parse(&example()).unwrap();
+    let Some(SourceBackend::S3(src)) = cfg.source.as_ref().map(|s| &s.backend) else {
+        panic!("the example's source is s3");
+    };
+    assert_eq!(src.buckets, ["photos"]);
+    assert_eq!(src.client.access_key.0, "test-value");
+    let kinds: Vec<SiteKind> = cfg.sites.iter().map(|s| s.kind()).collect();
+    assert_eq!(kinds, [SiteKind::AwsS3, SiteKind::Azure, SiteKind::File]);
+    let SiteBackend::AwsS3(aws) = &cfg.sites[0].backend else {
+        panic!("sites[0] is aws_s3");
+    };
+    assert_eq!(
+        (aws.bucket.as_str(), aws.client.path_style),
+        ("replica", true)
+    );
+}
+
+#[test]
+fn a_mongodb_source_is_refused_as_not_built_yet() {
+    let p = problems("[source]\ntype = \"mongodb\"\n");
+    assert!(
+        p.len() == 1 && p[0].starts_with("source.type") && p[0].contains("not built yet"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_field_of_another_kind_is_unknown_and_every_missing_field_is_named() {
+    let p = problems(
+        "[[sites]]\nname = \"a\"\ntype = \"file\"\npath = \"/x\"\ncontainer = \"c\"\n\
+         [[sites]]\nname = \"b\"\ntype = \"azure\"\n",
+    );
+    for field in [
+        "sites[0].container: unknown field",
+        "sites[1].endpoint: missing",
+        "sites[1].account: missing",
+        "sites[1].container: missing",
+        "sites[1].key: missing",
+    ] {
+        assert!(
+            p.iter().any(|m| m.starts_with(field)),
+            "missing {field} in {p:?}"
+        );
+    }
+    // A rule naming an entry that has problems of its own is not also an unknown site.
+    let p = problems(
+        "[[sites]]\nname = \"b\"\ntype = \"azure\"\n[[replication.rules]]\nbucket = \"x\"\nsites = [\"b\"]\n",
+    );
+    assert!(!p.iter().any(|m| m.starts_with("replication")), "{p:?}");
 }
 
 #[test]

@@ -102,7 +102,7 @@ fn azure_url(container: &str, key: &str) -> String {
     format!(
         "{}/{AZURITE_ACCOUNT}/{container}/{}",
         AZURITE.url(),
-        backbeat::s3::encode_key(key)
+        backbeat::http::encode_key(key)
     )
 }
 

@@ -11,14 +11,14 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use backbeat::model::VersionRef;
-use backbeat::s3::{uri_decode, S3Client, S3Options, S3Request, Xml};
+use backbeat::http::{uri_decode, Xml};
+use backbeat::model::{ByteStream, ObjectInfo, VersionRef};
+use backbeat::s3::{S3Client, S3Options, S3Request};
 use backbeat::site::azure::AzureSite;
 use backbeat::site::file::{FileSite, Sidecar};
 use backbeat::site::parts::part_ranges;
 use backbeat::site::s3::S3Site;
 use backbeat::site::{Site, SiteError};
-use backbeat::source::{ByteStream, ObjectInfo};
 use bytes::Bytes;
 use common::peers::{
     free_port, moto_bin, start_azurite, start_moto, start_peer, Peer, AZURITE_ACCOUNT, AZURITE_KEY,

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use backbeat::model::VersionRef;
+use backbeat::model::{ByteStream, VersionRef};
 use backbeat::source::file::FileSource;
-use backbeat::source::{ByteStream, Source, SourceError, VersionPage};
+use backbeat::source::{Source, SourceError, VersionPage};
 use futures_util::StreamExt;
 
 /// The version of `key` listed in `page`.

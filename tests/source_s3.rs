@@ -7,10 +7,11 @@ mod common;
 
 use std::sync::LazyLock;
 
-use backbeat::model::VersionRef;
-use backbeat::s3::{Body, S3Request};
+use backbeat::http::Body;
+use backbeat::model::{ByteStream, VersionRef};
+use backbeat::s3::S3Request;
 use backbeat::source::s3::S3Source;
-use backbeat::source::{ByteStream, Source, SourceError};
+use backbeat::source::{Source, SourceError};
 use common::moto;
 use common::peers::{start_moto, Peer};
 use futures_util::StreamExt;

@@ -113,9 +113,6 @@ pub fn grace_period_s() -> u64 {
     30
 }
 /// Pipeline stages of an engine: all of them.
-pub fn stages() -> Vec<String> {
-    super::Stage::ALL
-        .iter()
-        .map(|s| s.as_str().to_string())
-        .collect()
+pub fn stages() -> Vec<super::Stage> {
+    super::Stage::ALL.to_vec()
 }

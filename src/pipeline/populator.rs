@@ -35,8 +35,8 @@ use crate::config::{Config, SiteKind};
 use crate::entry::{ObjectMd, QueueEntry};
 use crate::intake::{DiscoveredVersion, Intake, IntakeError};
 use crate::log::{Log, Record, TOPIC_REPLICATION};
-use crate::model::{ReplicationInfo, VersionRef, NULL_VERSION};
-use crate::source::{ObjectInfo, Rule, Source};
+use crate::model::{ObjectInfo, ReplicationInfo, VersionRef, NULL_VERSION};
+use crate::source::{Rule, Source};
 use crate::store::{StateStore, StoreOp};
 
 /// Versions merged into one batch at most.
@@ -298,8 +298,8 @@ impl PopulatorTask {
         let mut types: Vec<&str> = Vec::new();
         for s in &sites {
             if let Some(c) = self.config.sites.iter().find(|c| &c.name == s) {
-                if c.kind != SiteKind::File && !types.contains(&c.kind.as_str()) {
-                    types.push(c.kind.as_str());
+                if c.kind() != SiteKind::File && !types.contains(&c.kind().as_str()) {
+                    types.push(c.kind().as_str());
                 }
             }
         }

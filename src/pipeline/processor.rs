@@ -30,10 +30,10 @@ use crate::log::{
     replication_group, Delivery, Log, Record, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
 use crate::metrics::{count_replay, count_retry, count_skip};
-use crate::model::ReplicationStatus;
+use crate::model::{ObjectInfo, ReplicationStatus};
 use crate::site::parts::part_ranges;
 use crate::site::{PutReceipt, Site, SiteError};
-use crate::source::{ObjectInfo, Source, SourceError};
+use crate::source::{Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp};
 
 /// Settings of a replication processor.

@@ -2,7 +2,8 @@
 //!
 //! Requests are signed by `object_store`'s [`AzureAuthorizer`] (built with only its
 //! `azure-base` and `ring` features: no reqwest, no second TLS stack) and sent, streaming,
-//! through the same hyper-util client (rustls for `https://`) as the S3 code. The endpoint is the account URL, e.g.
+//! through the HTTP client of [`crate::http`] (rustls for `https://`), as the S3 client's are.
+//! The endpoint is the account URL, e.g.
 //! `https://<account>.blob.core.windows.net` or, for Azurite,
 //! `http://127.0.0.1:10000/devstoreaccount1`.
 //!
@@ -26,8 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, ETAG};
 use hyper::{HeaderMap, Method, Request, Response};
@@ -36,11 +36,11 @@ use object_store::client::HttpRequestBody;
 
 use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
 use crate::config::SiteKind;
-use crate::s3::{
-    encode_key, error_chain, exact_length_body, http_client, uri_encode, xml_escape, HttpClient,
-    Xml,
+use crate::error::chain;
+use crate::http::{
+    encode_key, http_client, retry_after, uri_encode, xml_escape, Body, HttpClient, Xml,
 };
-use crate::source::{ByteStream, ObjectInfo};
+use crate::model::{ByteStream, ObjectInfo};
 
 /// Metadata name of the replication status marker.
 pub const META_STATUS: &str = "scal_replication_status";
@@ -173,8 +173,7 @@ impl AzureSite {
         method: Method,
         url: &str,
         headers: Vec<(HeaderName, HeaderValue)>,
-        body: Option<(ByteStream, u64)>,
-        small: Option<Bytes>,
+        body: Body,
     ) -> Result<Response<Incoming>, AzureError> {
         let transient = |detail: String| AzureError {
             retry_after: None,
@@ -182,11 +181,7 @@ impl AzureSite {
             code: String::new(),
             detail,
         };
-        let len = match (&body, &small) {
-            (Some((_, n)), _) => *n,
-            (None, Some(b)) => b.len() as u64,
-            (None, None) => 0,
-        };
+        let len = body.len();
         // Sign a body-less twin of the request: the signature covers method, URL and headers
         // (Content-Length included), never the body, which is then streamed.
         let mut twin = Request::builder()
@@ -206,29 +201,19 @@ impl AzureSite {
         AzureAuthorizer::new(&self.credential, &self.account)
             .try_authorize(&mut twin)
             .map_err(|e| transient(format!("cannot sign: {e}")))?;
-        let body: UnsyncBoxBody<Bytes, std::io::Error> = match (body, small) {
-            (Some((s, n)), _) => exact_length_body(s, n),
-            (None, Some(b)) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
-            (None, None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        };
         let (parts, _) = twin.into_parts();
-        let req = Request::from_parts(parts, body);
+        let req = Request::from_parts(parts, body.into_http());
         let budget = self.idle_timeout + Duration::from_secs(len / (64 * 1024));
         let resp = match tokio::time::timeout(budget, self.http.request(req)).await {
             Err(_) => return Err(transient(format!("{method} timed out after {budget:?}"))),
-            Ok(Err(e)) => return Err(transient(format!("{method} failed: {}", error_chain(&e)))),
+            Ok(Err(e)) => return Err(transient(format!("{method} failed: {}", chain(&e)))),
             Ok(Ok(r)) => r,
         };
         if resp.status().as_u16() < 300 {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(resp.headers());
         let mut code = resp
             .headers()
             .get("x-ms-error-code")
@@ -361,8 +346,7 @@ impl AzureSite {
                 Method::HEAD,
                 &self.url(Some(blob), ""),
                 Vec::new(),
-                None,
-                None,
+                Body::Empty,
             )
             .await
         {
@@ -388,8 +372,7 @@ impl AzureSite {
                 Method::PUT,
                 &self.url(Some(blob), "comp=blocklist"),
                 headers,
-                None,
-                Some(Bytes::from(xml)),
+                Body::Bytes(Bytes::from(xml)),
             )
             .await
             .map_err(|e| self.classify(e))?;
@@ -428,7 +411,7 @@ impl Site for AzureSite {
         ));
         let url = self.url(Some(&obj.version.key), "");
         let resp = self
-            .send(Method::PUT, &url, headers, Some((body, obj.size)), None)
+            .send(Method::PUT, &url, headers, Body::Stream(body, obj.size))
             .await
             .map_err(|e| self.classify(e))?;
         tracing::debug!(site = %self.name, key = %obj.version.key, size = obj.size, "Replica written.");
@@ -445,8 +428,7 @@ impl Site for AzureSite {
                 Method::DELETE,
                 &self.url(Some(&obj.version.key), ""),
                 Vec::new(),
-                None,
-                None,
+                Body::Empty,
             )
             .await
         {
@@ -462,8 +444,7 @@ impl Site for AzureSite {
                 Method::GET,
                 &self.url(None, "restype=container"),
                 Vec::new(),
-                None,
-                None,
+                Body::Empty,
             )
             .await
         {
@@ -500,7 +481,7 @@ impl MultipartSite for AzureSite {
             Some(&obj.version.key),
             &format!("comp=block&blockid={}", uri_encode(&id)),
         );
-        self.send(Method::PUT, &url, Vec::new(), Some((body, len)), None)
+        self.send(Method::PUT, &url, Vec::new(), Body::Stream(body, len))
             .await
             .map_err(|e| self.classify(e))?;
         Ok(PartReceipt { number, etag: id })
@@ -537,8 +518,7 @@ impl MultipartSite for AzureSite {
                 Method::DELETE,
                 &self.url(Some(key), ""),
                 Vec::new(),
-                None,
-                None,
+                Body::Empty,
             )
             .await
         {

@@ -47,7 +47,7 @@ use tracing::debug;
 use super::parts::part_ranges;
 use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
 use crate::config::SiteKind;
-use crate::source::{ByteStream, ObjectInfo};
+use crate::model::{ByteStream, ObjectInfo};
 
 /// Suffix of the sidecar metadata file of a replica.
 pub const SIDECAR_SUFFIX: &str = "%meta.json";

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{ConfigError, Secret, SiteConfig, SiteKind};
+use crate::config::{ConfigError, SiteBackend, SiteConfig, SiteKind};
 use crate::error::Disposition;
-use crate::source::{ByteStream, ObjectInfo};
+use crate::model::{ByteStream, ObjectInfo};
+use crate::s3::S3Client;
 
 /// What a site answered for a written replica.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -161,97 +162,52 @@ pub trait MultipartSite: Send + Sync {
     async fn abort(&self, obj: &ObjectInfo, upload_id: &str) -> Result<(), SiteError>;
 }
 
-/// Resolves a secret given inline or through the environment variable `env` names.
-pub(crate) fn resolve_secret(
-    field: &str,
-    inline: &Option<Secret>,
-    env: &Option<String>,
-) -> Result<String, ConfigError> {
-    match (inline, env) {
-        (Some(s), None) if !s.0.is_empty() => Ok(s.0.clone()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(v),
-            _ => Err(ConfigError::Invalid(vec![format!(
-                "{field}_env: environment variable {var} is not set"
-            )])),
-        },
-        _ => Err(ConfigError::Invalid(vec![format!(
-            "{field}: give exactly one of {field} or {field}_env"
-        )])),
-    }
-}
-
-fn missing(site: &SiteConfig, field: &str) -> ConfigError {
-    ConfigError::Invalid(vec![format!("sites.{}.{field}: missing", site.name)])
-}
-
-/// Builds the site a `[[sites]]` entry describes, resolving `*_env` secrets. Never logs
-/// secrets.
+/// Builds the site a `[[sites]]` entry describes (already checked by the configuration). Never
+/// logs secrets.
 ///
 /// # Errors
-/// [`ConfigError::Invalid`] naming the field that is missing or unusable.
+/// [`ConfigError::Invalid`] naming the field whose value the site cannot use (a directory that
+/// cannot be created, an endpoint the HTTP client refuses).
 pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
-    match cfg.kind {
-        SiteKind::File => {
-            let path = cfg.path.as_ref().ok_or_else(|| missing(cfg, "path"))?;
-            let site = file::FileSite::new(cfg.name.clone(), path)
-                .map_err(|e| ConfigError::Invalid(vec![format!("sites.{}.path: {e}", cfg.name)]))?;
-            Ok(Arc::new(site))
+    let invalid = |field: &str, e: String| {
+        ConfigError::Invalid(vec![format!("sites.{}.{field}: {e}", cfg.name)])
+    };
+    let site: Arc<dyn Site> = match &cfg.backend {
+        SiteBackend::File(c) => Arc::new(
+            file::FileSite::new(cfg.name.clone(), &c.path)
+                .map_err(|e| invalid("path", e.to_string()))?,
+        ),
+        SiteBackend::AwsS3(c) => {
+            let client = S3Client::from_config(&c.client).map_err(|e| invalid("endpoint", e))?;
+            Arc::new(s3::S3Site::new(cfg.name.clone(), c.bucket.clone(), client))
         }
-        SiteKind::AwsS3 => {
-            let field = |f: &str| format!("sites.{}.{f}", cfg.name);
-            let endpoint = cfg
-                .endpoint
-                .as_deref()
-                .ok_or_else(|| missing(cfg, "endpoint"))?;
-            let bucket = cfg.bucket.clone().ok_or_else(|| missing(cfg, "bucket"))?;
-            let ak = resolve_secret(&field("access_key"), &cfg.access_key, &cfg.access_key_env)?;
-            let sk = resolve_secret(&field("secret_key"), &cfg.secret_key, &cfg.secret_key_env)?;
-            let opts = crate::s3::S3Options {
-                path_style: cfg.path_style,
-                ..Default::default()
-            };
-            let client = crate::s3::S3Client::new(endpoint, &cfg.region, &ak, &sk, opts)
-                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", field("endpoint"))]))?;
-            Ok(Arc::new(s3::S3Site::new(cfg.name.clone(), bucket, client)))
-        }
-        SiteKind::Azure => {
-            let field = |f: &str| format!("sites.{}.{f}", cfg.name);
-            let endpoint = cfg
-                .endpoint
-                .as_deref()
-                .ok_or_else(|| missing(cfg, "endpoint"))?;
-            let account = cfg
-                .account
-                .as_deref()
-                .ok_or_else(|| missing(cfg, "account"))?;
-            let container = cfg
-                .container
-                .as_deref()
-                .ok_or_else(|| missing(cfg, "container"))?;
-            let key = resolve_secret(&field("key"), &cfg.key, &cfg.key_env)?;
-            let site = azure::AzureSite::new(&cfg.name, endpoint, account, &key, container)
-                .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", field("endpoint"))]))?;
-            Ok(Arc::new(site))
-        }
-    }
+        SiteBackend::Azure(c) => Arc::new(
+            azure::AzureSite::new(&cfg.name, &c.endpoint, &c.account, &c.key.0, &c.container)
+                .map_err(|e| invalid("endpoint", e))?,
+        ),
+    };
+    Ok(site)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn site(toml_text: &str) -> SiteConfig {
-        toml::from_str(toml_text).unwrap()
+    /// The one site of a `[[sites]]` block, as the configuration reads and checks it.
+    fn site(toml_text: &str) -> Result<SiteConfig, ConfigError> {
+        let mut cfg = Config::parse(&format!("[[sites]]\n{toml_text}"))?;
+        Ok(cfg.sites.remove(0))
     }
 
     #[test]
-    fn factory_builds_each_kind_and_names_missing_fields() {
+    fn factory_builds_each_kind_and_names_unusable_fields() {
         let dir = tempfile_dir();
         let file = site(&format!(
             "name = \"local\"\ntype = \"file\"\npath = {:?}",
             dir.display()
-        ));
+        ))
+        .unwrap();
         let built = build_site(&file).unwrap();
         assert_eq!((built.name(), built.kind()), ("local", SiteKind::File));
 
@@ -259,19 +215,29 @@ mod tests {
         let s3 = site(
             "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\n\
              access_key = \"ak\"\nsecret_key_env = \"BACKBEAT_TEST_SITE_SK\"",
-        );
+        )
+        .unwrap();
         assert_eq!(build_site(&s3).unwrap().kind(), SiteKind::AwsS3);
 
+        // Missing fields and unset variables are the configuration's to report, once.
         let no_bucket = site("name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://h\"\naccess_key = \"a\"\nsecret_key = \"s\"");
-        let err = build_site(&no_bucket).err().unwrap().to_string();
-        assert!(err.contains("sites.aws.bucket"), "{err}");
-
+        let err = no_bucket.err().unwrap().to_string();
+        assert!(err.contains("sites[0].bucket"), "{err}");
         let unset = site(
             "name = \"az\"\ntype = \"azure\"\nendpoint = \"http://127.0.0.1:1/acct\"\naccount = \"acct\"\n\
              container = \"c\"\nkey_env = \"BACKBEAT_TEST_UNSET_VARIABLE\"",
         );
-        let err = build_site(&unset).err().unwrap().to_string();
+        let err = unset.err().unwrap().to_string();
         assert!(err.contains("BACKBEAT_TEST_UNSET_VARIABLE"), "{err}");
+
+        // What only the client can refuse is named by the factory.
+        let userinfo = site(
+            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://user@h\"\nbucket = \"b\"\n\
+             access_key = \"a\"\nsecret_key = \"s\"",
+        )
+        .unwrap();
+        let err = build_site(&userinfo).err().unwrap().to_string();
+        assert!(err.contains("sites.aws.endpoint"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -21,8 +21,9 @@ use hyper::{HeaderMap, Method};
 
 use super::{MultipartSite, PartReceipt, PutReceipt, Site, SiteError};
 use crate::config::SiteKind;
-use crate::s3::{uri_encode, xml_escape, Body, S3Client, S3Error, S3ErrorKind, S3Request};
-use crate::source::{ByteStream, ObjectInfo};
+use crate::http::{uri_encode, xml_escape, Body};
+use crate::model::{ByteStream, ObjectInfo};
+use crate::s3::{S3Client, S3Error, S3ErrorKind, S3Request};
 
 /// User metadata name of the replication status marker.
 pub const META_STATUS: &str = "scal-replication-status";

@@ -31,8 +31,8 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, ObjectInfo, Rule, Source, SourceError, VersionPage};
-use crate::model::VersionRef;
+use super::{Rule, Source, SourceError, VersionPage};
+use crate::model::{ByteStream, ObjectInfo, VersionRef};
 
 /// Default number of versions per listing page.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;

@@ -8,41 +8,14 @@
 pub mod file;
 pub mod s3;
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::Stream;
 
-use crate::config::{ConfigError, SourceConfig, SourceKind};
+use crate::config::{ConfigError, SourceBackend, SourceConfig};
 use crate::error::Disposition;
-use crate::model::VersionRef;
-
-/// A stream of object data. Never a whole object in memory: items are chunks.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
-
-/// What replication needs to know about one version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// The version.
-    pub version: VersionRef,
-    /// Size in bytes.
-    pub size: u64,
-    /// ETag without quotes.
-    pub etag: String,
-    /// Last-modified, ISO-8601 with milliseconds.
-    pub last_modified: String,
-    /// Content type.
-    pub content_type: Option<String>,
-    /// User metadata (names without `x-amz-meta-`).
-    pub user_metadata: BTreeMap<String, String>,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
-    /// Whether the version is a delete marker.
-    pub is_delete_marker: bool,
-}
+use crate::model::{ByteStream, ObjectInfo, VersionRef};
+use crate::s3::S3Client;
 
 /// A replication rule of a source bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,48 +142,23 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
-/// Builds the source a `[source]` section describes, resolving `*_env` secrets. Never logs
-/// secrets.
+/// Builds the source a `[source]` section describes (already checked by the configuration).
+/// Never logs secrets.
 ///
 /// # Errors
-/// [`ConfigError::Invalid`] naming the field that is missing or unusable.
+/// [`ConfigError::Invalid`] naming the field whose value the source cannot use (a directory
+/// that does not exist, an endpoint the HTTP client refuses).
 pub fn build_source(cfg: &SourceConfig) -> Result<Arc<dyn Source>, ConfigError> {
-    match cfg.kind {
-        SourceKind::File => {
-            let path = cfg
-                .path
-                .as_ref()
-                .ok_or_else(|| ConfigError::Invalid(vec!["source.path: missing".into()]))?;
-            let src = file::FileSource::new(path)
-                .map_err(|e| ConfigError::Invalid(vec![format!("source.path: {e}")]))?;
-            Ok(Arc::new(src))
+    let invalid =
+        |field: &str, e: String| ConfigError::Invalid(vec![format!("source.{field}: {e}")]);
+    let source: Arc<dyn Source> = match &cfg.backend {
+        SourceBackend::File(c) => {
+            Arc::new(file::FileSource::new(&c.path).map_err(|e| invalid("path", e.to_string()))?)
         }
-        SourceKind::S3 => {
-            let endpoint = cfg
-                .endpoint
-                .as_deref()
-                .ok_or_else(|| ConfigError::Invalid(vec!["source.endpoint: missing".into()]))?;
-            let ak = crate::site::resolve_secret(
-                "source.access_key",
-                &cfg.access_key,
-                &cfg.access_key_env,
-            )?;
-            let sk = crate::site::resolve_secret(
-                "source.secret_key",
-                &cfg.secret_key,
-                &cfg.secret_key_env,
-            )?;
-            let opts = crate::s3::S3Options {
-                path_style: cfg.path_style,
-                ..Default::default()
-            };
-            let client = crate::s3::S3Client::new(endpoint, &cfg.region, &ak, &sk, opts)
-                .map_err(|e| ConfigError::Invalid(vec![format!("source.endpoint: {e}")]))?;
-            Ok(Arc::new(s3::S3Source::new(client, cfg.buckets.clone())))
+        SourceBackend::S3(c) => {
+            let client = S3Client::from_config(&c.client).map_err(|e| invalid("endpoint", e))?;
+            Arc::new(s3::S3Source::new(client, c.buckets.clone()))
         }
-        SourceKind::Mongodb => Err(ConfigError::Invalid(vec![format!(
-            "source.type: {:?} sources are not built by this factory yet",
-            cfg.kind
-        )])),
-    }
+    };
+    Ok(source)
 }

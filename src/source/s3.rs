@@ -19,9 +19,10 @@ use async_trait::async_trait;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE};
 use hyper::{HeaderMap, Method};
 
-use super::{ByteStream, ObjectInfo, Rule, Source, SourceError, VersionPage};
-use crate::model::{VersionRef, NULL_VERSION};
-use crate::s3::{http_date_to_iso, uri_decode, S3Client, S3Error, S3ErrorKind, S3Request, Xml};
+use super::{Rule, Source, SourceError, VersionPage};
+use crate::http::{http_date_to_iso, uri_decode, Xml};
+use crate::model::{ByteStream, ObjectInfo, VersionRef, NULL_VERSION};
+use crate::s3::{S3Client, S3Error, S3ErrorKind, S3Request};
 
 /// Default versions per listing page (S3's maximum).
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;

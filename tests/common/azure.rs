@@ -2,7 +2,7 @@
 //! site under test), and the few reads built on them: create a container, list its blobs, get
 //! a blob's bytes.
 
-use backbeat::s3::Xml;
+use backbeat::http::Xml;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH};
@@ -70,7 +70,7 @@ pub async fn list_blobs(
         let mut url = format!("{container_url}?restype=container&comp=list");
         if !marker.is_empty() {
             url.push_str("&marker=");
-            url.push_str(&backbeat::s3::uri_encode(&marker));
+            url.push_str(&backbeat::http::uri_encode(&marker));
         }
         let (status, _, body) = call(account, key, Method::GET, &url, b"").await?;
         anyhow::ensure!(status == 200, "list blobs: {status} {body:?}");
@@ -98,7 +98,7 @@ pub async fn get_blob(
     container_url: &str,
     name: &str,
 ) -> anyhow::Result<Option<Bytes>> {
-    let url = format!("{container_url}/{}", backbeat::s3::encode_key(name));
+    let url = format!("{container_url}/{}", backbeat::http::encode_key(name));
     let (status, _, body) = call(account, key, Method::GET, &url, b"").await?;
     match status {
         200 => Ok(Some(body)),

@@ -1,7 +1,8 @@
 //! S3 helpers for tests against moto: a client, bucket creation, puts, listings, reads, raw
 //! calls.
 
-use backbeat::s3::{Body, S3Client, S3Options, S3Request, Xml};
+use backbeat::http::{Body, Xml};
+use backbeat::s3::{S3Client, S3Options, S3Request};
 use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::Method;
@@ -83,7 +84,7 @@ pub async fn list_keys(c: &S3Client, bucket: &str, prefix: &str) -> anyhow::Resu
         for o in xml.all("Contents") {
             let k = o.text_of("Key").unwrap_or_default();
             keys.push(if url {
-                backbeat::s3::uri_decode(k).unwrap_or_default()
+                backbeat::http::uri_decode(k).unwrap_or_default()
             } else {
                 k.to_string()
             });

@@ -20,28 +20,9 @@
 //! explicit partition. `append` returns once every record is acknowledged by all in-sync
 //! replicas.
 //!
-//! Consumers: `enable.auto.commit=false` and `enable.auto.offset.store=false`; a group starts
-//! at its committed offsets, and at the **earliest** offset on a partition where it has none
-//! (`auto.offset.reset=earliest`). [`Consumer::commit`] is a synchronous commit of exactly the
-//! given offsets (next to read), never backwards. Several consumers of one group, in one or
-//! several processes, share the topic's partitions (Kafka's group protocol): on a rebalance,
-//! librdkafka drops what it had fetched for revoked partitions and starts newly assigned ones
-//! at their committed offset; our consumer drops pending seeks of revoked partitions and
-//! commits only partitions currently assigned to it (a revoked partition's offsets belong to
-//! its new owner; its uncommitted records are delivered again there: at-least-once).
-//! A commit refused because the group is rebalancing is logged and skipped for the same reason.
-//!
-//! Liveness while the pipeline takes no records (a paused site's read-ahead is full): librdkafka
-//! drops a member that has not polled for `max.poll.interval.ms`, so [`Consumer::keep_alive`]
-//! pauses the partitions assigned now (librdkafka drops what it prefetched for them and will
-//! fetch again from the position after the last record handed to us), then receives a few
-//! times without waiting: each counts as a poll and serves one queued event (rebalances, and
-//! librdkafka's logs, which reach us through the same queue). A record that still comes (from
-//! a partition assigned since the pause) is held and returned first by the next `poll`; held
-//! records of a partition revoked meanwhile are dropped (its new owner reads them from the
-//! committed offset). The next `poll` resumes every partition of the topic first (a pause
-//! outlives a revocation in librdkafka, so a partition revoked while paused and assigned again
-//! must be resumed too).
+//! Consumers (`enable.auto.commit=false`, commits of exactly the given offsets, rebalances,
+//! keep-alive while the pipeline takes no records) are described in `consumer.rs`; the rdkafka
+//! client context that routes librdkafka's logs and rebalance events is in `context.rs`.
 //!
 //! Differences from the sled log, by design of Kafka:
 //! - [`Log::retain`] is a no-op returning 0: the broker's retention policy (`retention.ms`,
@@ -71,27 +52,30 @@
 //! Records carry no headers, and are not compressed (the original uses zstd, which this
 //! bundled librdkafka is built without; consumers read any codec).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod consumer;
+mod context;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use self::consumer::{keep_alive_every, KafkaConsumer};
+use self::context::{Ctx, Health};
 use super::{
-    check_topic, partition_for, validate_name, Consumer, Delivery, Log, LogError, PartitionLag,
-    Position, Record, TopicInfo,
+    check_topic, partition_for, validate_name, Consumer, Log, LogError, PartitionLag, Position,
+    Record, TopicInfo,
 };
 use crate::config::KafkaConfig;
 
@@ -101,95 +85,12 @@ const MAX_MESSAGE_BYTES: &str = "5000020";
 /// How long `create_topic` waits for a new topic to show in the metadata.
 const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(15);
 
-/// Zero-wait receives of one `keep_alive`. Each serves one event of the consumer's queue
-/// (librdkafka's logs and rebalance events come through it) or takes one record.
-const KEEP_ALIVE_RECVS: usize = 16;
-
-/// How often a member that cannot take records calls `keep_alive`: a quarter of
-/// `max.poll.interval.ms`, so a slow site whose read-ahead is full for a long copy does not
-/// make librdkafka drop and fetch again its prefetched records every second (each
-/// `keep_alive` pauses the partitions, which discards them), with a floor of 500 ms.
-fn keep_alive_every(max_poll_interval_ms: u64) -> Duration {
-    Duration::from_millis((max_poll_interval_ms / 4).max(500))
-}
-
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
     LogError::Storage(Box::new(e))
 }
 
 fn join_error(e: tokio::task::JoinError) -> LogError {
     LogError::Storage(Box::new(e))
-}
-
-/// Rebalance events of one consumer: `(assigned, partitions)`, oldest first.
-type Events = Arc<Mutex<Vec<(bool, Vec<u32>)>>>;
-
-/// Health of the producer, fed by librdkafka's error callback and by deliveries.
-#[derive(Default)]
-struct Health {
-    /// Set when every broker is down; cleared by the next successful delivery or metadata call.
-    brokers_down: AtomicBool,
-}
-
-/// Routes librdkafka's logs and errors to `tracing`, and records producer health.
-#[derive(Clone, Default)]
-struct Ctx {
-    health: Arc<Health>,
-    /// Rebalance events of a consumer, drained by its `poll`.
-    events: Events,
-    topic: Arc<str>,
-    /// The consumer's group (Kafka name), for logs.
-    group: Arc<str>,
-}
-
-impl ClientContext for Ctx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(facility = fac, message = log_message, "librdkafka error.")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(facility = fac, message = log_message, "librdkafka warning.")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility = fac, message = log_message, "librdkafka notice.")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(facility = fac, message = log_message, "librdkafka debug.")
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.brokers_down.store(true, Ordering::Release);
-        }
-        tracing::warn!(error = %error, reason, "Kafka client error.");
-    }
-}
-
-impl ConsumerContext for Ctx {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (assigned, tpl) = match rebalance {
-            Rebalance::Assign(tpl) => (true, tpl),
-            Rebalance::Revoke(tpl) => (false, tpl),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "Kafka rebalance failed.");
-                return;
-            }
-        };
-        let parts: Vec<u32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .filter_map(|e| u32::try_from(e.partition()).ok())
-            .collect();
-        tracing::info!(topic = %self.topic, group = %self.group, assigned, partitions = ?parts,
-            "Kafka partitions rebalanced.");
-        self.events.lock().push((assigned, parts));
-    }
 }
 
 /// The Kafka log. Cheap to clone.
@@ -604,18 +505,14 @@ impl Log for KafkaLog {
             .zip(&watermarks)
             .map(|(c, (lo, _))| c.unwrap_or(*lo))
             .collect();
-        Ok(Box::new(KafkaConsumer {
+        Ok(Box::new(KafkaConsumer::new(
             consumer,
-            events: ctx.events,
-            topic: full,
-            partitions: n,
+            ctx.events,
+            full,
             committed,
-            seeks: HashMap::new(),
             timeout,
-            held: VecDeque::new(),
-            paused: false,
-            keep_alive_every: keep_alive_every(cfg.max_poll_interval_ms),
-        }))
+            keep_alive_every(cfg.max_poll_interval_ms),
+        )))
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<Vec<PartitionLag>, LogError> {
@@ -723,321 +620,6 @@ impl Log for KafkaLog {
         }
         if self.inner.health.brokers_down.load(Ordering::Acquire) {
             return Err(LogError::Storage("every kafka broker is down".into()));
-        }
-        Ok(())
-    }
-}
-
-/// A member of a Kafka consumer group.
-struct KafkaConsumer {
-    consumer: Arc<StreamConsumer<Ctx>>,
-    events: Events,
-    /// Kafka topic name (prefixed).
-    topic: String,
-    partitions: u32,
-    /// Last known committed offset (next to read) per partition.
-    committed: Vec<u64>,
-    /// Seeks waiting for their partition to be assigned to this member.
-    seeks: HashMap<u32, u64>,
-    timeout: Duration,
-    /// Records read by `keep_alive`, in order; `poll` returns them first.
-    held: VecDeque<Delivery>,
-    /// Whether `keep_alive` paused partitions since the last `poll`.
-    paused: bool,
-    /// See [`keep_alive_every`].
-    keep_alive_every: Duration,
-}
-
-impl KafkaConsumer {
-    /// Partitions of our topic assigned to this member now.
-    fn assigned(&self) -> Result<BTreeSet<u32>, LogError> {
-        let tpl = self.consumer.assignment().map_err(storage)?;
-        Ok(tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .filter_map(|e| u32::try_from(e.partition()).ok())
-            .collect())
-    }
-
-    /// Applies rebalance events: forget seeks and held records of revoked partitions, refresh
-    /// the committed offsets of assigned ones. Returns whether partitions were assigned.
-    async fn handle_rebalances(&mut self) -> Result<bool, LogError> {
-        let events: Vec<(bool, Vec<u32>)> = std::mem::take(&mut *self.events.lock());
-        let mut refresh = false;
-        for (assigned, parts) in events {
-            if assigned {
-                refresh = true;
-            } else {
-                for p in parts {
-                    self.seeks.remove(&p);
-                    self.held.retain(|d| d.position.partition != p);
-                }
-            }
-        }
-        if refresh {
-            let c = self.consumer.clone();
-            let topic = self.topic.clone();
-            let n = self.partitions;
-            let timeout = self.timeout;
-            let stored = tokio::task::spawn_blocking(move || committed_of(&*c, &topic, n, timeout))
-                .await
-                .map_err(join_error)??;
-            for (slot, c) in self.committed.iter_mut().zip(stored) {
-                if let Some(c) = c {
-                    *slot = c;
-                }
-            }
-        }
-        Ok(refresh)
-    }
-
-    /// Pauses fetching on the partitions assigned now.
-    async fn pause_assigned(&mut self) -> Result<(), LogError> {
-        let mut tpl = TopicPartitionList::new();
-        for p in self.assigned()? {
-            tpl.add_partition(&self.topic, p as i32);
-        }
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        self.paused = true;
-        let c = self.consumer.clone();
-        // Synchronous in librdkafka: waits until each partition has dropped its prefetched
-        // records.
-        tokio::task::spawn_blocking(move || c.pause(&tpl))
-            .await
-            .map_err(join_error)?
-            .map_err(storage)
-    }
-
-    /// Resumes what `keep_alive` paused: every partition of the topic, assigned or not.
-    async fn resume_paused(&mut self) -> Result<(), LogError> {
-        if !self.paused {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition(&self.topic, p as i32);
-        }
-        let c = self.consumer.clone();
-        // Partitions unknown to librdkafka or not paused are skipped.
-        tokio::task::spawn_blocking(move || c.resume(&tpl))
-            .await
-            .map_err(join_error)?
-            .map_err(storage)?;
-        self.paused = false;
-        Ok(())
-    }
-
-    fn apply_seeks(&mut self) -> Result<(), LogError> {
-        if self.seeks.is_empty() {
-            return Ok(());
-        }
-        let assigned = self.assigned()?;
-        let ready: Vec<(u32, u64)> = self
-            .seeks
-            .iter()
-            .filter(|(p, _)| assigned.contains(p))
-            .map(|(p, o)| (*p, *o))
-            .collect();
-        for (p, o) in ready {
-            let offset = i64::try_from(o)
-                .map_err(|_| LogError::Invalid(format!("offset {o} out of range")))?;
-            // Timeout 0: librdkafka seeks asynchronously and drops what it had prefetched.
-            self.consumer
-                .seek(
-                    &self.topic,
-                    p as i32,
-                    Offset::Offset(offset),
-                    Duration::ZERO,
-                )
-                .map_err(storage)?;
-            self.seeks.remove(&p);
-        }
-        Ok(())
-    }
-}
-
-fn to_delivery(m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
-    Delivery {
-        position: Position {
-            partition: u32::try_from(m.partition()).unwrap_or(0),
-            offset: u64::try_from(m.offset()).unwrap_or(0),
-        },
-        record: Record {
-            key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            timestamp_ms: m
-                .timestamp()
-                .to_millis()
-                .and_then(|t| u64::try_from(t).ok())
-                .unwrap_or(0),
-        },
-    }
-}
-
-fn is_rebalance_error(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::UnknownMemberId
-                | RDKafkaErrorCode::FencedInstanceId
-                | RDKafkaErrorCode::AssignmentLost
-                | RDKafkaErrorCode::State
-        )
-    )
-}
-
-#[async_trait]
-impl Consumer for KafkaConsumer {
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, LogError> {
-        self.handle_rebalances().await?;
-        self.resume_paused().await?;
-        self.apply_seeks()?;
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        // Held records come before anything fetched after the resume.
-        let held = max.min(self.held.len());
-        out.extend(self.held.drain(..held));
-        if out.is_empty() {
-            match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Err(_) => {}
-                Ok(Ok(m)) => out.push(to_delivery(&m)),
-                // librdkafka recovers from everything but a fatal error (broker restarts,
-                // leader moves): report it and let the caller poll again.
-                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
-                Ok(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error; polling again.");
-                }
-            }
-        }
-        if !out.is_empty() {
-            // Whatever else is already fetched, without waiting.
-            while out.len() < max {
-                match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                    Ok(Ok(m)) => out.push(to_delivery(&m)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error after a delivery.");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        self.handle_rebalances().await?;
-        Ok(out)
-    }
-
-    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
-        let assigned = self.assigned()?;
-        let mut tpl = TopicPartitionList::new();
-        let mut updates = Vec::new();
-        for pos in positions {
-            if pos.partition >= self.partitions {
-                return Err(LogError::UnknownPartition {
-                    topic: self.topic.clone(),
-                    partition: pos.partition,
-                });
-            }
-            if !assigned.contains(&pos.partition) {
-                tracing::debug!(topic = %self.topic, partition = pos.partition,
-                    "Commit of a partition no longer assigned to this member skipped.");
-                continue;
-            }
-            let current = self
-                .committed
-                .get(pos.partition as usize)
-                .copied()
-                .unwrap_or(0);
-            if pos.offset <= current {
-                continue;
-            }
-            let offset = i64::try_from(pos.offset)
-                .map_err(|_| LogError::Invalid(format!("offset {} out of range", pos.offset)))?;
-            tpl.add_partition_offset(&self.topic, pos.partition as i32, Offset::Offset(offset))
-                .map_err(storage)?;
-            updates.push(*pos);
-        }
-        if updates.is_empty() {
-            return Ok(());
-        }
-        let c = self.consumer.clone();
-        let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(join_error)?;
-        match result {
-            Ok(()) => {}
-            Err(e) if is_rebalance_error(&e) => {
-                tracing::warn!(topic = %self.topic, error = %e,
-                    "Kafka commit refused during a rebalance; the records will be delivered again.");
-                return Ok(());
-            }
-            Err(e) => return Err(storage(e)),
-        }
-        for pos in updates {
-            if let Some(slot) = self.committed.get_mut(pos.partition as usize) {
-                *slot = (*slot).max(pos.offset);
-            }
-        }
-        Ok(())
-    }
-
-    fn seek(&mut self, position: Position) -> Result<(), LogError> {
-        if position.partition >= self.partitions {
-            return Err(LogError::UnknownPartition {
-                topic: self.topic.clone(),
-                partition: position.partition,
-            });
-        }
-        self.seeks.insert(position.partition, position.offset);
-        // Held records are from before the new position.
-        self.held
-            .retain(|d| d.position.partition != position.partition);
-        Ok(())
-    }
-
-    fn committed(&self) -> Vec<u64> {
-        self.committed.clone()
-    }
-
-    fn keep_alive_every(&self) -> Option<Duration> {
-        Some(self.keep_alive_every)
-    }
-
-    async fn keep_alive(&mut self) -> Result<(), LogError> {
-        self.handle_rebalances().await?;
-        self.pause_assigned().await?;
-        // Each receive counts as a poll for max.poll.interval.ms.
-        for _ in 0..KEEP_ALIVE_RECVS {
-            let got = tokio::time::timeout(Duration::ZERO, self.consumer.recv())
-                .await
-                .map(|r| r.map(|m| to_delivery(&m)));
-            // A receive serves one rebalance event or returns one record: apply the events
-            // first, so a record taken after a revocation and a new assignment is kept.
-            let assigned = self.handle_rebalances().await?;
-            match got {
-                // Nothing ready, or one event served.
-                Err(_) => {
-                    if assigned {
-                        // A partition assigned now starts unpaused.
-                        self.pause_assigned().await?;
-                    }
-                }
-                // From a partition assigned since the pause: kept for the next poll.
-                Ok(Ok(d)) => {
-                    self.held.push_back(d);
-                    self.pause_assigned().await?;
-                }
-                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(storage(e)),
-                Ok(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "Kafka consumer error while paused.");
-                    break;
-                }
-            }
         }
         Ok(())
     }
