@@ -58,7 +58,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, SourceBackend};
 use crate::control::Control;
 use crate::error::FailureReason;
 use crate::store::StateStore;
@@ -885,15 +885,15 @@ pub fn source_buckets(config: &Config) -> Vec<String> {
     let Some(src) = &config.source else {
         return Vec::new();
     };
-    match src.kind {
-        SourceKind::File => src
-            .path
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-            .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+    match &src.backend {
+        SourceBackend::File(f) => std::fs::canonicalize(&f.path)
+            .unwrap_or_else(|_| f.path.clone())
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
             .into_iter()
             .collect(),
-        SourceKind::S3 | SourceKind::Mongodb => src.buckets.clone(),
+        SourceBackend::S3(s3) => s3.buckets.clone(),
     }
 }
 
