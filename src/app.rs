@@ -29,6 +29,7 @@ use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
 use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::observe::{self, Observer, Thresholds};
 use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::ProcessorConfig;
 use crate::pipeline::retry::RetryPolicy;
@@ -86,6 +87,8 @@ pub struct Engine {
     pub store: Arc<dyn StateStore>,
     /// Where webhook-discovered versions go (the populator); `None` without a source.
     pub intake: Option<Arc<dyn Intake>>,
+    /// The operator's view the pipeline feeds and the API reads.
+    pub observer: Arc<Observer>,
     /// Pipeline stages, in data-flow (and stop) order.
     stages: Vec<StageTasks>,
     failed: Arc<AtomicBool>,
@@ -153,6 +156,18 @@ impl Engine {
             None
         };
         let log = crate::log::open(st, db.as_ref()).await?;
+        // TODO(config): `Thresholds` from `[replication] lag_target_s` and `stall_after_s`
+        // once the typed configuration has them (defaults 60 s and 120 s until then).
+        let observer = Observer::new(
+            &config
+                .sites
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>(),
+            &observe::source_buckets(&config),
+            Thresholds::default(),
+            clock.clone(),
+        );
         let store = crate::store::open(st, db.as_ref(), clock).await?;
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
@@ -183,11 +198,20 @@ impl Engine {
         let intake = intake.or(pipeline_intake);
         let api_tracker = TaskTracker::new();
         let background = TaskTracker::new();
-        let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone());
+        let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone())
+            .with_observer(observer.clone());
         if let Some(intake) = intake.clone() {
             state = state.with_intake(intake);
         }
         api_tracker.spawn(api::serve(listener, Arc::new(state), root.child_token()));
+
+        // Backlog samples, so a site is judged `stalled` on time even when nobody reads it.
+        background.spawn(observe::run_sampler(
+            observer.clone(),
+            store.clone(),
+            control.clone(),
+            root.child_token(),
+        ));
 
         // Scheduled resumes (also those set before a restart).
         background.spawn(control::run_scheduler(
@@ -242,6 +266,7 @@ impl Engine {
             log,
             store,
             intake,
+            observer,
             stages,
             failed,
             control,

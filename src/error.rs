@@ -1,6 +1,9 @@
-//! Error vocabulary shared by stages: what the pipeline does with a failed attempt.
+//! Error vocabulary shared by stages: what the pipeline does with a failed attempt
+//! ([`Disposition`]) and why it failed ([`FailureReason`], the closed set of DESIGN section 5).
 
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// What the pipeline should do with an entry whose attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,38 +29,37 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// Why a replication attempt or a version failed (DESIGN section 5): recorded with the failed
-/// entry, counted in metrics, shown in the status view. The wire names are the variant names.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+/// Why a copy attempt or a version failed (DESIGN section 5): one closed set, recorded with a
+/// failed entry, counted in metrics by reason, shown in `GET status`. Serialized, and printed
+/// by [`FailureReason::as_str`], as the variant's name (`"Timeout"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FailureReason {
-    /// The peer could not be reached (connection refused, DNS, reset).
+    /// The peer refused or dropped the connection, or its name did not resolve.
     Unreachable,
-    /// The peer did not answer or stopped sending in time.
+    /// No answer, or no progress, within a deadline (a frozen peer).
     Timeout,
-    /// The peer answered 5xx.
+    /// The peer answered a 5xx.
     ServerError,
-    /// The peer throttled us (429, 503 SlowDown).
+    /// The peer asked us to slow down (503 SlowDown, 429).
     Throttled,
-    /// Credentials or permissions refused (401, 403).
+    /// The peer refused our credentials or permissions (401, 403).
     AccessDenied,
     /// The target bucket or container does not exist.
     NoSuchBucket,
-    /// The bytes written are not the bytes read.
+    /// The bytes written differ from the source's (MD5 or ETag mismatch).
     ChecksumMismatch,
     /// The object is larger than the site accepts.
     TooLarge,
-    /// The source cannot serve the version.
+    /// The source could not serve the version.
     SourceUnreadable,
-    /// A `bucket_match` site already holds another source bucket's keys.
+    /// The replica's key at a `bucket_match` site belongs to another source bucket.
     NamespaceConflict,
-    /// Any other refusal (4xx, a key the site cannot store).
+    /// Any other refusal (other 4xx, a key the site kind cannot store).
     Rejected,
 }
 
 impl FailureReason {
-    /// Every reason, in a fixed order.
+    /// Every reason, in declaration order (the order metrics list them in).
     pub const ALL: [FailureReason; 11] = [
         FailureReason::Unreachable,
         FailureReason::Timeout,
@@ -72,7 +74,7 @@ impl FailureReason {
         FailureReason::Rejected,
     ];
 
-    /// The wire name (`Unreachable`, ...).
+    /// The reason's name, as DESIGN section 5 spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::Unreachable => "Unreachable",
@@ -89,14 +91,51 @@ impl FailureReason {
         }
     }
 
-    /// The reason named `name`.
-    pub fn from_name(name: &str) -> Option<FailureReason> {
+    /// The reason named `name` (exactly as [`FailureReason::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<FailureReason> {
         FailureReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Position in [`FailureReason::ALL`] (for per-reason counter arrays).
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
 impl std::fmt::Display for FailureReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_are_named_as_the_design_spells_them_in_text_and_json() {
+        let names = [
+            "Unreachable",
+            "Timeout",
+            "ServerError",
+            "Throttled",
+            "AccessDenied",
+            "NoSuchBucket",
+            "ChecksumMismatch",
+            "TooLarge",
+            "SourceUnreadable",
+            "NamespaceConflict",
+            "Rejected",
+        ];
+        for (i, (r, name)) in FailureReason::ALL.iter().zip(names).enumerate() {
+            assert_eq!(r.as_str(), name);
+            assert_eq!(r.index(), i);
+            assert_eq!(r.to_string(), name);
+            assert_eq!(FailureReason::parse(name), Some(*r));
+            let json = serde_json::to_string(r).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<FailureReason>(&json).unwrap(), *r);
+        }
+        assert_eq!(FailureReason::parse("timeout"), None);
     }
 }

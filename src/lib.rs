@@ -10,7 +10,8 @@
 //!   locks); [`store::SledStore`].
 //! - [`entry`]: the JSON wire format of replication entries (the original's).
 //! - [`intake`]: the hand-off of webhook-discovered versions to the populator.
-//! - [`error`]: the retry/fail disposition shared by adapters and stages.
+//! - [`error`]: the retry/fail disposition and the failure reasons shared by adapters and
+//!   stages.
 //! - [`metrics`]: process-wide counters (retries, replays, skips, undecodable records).
 //! - [`source`], [`site`]: where versions come from and where replicas go (traits).
 //! - [`pipeline`]: populator, replication processors, status processor (the stages).
@@ -20,6 +21,8 @@
 //! - [`model`]: versions, replication statuses and the status merge, the per-key record.
 //! - [`transitions`]: the one pure function turning a change to a source key (queued, outcome,
 //!   retry, requeue, site removed) into its new record and effects; the stores apply it.
+//! - [`observe`]: the operator's view in memory (attempts, reasons, lag, short-window
+//!   throughput, scans) and the site states; fed by the pipeline, read by the API.
 //! - [`api`]: the REST API (hyper).
 //! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
@@ -42,6 +45,7 @@ pub mod intake;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod observe;
 pub mod pipeline;
 pub mod s3;
 pub mod site;

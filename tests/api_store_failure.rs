@@ -159,6 +159,11 @@ async fn every_store_route_is_a_500_when_the_store_is_unusable() {
         ("GET", "/_/metrics/crr/site9", None, 404),
         ("GET", "/_/crr/failed?marker=x", None, 400),
         ("GET", "/_/openapi.json", None, 200),
+        ("GET", "/_/status", None, 500),
+        ("GET", "/_/status/history", None, 500),
+        ("GET", "/_/status/history?hours=99", None, 400),
+        // The page's files need no store; the data it asks for does (above).
+        ("GET", "/_/backbeat/ui/", None, 200),
     ];
     for (method, path, body, status) in cases {
         let r = request(addr, method, path, *body).await;

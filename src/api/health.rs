@@ -4,7 +4,9 @@
 //! {"topics": {"backbeat-replication": {"name": "...", "partitions": [{"id": 0, "leader": 0,
 //!   "replicas": [0], "isrs": [0]}]}},
 //!  "internalConnections": {"isrHealth": "ok", "zookeeper": {...}, "kafkaProducer": {...}},
-//!  "log": {...}, "store": {...}}
+//!  "log": {...}, "store": {...}, "consumers": {...},
+//!  "sites": {"<site>": {"state": "ok" | "behind" | "paused" | "failing" | "stalled",
+//!                       "lastError": {"at": "...", "message": "..."}}}}
 //! ```
 //! `topics` holds the CRR topic only, as the original's (reference 1.5), and `isrHealth` is
 //! about its partitions; every topic of the log is listed under `log.topics`. Our log has one
@@ -12,12 +14,20 @@
 //! in-sync replicas are all node 0 while the log accepts writes. `zookeeper` reports the state
 //! store (the original's ZooKeeper role), `kafkaProducer` the log. Any unusable part answers
 //! 500 InternalError, once, with the same details.
+//!
+//! `sites` tells each site's state (DESIGN section 5, [`status::site_state`]) and, for a
+//! failing or stalled one, its last error. A paused, failing or stalled site does not make the
+//! engine unhealthy: the answer stays 200 as the original's while the log and the store work,
+//! so a load balancer never takes the API away from the operator who has to act.
 
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::state::AppState;
+use super::status;
+use crate::clock::iso8601_ms;
 use crate::log::TOPIC_REPLICATION;
+use crate::observe::SiteState;
 
 /// Builds the healthcheck body and whether everything is healthy.
 pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
@@ -69,12 +79,31 @@ pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
     conns.insert("zookeeper".into(), zk);
     conns.insert("kafkaProducer".into(), producer);
     let consumers = state.consumers_health().await;
+    let mut sites = Map::new();
+    for site in &state.sites {
+        let ops = state.store.pending(site).await.map_or(0, |(ops, _)| ops);
+        let st = status::site_state(state, site, ops);
+        let mut v = Map::new();
+        v.insert("state".into(), Value::from(st.as_str()));
+        if matches!(st, SiteState::Failing | SiteState::Stalled) {
+            let last = state.observer.view(site).and_then(|v| v.last_error);
+            v.insert(
+                "lastError".into(),
+                last.map_or(
+                    Value::Null,
+                    |e| json!({"at": iso8601_ms(e.at_ms), "message": e.message}),
+                ),
+            );
+        }
+        sites.insert(site.clone(), Value::Object(v));
+    }
     let body = json!({
         "topics": topics,
         "internalConnections": conns,
         "log": {"kind": state.log.kind(), "durability": state.durability.as_str(), "topics": topic_list},
         "store": {"kind": state.store.kind(), "status": if store_ok { "ok" } else { "error" }},
         "consumers": consumers,
+        "sites": sites,
     });
     if log_ok && store_ok && topics_res.is_ok() && all_isr {
         Ok(body)

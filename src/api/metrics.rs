@@ -1,6 +1,7 @@
 //! Metrics routes (reference 1.6): backlog, completions, failures, throughput and pending per
 //! site or for `all`, and object progress and throughput, read from the state store's
-//! counters. Descriptions are the original's, verbatim.
+//! counters. Descriptions are the original's, verbatim. `failures` counts the failed set (the
+//! original's definition, shared with Prometheus and `GET status`: see `api::monitoring`).
 //!
 //! Throughput over the 900 s window, from the four newest 5-minute buckets `r0` (current,
 //! partial) to `r3`, with `d` the seconds elapsed in the current bucket:

@@ -12,12 +12,18 @@
 //! Modules, each importing only those listed before it (and none back): [`response`]
 //! (JSON and text bodies), [`error`] ([`ApiError`], store failures as 500s), [`state`]
 //! ([`AppState`]), [`routes`] (the route table, matching and query checks; its rows are the
-//! OpenAPI document's operations, `openapi.json`), then the handlers: [`health`], [`metrics`]
-//! (JSON metrics and the throughput arithmetic), [`failed`] (failed CRR list/get/retry),
+//! OpenAPI document's operations, `openapi.json`), then the handlers: [`metrics`] (JSON
+//! metrics and the throughput arithmetic), [`status`] (the operator's view, `GET status` and
+//! its history, and each site's state), [`health`], [`failed`] (failed CRR list/get/retry),
 //! [`pause`] (pause/resume/schedule/status, through [`Control`](crate::control::Control)),
 //! [`object`] (our version view and S3 notification intake), [`monitoring`] (Prometheus
-//! text). This file owns the request pipeline above ([`serve`], [`handle`]) and the call of a
-//! matched route's handler (`run`), so it is the only module that imports the handlers.
+//! text), [`ui`] (the status page's static files). This file owns the request pipeline above
+//! ([`serve`], [`handle`]) and the call of a matched route's handler (`run`), so it is the
+//! only module that imports the handlers.
+//!
+//! The status page (`/_/backbeat/ui/`) is answered right after the allow-list, before the
+//! token check: its files hold no data, and the page sends the token with each API request
+//! it makes (see [`ui`]).
 
 pub mod error;
 pub mod failed;
@@ -29,6 +35,8 @@ pub mod pause;
 pub mod response;
 pub mod routes;
 pub mod state;
+pub mod status;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -67,7 +75,11 @@ pub async fn handle(
     };
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         // RFC 9110: a 405 lists the methods the resource supports.
-        let allow = routes::allowed_methods(&path).join(", ");
+        let allow = if ui::is_ui_path(&path) {
+            ui::METHODS.join(", ")
+        } else {
+            routes::allowed_methods(&path).join(", ")
+        };
         if let Ok(v) = header::HeaderValue::from_str(&allow) {
             resp.headers_mut().insert(header::ALLOW, v);
         }
@@ -87,6 +99,9 @@ async fn dispatch(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if !state.allowed(peer.ip()) {
         return Err(ApiError::access_denied("invalid origin ip request"));
+    }
+    if ui::is_ui_path(req.uri().path()) {
+        return ui::serve(req.method(), req.uri().path());
     }
     if let Some(token) = &state.token {
         let given = req
@@ -217,6 +232,8 @@ async fn run(
             object::view(state, &version).await
         }
         R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
+        R::OperatorStatus => ok(status::status(state).await?),
+        R::StatusHistory => ok(status::history(state, routes::history_hours(&route)?).await?),
     }
 }
 

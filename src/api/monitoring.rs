@@ -1,23 +1,47 @@
 //! `GET monitoring/metrics`: Prometheus text exposition (format 0.0.4), written by hand.
 //!
-//! Families (labels `location` or `site` = site, and the log's `group`, `topic`, `partition`):
-//! - replication, from the state store, per site:
-//!   `s3_replication_pending_objects`/`_bytes` (the pending counters, raw),
-//!   `s3_replication_failed_objects` (failed set over 24 h),
-//!   `s3_replication_{queued,completed,failed}_{objects,bytes}_24h` (5-minute buckets summed
-//!   over 24 h) and `s3_replication_throughput_{objects,bytes}_per_second` (900 s window, the
-//!   JSON metrics' formula). These are gauges: the store keeps 24 h windows, not monotonic
-//!   totals, so the original's per-process `_total` counters (`s3_replication_data_bytes_total`
-//!   ...) belong to the processors that do the work, not to this view;
-//! - the replication processors, in process memory (reset at restart), per `site`:
-//!   `backbeat_replication_retries_total` (attempts retried after a transient error) and
-//!   `backbeat_replication_replays_total` (entries queued again whole) and
-//!   `backbeat_replication_skipped_total` (versions gone or changed at the source);
+//! Labels: the original's `s3_replication_*` families keep its `location` label; every
+//! `backbeat_*` family labels the destination `site` (and the log's `group`, `topic`,
+//! `partition`).
+//!
+//! **One definition of a failure count.** "Failures in the last 24 h" is the failed set: the
+//! versions whose replication to the site is FAILED now, having failed within the last 24
+//! hourly buckets (a version that failed twice counts once; a version retried leaves it). It is
+//! the original's REST definition (`metrics/crr/<site>/failures`, the set's size), and the
+//! same number here (`s3_replication_failed_objects_24h`, `s3_replication_failed_objects`) and
+//! in `GET status` (`failures24h`). Every FAILED outcome, repeats included, is counted by the
+//! counter `backbeat_replication_failures_total{site,reason}` instead. The failed set keeps
+//! no sizes, so `s3_replication_failed_bytes_24h` is the bytes of the FAILED outcomes of the
+//! last 24 h (the BytesFail buckets) and the REST `failures.size` stays 0 as the original's.
+//!
+//! Families:
+//! - replication, from the state store, per `location`: `s3_replication_pending_objects` /
+//!   `_bytes` (the pending counters, raw), `s3_replication_failed_objects` and
+//!   `s3_replication_failed_objects_24h` (the failed set, above),
+//!   `s3_replication_{queued,completed}_{objects,bytes}_24h` and
+//!   `s3_replication_failed_bytes_24h` (5-minute buckets summed over 24 h),
+//!   `s3_replication_throughput_{objects,bytes}_per_second` (900 s window, the JSON metrics'
+//!   formula). These are gauges over windows, kept durable by the store;
+//! - counters that only go up (this process's, reset at restart), per `site`, from the
+//!   [`Observer`](crate::observe::Observer) the pipeline feeds:
+//!   `backbeat_replication_queued_total`, `_queued_bytes_total`, `_completed_total`,
+//!   `_completed_bytes_total`, `_failures_total{reason}` (every reason listed, 0 included),
+//!   `_failed_bytes_total`, `_backfill_total` (completions not counted in lag),
+//!   `_skipped_total{reason}` (versions not copied: superseded, gone...), and from the
+//!   processors' own counters `backbeat_replication_retries_total` (attempts retried after a
+//!   transient error) and `backbeat_replication_replays_total` (entries queued again whole);
+//! - the operator's view, per `site`: `backbeat_replication_lag_seconds` (histogram, source
+//!   write to COMPLETED, since the process started), `backbeat_replication_oldest_pending_seconds`
+//!   (0 when nothing is pending), `backbeat_site_state{state}` (1 for the current state, 0
+//!   for the others), and the thresholds the states are judged against,
+//!   `backbeat_replication_lag_target_seconds` and `backbeat_replication_stall_after_seconds`;
 //! - the log: `backbeat_log_undecodable_total{topic}` (records skipped as undecodable, in
 //!   process memory), `backbeat_log_end_offset{topic,partition}`,
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
 //!   status group;
+//! - the engine: `backbeat_up` (the log and the store accept writes), `backbeat_data_dir_bytes`
+//!   (the size of the embedded database's directory, when sled is used);
 //! - the process, from `/proc/self`: `process_resident_memory_bytes`,
 //!   `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //!   `process_cpu_seconds_total`, `process_start_time_seconds`.
@@ -32,10 +56,13 @@ use super::error::ApiError;
 use super::metrics::throughput;
 use super::response::text_response;
 use super::state::AppState;
+use super::status::site_state;
+use crate::error::FailureReason;
 use crate::log::{
     replication_group, PartitionLag, STATUS_GROUP, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
 use crate::metrics::{site_counters, undecodable, SiteCounters};
+use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
 
 /// Content type of the exposition.
@@ -80,6 +107,8 @@ struct SiteNumbers {
     failed: u64,
     sums: [u64; 6],
     tput: (String, String),
+    state: SiteState,
+    view: SiteView,
 }
 
 /// Builds the exposition.
@@ -104,12 +133,15 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
                 _ => {}
             }
         }
+        let view = state.observer.view(site).unwrap_or_default();
         sites.push(SiteNumbers {
             site: site.clone(),
+            state: site_state(state, site, pending.0),
             pending,
             failed,
             sums,
             tput,
+            view,
         });
     }
     let mut out = String::with_capacity(4096);
@@ -135,14 +167,10 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     gauge(
         &mut f,
         "s3_replication_failed_objects",
-        "Versions in the failed set (last 24 hours).",
+        "Versions in the failed set (failed in the last 24 hours, not retried since).",
         &|s| s.failed.to_string(),
     );
-    let windows = [
-        ("queued", 0usize, 1usize),
-        ("completed", 2, 3),
-        ("failed", 4, 5),
-    ];
+    let windows = [("queued", 0usize, 1usize), ("completed", 2, 3)];
     for (what, ops, bytes) in windows {
         gauge(
             &mut f,
@@ -157,6 +185,19 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             &|s| s.sums[bytes].to_string(),
         );
     }
+    // The failed set, as the REST failures count (see the module doc).
+    gauge(
+        &mut f,
+        "s3_replication_failed_objects_24h",
+        "Versions failed in the last 24 hours and not retried since (the failed set, as the REST failures count).",
+        &|s| s.failed.to_string(),
+    );
+    gauge(
+        &mut f,
+        "s3_replication_failed_bytes_24h",
+        "Bytes of the replication operations that failed in the last 24 hours (every failure).",
+        &|s| s.sums[5].to_string(),
+    );
     gauge(
         &mut f,
         "s3_replication_throughput_objects_per_second",
@@ -182,17 +223,13 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             "Entries queued again whole once their retries were spent, since the process started.",
             |c: &SiteCounters| c.replays,
         ),
-        (
-            "backbeat_replication_skipped_total",
-            "Versions not copied because they were gone or changed at the source, since the process started.",
-            |c: &SiteCounters| c.skipped,
-        ),
     ] {
         f.head(name, "counter", help);
         for s in &sites {
             f.sample(name, &[("site", &s.site)], get(&site_counters(&s.site)));
         }
     }
+    observed(&mut f, &sites, state);
 
     // The log.
     let mut lags: Vec<(String, &str, Vec<PartitionLag>)> = Vec::new();
@@ -266,9 +303,203 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     );
     let up = u8::from(state.log.check().is_ok() && state.store.check().is_ok());
     f.sample("backbeat_up", &[], up);
+    if let Some(bytes) = data_dir_bytes(state).await {
+        f.head(
+            "backbeat_data_dir_bytes",
+            "gauge",
+            "Bytes of the files of the embedded database's directory.",
+        );
+        f.sample("backbeat_data_dir_bytes", &[], bytes);
+    }
 
     process_metrics(&mut f);
     Ok(text_response(StatusCode::OK, CONTENT_TYPE, out))
+}
+
+/// The families fed by the observer (see the module doc).
+fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
+    for (name, help, get) in [
+        (
+            "backbeat_replication_queued_total",
+            "Versions queued for the site, since the process started.",
+            (|s: &SiteNumbers| s.view.totals.queued) as fn(&SiteNumbers) -> u64,
+        ),
+        (
+            "backbeat_replication_queued_bytes_total",
+            "Bytes of the versions queued for the site, since the process started.",
+            |s: &SiteNumbers| s.view.totals.queued_bytes,
+        ),
+        (
+            "backbeat_replication_completed_total",
+            "Versions COMPLETED at the site (backfill included), since the process started.",
+            |s: &SiteNumbers| s.view.totals.completed,
+        ),
+        (
+            "backbeat_replication_completed_bytes_total",
+            "Bytes of the versions COMPLETED at the site, since the process started.",
+            |s: &SiteNumbers| s.view.totals.completed_bytes,
+        ),
+        (
+            "backbeat_replication_failed_bytes_total",
+            "Bytes of the versions FAILED at the site, since the process started.",
+            |s: &SiteNumbers| s.view.totals.failed_bytes,
+        ),
+        (
+            "backbeat_replication_backfill_total",
+            "Versions COMPLETED as backfill (first seen long after their write; not in the lag), since the process started.",
+            |s: &SiteNumbers| s.view.totals.backfill,
+        ),
+    ] {
+        f.head(name, "counter", help);
+        for s in sites {
+            f.sample(name, &[("site", &s.site)], get(s));
+        }
+    }
+
+    let name = "backbeat_replication_failures_total";
+    f.head(
+        name,
+        "counter",
+        "Versions FAILED at the site, by reason, since the process started.",
+    );
+    for s in sites {
+        for r in FailureReason::ALL {
+            let n = s.view.totals.failures.get(r.index()).copied().unwrap_or(0);
+            f.sample(name, &[("site", &s.site), ("reason", r.as_str())], n);
+        }
+    }
+
+    let name = "backbeat_replication_skipped_total";
+    f.head(
+        name,
+        "counter",
+        "Versions not copied to the site (gone or changed at the source...), by reason, since the process started.",
+    );
+    for s in sites {
+        let mut observed = 0u64;
+        for (reason, n) in &s.view.totals.skipped {
+            observed += n;
+            f.sample(name, &[("site", &s.site), ("reason", reason)], n);
+        }
+        // Skips the processors counted but did not report to the observer with a reason.
+        let unclassified = site_counters(&s.site).skipped.saturating_sub(observed);
+        if unclassified > 0 {
+            f.sample(
+                name,
+                &[("site", &s.site), ("reason", "unclassified")],
+                unclassified,
+            );
+        }
+    }
+
+    let name = "backbeat_replication_lag_seconds";
+    f.head(
+        name,
+        "histogram",
+        "Seconds from a version's source write to COMPLETED at the site (backfill excluded), since the process started.",
+    );
+    for s in sites {
+        let h = &s.view.lag_histogram;
+        for (bound, n) in LAG_BUCKETS_S.iter().zip(h.cumulative) {
+            f.sample(
+                &format!("{name}_bucket"),
+                &[("site", &s.site), ("le", &bound.to_string())],
+                n,
+            );
+        }
+        f.sample(
+            &format!("{name}_bucket"),
+            &[("site", &s.site), ("le", "+Inf")],
+            h.count,
+        );
+        f.sample(&format!("{name}_sum"), &[("site", &s.site)], h.sum_s);
+        f.sample(&format!("{name}_count"), &[("site", &s.site)], h.count);
+    }
+
+    let now = state.observer.now_ms();
+    let name = "backbeat_replication_oldest_pending_seconds";
+    f.head(
+        name,
+        "gauge",
+        "Age of the site's oldest pending version (since its source write); 0 when none.",
+    );
+    for s in sites {
+        let age = s
+            .view
+            .oldest_pending_ms
+            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+        f.sample(name, &[("site", &s.site)], age);
+    }
+
+    let name = "backbeat_site_state";
+    f.head(
+        name,
+        "gauge",
+        "The site's state: 1 for the current one (ok, behind, paused, failing, stalled), 0 for the others.",
+    );
+    for s in sites {
+        for st in SiteState::ALL {
+            f.sample(
+                name,
+                &[("site", &s.site), ("state", st.as_str())],
+                u8::from(st == s.state),
+            );
+        }
+    }
+
+    let th = state.observer.thresholds();
+    for (name, help, value) in [
+        (
+            "backbeat_replication_lag_target_seconds",
+            "A site whose oldest pending version is older than this is behind ([replication] lag_target_s).",
+            th.lag_target.as_secs_f64(),
+        ),
+        (
+            "backbeat_replication_stall_after_seconds",
+            "A site with work waiting and no completion for this long is stalled ([replication] stall_after_s).",
+            th.stall_after.as_secs_f64(),
+        ),
+    ] {
+        f.head(name, "gauge", help);
+        f.sample(name, &[], value);
+    }
+}
+
+/// Files looked at when sizing the data directory (sled keeps a handful, plus blobs).
+const DATA_DIR_MAX_FILES: usize = 100_000;
+
+/// The size of the embedded database's directory, when the log or the store is sled.
+async fn data_dir_bytes(state: &AppState) -> Option<u64> {
+    use crate::config::{LogKind, StoreKind};
+    let st = &state.config.storage;
+    if st.log != LogKind::Sled && st.store != StoreKind::Sled {
+        return None;
+    }
+    let root = st.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        let mut seen = 0usize;
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                seen += 1;
+                if seen > DATA_DIR_MAX_FILES {
+                    return total;
+                }
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(e.path()),
+                    Ok(m) => total = total.saturating_add(m.len()),
+                    Err(_) => {}
+                }
+            }
+        }
+        total
+    })
+    .await
+    .ok()
 }
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).

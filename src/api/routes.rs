@@ -95,6 +95,10 @@ pub enum RouteId {
     ObjectView,
     /// S3 event notifications (ours).
     NotifyS3,
+    /// The operator's view of every site and source (ours, `GET status`).
+    OperatorStatus,
+    /// The status page's chart data (ours, `GET status/history`).
+    StatusHistory,
 }
 
 /// One row of the route table.
@@ -203,6 +207,8 @@ pub const ROUTES: &[RouteSpec] = &[
     r("GET", "/crr/object/{bucket}/{key}", R::ObjectView),
     r("HEAD", "/crr/object/{bucket}/{key}", R::ObjectView),
     r("POST", "/notifications/s3", R::NotifyS3),
+    r("GET", "/status", R::OperatorStatus),
+    r("GET", "/status/history", R::StatusHistory),
 ];
 
 /// Routes that answer 405 (not 404) to a wrong method, as the original's fixed routes.
@@ -434,6 +440,9 @@ pub fn parse(
 /// original parses `marker` and `sitename` there whatever the method, so the retry POST is
 /// checked too (before its body).
 fn validate_query(route: &Route) -> Result<(), ApiError> {
+    if route.id == R::StatusHistory {
+        return history_hours(route).map(|_| ());
+    }
     if !matches!(route.id, R::FailedList | R::FailedVersion | R::Retry) {
         return Ok(());
     }
@@ -447,6 +456,27 @@ fn validate_query(route: &Route) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// `hours` of `status/history`: an integer from 1 to 24, 6 when absent.
+///
+/// # Errors
+/// 400 InvalidQueryParameter otherwise.
+pub fn history_hours(route: &Route) -> Result<u32, ApiError> {
+    let Some(v) = route.query.get("hours") else {
+        return Ok(DEFAULT_HISTORY_HOURS);
+    };
+    match v.parse::<u32>() {
+        Ok(h) if (1..=MAX_HISTORY_HOURS).contains(&h) => Ok(h),
+        _ => Err(ApiError::invalid_query(format!(
+            "hours must be an integer from 1 to {MAX_HISTORY_HOURS}"
+        ))),
+    }
+}
+
+/// Default `hours` of `status/history`.
+pub const DEFAULT_HISTORY_HOURS: u32 = 6;
+/// Largest `hours` of `status/history` (the store keeps 24 h of metrics buckets).
+pub const MAX_HISTORY_HOURS: u32 = 24;
 
 /// JavaScript's `parseInt` on a marker: optional whitespace and sign, then the leading digits;
 /// `None` when there are none.

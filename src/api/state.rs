@@ -1,15 +1,18 @@
 //! What every handler can reach: [`AppState`] (the log, the state store, the configuration,
-//! the pause control and the intake), built once at start and shared by every request.
+//! the pause control, the intake and the observer), built once at start and shared by every
+//! request.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::control::Control;
 use crate::durability::Durability;
 use crate::intake::Intake;
 use crate::log::Log;
+use crate::observe::{source_buckets, Observer, Thresholds};
 use crate::store::StateStore;
 
 /// What every handler can reach.
@@ -34,6 +37,8 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// Where `POST notifications/s3` hands discovered versions; `None` without a source.
     pub intake: Option<Arc<dyn Intake>>,
+    /// What the pipeline reported (attempts, reasons, lag, scans): `GET status` and friends.
+    pub observer: Arc<Observer>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,9 +63,16 @@ impl AppState {
             .iter()
             .filter_map(|s| crate::config::parse_net(s))
             .collect();
+        let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let observer = Observer::new(
+            &sites,
+            &source_buckets(&config),
+            Thresholds::default(),
+            Arc::new(SystemClock),
+        );
         AppState {
             durability: config.storage.durability,
-            sites: config.sites.iter().map(|s| s.name.clone()).collect(),
+            sites,
             token: config.api_token(),
             allow,
             log,
@@ -69,7 +81,14 @@ impl AppState {
             started: Instant::now(),
             control,
             intake: None,
+            observer,
         }
+    }
+
+    /// Sets the observer the pipeline feeds (the engine's; `new` makes an unfed one).
+    pub fn with_observer(mut self, observer: Arc<Observer>) -> AppState {
+        self.observer = observer;
+        self
     }
 
     /// Sets the intake of S3 event notifications.

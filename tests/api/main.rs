@@ -3,8 +3,9 @@
 //! One test binary (`cargo test --test api`), one module a topic: [`routes`] (the request
 //! pipeline: matching, access, healthcheck, body checks, the OpenAPI document), [`metrics`]
 //! (JSON metrics and Prometheus), [`failed`] (failed CRR listings), [`retry`] (retrying failed
-//! versions), [`pause`] (pause, resume, schedules) and [`object`] (the version view and S3
-//! notifications). This file holds the store seeding and log reading that several topics share.
+//! versions), [`pause`] (pause, resume, schedules), [`object`] (the version view and S3
+//! notifications) and [`status`] (the operator's view, its history, the site states and the
+//! status page's files). This file holds the store seeding and log reading that several topics share.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +18,7 @@ mod object;
 mod pause;
 mod retry;
 mod routes;
+mod status;
 
 use backbeat::log::{replication_group, TOPIC_REPLICATION};
 use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};

@@ -272,6 +272,9 @@ async fn prometheus_exposition() {
         "s3_replication_pending_objects{location=\"site1\"} 2",
         "s3_replication_pending_bytes{location=\"site2\"} 1024",
         "s3_replication_failed_objects{location=\"site1\"} 242",
+        // The failed set, as the REST failures count (one definition).
+        "s3_replication_failed_objects_24h{location=\"site1\"} 242",
+        "s3_replication_failed_objects_24h{location=\"site2\"} 240",
         "s3_replication_completed_objects_24h{location=\"site2\"} 300",
         "s3_replication_throughput_bytes_per_second{location=\"site1\"} 1.14",
         "backbeat_log_lag{group=\"backbeat-replication-group-site1\",topic=\"backbeat-replication\",partition=\"0\"} 0",

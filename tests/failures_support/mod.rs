@@ -88,15 +88,24 @@ pub async fn metric(api: SocketAddr, site: &str, kind: &str) -> i64 {
     m[kind]["results"]["count"].as_i64().unwrap()
 }
 
-/// A Prometheus sample `name{site="<site>"}`.
+/// The Prometheus samples of `name` labelled `site="<site>"`, summed over their other labels.
 pub async fn prom(api: SocketAddr, name: &str, site: &str) -> u64 {
     let r = request(api, "GET", "/_/monitoring/metrics", None).await;
     assert_eq!(r.status, 200);
-    let needle = format!("{name}{{site=\"{site}\"}} ");
+    // Summed over the family's other labels (`reason` of the skipped versions...).
+    let label = format!("site=\"{site}\"");
     r.text()
         .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |v| v.trim().parse().unwrap())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?.strip_prefix('{')?;
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .any(|kv| kv == label)
+                .then(|| value.trim().parse::<u64>().unwrap())
+        })
+        .sum()
 }
 
 /// Async-friendly bounded wait.
