@@ -31,7 +31,7 @@ use crate::intake::Intake;
 use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::observe::{self, Observer, Thresholds};
 use crate::pipeline::pause::PauseGate;
-use crate::pipeline::processor::ProcessorConfig;
+use crate::pipeline::processor::{ProcessorConfig, ProcessorDeps};
 use crate::pipeline::retry::RetryPolicy;
 use crate::pipeline::scanner;
 use crate::pipeline::{
@@ -156,8 +156,6 @@ impl Engine {
             None
         };
         let log = crate::log::open(st, db.as_ref()).await?;
-        // TODO(config): `Thresholds` from `[replication] lag_target_s` and `stall_after_s`
-        // once the typed configuration has them (defaults 60 s and 120 s until then).
         let observer = Observer::new(
             &config
                 .sites
@@ -165,7 +163,10 @@ impl Engine {
                 .map(|s| s.name.clone())
                 .collect::<Vec<_>>(),
             &observe::source_buckets(&config),
-            Thresholds::default(),
+            Thresholds {
+                lag_target: Duration::from_secs(config.replication.lag_target_s),
+                stall_after: Duration::from_secs(config.replication.stall_after_s),
+            },
             clock.clone(),
         );
         let store = crate::store::open(st, db.as_ref(), clock).await?;
@@ -186,14 +187,17 @@ impl Engine {
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
         // Loaded before the processors start, so a site paused before a restart starts paused.
         let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
-        let (pipeline_intake, stages) =
-            match start_pipeline(&config, &log, &store, &control, &root, &failed).await {
-                Ok(x) => x,
-                Err(e) => {
-                    root.cancel();
-                    return Err(e);
-                }
-            };
+        let (pipeline_intake, stages) = match start_pipeline(
+            &config, &log, &store, &control, &observer, &root, &failed,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                root.cancel();
+                return Err(e);
+            }
+        };
         // An intake given by the caller wins over the populator's.
         let intake = intake.or(pipeline_intake);
         let api_tracker = TaskTracker::new();
@@ -368,6 +372,7 @@ async fn start_pipeline(
     log: &Arc<dyn Log>,
     store: &Arc<dyn StateStore>,
     control: &Arc<Control>,
+    observer: &Arc<Observer>,
     root: &CancellationToken,
     failed: &Arc<AtomicBool>,
 ) -> Result<Pipeline, AppError> {
@@ -392,9 +397,16 @@ async fn start_pipeline(
         let r = &config.replication;
         let mpu_threshold = r.mpu_threshold_mb.saturating_mul(1_000_000);
         if runs(Stage::Status) {
-            StatusProcessor::start(log.clone(), store.clone(), &status_stage).await?;
+            StatusProcessor::start(log.clone(), store.clone(), observer.clone(), &status_stage)
+                .await?;
         }
         if runs(Stage::Replication) {
+            let deps = ProcessorDeps {
+                log: log.clone(),
+                source: source.clone(),
+                store: store.clone(),
+                observer: observer.clone(),
+            };
             for (site, site_cfg) in sites.into_iter().zip(&config.sites) {
                 let pcfg = ProcessorConfig {
                     concurrency: r.concurrency.max(1),
@@ -404,16 +416,7 @@ async fn start_pipeline(
                     bucket_match: site_cfg.bucket_match,
                 };
                 let gate = PauseGate::new(control.subscribe(site.name()));
-                ReplicationProcessor::start(
-                    log.clone(),
-                    source.clone(),
-                    site,
-                    store.clone(),
-                    pcfg,
-                    gate,
-                    &processor_stage,
-                )
-                .await?;
+                ReplicationProcessor::start(&deps, site, pcfg, gate, &processor_stage).await?;
             }
         }
         if !runs(Stage::Populator) {
@@ -424,6 +427,7 @@ async fn start_pipeline(
             store.clone(),
             log.clone(),
             config.clone(),
+            observer.clone(),
             &populator_stage,
         );
         let (settle_ms, watched) = match &source_cfg.backend {
@@ -434,9 +438,12 @@ async fn start_pipeline(
             populator.clone(),
             source.clone(),
             store.clone(),
-            Duration::from_secs(source_cfg.scan_interval_s),
-            settle_ms,
+            scanner::ScanConfig {
+                interval: Duration::from_secs(source_cfg.scan_interval_s),
+                settle_ms,
+            },
             rules_changed,
+            observer.clone(),
             &populator_stage,
         );
         if let (true, Some(file)) = (watched, source.as_file()) {

@@ -18,8 +18,6 @@ pub struct SiteCounters {
     pub retries: u64,
     /// Entries re-queued whole for a replay.
     pub replays: u64,
-    /// Versions not copied because they were gone or changed at the source.
-    pub skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -50,11 +48,6 @@ pub fn count_retry(site: &str) {
 /// Counts one replay entry queued for `site`.
 pub fn count_replay(site: &str) {
     site_mut(site, |c| c.replays += 1);
-}
-
-/// Counts one version skipped at `site` (gone or changed at the source).
-pub fn count_skip(site: &str) {
-    site_mut(site, |c| c.skipped += 1);
 }
 
 /// The counters of `site`.
@@ -92,13 +85,11 @@ mod tests {
         count_retry("metrics-test-a");
         count_retry("metrics-test-a");
         count_replay("metrics-test-a");
-        count_skip("metrics-test-a");
         assert_eq!(
             site_counters("metrics-test-a"),
             SiteCounters {
                 retries: 2,
                 replays: 1,
-                skipped: 1,
             }
         );
         assert_eq!(site_counters("metrics-test-b"), SiteCounters::default());

@@ -64,6 +64,7 @@ use crate::log::{
 use crate::metrics::{site_counters, undecodable, SiteCounters};
 use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
+use crate::transitions::DropReason;
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -373,22 +374,19 @@ fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
     f.head(
         name,
         "counter",
-        "Versions not copied to the site (gone or changed at the source...), by reason, since the process started.",
+        "Versions not copied to the site, by reason (superseded: not the key's current version at the source any more; replica: itself a replica), since the process started.",
     );
     for s in sites {
-        let mut observed = 0u64;
-        for (reason, n) in &s.view.totals.skipped {
-            observed += n;
-            f.sample(name, &[("site", &s.site), ("reason", reason)], n);
-        }
-        // Skips the processors counted but did not report to the observer with a reason.
-        let unclassified = site_counters(&s.site).skipped.saturating_sub(observed);
-        if unclassified > 0 {
-            f.sample(
-                name,
-                &[("site", &s.site), ("reason", "unclassified")],
-                unclassified,
-            );
+        for reason in [DropReason::Superseded, DropReason::Replica] {
+            let r = reason.as_str();
+            let n = s
+                .view
+                .totals
+                .skipped
+                .iter()
+                .find(|(name, _)| name == r)
+                .map_or(0, |(_, n)| *n);
+            f.sample(name, &[("site", &s.site), ("reason", r)], n);
         }
     }
 

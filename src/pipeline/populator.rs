@@ -44,6 +44,7 @@ use crate::error::FailureReason;
 use crate::intake::{DiscoveredVersion, Intake, IntakeError};
 use crate::log::{Log, TOPIC_REPLICATION};
 use crate::model::{KeyState, ObjectInfo, VersionRef};
+use crate::observe::Observer;
 use crate::source::{rule_for, Rule, Source};
 use crate::store::{StateStore, StoreOp};
 use crate::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
@@ -135,6 +136,7 @@ struct PopulatorTask {
     /// Buckets whose rules changed since they were last read: the scanner passes them again
     /// (new sites get what already exists).
     changed_rules: mpsc::UnboundedSender<String>,
+    observer: Arc<Observer>,
 }
 
 impl Populator {
@@ -145,6 +147,7 @@ impl Populator {
         store: Arc<dyn StateStore>,
         log: Arc<dyn Log>,
         config: Arc<Config>,
+        observer: Arc<Observer>,
         stage: &StageTasks,
     ) -> (Populator, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::channel(256);
@@ -172,6 +175,7 @@ impl Populator {
             rules: HashMap::new(),
             owners,
             changed_rules,
+            observer,
         };
         stage.spawn(task.run(rx, stage.token().clone()));
         (Populator { tx }, changed_rx)
@@ -484,12 +488,15 @@ impl PopulatorTask {
         for q in queued {
             let (reply, rx) = oneshot::channel();
             merged.push((q.ops, reply));
-            waits.push((q.request, q.entry.is_some(), rx));
+            waits.push((q.request, q.entry, rx));
         }
         apply_merged(&*self.store, merged).await;
-        for (i, has_entry, rx) in waits {
+        for (i, entry, rx) in waits {
             rx.await.map_err(|_| StageError::Closed)??;
-            if has_entry {
+            if let Some(e) = entry {
+                for site in &e.sites {
+                    self.observer.queued(site, e.size);
+                }
                 if let Some(Ok(c)) = results.get_mut(i) {
                     *c += 1;
                 }

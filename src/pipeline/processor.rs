@@ -43,8 +43,9 @@ use crate::checksum::hex;
 use crate::entry::{Entry, EntryFormat};
 use crate::error::{Disposition, FailureReason};
 use crate::log::{replication_group, Delivery, Log, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
-use crate::metrics::{count_replay, count_retry, count_skip};
+use crate::metrics::{count_replay, count_retry};
 use crate::model::{ByteStream, ObjectInfo, ReplicationStatus, NULL_VERSION};
+use crate::observe::Observer;
 use crate::site::parts::part_ranges;
 use crate::site::{PartReceipt, PutReceipt, Site, SiteError};
 use crate::source::{Source, SourceError};
@@ -67,6 +68,19 @@ pub struct ProcessorConfig {
     pub bucket_match: bool,
 }
 
+/// What every replication processor of an engine shares.
+#[derive(Clone)]
+pub struct ProcessorDeps {
+    /// The log.
+    pub log: Arc<dyn Log>,
+    /// The source.
+    pub source: Arc<dyn Source>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// The operator's view.
+    pub observer: Arc<Observer>,
+}
+
 /// The replication processor of one site.
 pub struct ReplicationProcessor {
     site: Arc<dyn Site>,
@@ -80,6 +94,10 @@ pub struct ReplicationProcessor {
     /// Per partition, the end offset when this processor started: entries below it may have
     /// been handled by an earlier run that stopped before committing them.
     ends_at_start: Mutex<HashMap<u32, u64>>,
+    observer: Arc<Observer>,
+    /// When each entry taken and not finished was queued (ms), with how many: the oldest is
+    /// the site's oldest pending version.
+    waiting: Mutex<std::collections::BTreeMap<u64, usize>>,
 }
 
 impl std::fmt::Debug for ReplicationProcessor {
@@ -94,6 +112,8 @@ impl std::fmt::Debug for ReplicationProcessor {
 pub struct CopyJob {
     entry: Entry,
     seen_before: bool,
+    /// When its record was appended to the log (ms).
+    queued_ms: u64,
 }
 
 /// Why one copy attempt failed.
@@ -160,14 +180,18 @@ impl ReplicationProcessor {
     /// # Errors
     /// `StageError::Log` when the consumer cannot be opened.
     pub async fn start(
-        log: Arc<dyn Log>,
-        source: Arc<dyn Source>,
+        deps: &ProcessorDeps,
         site: Arc<dyn Site>,
-        store: Arc<dyn StateStore>,
         cfg: ProcessorConfig,
         gate: PauseGate,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
+        let ProcessorDeps {
+            log,
+            source,
+            store,
+            observer,
+        } = deps.clone();
         let group = replication_group(site.name());
         let ends = log
             .lag(TOPIC_REPLICATION, &group)
@@ -193,6 +217,8 @@ impl ReplicationProcessor {
             log: log.clone(),
             gate,
             ends_at_start: Mutex::new(ends),
+            observer,
+            waiting: Mutex::new(Default::default()),
         });
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
@@ -338,6 +364,24 @@ impl ReplicationProcessor {
         }
     }
 
+    /// Counts `job` as waiting (or, `done`, no longer) and tells the observer the oldest.
+    fn waiting(&self, job: &CopyJob, done: bool) {
+        let mut w = self.waiting.lock();
+        if done {
+            if let Some(n) = w.get_mut(&job.queued_ms) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&job.queued_ms);
+                }
+            }
+        } else {
+            *w.entry(job.queued_ms).or_default() += 1;
+        }
+        let oldest = w.keys().next().copied();
+        drop(w);
+        self.observer.set_oldest_pending(self.site.name(), oldest);
+    }
+
     fn status(&self, job: &CopyJob, outcome: SiteOutcome) -> Outcome {
         let record = job
             .entry
@@ -394,10 +438,24 @@ impl Handler for ReplicationProcessor {
             .is_some_and(|end| p.offset < *end);
         let seen_before = !entry.requeued
             && (before_start || entry.site.is_some() || entry.replay_count.is_some());
-        Some(CopyJob { entry, seen_before })
+        let job = CopyJob {
+            entry,
+            seen_before,
+            queued_ms: delivery.record.timestamp_ms,
+        };
+        self.waiting(&job, false);
+        Some(job)
     }
 
     async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
+        let out = self.handle_job(&job).await;
+        self.waiting(&job, true);
+        out
+    }
+}
+
+impl ReplicationProcessor {
+    async fn handle_job(&self, job: &CopyJob) -> Result<Outcome, StageError> {
         let site = self.site.name();
         let v = &job.entry.version;
         if !self.gate.wait(&self.token).await {
@@ -418,7 +476,7 @@ impl Handler for ReplicationProcessor {
             let error = CopyError::Site(e);
             tracing::error!(site, key = %v.key, version_id = %v.version_id,
                 error = %crate::error::chain(&error), "Replication failed: the site cannot store this key.");
-            return Ok(self.failed(&job, &error, 0));
+            return Ok(self.failed(job, &error, 0));
         }
         let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |n| {
             let job = &job;
@@ -432,11 +490,16 @@ impl Handler for ReplicationProcessor {
                     count_retry(site);
                 }
                 let r = self.copy_once(job, key, n).await;
-                if let Err(error) = &r {
-                    tracing::warn!(site, key = %job.entry.version.key,
-                        version_id = %job.entry.version.version_id, attempt = n + 1,
-                        reason = %error.reason(), error = %crate::error::chain(error),
-                        "Copy attempt failed.");
+                match &r {
+                    Err(error) => {
+                        let message = crate::error::chain(error);
+                        self.observer.attempt_failed(site, error.reason(), &message);
+                        tracing::warn!(site, key = %job.entry.version.key,
+                            version_id = %job.entry.version.version_id, attempt = n + 1,
+                            reason = %error.reason(), error = %message,
+                            "Copy attempt failed.");
+                    }
+                    Ok(_) => self.observer.attempt_succeeded(site),
                 }
                 r
             }
@@ -445,15 +508,14 @@ impl Handler for ReplicationProcessor {
         let outcome = match out {
             Retried::Cancelled => return Ok(Outcome::Abandoned),
             Retried::Done(Copied::Dropped(why)) => {
-                count_skip(site);
                 tracing::info!(site, key = %v.key, version_id = %v.version_id,
                     why = why.as_str(), "Version not copied.");
-                self.status(&job, SiteOutcome::Dropped(why))
+                self.status(job, SiteOutcome::Dropped(why))
             }
             Retried::Done(Copied::Written(receipt)) => {
                 tracing::debug!(site, version = %v, wrote = receipt.wrote, "Replicated.");
                 self.status(
-                    &job,
+                    job,
                     SiteOutcome::Completed {
                         data_store_version_id: receipt.version_id,
                     },
@@ -462,10 +524,7 @@ impl Handler for ReplicationProcessor {
             Retried::Failed {
                 error: CopyError::Source(SourceError::NotFound(_)),
                 ..
-            } => {
-                count_skip(site);
-                self.status(&job, SiteOutcome::Dropped(DropReason::Superseded))
-            }
+            } => self.status(job, SiteOutcome::Dropped(DropReason::Superseded)),
             Retried::Failed { error, attempts } => {
                 let transient = matches!(error.disposition(), Disposition::Retry { .. });
                 let replay = if transient {
@@ -489,7 +548,7 @@ impl Handler for ReplicationProcessor {
                     attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
                     reason = %error.reason(), error = %crate::error::chain(&error),
                     "Replication failed.");
-                self.failed(&job, &error, attempts)
+                self.failed(job, &error, attempts)
             }
         };
         Ok(outcome)

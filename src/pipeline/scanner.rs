@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::populator::{up_to_date, Discovery, Populator};
 use super::{StageError, StageTasks};
 use crate::model::{KeyState, ObjectInfo};
+use crate::observe::Observer;
 use crate::source::file::{FileSource, FileWatch, WatchEvent};
 use crate::source::{rule_for, Rule, Source};
 use crate::store::{StateStore, StoreOp};
@@ -60,6 +61,15 @@ impl PassHandle {
     }
 }
 
+/// When passes run and what they take.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanConfig {
+    /// Between two full passes (zero: only when asked).
+    pub interval: Duration,
+    /// A directory pass leaves files modified less than this long ago (ms) to a later pass.
+    pub settle_ms: u64,
+}
+
 /// The periodic passes over every source bucket.
 pub struct Scanner {
     populator: Populator,
@@ -69,6 +79,7 @@ pub struct Scanner {
     settle_ms: u64,
     token: CancellationToken,
     requests: mpsc::UnboundedReceiver<PassRequest>,
+    observer: Arc<Observer>,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -112,11 +123,15 @@ impl Scanner {
         populator: Populator,
         source: Arc<dyn Source>,
         store: Arc<dyn StateStore>,
-        interval: Duration,
-        settle_ms: u64,
+        cfg: ScanConfig,
         mut rules_changed: mpsc::UnboundedReceiver<String>,
+        observer: Arc<Observer>,
         stage: &StageTasks,
     ) -> PassHandle {
+        let ScanConfig {
+            interval,
+            settle_ms,
+        } = cfg;
         let (tx, requests) = mpsc::unbounded_channel();
         let handle = PassHandle { tx };
         let forward = handle.clone();
@@ -143,6 +158,7 @@ impl Scanner {
             settle_ms,
             token: stage.token().clone(),
             requests,
+            observer,
         };
         stage.spawn(s.run());
         handle
@@ -211,12 +227,15 @@ impl Scanner {
             None => self.keyspace_pass(bucket, &rules).await,
         };
         match result {
-            Ok(n) => tracing::info!(
-                bucket,
-                queued = n,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "Scan pass done."
-            ),
+            Ok(n) => {
+                self.observer.scan_done(bucket);
+                tracing::info!(
+                    bucket,
+                    queued = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Scan pass done."
+                );
+            }
             Err(Stop::Stage(e)) => return Err(e),
             Err(Stop::Cancelled) => {}
             Err(Stop::Retry(error)) => {

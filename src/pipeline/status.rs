@@ -20,6 +20,7 @@ use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
 use crate::entry::Entry;
 use crate::log::{Delivery, Log, STATUS_GROUP, TOPIC_REPLICATION_STATUS};
+use crate::observe::Observer;
 use crate::store::{StateStore, StoreOp};
 use crate::transitions::{KeyChange, SiteOutcome};
 
@@ -30,6 +31,7 @@ const STATUS_CONCURRENCY: usize = 64;
 pub struct StatusProcessor {
     store: Arc<dyn StateStore>,
     batcher: StoreBatcher,
+    observer: Arc<Observer>,
 }
 
 impl std::fmt::Debug for StatusProcessor {
@@ -53,6 +55,7 @@ impl StatusProcessor {
     pub async fn start(
         log: Arc<dyn Log>,
         store: Arc<dyn StateStore>,
+        observer: Arc<Observer>,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
         let consumer = log.consumer(TOPIC_REPLICATION_STATUS, STATUS_GROUP).await?;
@@ -63,7 +66,7 @@ impl StatusProcessor {
             output_topic: None,
             drain_on_stop: true,
         };
-        let handler = Arc::new(StatusProcessor::new(store, stage.tracker()));
+        let handler = Arc::new(StatusProcessor::new(store, observer, stage.tracker()));
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
         stage.spawn(runner::run(log, consumer, handler, cfg, token, tracker));
@@ -72,9 +75,34 @@ impl StatusProcessor {
 
     /// A status processor whose store batching task runs on `tracker` (for tests that drive
     /// the [`Handler`] directly).
-    pub fn new(store: Arc<dyn StateStore>, tracker: &TaskTracker) -> StatusProcessor {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        observer: Arc<Observer>,
+        tracker: &TaskTracker,
+    ) -> StatusProcessor {
         let batcher = StoreBatcher::start(store.clone(), tracker);
-        StatusProcessor { store, batcher }
+        StatusProcessor {
+            store,
+            batcher,
+            observer,
+        }
+    }
+
+    /// Tells the observer about an outcome that changed the key's record (once per outcome,
+    /// however often its entry is replayed).
+    fn observe(&self, job: &StatusJob) {
+        let e = &job.entry;
+        match &job.outcome {
+            SiteOutcome::Completed { .. } => {
+                let lag = (!e.backfill).then(|| {
+                    let now = self.store.now_ms();
+                    std::time::Duration::from_millis(now.saturating_sub(e.written_ms))
+                });
+                self.observer.completed(&job.site, e.size, lag);
+            }
+            SiteOutcome::Failed(info) => self.observer.failed(&job.site, info.reason, e.size),
+            SiteOutcome::Dropped(why) => self.observer.skipped(&job.site, why.as_str()),
+        }
     }
 
     fn outcome_op(job: &StatusJob) -> StoreOp {
@@ -112,6 +140,7 @@ impl Handler for StatusProcessor {
         let v = &job.entry.version;
         let changed = self.batcher.apply(vec![Self::outcome_op(&job)]).await?;
         if changed.first().copied().unwrap_or(false) {
+            self.observe(&job);
             tracing::debug!(site = %job.site, version = %v, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
         }
