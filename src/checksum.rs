@@ -87,7 +87,7 @@ pub fn multipart_etag(parts: &[[u8; 16]]) -> String {
 struct State {
     md5: Md5,
     len: u64,
-    done: Option<Digested>,
+    failed: bool,
 }
 
 /// Where the result of a [`hashed`] stream appears.
@@ -105,9 +105,15 @@ impl std::fmt::Debug for Digest5 {
 }
 
 impl Digest5 {
-    /// The digest once the stream ended cleanly; `None` before (or after an error).
+    /// The MD5 and length of what passed so far (a body of known length is not read past its
+    /// last byte: compare `len` with it); `None` after an error.
     pub fn get(&self) -> Option<Digested> {
-        self.state.lock().done
+        let s = self.state.lock();
+        if s.failed {
+            return None;
+        }
+        let md5: [u8; 16] = s.md5.clone().finalize().into();
+        Some(Digested { md5, len: s.len })
     }
 }
 
@@ -127,20 +133,14 @@ impl Stream for Hashed {
                 s.md5.update(chunk);
                 s.len += chunk.len() as u64;
             }
-            Poll::Ready(None) => {
-                let mut s = self.state.lock();
-                if s.done.is_none() {
-                    let md5: [u8; 16] = std::mem::take(&mut s.md5).finalize().into();
-                    s.done = Some(Digested { md5, len: s.len });
-                }
-            }
+            Poll::Ready(Some(Err(_))) => self.state.lock().failed = true,
             _ => {}
         }
         next
     }
 }
 
-/// Wraps `body` so its MD5 and length are known once it has been read to its end.
+/// Wraps `body` so the MD5 and length of what was read of it are known.
 pub fn hashed(body: ByteStream) -> (ByteStream, Digest5) {
     let state = Arc::new(Mutex::new(State::default()));
     let stream = Hashed {
@@ -163,7 +163,7 @@ mod tests {
             Ok(Bytes::from_static(b"world")),
         ];
         let (mut s, d) = hashed(Box::pin(futures_util::stream::iter(chunks)));
-        assert!(d.get().is_none());
+        assert_eq!(d.get().map(|d| d.len), Some(0));
         while s.next().await.is_some() {}
         let got = d.get().unwrap();
         assert_eq!(got.len, 11);

@@ -7,8 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+use backbeat::error::FailureReason;
+use backbeat::model::VersionRef;
 use backbeat::store::{Metric, StoreOp};
+use backbeat::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
 use common::api::{TestApi, T0};
 use common::peers::schemathesis_bin;
 
@@ -18,20 +20,36 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let api = TestApi::start(&["site1", "site2"], T0 + 60_000).await;
     // Some data, so listings and metrics answer non-empty shapes.
     let v = VersionRef::new("bkt", "k", "v1");
-    let mut info = ReplicationInfo::pending(&["site1".to_string(), "site2".to_string()]);
-    info.size = 5;
-    info.last_modified = "2018-03-30T22:22:34.384Z".into();
-    info.set_site_status("site1", ReplicationStatus::Failed, None);
     let ops = vec![
-        StoreOp::PutReplication {
-            version: v.clone(),
-            info,
-        },
-        StoreOp::AddFailed {
-            site: "site1".into(),
-            version: v,
-            score_ms: T0,
-        },
+        StoreOp::key(
+            &v,
+            KeyChange::Queued {
+                version: QueuedVersion {
+                    version_id: "v1".into(),
+                    etag: "e".into(),
+                    size: 5,
+                    written_ms: T0 - 60_000,
+                    deleted: false,
+                    backfill: false,
+                },
+                sites: vec!["site1".into(), "site2".into()],
+            },
+        ),
+        StoreOp::key(
+            &v,
+            KeyChange::Outcome {
+                version_id: "v1".into(),
+                site: "site1".into(),
+                outcome: SiteOutcome::Failed(FailedInfo {
+                    size: 5,
+                    written_ms: T0 - 60_000,
+                    reason: FailureReason::Timeout,
+                    attempts: 5,
+                    last_error: "timed out".into(),
+                    last_attempt_ms: T0,
+                }),
+            },
+        ),
         StoreOp::AddMetric {
             site: "site1".into(),
             metric: Metric::OpsDone,
@@ -39,7 +57,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             at_ms: T0,
         },
     ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
 
     let work = tempfile::tempdir().unwrap();
     let doc = work.path().join("openapi.json");

@@ -14,10 +14,9 @@ use backbeat::config::Config;
 use backbeat::control::Control;
 use backbeat::durability::{Durability, SledDb};
 use backbeat::log::{Log, SledLog};
-use backbeat::model::{ReplicationInfo, VersionRef};
+use backbeat::model::{KeyState, VersionRef};
 use backbeat::store::{
-    FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, StateStore, StoreError,
-    StoreOp,
+    FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp,
 };
 use common::api::request;
 use tokio_util::sync::CancellationToken;
@@ -39,10 +38,34 @@ impl StateStore for BrokenStore {
     fn now_ms(&self) -> u64 {
         common::api::T0
     }
-    async fn apply(&self, _: Vec<Guard>, _: Vec<StoreOp>) -> Result<bool, StoreError> {
+    async fn apply(&self, _: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
         broken()
     }
-    async fn replication(&self, _: &VersionRef) -> Result<Option<ReplicationInfo>, StoreError> {
+    async fn key_state(&self, _: &str, _: &str) -> Result<Option<KeyState>, StoreError> {
+        broken()
+    }
+    async fn key_states(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Vec<(String, KeyState)>, StoreError> {
+        broken()
+    }
+    async fn key_children(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError> {
+        broken()
+    }
+    async fn dir_summary(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
+        broken()
+    }
+    async fn claim_namespace(&self, _: &str, _: &str) -> Result<String, StoreError> {
         broken()
     }
     async fn failed_page(

@@ -43,7 +43,7 @@ async fn kill9_mid_run_then_restart_completes_every_version_at_every_site() {
         objects
             .iter()
             .filter(|(k, d)| {
-                std::fs::read(s.path_of(k))
+                std::fs::read(s.path_of(&format!("photos/{k}")))
                     .map(|x| x == *d)
                     .unwrap_or(false)
             })
@@ -74,12 +74,13 @@ async fn kill9_mid_run_then_restart_completes_every_version_at_every_site() {
             version_id_of(&std::fs::metadata(src.join(key)).unwrap()),
         );
         let info = store
-            .replication(&v)
+            .key_state("photos", key)
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("no info for {v}"));
+            .unwrap_or_else(|| panic!("no record for {v}"));
+        assert_eq!(info.version_id, v.version_id);
         assert_eq!(
-            info.status,
+            info.status(),
             Some(ReplicationStatus::Completed),
             "{v}: {info:?}"
         );

@@ -48,7 +48,7 @@ async fn a_full_store_disk_stops_the_engine_with_exit_1_and_a_restart_loses_noth
 
     let mut engine = EngineProc::start(&cfg_path, &logs);
     wait_until("the first replicas", Duration::from_secs(60), || {
-        (0..200).any(|i| site.path_of(&format!("before/{i:04}")).exists())
+        (0..200).any(|i| site.path_of(&format!("photos/before/{i:04}")).exists())
     });
     // The disk of the log and the store fills up; new versions keep coming.
     fill(mount.path());
@@ -95,10 +95,10 @@ async fn a_full_store_disk_stops_the_engine_with_exit_1_and_a_restart_loses_noth
     let mut cursor: Option<String> = None;
     loop {
         let page = source
-            .list_versions("photos", cursor.as_deref())
+            .list_current("photos", cursor.as_deref())
             .await
             .unwrap();
-        versions.extend(page.versions.into_iter().map(|v| v.version));
+        versions.extend(page.items.into_iter().map(|v| v.version));
         match page.next {
             Some(c) => cursor = Some(c),
             None => break,
@@ -106,17 +106,24 @@ async fn a_full_store_disk_stops_the_engine_with_exit_1_and_a_restart_loses_noth
     }
     assert_eq!(versions.len() as u64, 200 + n);
     wait_until("every file at the site", Duration::from_secs(120), || {
-        versions.iter().all(|v| site.sidecar_of(&v.key).exists())
+        versions
+            .iter()
+            .all(|v| site.sidecar_of(&format!("photos/{}", v.key)).exists())
     });
     assert!(engine.stop().success());
     let store = open_store(&data);
     for v in &versions {
         assert_eq!(
-            std::fs::read(site.path_of(&v.key)).unwrap(),
+            std::fs::read(site.path_of(&format!("photos/{}", v.key))).unwrap(),
             std::fs::read(src.join(&v.key)).unwrap(),
             "{v}"
         );
-        let info = store.replication(v).await.unwrap().expect("tracked");
-        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
+        let info = store
+            .key_state("photos", &v.key)
+            .await
+            .unwrap()
+            .expect("tracked");
+        assert_eq!(info.version_id, v.version_id);
+        assert_eq!(info.status(), Some(ReplicationStatus::Completed), "{v}");
     }
 }

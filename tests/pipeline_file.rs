@@ -13,11 +13,17 @@ use backbeat::source::file::version_id_of;
 use backbeat::store::{Metric, StateStore};
 use pipeline_support::*;
 
+/// Where the replica of source key `key` of bucket `photos` lives at a site: under its
+/// bucket (DESIGN 3, "Where a replica lives").
+fn at(key: &str) -> String {
+    format!("photos/{key}")
+}
+
 fn site_has(site: &FileSite, key: &str, data: &[u8]) -> bool {
-    std::fs::read(site.path_of(key))
+    std::fs::read(site.path_of(&at(key)))
         .map(|d| d == data)
         .unwrap_or(false)
-        && site.sidecar_of(key).exists()
+        && site.sidecar_of(&at(key)).exists()
 }
 
 fn version_of(src: &std::path::Path, bucket: &str, key: &str) -> VersionRef {
@@ -79,11 +85,18 @@ async fn tricky_keys_reach_every_site_with_markers_and_exact_counters() {
     for s in &fsites {
         for key in objects.keys() {
             let side: Sidecar =
-                serde_json::from_slice(&std::fs::read(s.sidecar_of(key)).unwrap()).unwrap();
+                serde_json::from_slice(&std::fs::read(s.sidecar_of(&at(key))).unwrap()).unwrap();
             let v = version_of(&src, "photos", key);
             assert_eq!(side.replication_status, "REPLICA");
             assert_eq!(side.version_id, v.version_id);
             assert_eq!(side.key, *key);
+            assert_eq!(side.bucket, "photos");
+            let data = &objects[key];
+            assert_eq!(side.size, data.len() as u64);
+            assert_eq!(
+                side.md5,
+                backbeat::checksum::hex(&backbeat::checksum::md5(data))
+            );
         }
     }
     // Allow the last status updates to land (they may be after the last replica appears): the
@@ -91,12 +104,13 @@ async fn tricky_keys_reach_every_site_with_markers_and_exact_counters() {
     for key in objects.keys() {
         let v = version_of(&src, "photos", key);
         let info = store
-            .replication(&v)
+            .key_state("photos", key)
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("no info for {v}"));
+            .unwrap_or_else(|| panic!("no record for {v}"));
+        assert_eq!(info.version_id, v.version_id);
         assert_eq!(
-            info.status,
+            info.status(),
             Some(ReplicationStatus::Completed),
             "{v}: {info:?}"
         );
@@ -122,7 +136,6 @@ async fn tricky_keys_reach_every_site_with_markers_and_exact_counters() {
 async fn no_matching_rule_or_disabled_rule_replicates_nothing() {
     for rules in [
         rule("photos", "", &["site-a"], false),
-        rule("other-bucket", "", &["site-a"], true),
         rule("photos", "only-this/", &["site-a"], true),
     ] {
         let tmp = tempfile::tempdir().unwrap();
@@ -140,11 +153,11 @@ async fn no_matching_rule_or_disabled_rule_replicates_nothing() {
         let store = open_store(&data);
         for i in 0..5 {
             assert!(
-                !fs.path_of(&format!("k{i}")).exists(),
+                !fs.path_of(&at(&format!("k{i}"))).exists(),
                 "rules {rules}: k{i} replicated"
             );
-            let v = version_of(&src, "photos", &format!("k{i}"));
-            assert!(store.replication(&v).await.unwrap().is_none());
+            let k = format!("k{i}");
+            assert!(store.key_state("photos", &k).await.unwrap().is_none());
         }
     }
 }
@@ -158,7 +171,7 @@ async fn a_permanent_site_error_gives_failed_with_exact_counters() {
     put_file(&src, "d/x", b"needs d as a directory");
     put_file(&src, "ok", b"fine");
     // The site already has a file where the key needs a directory: the site rejects the key.
-    put_file(&site, "d", b"in the way");
+    put_file(&site, "photos/d", b"in the way");
     let cfg = config(
         &data,
         &src,
@@ -170,18 +183,19 @@ async fn a_permanent_site_error_gives_failed_with_exact_counters() {
     engine.wait_log("Replication failed.", Duration::from_secs(60));
     let fs = FileSite::new("site-a", &site).unwrap();
     wait_until("the other replica", Duration::from_secs(30), || {
-        fs.sidecar_of("ok").exists()
+        fs.sidecar_of(&at("ok")).exists()
     });
     assert!(engine.stop().success());
     let store = open_store(&data);
     let v = version_of(&src, "photos", "d/x");
-    let info = store.replication(&v).await.unwrap().unwrap();
+    let info = store.key_state("photos", "d/x").await.unwrap().unwrap();
     assert_eq!(
         info.site("site-a").map(|s| s.status),
         Some(ReplicationStatus::Failed)
     );
-    assert_eq!(info.status, Some(ReplicationStatus::Failed));
-    assert!(store.failed_entry("site-a", &v).await.unwrap().is_some());
+    assert_eq!(info.status(), Some(ReplicationStatus::Failed));
+    let failed = store.failed_entry("site-a", &v).await.unwrap().unwrap();
+    assert_eq!(failed.info.reason, backbeat::error::FailureReason::Rejected);
     assert_eq!(store.pending("site-a").await.unwrap(), (0, 0));
     assert_eq!(metric_total(&store, "site-a", Metric::OpsFail).await, 1);
     assert_eq!(metric_total(&store, "site-a", Metric::OpsDone).await, 1);
@@ -213,7 +227,7 @@ async fn a_newer_version_of_a_key_replaces_the_older_replica() {
     assert_ne!(v1, v2);
     wait_until("v2 replica", Duration::from_secs(30), || {
         site_has(&fs, "doc/a b.txt", b"version two, longer")
-            && std::fs::read(fs.sidecar_of("doc/a b.txt"))
+            && std::fs::read(fs.sidecar_of(&at("doc/a b.txt")))
                 .map(|b| {
                     serde_json::from_slice::<Sidecar>(&b)
                         .map(|s| s.version_id == v2.version_id)
@@ -223,8 +237,8 @@ async fn a_newer_version_of_a_key_replaces_the_older_replica() {
     });
     assert!(engine.stop().success());
     let store = open_store(&data);
-    for v in [&v1, &v2] {
-        let info = store.replication(v).await.unwrap().unwrap();
-        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
-    }
+    // One record per key: the newest version's, COMPLETED.
+    let info = store.key_state("photos", "doc/a b.txt").await.unwrap().unwrap();
+    assert_eq!(info.version_id, v2.version_id);
+    assert_eq!(info.status(), Some(ReplicationStatus::Completed));
 }

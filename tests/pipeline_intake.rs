@@ -36,6 +36,7 @@ async fn a_version_seen_by_webhook_and_scan_is_queued_and_copied_once() {
             version_id: Some(vid),
             size: None,
             etag: None,
+            event_time_ms: None,
         });
     }
     // The initial scan runs at start, concurrently with the two webhook deliveries below.
@@ -59,7 +60,11 @@ async fn a_version_seen_by_webhook_and_scan_is_queued_and_copied_once() {
     assert!(queued_by_webhook <= n);
 
     let fs = FileSite::new("site-a", &site).unwrap();
-    let all_there = || events.iter().all(|e| fs.sidecar_of(&e.key).exists());
+    let all_there = || {
+        events
+            .iter()
+            .all(|e| fs.sidecar_of(&format!("photos/{}", e.key)).exists())
+    };
     let start = std::time::Instant::now();
     while !all_there() {
         assert!(

@@ -48,8 +48,8 @@ async fn a_200_mib_object_is_copied_by_multipart_in_bounded_memory() {
     let engine = EngineProc::start(&write_config(tmp.path(), &cfg), tmp.path());
     let fs = FileSite::new("site-a", &site).unwrap();
     wait_until("the replica", Duration::from_secs(300), || {
-        fs.sidecar_of("big.bin").exists()
-            && std::fs::metadata(fs.path_of("big.bin"))
+        fs.sidecar_of("photos/big.bin").exists()
+            && std::fs::metadata(fs.path_of("photos/big.bin"))
                 .map(|m| m.len() == 200 * MIB as u64)
                 .unwrap_or(false)
     });
@@ -62,7 +62,7 @@ async fn a_200_mib_object_is_copied_by_multipart_in_bounded_memory() {
     assert!(peak_kb > 0 && peak_kb < 150 * 1000, "peak RSS {peak_kb} kB");
 
     // Same bytes.
-    let mut f = std::fs::File::open(fs.path_of("big.bin")).unwrap();
+    let mut f = std::fs::File::open(fs.path_of("photos/big.bin")).unwrap();
     let mut buf = vec![0u8; MIB];
     for i in 0..200 {
         f.read_exact(&mut buf).unwrap();
@@ -74,8 +74,9 @@ async fn a_200_mib_object_is_copied_by_multipart_in_bounded_memory() {
         "big.bin",
         version_id_of(&std::fs::metadata(src.join("big.bin")).unwrap()),
     );
-    let info = store.replication(&v).await.unwrap().unwrap();
-    assert_eq!(info.status, Some(ReplicationStatus::Completed));
+    let info = store.key_state("photos", "big.bin").await.unwrap().unwrap();
+    assert_eq!(info.version_id, v.version_id);
+    assert_eq!(info.status(), Some(ReplicationStatus::Completed));
     // Object progress was recorded part by part: 13 parts of 16 MiB (the last one 8 MiB).
     let done: u64 = store
         .object_metric_buckets("site-a", &v, ObjectMetric::BytesDone)

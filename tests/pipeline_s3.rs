@@ -13,7 +13,7 @@ use std::time::Duration;
 use backbeat::model::{ReplicationStatus, VersionRef};
 use backbeat::s3::{S3Client, S3Request};
 use backbeat::site::file::{FileSite, Sidecar};
-use backbeat::store::StateStore;
+use backbeat::store::{Metric, StateStore};
 use common::peers::{start_azurite, start_moto, Peer, AZURITE_ACCOUNT, AZURITE_KEY};
 use http_body_util::BodyExt;
 use hyper::Method;
@@ -155,7 +155,12 @@ async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_marker
             &body,
             &[
                 ("content-type", "application/x-test"),
+                ("content-encoding", "identity"),
+                ("content-disposition", "inline"),
+                ("content-language", "en"),
+                ("cache-control", "max-age=5"),
                 ("x-amz-meta-color", "blue"),
+                ("x-amz-meta-padded", "=?UTF-8?B?IHNwYWNlZCA=?="),
                 ("x-amz-tagging", "team=edge&n=1"),
             ],
         )
@@ -198,27 +203,49 @@ async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_marker
     for (key, body, vid) in &objects {
         let v = VersionRef::new(src_bucket, key.clone(), vid.clone());
         let info = store
-            .replication(&v)
+            .key_state(src_bucket, key)
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("no info for {v}"));
+            .unwrap_or_else(|| panic!("no record for {v}"));
+        assert_eq!(info.version_id, *vid);
         assert_eq!(
-            info.status,
+            info.status(),
             Some(ReplicationStatus::Completed),
             "{v}: {info:?}"
         );
+        // Every site keeps the replica under its source bucket.
+        let at = format!("{src_bucket}/{key}");
         // aws_s3 site.
-        let (h, got) = s3_get(&moto, dst_bucket, key, None).await;
+        let (h, got) = s3_get(&moto, dst_bucket, &at, None).await;
         assert!(got == *body, "{key}: S3 replica bytes differ");
         assert_eq!(header(&h, "content-type"), "application/x-test", "{key}");
+        assert_eq!(header(&h, "content-encoding"), "identity", "{key}");
+        assert_eq!(header(&h, "content-disposition"), "inline", "{key}");
+        assert_eq!(header(&h, "content-language"), "en", "{key}");
+        assert_eq!(header(&h, "cache-control"), "max-age=5", "{key}");
         assert_eq!(header(&h, "x-amz-meta-color"), "blue", "{key}");
+        assert_eq!(
+            header(&h, "x-amz-meta-padded"),
+            "=?UTF-8?B?IHNwYWNlZCA=?=",
+            "{key}"
+        );
+        assert_eq!(
+            header(&h, "x-amz-meta-scal-size"),
+            body.len().to_string(),
+            "{key}"
+        );
+        assert_eq!(
+            header(&h, "x-amz-meta-scal-md5"),
+            backbeat::checksum::hex(&backbeat::checksum::md5(body)),
+            "{key}"
+        );
         assert_eq!(
             header(&h, "x-amz-meta-scal-replication-status"),
             "REPLICA",
             "{key}"
         );
         assert_eq!(header(&h, "x-amz-meta-scal-version-id"), vid, "{key}");
-        let (_, tagging) = s3_get(&moto, dst_bucket, key, Some("tagging")).await;
+        let (_, tagging) = s3_get(&moto, dst_bucket, &at, Some("tagging")).await;
         let tagging = String::from_utf8_lossy(&tagging);
         assert!(
             tagging.contains("<Key>team</Key>") && tagging.contains("<Value>edge</Value>"),
@@ -229,7 +256,7 @@ async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_marker
             AZURITE_ACCOUNT,
             AZURITE_KEY,
             Method::GET,
-            &azure_url(container, key),
+            &azure_url(container, &at),
             b"",
         )
         .await
@@ -246,13 +273,19 @@ async fn tricky_keys_reach_s3_azure_and_file_sites_with_metadata_tags_and_marker
         );
         assert_eq!(header(&h, "x-ms-meta-color"), "blue", "{key}");
         assert_eq!(header(&h, "content-type"), "application/x-test", "{key}");
+        assert_eq!(header(&h, "content-language"), "en", "{key}");
+        assert_eq!(header(&h, "cache-control"), "max-age=5", "{key}");
         // file site.
         assert!(
-            std::fs::read(fs.path_of(key)).unwrap() == *body,
+            std::fs::read(fs.path_of(&at)).unwrap() == *body,
             "{key}: file replica bytes differ"
         );
         let side: Sidecar =
-            serde_json::from_slice(&std::fs::read(fs.sidecar_of(key)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(fs.sidecar_of(&at)).unwrap()).unwrap();
+        assert_eq!(
+            side.headers.get("content-encoding").map(String::as_str),
+            Some("identity")
+        );
         assert_eq!(side.replication_status, "REPLICA");
         assert_eq!(side.version_id, *vid);
         assert_eq!(side.content_type.as_deref(), Some("application/x-test"));
@@ -302,7 +335,7 @@ fn replicate_to_s3_and_file(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
+async fn only_the_current_version_of_a_key_is_copied_and_the_newest_wins() {
     let moto = common::moto::client(&MOTO);
     let (src_bucket, dst_bucket) = ("src-versions", "replica-versions");
     create_buckets(&moto, src_bucket, dst_bucket, false).await;
@@ -315,75 +348,98 @@ async fn versions_of_one_key_are_applied_in_order_and_the_newest_wins() {
                 .unwrap(),
         );
     }
-    let (_tmp, data, file_dir) = replicate_to_s3_and_file(src_bucket, dst_bucket, 10);
+    // One key, two sites: one copy each, of the current version only.
+    let (_tmp, data, file_dir) = replicate_to_s3_and_file(src_bucket, dst_bucket, 2);
 
-    let (_, got) = s3_get(&moto, dst_bucket, "doc/report.txt", None).await;
+    let at = format!("{src_bucket}/doc/report.txt");
+    let (_, got) = s3_get(&moto, dst_bucket, &at, None).await;
     assert_eq!(String::from_utf8_lossy(&got), "version 4");
     let fs = FileSite::new("local-1", &file_dir).unwrap();
-    assert_eq!(
-        std::fs::read(fs.path_of("doc/report.txt")).unwrap(),
-        b"version 4"
-    );
+    assert_eq!(std::fs::read(fs.path_of(&at)).unwrap(), b"version 4");
     let side: Sidecar =
-        serde_json::from_slice(&std::fs::read(fs.sidecar_of("doc/report.txt")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fs.sidecar_of(&at)).unwrap()).unwrap();
     assert_eq!(side.version_id, vids[4]);
     let store = open_store(&data);
-    for vid in &vids {
-        let v = VersionRef::new(src_bucket, "doc/report.txt", vid.clone());
-        let info = store.replication(&v).await.unwrap().unwrap();
-        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
-    }
+    let info = store
+        .key_state(src_bucket, "doc/report.txt")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.version_id, vids[4]);
+    assert_eq!(info.status(), Some(ReplicationStatus::Completed));
+    assert_eq!(metric_total(&store, "aws-1", Metric::Ops).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_markers_remove_the_replica_in_order_with_the_puts() {
+async fn a_delete_marker_removes_the_replica_and_an_undelete_brings_it_back() {
     let moto = common::moto::client(&MOTO);
     let (src_bucket, dst_bucket) = ("src-deletes", "replica-deletes");
-    create_buckets(&moto, src_bucket, dst_bucket, false).await;
-    // gone: put, put, delete marker. back: put, delete marker, put.
-    let mut versions = Vec::new();
-    for body in ["gone 1", "gone 2"] {
-        let vid = common::moto::put(&moto, src_bucket, "gone", body.as_bytes(), &[])
+    create_buckets(&moto, src_bucket, dst_bucket, true).await;
+    for (key, body) in [("gone", "gone 1"), ("back", "back 1"), ("never", "never")] {
+        common::moto::put(&moto, src_bucket, key, body.as_bytes(), &[])
             .await
             .unwrap();
-        versions.push(("gone", vid));
     }
-    let marker = common::moto::delete(&moto, src_bucket, "gone")
-        .await
-        .unwrap();
-    assert_ne!(marker, "null");
-    versions.push(("gone", marker.clone()));
-    let vid = common::moto::put(&moto, src_bucket, "back", b"back 1", &[])
-        .await
-        .unwrap();
-    versions.push(("back", vid));
-    let vid = common::moto::delete(&moto, src_bucket, "back")
-        .await
-        .unwrap();
-    versions.push(("back", vid));
-    let vid = common::moto::put(&moto, src_bucket, "back", b"back 2", &[])
-        .await
-        .unwrap();
-    versions.push(("back", vid));
-
-    let (_tmp, data, file_dir) =
-        replicate_to_s3_and_file(src_bucket, dst_bucket, versions.len() * 2);
-
-    // The deleted key is gone at both sites; the key put again after its delete is there.
+    // Deleted before the engine ever saw it: nothing to replicate.
+    common::moto::delete(&moto, src_bucket, "never").await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file_dir = tmp.path().join("site-file");
+    let sites = format!(
+        "{}{}",
+        s3_site("aws-1", dst_bucket),
+        file_site("local-1", &file_dir)
+    );
+    let cfg = s3_config(
+        &data,
+        &[src_bucket],
+        &sites,
+        &rule(src_bucket, "", &["aws-1", "local-1"], true),
+    );
+    let engine = EngineProc::start_with_log(
+        &write_config(tmp.path(), &cfg),
+        tmp.path(),
+        "info,backbeat::pipeline::status=debug",
+    );
+    let fs = FileSite::new("local-1", &file_dir).unwrap();
+    let at = |k: &str| format!("{src_bucket}/{k}");
+    wait_until("both replicas", Duration::from_secs(60), || {
+        fs.path_of(&at("gone")).exists() && fs.path_of(&at("back")).exists()
+    });
+    // Delete both; then undelete "back" (remove its delete marker): it is current again.
+    common::moto::delete(&moto, src_bucket, "gone").await.unwrap();
+    let marker = common::moto::delete(&moto, src_bucket, "back").await.unwrap();
+    wait_until("the deletes replicated", Duration::from_secs(60), || {
+        !fs.path_of(&at("gone")).exists() && !fs.path_of(&at("back")).exists()
+    });
+    moto.send(
+        S3Request::new(Method::DELETE, src_bucket, Some("back")).query("versionId", marker),
+    )
+    .await
+    .unwrap();
+    wait_until("the undeleted key back", Duration::from_secs(60), || {
+        std::fs::read(fs.path_of(&at("back"))).ok().as_deref() == Some(b"back 1".as_slice())
+    });
+    assert!(engine.stop().success());
+    // S3: the replica of the deleted key is gone (a delete marker on top), "back" is back.
     let gone = moto
-        .send(S3Request::new(Method::HEAD, dst_bucket, Some("gone")))
+        .send(S3Request::new(Method::HEAD, dst_bucket, Some(&at("gone"))))
         .await;
     assert!(gone.is_err(), "the replica of a deleted key is removed");
-    let (_, got) = s3_get(&moto, dst_bucket, "back", None).await;
-    assert_eq!(got, b"back 2");
-    let fs = FileSite::new("local-1", &file_dir).unwrap();
-    assert!(!fs.path_of("gone").exists());
-    assert!(!fs.sidecar_of("gone").exists());
-    assert_eq!(std::fs::read(fs.path_of("back")).unwrap(), b"back 2");
+    let (_, got) = s3_get(&moto, dst_bucket, &at("back"), None).await;
+    assert_eq!(got, b"back 1");
+    assert!(!fs.sidecar_of(&at("gone")).exists());
+    assert!(!fs.path_of(&at("never")).exists());
+    let never = moto
+        .send(S3Request::new(Method::HEAD, dst_bucket, Some(&at("never"))))
+        .await;
+    assert!(never.is_err(), "a key deleted before any copy is never written");
     let store = open_store(&data);
-    for (key, vid) in &versions {
-        let v = VersionRef::new(src_bucket, *key, vid.clone());
-        let info = store.replication(&v).await.unwrap().unwrap();
-        assert_eq!(info.status, Some(ReplicationStatus::Completed), "{v}");
+    let gone = store.key_state(src_bucket, "gone").await.unwrap().unwrap();
+    assert!(gone.deleted);
+    assert_eq!(gone.status(), Some(ReplicationStatus::Completed));
+    assert!(store.key_state(src_bucket, "never").await.unwrap().is_none());
+    for s in ["aws-1", "local-1"] {
+        assert_eq!(store.pending(s).await.unwrap(), (0, 0), "pending of {s}");
     }
 }

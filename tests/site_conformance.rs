@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use backbeat::http::{uri_decode, Xml};
-use backbeat::model::{ByteStream, ObjectInfo, VersionRef};
+use backbeat::model::{ByteStream, ContentHeaders, ObjectInfo, VersionRef};
 use backbeat::s3::{S3Client, S3Options, S3Request};
 use backbeat::site::azure::AzureSite;
 use backbeat::site::file::{FileSite, Sidecar};
@@ -31,6 +31,8 @@ use hyper::Method;
 pub struct Replica {
     pub data: Vec<u8>,
     pub content_type: Option<String>,
+    /// Content-Encoding, Content-Disposition, Content-Language, Cache-Control, Expires.
+    pub headers: BTreeMap<String, String>,
     pub user_metadata: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
     pub replication_status: String,
@@ -71,7 +73,14 @@ pub fn info(key: &str, size: u64, vid: &str) -> ObjectInfo {
         size,
         etag: "0123456789abcdef0123456789abcdef".into(),
         last_modified: "2026-11-26T10:00:00.000Z".into(),
-        content_type: Some("application/x-backbeat-test".into()),
+        headers: ContentHeaders {
+            content_type: Some("application/x-backbeat-test".into()),
+            content_encoding: Some("identity".into()),
+            content_disposition: Some("attachment; filename=\"report.txt\"".into()),
+            content_language: Some("fr-CA".into()),
+            cache_control: Some("max-age=60".into()),
+            expires: Some("Thu, 01 Dec 2039 16:00:00 GMT".into()),
+        },
         user_metadata: BTreeMap::from([
             ("color".to_string(), "blue".to_string()),
             ("owner".to_string(), "ann".to_string()),
@@ -81,8 +90,18 @@ pub fn info(key: &str, size: u64, vid: &str) -> ObjectInfo {
             // Needs URL-encoding in x-amz-tagging; valid for S3, not for Azure index tags.
             ("k+:/".to_string(), "v=1 @".to_string()),
         ]),
-        is_delete_marker: false,
+        ..ObjectInfo::default()
     }
+}
+
+/// The standard headers of `obj` other than Content-Type, by lowercase name.
+fn other_headers(obj: &ObjectInfo) -> BTreeMap<String, String> {
+    obj.headers
+        .pairs()
+        .into_iter()
+        .filter(|(n, _)| *n != "content-type")
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Keys every site must store and give back exactly.
@@ -110,7 +129,11 @@ async fn check(
         .ok_or_else(|| anyhow::anyhow!("no replica for {key:?}"))?;
     assert_eq!(r.data.len(), expected.len(), "size of {key:?}");
     assert!(r.data == expected, "bytes of {key:?}");
-    assert_eq!(r.content_type, obj.content_type, "content type of {key:?}");
+    assert_eq!(
+        r.content_type, obj.headers.content_type,
+        "content type of {key:?}"
+    );
+    assert_eq!(r.headers, other_headers(obj), "standard headers of {key:?}");
     assert_eq!(
         r.user_metadata, obj.user_metadata,
         "user metadata of {key:?}"
@@ -135,27 +158,38 @@ pub async fn conformance(
         let key = format!("{prefix}{name}");
         let data = pattern(len, 7);
         let obj = info(&key, len as u64, "v-size");
-        site.put(&obj, body(data.clone())).await?;
+        let r = site.put(&key, &obj, body(data.clone())).await?;
+        assert!(r.wrote);
         check(inspect, &key, &data, &obj).await?;
+        // What the site says it holds: the REPLICA markers and the size.
+        let held = site
+            .replica(&key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no replica info for {key:?}"))?;
+        assert_eq!(held.source_version_id.as_deref(), Some("v-size"));
+        assert_eq!(held.source_bucket.as_deref(), Some("src-bucket"));
+        assert_eq!(held.size, len as u64);
     }
     // Keys that need encoding.
     for (i, k) in ODD_KEYS.iter().enumerate() {
         let key = format!("{prefix}{k}");
         let data = pattern(100 + i, i as u8);
         let obj = info(&key, data.len() as u64, "v-odd");
-        site.put(&obj, body(data.clone())).await?;
+        site.put(&key, &obj, body(data.clone())).await?;
         check(inspect, &key, &data, &obj).await?;
     }
     // A newer version of a key overwrites the older one.
     let key = format!("{prefix}versioned");
-    site.put(&info(&key, 3, "v1"), body(b"old".to_vec()))
+    site.put(&key, &info(&key, 3, "v1"), body(b"old".to_vec()))
         .await?;
     let newer = info(&key, 5, "v2");
-    site.put(&newer, body(b"newer".to_vec())).await?;
+    site.put(&key, &newer, body(b"newer".to_vec())).await?;
     check(inspect, &key, b"newer", &newer).await?;
     // A body shorter than announced never becomes a replica.
     let key = format!("{prefix}short");
-    let err = site.put(&info(&key, 10, "v1"), body(b"abc".to_vec())).await;
+    let err = site
+        .put(&key, &info(&key, 10, "v1"), body(b"abc".to_vec()))
+        .await;
     assert!(err.is_err(), "short body accepted");
     assert!(
         inspect.read(&key).await?.is_none(),
@@ -172,16 +206,18 @@ pub async fn conformance(
     let obj = info(&key, len as u64, "v-mpu");
     let ranges = part_ranges(len as u64);
     assert_eq!(ranges.len(), 3);
-    let upload = mp.create(&obj).await?;
+    let upload = mp.create(&key, &obj).await?;
     let mut parts = Vec::new();
     for (i, (s, e)) in ranges.iter().enumerate() {
         let chunk = data[*s as usize..=*e as usize].to_vec();
         parts.push(
-            mp.put_part(&obj, &upload, i as u32 + 1, e - s + 1, body(chunk))
+            mp.put_part(&key, &upload, i as u32 + 1, e - s + 1, body(chunk))
                 .await?,
         );
     }
-    mp.complete(&obj, &upload, &parts).await?;
+    let mut obj = obj;
+    obj.content_md5 = Some(backbeat::checksum::hex(&backbeat::checksum::md5(&data)));
+    mp.complete(&key, &obj, &upload, &parts).await?;
     check(inspect, &key, &data, &obj).await?;
     assert_eq!(
         inspect.pending_uploads(&key).await?,
@@ -192,17 +228,17 @@ pub async fn conformance(
     // An aborted upload leaves nothing behind.
     let key = format!("{prefix}aborted");
     let obj = info(&key, len as u64, "v-abort");
-    let upload = mp.create(&obj).await?;
+    let upload = mp.create(&key, &obj).await?;
     let (s, e) = ranges[0];
     mp.put_part(
-        &obj,
+        &key,
         &upload,
         1,
         e - s + 1,
         body(data[s as usize..=e as usize].to_vec()),
     )
     .await?;
-    mp.abort(&obj, &upload).await?;
+    mp.abort(&key, &upload).await?;
     assert_eq!(
         inspect.pending_uploads(&key).await?,
         0,
@@ -213,14 +249,36 @@ pub async fn conformance(
         "aborted upload left a replica"
     );
 
-    // Delete removes the replica.
+    // Delete removes the replica; deleting what is not there writes nothing.
     let key = format!("{prefix}deleted");
-    site.put(&info(&key, 1, "v1"), body(b"x".to_vec())).await?;
-    site.delete(&info(&key, 1, "v1")).await?;
+    site.put(&key, &info(&key, 1, "v1"), body(b"x".to_vec()))
+        .await?;
+    assert!(site.delete(&key).await?.wrote);
     assert!(
         inspect.read(&key).await?.is_none(),
         "deleted replica still there"
     );
+    assert!(!site.delete(&key).await?.wrote, "a second delete wrote");
+    let nothing = format!("{prefix}never-there");
+    assert!(!site.delete(&nothing).await?.wrote);
+
+    // The listing, in key byte order, page by page, under a prefix.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = site.list(prefix, cursor.as_deref(), 3).await?;
+        listed.extend(page.items.into_iter().map(|(k, _, _)| k));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "listing order");
+    assert!(listed.contains(&format!("{prefix}versioned")), "{listed:?}");
+    assert!(listed.contains(&format!("{prefix}big/multipart object")));
+    assert!(!listed.contains(&format!("{prefix}deleted")));
 
     site.health().await?;
     Ok(())
@@ -247,6 +305,7 @@ impl Inspect for FileInspect {
         Ok(Some(Replica {
             data,
             content_type: side.content_type,
+            headers: side.headers,
             user_metadata: side.user_metadata,
             tags: side.tags,
             replication_status: side.replication_status,
@@ -323,7 +382,7 @@ async fn file_site_keys_cannot_escape_the_directory() -> anyhow::Result<()> {
     ];
     for key in keys {
         let obj = info(key, 4, "v1");
-        match site.put(&obj, body(b"evil".to_vec())).await {
+        match site.put(key, &obj, body(b"evil".to_vec())).await {
             Ok(_) => {
                 let p = site.path_of(key);
                 assert!(p.starts_with(site.root()), "{key:?} -> {}", p.display());
@@ -348,7 +407,7 @@ async fn file_site_does_not_follow_symbolic_links_out() -> anyhow::Result<()> {
     let site = FileSite::new("local-1", &root)?;
     std::os::unix::fs::symlink(&outside, site.root().join("link"))?;
     let res = site
-        .put(&info("link/file", 1, "v1"), body(b"x".to_vec()))
+        .put("link/file", &info("link/file", 1, "v1"), body(b"x".to_vec()))
         .await;
     assert!(matches!(res, Err(SiteError::Rejected { .. })), "{res:?}");
     assert_eq!(
@@ -363,8 +422,11 @@ async fn file_site_does_not_follow_symbolic_links_out() -> anyhow::Result<()> {
 async fn file_site_rejects_a_key_that_is_both_file_and_directory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let site = FileSite::new("local-1", dir.path().join("r"))?;
-    site.put(&info("a", 1, "v1"), body(b"x".to_vec())).await?;
-    let res = site.put(&info("a/b", 1, "v1"), body(b"y".to_vec())).await;
+    site.put("a", &info("a", 1, "v1"), body(b"x".to_vec()))
+        .await?;
+    let res = site
+        .put("a/b", &info("a/b", 1, "v1"), body(b"y".to_vec()))
+        .await;
     assert!(matches!(res, Err(SiteError::Rejected { .. })), "{res:?}");
     Ok(())
 }
@@ -398,6 +460,7 @@ impl Inspect for S3Inspect {
             .await?
             .to_vec();
         let mut user_metadata = BTreeMap::new();
+        let mut headers = BTreeMap::new();
         let (mut status, mut vid) = (String::new(), String::new());
         for (n, v) in &h {
             if let Some(k) = n.as_str().strip_prefix("x-amz-meta-") {
@@ -405,10 +468,21 @@ impl Inspect for S3Inspect {
                 match k {
                     "scal-replication-status" => status = v,
                     "scal-version-id" => vid = v,
+                    k if k.starts_with("scal-") => {}
                     _ => {
                         user_metadata.insert(k.to_string(), v);
                     }
                 }
+            } else if [
+                "content-encoding",
+                "content-disposition",
+                "content-language",
+                "cache-control",
+                "expires",
+            ]
+            .contains(&n.as_str())
+            {
+                headers.insert(n.as_str().to_string(), v.to_str()?.to_string());
             }
         }
         let tagging = moto::get_xml(&self.client, &self.bucket, Some(key), "tagging").await?;
@@ -417,6 +491,7 @@ impl Inspect for S3Inspect {
             content_type: h
                 .get("content-type")
                 .map(|v| v.to_str().unwrap().to_string()),
+            headers,
             user_metadata,
             tags: backbeat::source::s3::parse_tags(&tagging),
             replication_status: status,
@@ -449,7 +524,7 @@ async fn s3_site_meets_the_contract_on_moto() -> anyhow::Result<()> {
     conformance(&site, &inspect, "p/").await?;
     // The receipt carries the replica's version id in a versioned bucket.
     let r = site
-        .put(&info("receipt", 1, "v1"), body(b"r".to_vec()))
+        .put("receipt", &info("receipt", 1, "v1"), body(b"r".to_vec()))
         .await?;
     assert!(r.version_id.is_some(), "{r:?}");
     Ok(())
@@ -458,7 +533,7 @@ async fn s3_site_meets_the_contract_on_moto() -> anyhow::Result<()> {
 #[tokio::test]
 async fn s3_site_missing_bucket_is_no_such_bucket() -> anyhow::Result<()> {
     let site = S3Site::new("aws-1", "no-such-bucket", moto::client(&MOTO));
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(
         matches!(res, Err(SiteError::NoSuchBucket { .. })),
         "{res:?}"
@@ -483,7 +558,7 @@ async fn s3_site_closed_port_is_transient() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let site = S3Site::new("aws-1", "b", client);
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
     assert!(matches!(
         site.health().await,
@@ -511,7 +586,7 @@ async fn s3_site_wrong_credentials_are_unauthorized() -> anyhow::Result<()> {
         None,
     );
     let site = S3Site::new("aws-1", "b", moto::client_with(&peer, "AKIDWRONG", "wrong"));
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(
         matches!(res, Err(SiteError::Unauthorized { .. })),
         "{res:?}"
@@ -586,10 +661,24 @@ impl Inspect for AzureInspect {
                     "scal_replication_status" => r.replication_status = v,
                     "scal_version_id" => r.version_id = v,
                     "scal_tags" => r.tags = decode_tags(&v),
+                    "scal_expires" => {
+                        r.headers.insert("expires".into(), v);
+                    }
+                    k if k.starts_with("scal_") => {}
                     _ => {
                         r.user_metadata.insert(k.to_string(), v);
                     }
                 }
+            }
+        }
+        for (n, name) in [
+            ("content-encoding", "content-encoding"),
+            ("content-disposition", "content-disposition"),
+            ("content-language", "content-language"),
+            ("cache-control", "cache-control"),
+        ] {
+            if let Some(v) = h.get(n) {
+                r.headers.insert(name.to_string(), v.to_str()?.to_string());
             }
         }
         if r.tags.is_empty() {
@@ -654,7 +743,8 @@ async fn azure_site_stores_compatible_tags_as_index_tags() -> anyhow::Result<()>
         ("project".to_string(), "x y".to_string()),
         ("k".to_string(), "v=1".to_string()),
     ]);
-    site.put(&obj, body(b"ok".to_vec())).await?;
+    site.put("tagged object", &obj, body(b"ok".to_vec()))
+        .await?;
     let inspect = AzureInspect { site };
     let (status, h, body) = inspect.get("tagged object", "comp=tags").await?;
     assert_eq!(status, 200);
@@ -675,7 +765,7 @@ async fn azure_site_wrong_key_is_unauthorized() -> anyhow::Result<()> {
     create_container("authz").await?;
     let wrong = "d3JvbmcgYWNjb3VudCBrZXkgZm9yIHRoZSB0ZXN0cyBvZiBiYWNrYmVhdCBhenVyZSBzaXRl";
     let site = azure_site("authz", wrong);
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(
         matches!(res, Err(SiteError::Unauthorized { .. })),
         "{res:?}"
@@ -686,7 +776,7 @@ async fn azure_site_wrong_key_is_unauthorized() -> anyhow::Result<()> {
 #[tokio::test]
 async fn azure_site_missing_container_is_no_such_bucket() -> anyhow::Result<()> {
     let site = azure_site("no-such-container", AZURITE_KEY);
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(
         matches!(res, Err(SiteError::NoSuchBucket { .. })),
         "{res:?}"
@@ -703,7 +793,21 @@ async fn azure_site_closed_port_is_transient() -> anyhow::Result<()> {
     let endpoint = format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", free_port());
     let site = AzureSite::new("azure-1", &endpoint, AZURITE_ACCOUNT, AZURITE_KEY, "c")
         .map_err(anyhow::Error::msg)?;
-    let res = site.put(&info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
     assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn azure_site_refuses_keys_azure_cannot_store_naming_the_limit() -> anyhow::Result<()> {
+    let site = azure_site("replica", AZURITE_KEY);
+    for key in ["a/./b", "a/../b", "..", "ends-with-dot."] {
+        let err = site.check_key(key).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("Azure Blob Storage cannot store")),
+            "{key:?}: {err:?}"
+        );
+    }
+    assert!(site.check_key("photos/a.b/c").is_ok());
     Ok(())
 }

@@ -1,21 +1,23 @@
-//! The `file` source on a temporary directory.
+//! The `file` source on a temporary directory: listings in key byte order, the current version
+//! of a key, ranged reads refused once the file changed, the watch, and keys that must never
+//! reach outside the directory.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use backbeat::model::{ByteStream, VersionRef};
-use backbeat::source::file::FileSource;
-use backbeat::source::{Source, SourceError, VersionPage};
+use backbeat::model::{ByteStream, ObjectInfo, VersionRef};
+use backbeat::source::file::{FileSource, WatchEvent};
+use backbeat::source::{KeyPage, Source, SourceError};
 use futures_util::StreamExt;
 
-/// The version of `key` listed in `page`.
-fn version_in(page: &VersionPage, key: &str) -> VersionRef {
-    page.versions
+/// The listed item of `key` in `page`.
+fn item(page: &KeyPage, key: &str) -> ObjectInfo {
+    page.items
         .iter()
         .find(|o| o.version.key == key)
         .unwrap()
-        .version
         .clone()
 }
 
@@ -42,8 +44,7 @@ fn tree() -> anyhow::Result<tempfile::TempDir> {
 }
 
 #[tokio::test]
-async fn bucket_is_the_directory_name_and_listing_pages_cover_every_file_once() -> anyhow::Result<()>
-{
+async fn listing_pages_cover_every_file_once_in_key_byte_order() -> anyhow::Result<()> {
     let dir = tree()?;
     let src = FileSource::new(dir.path().join("inbox"))?.with_page_size(2);
     assert_eq!(src.buckets(), vec!["inbox".to_string()]);
@@ -51,22 +52,23 @@ async fn bucket_is_the_directory_name_and_listing_pages_cover_every_file_once() 
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = src.list_versions("inbox", cursor.as_deref()).await?;
+        let page = src.list_current("inbox", cursor.as_deref()).await?;
         pages += 1;
-        assert!(page.versions.len() <= 2);
-        keys.extend(page.versions.iter().map(|v| v.version.key.clone()));
+        assert!(page.items.len() <= 2);
+        keys.extend(page.items.iter().map(|v| v.version.key.clone()));
         match page.next {
             Some(n) => cursor = Some(n),
             None => break,
         }
         assert!(pages < 20, "listing does not end");
     }
+    // Byte order, as S3 and the state store sort keys: `a-c` before `a/...`.
     assert_eq!(
         keys,
         vec![
+            "a-c",
             "a/b/c.txt",
             "a/one",
-            "a-c",
             "empty",
             "top",
             "z/with space é"
@@ -74,82 +76,92 @@ async fn bucket_is_the_directory_name_and_listing_pages_cover_every_file_once() 
     );
     let unique: BTreeSet<_> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len());
-    // Unknown bucket.
     assert!(matches!(
-        src.list_versions("other", None).await,
+        src.list_current("other", None).await,
         Err(SourceError::NotFound(_))
     ));
     Ok(())
 }
 
 #[tokio::test]
-async fn head_and_get_follow_the_current_version() -> anyhow::Result<()> {
+async fn current_and_ranges_follow_the_file_and_refuse_a_changed_one() -> anyhow::Result<()> {
     let dir = tree()?;
     let root = dir.path().join("inbox");
     let src = FileSource::new(&root)?;
-    let page = src.list_versions("inbox", None).await?;
-    let top = page
-        .versions
-        .iter()
-        .find(|v| v.version.key == "top")
-        .unwrap()
-        .clone();
+    let page = src.list_current("inbox", None).await?;
+    let top = item(&page, "top");
     assert_eq!(top.size, 9);
     assert!(!top.is_delete_marker);
     assert!(top.last_modified.ends_with('Z'), "{}", top.last_modified);
+    assert_eq!(top.etag, top.version.version_id);
 
-    let head = src.head(&top.version).await?.expect("current");
-    assert_eq!(head, top);
-    assert_eq!(
-        collect(src.get(&top.version, None).await?).await?,
-        b"top level"
-    );
-    assert_eq!(
-        collect(src.get(&top.version, Some((4, 8))).await?).await?,
-        b"level"
-    );
-    assert_eq!(
-        collect(src.get(&top.version, Some((0, 0))).await?).await?,
-        b"t"
-    );
-    assert!(matches!(
-        src.get(&top.version, Some((4, 9))).await,
-        Err(SourceError::Invalid(_))
-    ));
+    let cur = src.current("inbox", "top").await?.expect("current");
+    assert_eq!(cur, top);
+    let get = |r| src.get_range(&top.version, &top.etag, r);
+    assert_eq!(collect(get((4, 8)).await?).await?, b"level");
+    assert_eq!(collect(get((0, 0)).await?).await?, b"t");
+    assert!(matches!(get((4, 9)).await, Err(SourceError::Invalid(_))));
 
     // The version id is stable (restart = a new FileSource).
-    let again = FileSource::new(&root)?.head(&top.version).await?;
+    let again = FileSource::new(&root)?.current("inbox", "top").await?;
     assert_eq!(again.map(|o| o.version), Some(top.version.clone()));
 
-    // A changed file is a new version; the old one is gone.
+    // A changed file is a new current version; ranges of the old one are refused.
     std::fs::write(root.join("top"), b"top level, changed")?;
-    assert_eq!(src.head(&top.version).await?, None);
-    assert!(matches!(
-        src.get(&top.version, None).await,
-        Err(SourceError::NotFound(_))
-    ));
-    let page = src.list_versions("inbox", None).await?;
-    let new_top = page
-        .versions
-        .iter()
-        .find(|v| v.version.key == "top")
-        .unwrap();
+    let new_top = src.current("inbox", "top").await?.unwrap();
     assert_ne!(new_top.version.version_id, top.version.version_id);
     assert_eq!(new_top.size, 18);
+    assert!(matches!(
+        src.get_range(&top.version, &top.etag, (0, 3)).await,
+        Err(SourceError::NotFound(_))
+    ));
 
-    // A vanished file.
+    // A removed file has no current version.
     std::fs::remove_file(root.join("top"))?;
-    assert_eq!(src.head(&new_top.version).await?, None);
-
-    // The empty file streams nothing.
-    let empty = page
-        .versions
-        .iter()
-        .find(|v| v.version.key == "empty")
-        .unwrap();
-    assert_eq!(collect(src.get(&empty.version, None).await?).await?, b"");
-
+    assert_eq!(src.current("inbox", "top").await?, None);
     assert_eq!(src.replication_rules("inbox").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_current_gives_metadata_data_and_the_md5_when_asked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("d"))?;
+    // One file read whole in one call, one larger than a chunk (streamed), one empty.
+    let small = b"small body".to_vec();
+    let large: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("d/small"), &small)?;
+    std::fs::write(root.join("large"), &large)?;
+    std::fs::write(root.join("empty"), b"")?;
+    let src = FileSource::new(&root)?;
+    for (key, body) in [
+        ("d/small", &small[..]),
+        ("large", &large[..]),
+        ("empty", &b""[..]),
+    ] {
+        let (info, stream) = src
+            .open_current("inbox", key, true)
+            .await?
+            .expect("current version opens");
+        assert_eq!(info.size, body.len() as u64);
+        let md5 = backbeat::checksum::hex(&backbeat::checksum::md5(body));
+        assert_eq!(info.content_md5.as_deref(), Some(md5.as_str()), "{key}");
+        assert_eq!(collect(stream.unwrap()).await?, body, "{key}");
+    }
+    // Without asking, a large file's MD5 is not computed (no second read).
+    let (info, _) = src.open_current("inbox", "large", false).await?.unwrap();
+    assert_eq!(info.content_md5, None);
+
+    // A symbolic link is not an object, even under a real name; keys cannot leave the root;
+    // other buckets are refused.
+    std::os::unix::fs::symlink(root.join("large"), root.join("link"))?;
+    assert!(src.open_current("inbox", "link", false).await?.is_none());
+    assert!(src.open_current("inbox", "../x", false).await?.is_none());
+    assert!(matches!(
+        src.open_current("other", "large", false).await,
+        Err(SourceError::NotFound(_))
+    ));
     Ok(())
 }
 
@@ -159,18 +171,15 @@ async fn keys_cannot_reach_outside_the_directory() -> anyhow::Result<()> {
     std::fs::write(dir.path().join("secret"), b"secret")?;
     let src = FileSource::new(dir.path().join("inbox"))?;
     for key in ["../secret", "a/../../secret", "/etc/passwd", "", "a//one"] {
+        assert_eq!(src.current("inbox", key).await?, None, "{key:?}");
         let v = VersionRef::new("inbox", key, "x");
-        assert_eq!(src.head(&v).await?, None, "{key:?}");
-        assert!(src.get(&v, None).await.is_err(), "{key:?}");
+        assert!(src.get_range(&v, "x", (0, 0)).await.is_err(), "{key:?}");
     }
     // A symbolic link to the outside is not an object.
     std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("inbox/link"))?;
     std::os::unix::fs::symlink(dir.path(), dir.path().join("inbox/dirlink"))?;
-    let page = src.list_versions("inbox", None).await?;
-    assert!(page
-        .versions
-        .iter()
-        .all(|v| !v.version.key.contains("link")));
+    let page = src.list_current("inbox", None).await?;
+    assert!(page.items.iter().all(|v| !v.version.key.contains("link")));
     Ok(())
 }
 
@@ -181,10 +190,8 @@ async fn a_file_changed_while_read_fails_the_stream() -> anyhow::Result<()> {
     std::fs::create_dir(&root)?;
     std::fs::write(root.join("f"), vec![1u8; 1024 * 1024])?;
     let src = FileSource::new(&root)?;
-    let v = src.list_versions("inbox", None).await?.versions[0]
-        .version
-        .clone();
-    let mut s = src.get(&v, None).await?;
+    let (_, s) = src.open_current("inbox", "f", false).await?.unwrap();
+    let mut s = s.unwrap();
     let first = s.next().await.unwrap()?;
     assert!(!first.is_empty());
     std::fs::write(root.join("f"), vec![2u8; 10])?;
@@ -198,81 +205,96 @@ async fn a_file_changed_while_read_fails_the_stream() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn next_event(w: &mut backbeat::source::file::FileWatch) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), w.events.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("watch open")
+}
+
 #[tokio::test]
-async fn the_watch_reports_new_and_changed_files_quickly() -> anyhow::Result<()> {
+async fn the_watch_tells_closed_files_moved_directories_removals_and_lost_events(
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("inbox");
     std::fs::create_dir_all(root.join("sub"))?;
     let src = FileSource::new(&root)?;
     let mut watch = src.watch(64)?;
-    std::fs::write(root.join("sub/new file"), b"hello")?;
-    let deadline = std::time::Duration::from_secs(5);
-    let mut seen = BTreeSet::new();
-    while !seen.contains("sub/new file") {
-        let key = tokio::time::timeout(deadline, watch.changes.recv())
-            .await?
-            .expect("watch open");
-        seen.insert(key);
+
+    // A file being written is told once it is closed, not before.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(root.join("sub/new file"))?;
+        f.write_all(b"hel")?;
+        f.flush()?;
+        let early = tokio::time::timeout(Duration::from_millis(200), watch.events.recv()).await;
+        assert!(early.is_err(), "told before the close: {early:?}");
+        f.write_all(b"lo")?;
     }
-    // The reported key heads to the file's current version.
-    let page = src.list_versions("inbox", None).await?;
-    let v = page
-        .versions
-        .iter()
-        .find(|v| v.version.key == "sub/new file")
-        .unwrap();
-    assert_eq!(src.head(&v.version).await?.map(|i| i.size), Some(5));
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::Written("sub/new file".into())
+    );
+    assert_eq!(
+        src.current("inbox", "sub/new file")
+            .await?
+            .map(|i| i.size),
+        Some(5)
+    );
+
+    // A directory moved in whole is told as a directory (to be walked).
+    let outside = dir.path().join("staging");
+    std::fs::create_dir_all(outside.join("deep"))?;
+    std::fs::write(outside.join("deep/f"), b"x")?;
+    std::fs::rename(&outside, root.join("moved"))?;
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::Directory("moved/".into())
+    );
+
+    // A removal.
+    std::fs::remove_file(root.join("sub/new file"))?;
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::Removed("sub/new file".into())
+    );
+
+    // More events than the channel holds: the rest are dropped and a rescan is asked for.
+    let mut small = src.watch(2)?;
+    for i in 0..20 {
+        std::fs::write(root.join(format!("burst-{i}")), b"b")?;
+    }
+    let mut seen = Vec::new();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Room again: the next event brings the rescan first.
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(100), small.events.recv()).await
+    {
+        seen.push(e);
+    }
+    std::fs::write(root.join("after-burst"), b"a")?;
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(500), small.events.recv()).await
+    {
+        seen.push(e);
+    }
+    assert!(seen.contains(&WatchEvent::Rescan), "{seen:?}");
     Ok(())
 }
 
 #[tokio::test]
-async fn open_gives_metadata_and_data_of_the_current_version_only() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyhow::Result<()> {
+    let dir = tree()?;
     let root = dir.path().join("inbox");
-    std::fs::create_dir_all(root.join("d"))?;
-    // One file read whole in one call, one larger than a chunk (streamed), one empty.
-    let small = b"small body".to_vec();
-    let large: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(root.join("d/small"), &small)?;
-    std::fs::write(root.join("large"), &large)?;
-    std::fs::write(root.join("empty"), b"")?;
     let src = FileSource::new(&root)?;
-    let page = src.list_versions("inbox", None).await?;
-    for (key, body) in [
-        ("d/small", &small[..]),
-        ("large", &large[..]),
-        ("empty", &b""[..]),
-    ] {
-        let v = version_in(&page, key);
-        let (info, stream) = src.open(&v).await?.expect("current version opens");
-        assert_eq!(info.version, v);
-        assert_eq!(info.size, body.len() as u64);
-        assert_eq!(info, src.head(&v).await?.unwrap(), "open agrees with head");
-        assert_eq!(collect(stream).await?, body, "{key}");
-    }
-
-    // A replaced file: the old version is gone, the new one opens.
-    let old = version_in(&page, "d/small");
-    std::fs::remove_file(root.join("d/small"))?;
-    std::fs::write(root.join("d/small"), b"new body, other size")?;
-    assert!(src.open(&old).await?.is_none());
-    let cur = src.list_versions("inbox", None).await?;
-    let new = version_in(&cur, "d/small");
-    assert_ne!(new.version_id, old.version_id);
-    let (_, s) = src.open(&new).await?.unwrap();
-    assert_eq!(collect(s).await?, b"new body, other size");
-
-    // A symbolic link is not an object, even under a real name; other buckets are refused.
-    std::os::unix::fs::symlink(root.join("large"), root.join("link"))?;
-    let link = VersionRef::new("inbox", "link", "0-0-0");
-    assert!(src.open(&link).await?.is_none());
-    assert!(src
-        .open(&VersionRef::new("inbox", "../x", "0-0-0"))
-        .await?
-        .is_none());
-    assert!(matches!(
-        src.open(&VersionRef::new("other", "large", "0-0-0")).await,
-        Err(SourceError::NotFound(_))
-    ));
+    let first = src.scan_dir("a/", u64::MAX, None)?.unwrap();
+    assert_eq!(first.subdirs, vec!["a/b/".to_string()]);
+    assert_eq!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    // A touched file changes the summary; a file in a subdirectory does not.
+    std::fs::write(root.join("a/b/c.txt"), b"abcd")?;
+    assert_eq!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    std::fs::write(root.join("a/one"), b"11")?;
+    assert_ne!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    assert!(src.scan_dir("missing/", u64::MAX, None)?.is_none());
     Ok(())
 }

@@ -574,6 +574,7 @@ impl Site for AzureSite {
             .map_err(|e| self.classify(e))?;
         let sent = digest
             .get()
+            .filter(|d| d.len == obj.size)
             .ok_or_else(|| SiteError::transient(&self.name, "the body was not sent whole"))?;
         self.check_md5(&format!("Put Blob {key}"), resp.headers(), &sent)?;
         tracing::debug!(site = %self.name, key, size = obj.size, "Replica written.");
@@ -710,6 +711,7 @@ impl MultipartSite for AzureSite {
             .map_err(|e| self.classify(e))?;
         let sent = digest
             .get()
+            .filter(|d| d.len == len)
             .ok_or_else(|| SiteError::transient(&self.name, "a block was not sent whole"))?;
         self.check_md5(&format!("block {number} of {key}"), resp.headers(), &sent)?;
         Ok(PartReceipt {

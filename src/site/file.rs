@@ -406,6 +406,7 @@ async fn copy_exact(
         .map_err(|e| format!("write failed: {e}"))?;
     digest
         .get()
+        .filter(|d| d.len == expected)
         .map(|d| d.md5)
         .ok_or_else(|| "the body did not end cleanly".to_string())
 }

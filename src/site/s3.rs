@@ -294,6 +294,7 @@ impl Site for S3Site {
         let r = receipt(resp.headers());
         let sent = digest
             .get()
+            .filter(|d| d.len == obj.size)
             .ok_or_else(|| SiteError::transient(&self.name, "the body was not sent whole"))?;
         if let Some(got) = r.etag.as_deref().and_then(md5_of_hex) {
             if got != sent.md5 {
@@ -421,6 +422,7 @@ impl MultipartSite for S3Site {
             .ok_or_else(|| self.rejected(format!("UploadPart {number} answered no ETag")))?;
         let sent = digest
             .get()
+            .filter(|d| d.len == len)
             .ok_or_else(|| SiteError::transient(&self.name, "a part was not sent whole"))?;
         if let Some(got) = md5_of_hex(&etag) {
             if got != sent.md5 {

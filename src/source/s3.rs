@@ -419,6 +419,11 @@ impl Source for S3Source {
         let req = S3Request::new(Method::GET, bucket, Some(key));
         let resp = match self.client.send(req).await {
             Ok(r) => r,
+            // Some servers (moto) do not say on a GET that the key's newest version is a
+            // delete marker: a HEAD tells.
+            Err(e) if e.status == Some(404) && e.kind != S3ErrorKind::NoSuchBucket => {
+                return Ok(self.current(bucket, key).await?.map(|i| (i, None)))
+            }
             Err(e) => return Ok(current_from_error(bucket, key, e)?.map(|i| (i, None))),
         };
         let headers = resp.headers().clone();

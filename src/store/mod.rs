@@ -109,6 +109,29 @@ pub enum StoreOp {
         /// The change.
         change: KeyChange,
     },
+    /// Adds to the pending counters of `site` directly. The pipeline never does (its counters
+    /// move only with key changes, which keep them exact); this is for seeding a store (load
+    /// benches, tests) and for an operator's repair.
+    AddPending {
+        /// The site.
+        site: String,
+        /// Operations delta.
+        ops: i64,
+        /// Bytes delta.
+        bytes: i64,
+    },
+    /// Puts `(site, version)` in the failed set at `score_ms` directly (moved there if already
+    /// listed). As [`StoreOp::AddPending`]: for seeding and repairs, not the pipeline.
+    AddFailed {
+        /// The site.
+        site: String,
+        /// The version.
+        version: VersionRef,
+        /// What is known of the failure.
+        info: FailedInfo,
+        /// Failure time (ms), its listing marker.
+        score_ms: u64,
+    },
     /// Adds to a 5-minute metrics bucket of `site`.
     AddMetric {
         /// The site.
@@ -424,9 +447,10 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
 pub(crate) fn check_op_names(ops: &[StoreOp]) -> Result<(), StoreError> {
     for op in ops {
         let (what, name) = match op {
-            StoreOp::AddMetric { site, .. } | StoreOp::AddObjectMetric { site, .. } => {
-                ("site", site.as_str())
-            }
+            StoreOp::AddMetric { site, .. }
+            | StoreOp::AddObjectMetric { site, .. }
+            | StoreOp::AddPending { site, .. }
+            | StoreOp::AddFailed { site, .. } => ("site", site.as_str()),
             StoreOp::PutCursor { name, .. } => ("cursor", name.as_str()),
             StoreOp::PutDirSummary { bucket, .. } | StoreOp::DeleteDirSummaries { bucket, .. } => {
                 ("bucket", bucket.as_str())

@@ -336,6 +336,13 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp, now: u64) -> TxResult<bool> {
             value,
             at_ms,
         } => tx_add_metric(tx, site, *metric, *value, *at_ms)?,
+        StoreOp::AddPending { site, ops, bytes } => tx_add_pending(tx, site, *ops, *bytes)?,
+        StoreOp::AddFailed {
+            site,
+            version,
+            info,
+            score_ms,
+        } => tx_add_failed(tx, site, version, info, *score_ms)?,
         StoreOp::AddObjectMetric {
             site,
             version,

@@ -3,12 +3,11 @@
 
 use std::collections::HashSet;
 
-use backbeat::model::{ReplicationStatus, VersionRef};
-use backbeat::store::StoreOp;
+use backbeat::model::VersionRef;
 use serde_json::{json, Value};
 
 use crate::common::api::{request, TestApi, T0};
-use crate::{failed_info, seed_failed};
+use crate::seed_failed;
 
 /// Follows `NextMarker` to the end; checks page size, duplicates and the last page's shape.
 async fn list_all(api: &TestApi, site: &str) -> Vec<String> {
@@ -136,23 +135,36 @@ async fn failed_listing_orders_hours_newest_first_and_members_oldest_first() {
 }
 
 #[tokio::test]
-async fn failed_listing_skips_versions_without_info() {
-    let api = TestApi::start(&["site1"], T0).await;
-    let v1 = VersionRef::new("b", "with-info", "1");
-    let v2 = VersionRef::new("b", "no-info", "2");
-    seed_failed(&api, &[("site1".into(), v1.clone(), T0 - 5)], &["site1"]).await;
-    let ops = vec![StoreOp::AddFailed {
-        site: "site1".into(),
-        version: v2,
-        score_ms: T0 - 1,
-    }];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+async fn failed_entries_carry_their_reason_and_every_site_is_listed_without_sitename() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    let v1 = VersionRef::new("b", "k1", "1");
+    let v2 = VersionRef::new("b", "k2", "2");
+    seed_failed(
+        &api,
+        &[
+            ("site1".into(), v1.clone(), T0 - 5),
+            ("site2".into(), v2.clone(), T0 - 1),
+        ],
+        &["site1", "site2"],
+    )
+    .await;
     let page = api.get_json("crr/failed?sitename=site1").await;
     assert_eq!(
         page,
-        json!({"IsTruncated": false, "Versions": [{"Bucket": "b", "Key": "with-info", "VersionId": "1",
-            "StorageClass": "site1", "Size": 7, "LastModified": "2018-03-30T22:22:34.384Z"}]})
+        json!({"IsTruncated": false, "Versions": [{"Bucket": "b", "Key": "k1", "VersionId": "1",
+            "StorageClass": "site1", "Size": 7, "LastModified": "2018-03-30T22:22:34.384Z",
+            "Reason": "Unreachable", "Attempts": 3, "LastError": "site site1 refused the connection",
+            "LastAttempt": "2018-03-30T21:59:59.995Z"}]})
     );
+    // Without a site: every site's failures, newest first, still paged.
+    let all = api.get_json("crr/failed").await;
+    let listed: Vec<(&str, &str)> = all["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["StorageClass"].as_str().unwrap(), v["Key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("site2", "k2"), ("site1", "k1")]);
     api.stop().await;
 }
 
@@ -160,25 +172,15 @@ async fn failed_listing_skips_versions_without_info() {
 async fn failed_of_one_version_spans_sites() {
     let api = TestApi::start(&["site1", "site2", "site3"], T0).await;
     let v = VersionRef::new("bkt", "a/b:c", "v9");
-    let mut info = failed_info(&["site1", "site2", "site3"], "site1", 7);
-    info.set_site_status("site3", ReplicationStatus::Failed, None);
-    let ops = vec![
-        StoreOp::PutReplication {
-            version: v.clone(),
-            info,
-        },
-        StoreOp::AddFailed {
-            site: "site1".into(),
-            version: v.clone(),
-            score_ms: T0 - 10,
-        },
-        StoreOp::AddFailed {
-            site: "site3".into(),
-            version: v.clone(),
-            score_ms: T0 - 20,
-        },
-    ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    seed_failed(
+        &api,
+        &[
+            ("site1".into(), v.clone(), T0 - 10),
+            ("site3".into(), v.clone(), T0 - 20),
+        ],
+        &["site1", "site2", "site3"],
+    )
+    .await;
     let r = api.get_json("crr/failed/bkt/a/b:c?versionId=v9").await;
     assert_eq!(r["IsTruncated"], false);
     let sites: Vec<&str> = r["Versions"]

@@ -44,15 +44,17 @@ async fn seed_reference_fixture(api: &TestApi) {
         for h in 0..24u64 {
             let n = if h == 0 { 10 + extra } else { 10 };
             for i in 0..n {
+                let v = VersionRef::new("fixture", format!("k-{h}-{i}"), "v");
                 ops.push(StoreOp::AddFailed {
                     site: site.into(),
-                    version: VersionRef::new("fixture", format!("k-{h}-{i}"), "v"),
+                    version: v,
+                    info: crate::failed_info(now - h * 3_600_000 - i),
                     score_ms: now - h * 3_600_000 - i,
                 });
             }
         }
     }
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
 }
 
 trait Now {
@@ -148,7 +150,7 @@ async fn throughput_weights_the_oldest_bucket_by_the_time_left() {
         // Older than 24 h: counts for nothing.
         metric("site1", Metric::OpsDone, 7, now - 288 * METRICS_BUCKET_MS),
     ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     let t = api.get_json("metrics/crr/site1/throughput").await;
     // (90 + 200/300 * 900) / 900 = 0.7666 -> "0.77"; 2/3 * 9000 / 900 = 6.666 -> "6.67".
     assert_eq!(
@@ -178,7 +180,7 @@ async fn backlog_is_clamped_and_pending_is_raw() {
             bytes: 50,
         },
     ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     let s1 = api.get_json("metrics/crr/site1").await;
     assert_eq!(s1["backlog"]["results"], json!({"count": 0, "size": 0}));
     assert_eq!(s1["pending"]["results"], json!({"count": -3, "size": -10}));
@@ -223,17 +225,13 @@ async fn object_progress_and_throughput() {
         value,
         at_ms: now,
     };
-    assert!(api
-        .store
-        .apply(
-            vec![],
-            vec![
-                om(ObjectMetric::Bytes, 100),
-                om(ObjectMetric::BytesDone, 50)
-            ]
-        )
+    api.store
+        .apply(vec![
+            om(ObjectMetric::Bytes, 100),
+            om(ObjectMetric::BytesDone, 50),
+        ])
         .await
-        .unwrap());
+        .unwrap();
     let p = api
         .get_json("metrics/crr/site1/progress/bkt/dir/my%20key?versionId=v1")
         .await;

@@ -1,8 +1,9 @@
 //! Our own routes: the replication view of one version (JSON and headers) and S3 event
 //! notifications handed to the intake.
 
-use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
-use backbeat::store::{Guard, StoreOp};
+use backbeat::model::VersionRef;
+use backbeat::store::StoreOp;
+use backbeat::transitions::{KeyChange, SiteOutcome};
 use serde_json::json;
 
 use crate::common::api::{TestApi, T0};
@@ -11,23 +12,29 @@ use crate::common::api::{TestApi, T0};
 async fn object_view_as_json_and_headers() {
     let api = TestApi::start(&["site1", "site2"], T0).await;
     let v = VersionRef::new("bkt", "dir/é k", "v1");
-    let mut info = ReplicationInfo::pending(&["site1".to_string(), "site2".to_string()]);
-    info.set_site_status("site1", ReplicationStatus::Completed, Some("remote-1"));
-    let ops = vec![StoreOp::PutReplication {
-        version: v.clone(),
-        info,
-    }];
-    assert!(api
+    let done = StoreOp::key(
+        &v,
+        KeyChange::Outcome {
+            version_id: "v1".into(),
+            site: "site1".into(),
+            outcome: SiteOutcome::Completed {
+                data_store_version_id: Some("remote-1".into()),
+            },
+        },
+    );
+    let changed = api
         .store
-        .apply(vec![Guard::Absent(v.clone())], ops)
+        .apply(vec![crate::queued(&v, &["site1", "site2"]), done])
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(changed, [true, true]);
     let path = "crr/object/bkt/dir/%C3%A9%20k?versionId=v1";
     let r = api.call("GET", path, None).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
-        json!({"bucket": "bkt", "key": "dir/é k", "versionId": "v1", "status": "PROCESSING",
+        json!({"bucket": "bkt", "key": "dir/é k", "versionId": "v1", "deleteMarker": false,
+               "status": "PROCESSING",
                "sites": {"site1": {"status": "COMPLETED", "versionId": "remote-1"},
                          "site2": {"status": "PENDING"}}})
     );

@@ -2,16 +2,16 @@
 //! forced retries, interrupted retries, many sites, and a bad query before the body.
 
 use backbeat::log::TOPIC_REPLICATION;
-use backbeat::model::{ReplicationInfo, ReplicationStatus, VersionRef};
+use backbeat::model::{ReplicationStatus, VersionRef};
 use backbeat::store::StoreOp;
 use serde_json::{json, Value};
 
 use crate::common::api::{TestApi, T0};
-use crate::{failed_info, log_end, seed_failed};
+use crate::{completed, failed_at, failed_info, log_end, queued, queued_sized, seed_failed};
 
 async fn site_status(api: &TestApi, v: &VersionRef, site: &str) -> ReplicationStatus {
     api.store
-        .replication(v)
+        .key_state(&v.bucket, &v.key)
         .await
         .unwrap()
         .unwrap()
@@ -58,10 +58,10 @@ async fn retry_requeues_a_failed_version_once() {
         .await
         .unwrap();
     assert_eq!(got.len(), 1);
-    let entry = backbeat::entry::QueueEntry::decode(&got[0].record.value).unwrap();
+    let entry = backbeat::entry::Entry::decode(&got[0].record.value).unwrap();
     assert_eq!(entry.site.as_deref(), Some("site1"));
-    assert_eq!(entry.version().unwrap(), v);
-    assert_eq!(entry.metadata().unwrap().sites(), vec!["site1".to_string()]);
+    assert_eq!(entry.version, v);
+    assert_eq!(entry.sites, vec!["site1".to_string()]);
     // Not in the failed set any more: nothing to do.
     let again = api.call("POST", "crr/failed", Some(body)).await;
     assert_eq!(again.json(), json!([]));
@@ -108,13 +108,12 @@ async fn retry_skips_unknown_locked_and_completed_versions() {
 
     // ForceRetry of a COMPLETED site is refused (COMPLETED is final; counters stay exact).
     let done = VersionRef::new("b", "done", "1");
-    let mut info = failed_info(&["site1", "site2"], "site2", 3);
-    info.set_site_status("site1", ReplicationStatus::Completed, Some("r1"));
-    let ops = vec![StoreOp::PutReplication {
-        version: done.clone(),
-        info,
-    }];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    let ops = vec![
+        queued_sized(&done, &["site1", "site2"], 3),
+        completed(&done, "site1"),
+        failed_at(&done, "site2", T0),
+    ];
+    api.store.apply(ops).await.unwrap();
     let body = br#"[{"Bucket":"b","Key":"done","VersionId":"1","StorageClass":"site1","ForceRetry":true}]"#;
     assert_eq!(
         api.call("POST", "crr/failed", Some(body)).await.json(),
@@ -128,11 +127,12 @@ async fn force_retry_requeues_expired_failures_and_stuck_pending_versions() {
     let api = TestApi::start(&["site1", "site2"], T0).await;
     // FAILED but gone from the 24 h failed set: only ForceRetry re-queues it.
     let v = VersionRef::new("b", "old", "1");
-    let ops = vec![StoreOp::PutReplication {
-        version: v.clone(),
-        info: failed_info(&["site1", "site2"], "site1", 11),
-    }];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    // Failed 30 hours ago: out of the failed set's 24 h window.
+    let ops = vec![
+        queued_sized(&v, &["site1", "site2"], 11),
+        failed_at(&v, "site1", T0 - 30 * 3_600_000),
+    ];
+    api.store.apply(ops).await.unwrap();
     let plain = br#"[{"Bucket":"b","Key":"old","VersionId":"1","StorageClass":"site1"}]"#;
     assert_eq!(
         api.call("POST", "crr/failed", Some(plain)).await.json(),
@@ -161,37 +161,21 @@ async fn an_interrupted_retry_is_requeued_by_the_next_one() {
     // The state a crash between the retry's first step and its append leaves: PENDING,
     // counted, still in the failed set, nothing queued.
     let v = VersionRef::new("b", "interrupted", "1");
-    let mut info = failed_info(&["site1", "site2"], "site1", 9);
-    info.set_site_status("site1", ReplicationStatus::Pending, None);
     let stale = VersionRef::new("b", "stale", "1");
-    let mut done = failed_info(&["site1", "site2"], "site1", 9);
-    done.set_site_status("site1", ReplicationStatus::Completed, Some("r"));
+    let listed = |v: &VersionRef, at: u64| StoreOp::AddFailed {
+        site: "site1".into(),
+        version: v.clone(),
+        info: failed_info(at),
+        score_ms: at,
+    };
     let ops = vec![
-        StoreOp::PutReplication {
-            version: v.clone(),
-            info,
-        },
-        StoreOp::AddFailed {
-            site: "site1".into(),
-            version: v.clone(),
-            score_ms: T0 - 1,
-        },
-        StoreOp::AddPending {
-            site: "site1".into(),
-            ops: 1,
-            bytes: 9,
-        },
-        StoreOp::PutReplication {
-            version: stale.clone(),
-            info: done,
-        },
-        StoreOp::AddFailed {
-            site: "site1".into(),
-            version: stale.clone(),
-            score_ms: T0 - 2,
-        },
+        queued_sized(&v, &["site1", "site2"], 9),
+        listed(&v, T0 - 1),
+        queued_sized(&stale, &["site1", "site2"], 9),
+        completed(&stale, "site1"),
+        listed(&stale, T0 - 2),
     ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     let body = br#"[{"Bucket":"b","Key":"interrupted","VersionId":"1","StorageClass":"site1"},
                     {"Bucket":"b","Key":"stale","VersionId":"1","StorageClass":"site1"}]"#;
     let r = api.call("POST", "crr/failed", Some(body)).await.json();
@@ -214,22 +198,11 @@ async fn retry_of_50_sites_answers_50() {
     let names: Vec<&str> = sites.iter().map(String::as_str).collect();
     let api = TestApi::start(&names, T0).await;
     let v = VersionRef::new("b", "k", "v");
-    let mut info = ReplicationInfo::pending(&sites);
+    let mut ops = vec![queued(&v, &names)];
     for s in &sites {
-        info.set_site_status(s, ReplicationStatus::Failed, None);
+        ops.push(failed_at(&v, s, T0));
     }
-    let mut ops = vec![StoreOp::PutReplication {
-        version: v.clone(),
-        info,
-    }];
-    for s in &sites {
-        ops.push(StoreOp::AddFailed {
-            site: s.clone(),
-            version: v.clone(),
-            score_ms: T0,
-        });
-    }
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     let body: Vec<Value> = sites
         .iter()
         .map(|s| json!({"Bucket": "b", "Key": "k", "VersionId": "v", "StorageClass": s}))
@@ -243,8 +216,8 @@ async fn retry_of_50_sites_answers_50() {
         .map(|e| e["StorageClass"].as_str().unwrap())
         .collect();
     assert_eq!(got, names);
-    let info = api.store.replication(&v).await.unwrap().unwrap();
-    assert_eq!(info.status, Some(ReplicationStatus::Pending));
+    let info = api.store.key_state("b", "k").await.unwrap().unwrap();
+    assert_eq!(info.status(), Some(ReplicationStatus::Pending));
     api.stop().await;
 }
 

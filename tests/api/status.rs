@@ -70,10 +70,11 @@ async fn status_tells_each_site_from_the_store_the_pause_control_and_the_observe
         ops.push(StoreOp::AddFailed {
             site: "site1".into(),
             version: VersionRef::new("b", format!("k{i}"), "v"),
+            info: crate::failed_info(now - i),
             score_ms: now - i,
         });
     }
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     let obs = observer(&api);
     obs.completed("site1", 100, Some(Duration::from_secs(2)));
     obs.completed("site1", 100, Some(Duration::from_secs(4)));
@@ -235,7 +236,7 @@ async fn the_healthcheck_tells_stalled_and_failing_sites_and_stays_200() {
         ops: 1,
         bytes: 10,
     };
-    assert!(api.store.apply(vec![], vec![pending]).await.unwrap());
+    api.store.apply(vec![pending]).await.unwrap();
     // Work starts waiting when the engine first sees it...
     let h = api.get_json("healthcheck").await;
     assert_eq!(h["sites"]["site1"], json!({"state": "ok"}));
@@ -285,7 +286,7 @@ async fn history_serves_five_minute_points_oldest_first() {
             bytes: 20,
         },
     ];
-    assert!(api.store.apply(vec![], ops).await.unwrap());
+    api.store.apply(ops).await.unwrap();
     observer(&api).completed("site1", 100, Some(Duration::from_secs(5)));
     let h = api.get_json("status/history?hours=1").await;
     assert_eq!(h["bucketSeconds"], 300);

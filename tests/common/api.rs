@@ -11,6 +11,7 @@ use backbeat::app::Engine;
 use backbeat::clock::ManualClock;
 use backbeat::config::Config;
 use backbeat::intake::{DiscoveredVersion, Intake, IntakeError};
+use backbeat::model::VersionRef;
 use backbeat::store::StateStore;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,8 @@ pub const T0: u64 = 1_522_447_200_000;
 pub struct RecordingIntake {
     /// Everything handed over, in order.
     pub got: Mutex<Vec<DiscoveredVersion>>,
+    /// Every requeue asked, in order.
+    pub requeued: Mutex<Vec<(VersionRef, Vec<String>)>>,
 }
 
 #[async_trait]
@@ -31,6 +34,12 @@ impl Intake for RecordingIntake {
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
         let n = versions.len();
         self.got.lock().extend(versions);
+        Ok(n)
+    }
+
+    async fn requeue(&self, items: Vec<(VersionRef, Vec<String>)>) -> Result<usize, IntakeError> {
+        let n = items.len();
+        self.requeued.lock().extend(items);
         Ok(n)
     }
 }
