@@ -81,6 +81,9 @@ use crate::transitions::{self, FailedInfo, KeyChange};
 /// Format version of the documents. Version 1 kept one document per version (`replication`).
 pub const FORMAT_VERSION: i32 = 2;
 
+/// Records read by `key_children`'s first query, and after each subdirectory skipped.
+const FIRST_WINDOW: usize = 16;
+
 /// How long `apply` keeps retrying a transaction that fails transiently.
 const TXN_RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -231,8 +234,8 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-/// A range condition on a string field: from `from` (or after `after`, when it is not before
-/// `from`, as sled's listings) up to the end of the strings starting with `prefix`.
+/// A range condition on a string field: the strings starting with `prefix`, after `after` when
+/// it is not before `prefix` (as sled's listings).
 fn string_range(prefix: &str, after: Option<&str>) -> Document {
     let mut range = Document::new();
     match after {
@@ -243,6 +246,61 @@ fn string_range(prefix: &str, after: Option<&str>) -> Document {
         range.insert("$lt", end);
     }
     range
+}
+
+/// `key_children`'s walk of directory `dir` through `find`, a reader of up to `want` records
+/// whose key is in a range (a [`string_range`] condition), in key order.
+async fn walk_children<F, Fut>(
+    dir: &str,
+    after: Option<&str>,
+    limit: usize,
+    mut find: F,
+) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError>
+where
+    F: FnMut(Document, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<(String, KeyState)>, StoreError>>,
+{
+    let mut out: Vec<(String, KeyState)> = Vec::new();
+    let mut subdirs = Vec::new();
+    let mut range = string_range(dir, after);
+    // As sled: read in key order; a key further down names its subdirectory, and the
+    // listing seeks past that subtree (`/` + 1 is `0`) instead of reading it. Pages start
+    // small and grow while they hold only direct children, so a subtree costs a few
+    // records read, not a page of them.
+    let mut window = FIRST_WINDOW;
+    while out.len() < limit {
+        let want = window.min(limit - out.len());
+        let page = find(range.clone(), want).await?;
+        let fetched = page.len();
+        let mut seek = None;
+        for (key, state) in page {
+            let Some(rest) = key.strip_prefix(dir) else {
+                return Ok((out, subdirs));
+            };
+            if let Some(slash) = rest.find('/') {
+                let end = dir.len() + slash;
+                subdirs.push(key.get(..=end).unwrap_or_default().to_string());
+                seek = Some(format!("{}0", key.get(..end).unwrap_or_default()));
+                break;
+            }
+            out.push((key, state));
+        }
+        range.remove("$gt");
+        range.remove("$gte");
+        match (seek, out.last()) {
+            (Some(from), _) => {
+                range.insert("$gte", from);
+                window = FIRST_WINDOW;
+            }
+            (None, Some((last, _))) if fetched == want => {
+                range.insert("$gt", last.clone());
+                window = window.saturating_mul(4);
+            }
+            // The listing ended.
+            _ => break,
+        }
+    }
+    Ok((out, subdirs))
 }
 
 fn key_filter(bucket: &str, key: &str) -> Document {
@@ -954,37 +1012,10 @@ impl StateStore for MongoStore {
         limit: usize,
     ) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError> {
         check_name("bucket", bucket)?;
-        let mut out: Vec<(String, KeyState)> = Vec::new();
-        let mut subdirs = Vec::new();
-        let mut range = string_range(dir, after);
-        // As sled: read in key order; a key further down names its subdirectory, and the
-        // listing seeks past that subtree (`/` + 1 is `0`) instead of reading it.
-        while out.len() < limit {
-            let page = self
-                .find_keys(
-                    doc! {"bucket": bucket, "key": range.clone()},
-                    limit - out.len(),
-                )
-                .await?;
-            let mut seek = None;
-            for (key, state) in page {
-                let Some(rest) = key.strip_prefix(dir) else {
-                    break;
-                };
-                if let Some(slash) = rest.find('/') {
-                    let end = dir.len() + slash;
-                    subdirs.push(key.get(..=end).unwrap_or_default().to_string());
-                    seek = Some(format!("{}0", key.get(..end).unwrap_or_default()));
-                    break;
-                }
-                out.push((key, state));
-            }
-            // Without a subtree to skip, the page ended the listing or filled it.
-            let Some(from) = seek else { break };
-            range.remove("$gt");
-            range.insert("$gte", from);
-        }
-        Ok((out, subdirs))
+        walk_children(dir, after, limit, |range, want| {
+            self.find_keys(doc! {"bucket": bucket, "key": range}, want)
+        })
+        .await
     }
 
     async fn dir_summary(&self, bucket: &str, dir: &str) -> Result<Option<u64>, StoreError> {
@@ -1283,6 +1314,121 @@ mod tests {
                 assert_eq!(in_range, k.starts_with(prefix), "{k:?} / {prefix:?}");
             }
         }
+    }
+
+    /// Up to `want` of `keys` in `range` (a [`string_range`] condition), in key order, as the
+    /// `{bucket, key}` index gives them.
+    fn fake_find(keys: &[&str], range: &Document, want: usize) -> Vec<(String, KeyState)> {
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        let bound = |op: &str| range.get_str(op).ok();
+        sorted
+            .into_iter()
+            .filter(|k| {
+                bound("$gt").is_none_or(|b| *k > b)
+                    && bound("$gte").is_none_or(|b| *k >= b)
+                    && bound("$lt").is_none_or(|b| *k < b)
+            })
+            .take(want)
+            .map(|k| (k.to_string(), KeyState::default()))
+            .collect()
+    }
+
+    /// [`walk_children`] over `keys`; the names listed, and how many records were read.
+    async fn children(
+        keys: &[&str],
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let read = std::cell::Cell::new(0);
+        let (out, subdirs) = walk_children(dir, after, limit, |range, want| {
+            let page = fake_find(keys, &range, want);
+            read.set(read.get() + page.len());
+            std::future::ready(Ok(page))
+        })
+        .await
+        .expect("walk");
+        (
+            out.into_iter().map(|(k, _)| k).collect(),
+            subdirs,
+            read.get(),
+        )
+    }
+
+    #[test]
+    fn listings_start_at_the_prefix_or_after_a_key_in_it() {
+        let r = string_range("a/", Some("A"));
+        assert_eq!((r.get_str("$gte"), r.get_str("$lt")), (Ok("a/"), Ok("a0")));
+        let r = string_range("a/", Some("a/b"));
+        assert_eq!((r.get_str("$gt"), r.get_str("$lt")), (Ok("a/b"), Ok("a0")));
+        assert!(r.get("$gte").is_none());
+        assert_eq!(string_range("", None), doc! {"$gte": ""});
+    }
+
+    #[tokio::test]
+    async fn children_are_listed_as_sled_lists_them() {
+        let keys = [
+            "top",
+            "d/a",
+            "d/b",
+            "d/sub.txt",
+            "d/sub/x",
+            "d/sub/y/z",
+            "d/sub0",
+            "d/t",
+            "d/u/v",
+            "d/é/x",
+            "dz",
+            "e/f",
+        ];
+        let names = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+        let list = |dir, after, limit| async move {
+            let (out, subdirs, _) = children(&keys, dir, after, limit).await;
+            (out, subdirs)
+        };
+        assert_eq!(
+            list("d/", None, 100).await,
+            (
+                names(&["d/a", "d/b", "d/sub.txt", "d/sub0", "d/t"]),
+                names(&["d/sub/", "d/u/", "d/é/"])
+            )
+        );
+        assert_eq!(
+            list("", None, 100).await,
+            (names(&["dz", "top"]), names(&["d/", "e/"]))
+        );
+        assert_eq!(
+            list("d/sub/", None, 100).await,
+            (names(&["d/sub/x"]), names(&["d/sub/y/"]))
+        );
+        assert_eq!(list("d/", None, 2).await, (names(&["d/a", "d/b"]), vec![]));
+        assert_eq!(
+            list("d/", Some("d/b"), 2).await,
+            (names(&["d/sub.txt", "d/sub0"]), names(&["d/sub/"]))
+        );
+        assert_eq!(
+            list("d/", Some("d/sub0"), 2).await,
+            (names(&["d/t"]), names(&["d/u/", "d/é/"]))
+        );
+        assert_eq!(list("d/", None, 0).await, (vec![], vec![]));
+        assert_eq!(list("nothing/", None, 10).await, (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_subtree_is_skipped_not_read() {
+        let big: Vec<String> = (0..1000).map(|i| format!("d/big/{i:04}")).collect();
+        let flat: Vec<String> = (0..1000).map(|i| format!("d/f{i:04}")).collect();
+        let mut keys: Vec<&str> = vec!["d/a", "d/z"];
+        keys.extend(big.iter().map(String::as_str));
+        keys.extend(flat.iter().map(String::as_str));
+        let (out, subdirs, read) = children(&keys, "d/", None, 5000).await;
+        assert_eq!(out.len(), 1002);
+        assert_eq!(subdirs, vec!["d/big/".to_string()]);
+        assert!(read <= 1002 + FIRST_WINDOW, "{read} records read");
+        // A page limit is never exceeded, however the windows grow.
+        let (out, _, read) = children(&keys, "d/", Some("d/f0000"), 300).await;
+        assert_eq!((out.len(), read), (300, 300));
     }
 
     #[test]
