@@ -58,9 +58,18 @@ macro_rules! store_test {
     };
 }
 
+store_test!(key_changes_and_effects);
+store_test!(retry_requeue_and_site_removal);
+store_test!(newer_versions_take_over);
+store_test!(pending_counters_balance);
 store_test!(failed_paging_one_hour);
 store_test!(failed_paging_24_hours);
 store_test!(failed_set_membership);
-store_test!(guarded_updates);
+store_test!(key_listings);
+store_test!(key_children_listing);
+store_test!(dir_summaries);
+store_test!(namespace_claims);
 store_test!(metrics_buckets);
 store_test!(durable_state_and_locks);
+store_test!(deleted_keys_expire);
+store_test!(names_are_checked);

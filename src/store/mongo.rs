@@ -1,41 +1,54 @@
 //! [`MongoStore`]: the state store on MongoDB (Cargo feature `mongodb`), through the official
-//! driver (3.x). It mirrors [`SledStore`](super::SledStore)'s semantics exactly; what the
+//! driver (3.x). It mirrors [`SledStore`](super::SledStore)'s semantics op for op; what the
 //! original keeps in Redis (failed set, metrics) and ZooKeeper (pause state) lives here.
 //!
 //! Durability: every write uses write concern `majority` with journaling (`w: "majority",
 //! j: true`) and reads use read concern `majority`, so an acknowledged update survives the
 //! loss of a minority of the replica set. [`StateStore::apply`] runs as one multi-document
-//! transaction (needs a replica set or a sharded cluster, as Zenko's MongoDB is): the guards
-//! are evaluated inside it, and the whole transaction is retried on
-//! `TransientTransactionError` (write conflicts with a concurrent engine, elections), its
-//! commit on `UnknownTransactionCommitResult`. Locks are single-document atomic upserts.
+//! transaction (needs a replica set or a sharded cluster, as Zenko's MongoDB is): each key
+//! change reads the key's document, runs [`transitions::apply`] and writes the record and its
+//! effects inside it. The whole transaction is retried on `TransientTransactionError` (write
+//! conflicts with a concurrent engine, elections) and on a duplicate key (two engines inserting
+//! the same document: the retry reads the winner's), its commit on
+//! `UnknownTransactionCommitResult`. Locks are single-document atomic upserts.
 //!
-//! Collections (in the configured database; `vref` is [`VersionRef::encode`] as BSON binary):
+//! Collections (in the configured database; `vref` is [`VersionRef::encode`]; records and
+//! failure details are the serde forms of [`KeyState`] and [`FailedInfo`] as documents):
 //!
 //! ```text
-//! meta             {_id: "format", version: 1}
-//! replication      {_id: vref, bucket, key, versionId, info: <ReplicationInfo as a document>}
+//! meta             {_id: "format", version: 2}
+//! keys             {_id: ObjectId, bucket, key, state: <KeyState>, expiresMs?: i64}
+//!                  unique index {bucket: 1, key: 1}   (one record per source key, listings)
+//!                  sparse index {expiresMs: 1}        (a replicated deletion's record, dropped
+//!                                                      by the expiry sweep once expired)
 //! failed           {_id: site 0x00 vref (binary), site, bucket, key, versionId,
-//!                   score: i64 ms, expireAt: date}
+//!                   score: i64 ms, info: <FailedInfo>}
 //!                  unique index {site: 1, score: -1}  (listing, counting, unique scores)
-//!                  TTL index {expireAt: 1}            (24 h after the score's hour began)
-//! metrics          {_id: site 0x00 metric u8 bucket u64 BE (binary), n: i64, expireAt: date}
-//! object_metrics   {_id: bucket u64 BE metric u8 site 0x00 vref (binary), n: i64, expireAt: date}
-//!                  TTL index {expireAt: 1} on both   (24 h after the 5-minute bucket ends)
+//!                  index {score: 1}                   (expiry)
+//! metrics          {_id: site 0x00 metric u8 bucket u64 BE (binary), n: i64, at: i64 bucket}
+//! object_metrics   {_id: bucket u64 BE metric u8 site 0x00 vref (binary), n: i64, at: i64}
+//!                  index {at: 1} on both              (expiry)
 //! pending          {_id: site, ops: i64, bytes: i64}  (never expires)
+//! dirs             {_id: ObjectId, bucket, dir, summary: i64 (the u64's bits)}
+//!                  unique index {bucket: 1, dir: 1}
+//! namespaces       {_id: site, bucket}                (owner of a bucket_match site)
 //! pause            {_id: service 0x00 site (binary), service, site, paused, scheduledResume}
 //! cursors          {_id: name, value: binary}
-//! locks            {_id: name, expiresMs: i64, expireAt: date}   TTL index {expireAt: 1}
+//! locks            {_id: name, expiresMs: i64}
 //! ```
 //!
-//! Every query goes by `_id` (metrics buckets are read as one `$in` of the 288 bucket ids) or by
-//! the failed set's `{site, score}` index. Windows are computed from the store's clock (so tests
-//! can move it); the TTL indexes only reclaim space, [`StateStore::expire`] deletes the same
-//! documents explicitly.
+//! Key order: `key_states` and `key_children` list keys in byte order, as sled does. Keys are
+//! BSON strings, which MongoDB compares by their UTF-8 bytes (the collections use the simple
+//! collation), not binary `_id`s: MongoDB orders BinData by length first. A prefix is the range
+//! `[prefix, prefix_end(prefix))` of the `{bucket, key}` index.
 //!
-//! Scores: `AddFailed` bumps a taken score by 1 ms inside the transaction, and the unique index
-//! on `{site, score}` turns a concurrent duplicate into a write conflict that retries, so marker
-//! paging never returns an entry twice.
+//! No TTL index: every window (failed set, metrics, locks, deleted keys) follows the store's
+//! clock, which tests move and the server's TTL monitor does not know; the engine's periodic
+//! [`StateStore::expire`] sweep deletes expired documents, as with sled.
+//!
+//! Scores: a failed entry takes the first free score at or after its time inside the
+//! transaction, and the unique index on `{site, score}` turns a concurrent duplicate into a
+//! write conflict that retries, so marker paging never returns an entry twice.
 //!
 //! The connection string may hold a password: it is never logged; errors name the hosts only.
 
@@ -44,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mongodb::bson::spec::BinarySubtype;
-use mongodb::bson::{doc, Binary, Bson, DateTime, Document};
+use mongodb::bson::{doc, Binary, Bson, Document};
 use mongodb::error::{
     Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
 };
@@ -54,20 +67,38 @@ use mongodb::options::{
 };
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
+use super::sled::DELETED_KEY_TTL_MS;
 use super::{
-    check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
-    metrics_bucket, FailedEntry, FailedPage, Guard, Metric, ObjectMetric, PauseState, StateStore,
-    StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
+    check_name, check_op_names, failed_page_upper, failed_window_start, metrics_bucket,
+    FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp,
+    METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::config::MongoConfig;
-use crate::model::{ReplicationInfo, VersionRef};
+use crate::model::{KeyState, ReplicationStatus, VersionRef};
+use crate::transitions::{self, FailedInfo, KeyChange};
 
-/// Format version of the documents.
-pub const FORMAT_VERSION: i32 = 1;
+/// Format version of the documents. Version 1 kept one document per version (`replication`).
+pub const FORMAT_VERSION: i32 = 2;
+
+/// Records read by `key_children`'s first query, and after each subdirectory skipped.
+const FIRST_WINDOW: usize = 16;
 
 /// How long `apply` keeps retrying a transaction that fails transiently.
 const TXN_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Every collection the transactions write: created at open, because MongoDB before 4.4
+/// cannot create a collection inside a transaction.
+const COLLECTIONS: [&str; 8] = [
+    "keys",
+    "failed",
+    "metrics",
+    "object_metrics",
+    "pending",
+    "dirs",
+    "namespaces",
+    "cursors",
+];
 
 /// The MongoDB state store. Cheap to clone.
 #[derive(Clone)]
@@ -126,8 +157,14 @@ fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn date(ms: u64) -> DateTime {
-    DateTime::from_millis(i64_of(ms))
+/// A directory summary is a hash: all 64 bits matter, so it is stored as the i64 with the same
+/// bits (BSON has no unsigned integer).
+fn summary_bits(v: u64) -> i64 {
+    i64::from_be_bytes(v.to_be_bytes())
+}
+
+fn summary_of(v: i64) -> u64 {
+    u64::from_be_bytes(v.to_be_bytes())
 }
 
 fn site_prefixed(site: &str, rest: &[u8]) -> Vec<u8> {
@@ -177,35 +214,149 @@ fn pause_id(service: &str, site: &str) -> Bson {
     bin(site_prefixed(service, site.as_bytes()))
 }
 
-/// When a metrics bucket leaves the 24 h window.
-fn metric_expiry(bucket: u64) -> DateTime {
-    date(bucket + METRICS_BUCKETS as u64 * METRICS_BUCKET_MS)
+/// The end of the range of strings starting with `prefix`: `prefix` with its last character
+/// replaced by the next one (carrying over U+10FFFF), so that the strings in
+/// `[prefix, end)` are exactly those starting with `prefix` (UTF-8 byte order is code point
+/// order, and no character lies between one and the next). `None` when there is no bound
+/// (an empty prefix, or only U+10FFFF).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match u32::from(last) + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
-/// When a failed entry with `score` leaves the window: 24 h after its hour began.
-fn failed_expiry(score: u64) -> DateTime {
-    date(failed_bucket(score) + FAILED_BUCKETS * FAILED_BUCKET_MS)
+/// A range condition on a string field: the strings starting with `prefix`, after `after` when
+/// it is not before `prefix` (as sled's listings).
+fn string_range(prefix: &str, after: Option<&str>) -> Document {
+    let mut range = Document::new();
+    match after {
+        Some(a) if a >= prefix => range.insert("$gt", a),
+        _ => range.insert("$gte", prefix),
+    };
+    if let Some(end) = prefix_end(prefix) {
+        range.insert("$lt", end);
+    }
+    range
 }
 
-fn info_doc(info: &ReplicationInfo) -> Result<Document, StoreError> {
-    mongodb::bson::to_document(info)
-        .map_err(|e| StoreError::Invalid(format!("replication info: {e}")))
+/// `key_children`'s walk of directory `dir` through `find`, a reader of up to `want` records
+/// whose key is in a range (a [`string_range`] condition), in key order.
+async fn walk_children<F, Fut>(
+    dir: &str,
+    after: Option<&str>,
+    limit: usize,
+    mut find: F,
+) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError>
+where
+    F: FnMut(Document, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<(String, KeyState)>, StoreError>>,
+{
+    let mut out: Vec<(String, KeyState)> = Vec::new();
+    let mut subdirs = Vec::new();
+    let mut range = string_range(dir, after);
+    // As sled: read in key order; a key further down names its subdirectory, and the
+    // listing seeks past that subtree (`/` + 1 is `0`) instead of reading it. Pages start
+    // small and grow while they hold only direct children, so a subtree costs a few
+    // records read, not a page of them.
+    let mut window = FIRST_WINDOW;
+    while out.len() < limit {
+        let want = window.min(limit - out.len());
+        let page = find(range.clone(), want).await?;
+        let fetched = page.len();
+        let mut seek = None;
+        for (key, state) in page {
+            let Some(rest) = key.strip_prefix(dir) else {
+                return Ok((out, subdirs));
+            };
+            if let Some(slash) = rest.find('/') {
+                let end = dir.len() + slash;
+                subdirs.push(key.get(..=end).unwrap_or_default().to_string());
+                seek = Some(format!("{}0", key.get(..end).unwrap_or_default()));
+                break;
+            }
+            out.push((key, state));
+        }
+        range.remove("$gt");
+        range.remove("$gte");
+        match (seek, out.last()) {
+            (Some(from), _) => {
+                range.insert("$gte", from);
+                window = FIRST_WINDOW;
+            }
+            (None, Some((last, _))) if fetched == want => {
+                range.insert("$gt", last.clone());
+                window = window.saturating_mul(4);
+            }
+            // The listing ended.
+            _ => break,
+        }
+    }
+    Ok((out, subdirs))
 }
 
-fn info_of(d: &Document) -> Result<ReplicationInfo, StoreError> {
-    let info = d
-        .get_document("info")
-        .map_err(|_| StoreError::Corrupt("replication info: no info document".into()))?;
-    mongodb::bson::from_document(info.clone())
-        .map_err(|e| StoreError::Corrupt(format!("replication info: {e}")))
+fn key_filter(bucket: &str, key: &str) -> Document {
+    doc! {"bucket": bucket, "key": key}
 }
 
-fn version_of(d: &Document) -> Option<VersionRef> {
-    Some(VersionRef::new(
-        d.get_str("bucket").ok()?,
-        d.get_str("key").ok()?,
-        d.get_str("versionId").ok()?,
-    ))
+fn state_doc(state: &KeyState) -> Result<Document, StoreError> {
+    mongodb::bson::to_document(state).map_err(|e| StoreError::Invalid(format!("key record: {e}")))
+}
+
+fn state_of(d: &Document) -> Result<KeyState, StoreError> {
+    let state = d
+        .get_document("state")
+        .map_err(|_| StoreError::Corrupt("key record: no state document".into()))?;
+    mongodb::bson::from_document(state.clone())
+        .map_err(|e| StoreError::Corrupt(format!("key record: {e}")))
+}
+
+/// The key and record of a `keys` document.
+fn key_record(d: &Document) -> Result<(String, KeyState), StoreError> {
+    let key = d
+        .get_str("key")
+        .map_err(|_| StoreError::Corrupt("key record: no key".into()))?;
+    Ok((key.to_string(), state_of(d)?))
+}
+
+fn failed_info_doc(info: &FailedInfo) -> Result<Document, StoreError> {
+    mongodb::bson::to_document(info).map_err(|e| StoreError::Invalid(format!("failed entry: {e}")))
+}
+
+/// A `failed` document as an entry of `site`.
+fn failed_entry_of(site: &str, d: &Document) -> Result<FailedEntry, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("failed entry of site {site}"));
+    let version = VersionRef::new(
+        d.get_str("bucket").map_err(|_| corrupt())?,
+        d.get_str("key").map_err(|_| corrupt())?,
+        d.get_str("versionId").map_err(|_| corrupt())?,
+    );
+    let info = d.get_document("info").map_err(|_| corrupt())?;
+    let info: FailedInfo = mongodb::bson::from_document(info.clone())
+        .map_err(|e| StoreError::Corrupt(format!("failed entry of site {site}: {e}")))?;
+    Ok(FailedEntry {
+        site: site.to_string(),
+        version,
+        score_ms: u64_of(int_of(d, "score")),
+        info,
+    })
+}
+
+/// A deletion replicated everywhere: its record is kept [`DELETED_KEY_TTL_MS`], then swept.
+fn settled(state: &KeyState) -> bool {
+    state.deleted
+        && state
+            .sites
+            .iter()
+            .all(|s| s.status == ReplicationStatus::Completed)
 }
 
 fn int_of(d: &Document, field: &str) -> i64 {
@@ -217,22 +368,54 @@ fn int_of(d: &Document, field: &str) -> i64 {
     }
 }
 
-fn is_duplicate_key(e: &MongoError) -> bool {
+fn error_code(e: &MongoError) -> Option<i32> {
     match e.kind.as_ref() {
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) => we.code == 11000,
-        ErrorKind::Command(ce) => ce.code == 11000,
-        _ => false,
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we)) => Some(we.code),
+        ErrorKind::Command(ce) => Some(ce.code),
+        _ => None,
     }
+}
+
+fn is_duplicate_key(e: &MongoError) -> bool {
+    error_code(e) == Some(11000)
+}
+
+fn durable_write_concern() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .build()
 }
 
 /// Outcome of one transaction attempt.
 enum Attempt {
-    Done(bool),
+    /// Committed: whether each op changed anything.
+    Done(Vec<bool>),
+    /// Failed transiently: run it again.
     Retry(MongoError),
 }
 
+/// An error inside a transaction body: the driver's (maybe transient) or ours.
+enum TxError {
+    Mongo(MongoError),
+    Store(StoreError),
+}
+
+impl From<MongoError> for TxError {
+    fn from(e: MongoError) -> Self {
+        TxError::Mongo(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
 impl MongoStore {
-    /// Connects to `config.uri`, checks the format version and creates the indexes.
+    /// Connects to `config.uri`, checks the format version and creates the collections and
+    /// indexes.
     ///
     /// # Errors
     /// `StoreError::Invalid` for a connection string the driver refuses, `StoreError::Storage`
@@ -265,6 +448,7 @@ impl MongoStore {
             healthy: std::sync::Arc::new(AtomicBool::new(true)),
         };
         store.check_format().await?;
+        store.create_collections().await?;
         store.create_indexes().await?;
         tracing::info!(mongodb = %store.hosts, database = store.db.name(), "MongoDB state store open.");
         Ok(store)
@@ -274,6 +458,7 @@ impl MongoStore {
         self.db.collection::<Document>(name)
     }
 
+    /// Refuses a database written in another layout before anything is written to it.
     async fn check_format(&self) -> Result<(), StoreError> {
         let meta = self.coll("meta");
         match meta
@@ -284,9 +469,18 @@ impl MongoStore {
             Some(d) => {
                 let found = int_of(&d, "version");
                 if found != i64::from(FORMAT_VERSION) {
+                    tracing::error!(
+                        mongodb = %self.hosts,
+                        database = self.db.name(),
+                        found,
+                        expected = FORMAT_VERSION,
+                        "The MongoDB database holds another layout of the state store (version 1 \
+                         kept one document per version, this one keeps one per source key); point \
+                         storage.mongodb.database at a new database, or drop this one."
+                    );
                     return Err(StoreError::UnsupportedFormat {
                         found: u32::try_from(found).unwrap_or(u32::MAX),
-                        expected: FORMAT_VERSION as u32,
+                        expected: FORMAT_VERSION.unsigned_abs(),
                     });
                 }
             }
@@ -308,30 +502,47 @@ impl MongoStore {
         Ok(())
     }
 
-    async fn create_indexes(&self) -> Result<(), StoreError> {
-        let ttl = || {
-            IndexModel::builder()
-                .keys(doc! {"expireAt": 1})
-                .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-                .build()
-        };
-        self.coll("failed")
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"site": 1, "score": -1})
-                    .options(IndexOptions::builder().unique(true).build())
-                    .build(),
-            )
-            .await
-            .map_err(storage)?;
-        for name in ["failed", "metrics", "object_metrics", "locks"] {
-            self.coll(name).create_index(ttl()).await.map_err(storage)?;
+    async fn create_collections(&self) -> Result<(), StoreError> {
+        let existing = self.db.list_collection_names().await.map_err(storage)?;
+        for name in COLLECTIONS {
+            if existing.iter().any(|e| e == name) {
+                continue;
+            }
+            match self.db.create_collection(name).await {
+                Ok(()) => {}
+                // Created meanwhile by another engine (NamespaceExists).
+                Err(e) if error_code(&e) == Some(48) => {}
+                Err(e) => return Err(storage(e)),
+            }
         }
         Ok(())
     }
 
-    fn now_ms_inner(&self) -> u64 {
-        self.clock.now_ms()
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let index = |keys: Document, options: IndexOptions| {
+            IndexModel::builder().keys(keys).options(options).build()
+        };
+        let unique = || IndexOptions::builder().unique(true).build();
+        let plain = IndexOptions::default;
+        let indexes = [
+            ("keys", index(doc! {"bucket": 1, "key": 1}, unique())),
+            (
+                "keys",
+                index(
+                    doc! {"expiresMs": 1},
+                    IndexOptions::builder().sparse(true).build(),
+                ),
+            ),
+            ("failed", index(doc! {"site": 1, "score": -1}, unique())),
+            ("failed", index(doc! {"score": 1}, plain())),
+            ("metrics", index(doc! {"at": 1}, plain())),
+            ("object_metrics", index(doc! {"at": 1}, plain())),
+            ("dirs", index(doc! {"bucket": 1, "dir": 1}, unique())),
+        ];
+        for (coll, model) in indexes {
+            self.coll(coll).create_index(model).await.map_err(storage)?;
+        }
+        Ok(())
     }
 
     fn note<T>(&self, r: Result<T, MongoError>) -> Result<T, StoreError> {
@@ -341,25 +552,31 @@ impl MongoStore {
                 Ok(v)
             }
             Err(e) => {
-                if matches!(
-                    e.kind.as_ref(),
-                    ErrorKind::ServerSelection { .. }
-                        | ErrorKind::Io(_)
-                        | ErrorKind::ConnectionPoolCleared { .. }
-                ) {
-                    self.healthy.store(false, Ordering::Release);
-                }
+                self.note_unreachable(&e);
                 Err(storage(e))
             }
         }
     }
 
-    /// One transaction attempt: guards, then ops, then commit.
+    fn note_unreachable(&self, e: &MongoError) {
+        if matches!(
+            e.kind.as_ref(),
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+        ) {
+            self.healthy.store(false, Ordering::Release);
+        }
+    }
+
+    /// One transaction attempt: the ops in order, then the commit (retried while its result
+    /// is unknown, until `deadline`).
     async fn attempt(
         &self,
         session: &mut ClientSession,
-        guards: &[Guard],
         ops: &[StoreOp],
+        now: u64,
+        deadline: Instant,
     ) -> Result<Attempt, StoreError> {
         let options = TransactionOptions::builder()
             .read_concern(ReadConcern::snapshot())
@@ -369,26 +586,23 @@ impl MongoStore {
             return Err(storage(e));
         }
         let body = async {
-            for g in guards {
-                if !self.eval_guard(session, g).await? {
-                    return Ok::<bool, TxError>(false);
-                }
-            }
+            let mut changed = Vec::with_capacity(ops.len());
             for op in ops {
-                self.apply_op(session, op).await?;
+                changed.push(self.apply_op(session, op, now).await?);
             }
-            Ok(true)
+            Ok::<Vec<bool>, TxError>(changed)
         }
         .await;
         match body {
-            Ok(false) => {
-                let _ = session.abort_transaction().await;
-                Ok(Attempt::Done(false))
-            }
-            Ok(true) => loop {
+            Ok(changed) => loop {
                 match session.commit_transaction().await {
-                    Ok(()) => return Ok(Attempt::Done(true)),
-                    Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                    Ok(()) => return Ok(Attempt::Done(changed)),
+                    Err(e)
+                        if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                            && Instant::now() < deadline =>
+                    {
+                        continue
+                    }
                     Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
                         return Ok(Attempt::Retry(e))
                     }
@@ -397,7 +611,7 @@ impl MongoStore {
             },
             Err(TxError::Mongo(e)) => {
                 let _ = session.abort_transaction().await;
-                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) {
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) || is_duplicate_key(&e) {
                     Ok(Attempt::Retry(e))
                 } else {
                     Err(storage(e))
@@ -410,150 +624,26 @@ impl MongoStore {
         }
     }
 
-    async fn find_in(
+    async fn apply_op(
         &self,
         session: &mut ClientSession,
-        coll: &str,
-        id: Bson,
-    ) -> Result<Option<Document>, TxError> {
-        Ok(self
-            .coll(coll)
-            .find_one(doc! {"_id": id})
-            .session(&mut *session)
-            .await?)
-    }
-
-    async fn eval_guard(&self, session: &mut ClientSession, g: &Guard) -> Result<bool, TxError> {
-        Ok(match g {
-            Guard::Absent(v) => self
-                .find_in(session, "replication", bin(v.encode()))
-                .await?
-                .is_none(),
-            Guard::Present(v) => self
-                .find_in(session, "replication", bin(v.encode()))
-                .await?
-                .is_some(),
-            Guard::SiteStatus {
-                version,
-                site,
-                any_of,
-            } => {
-                match self
-                    .find_in(session, "replication", bin(version.encode()))
-                    .await?
-                {
-                    Some(d) => info_of(&d)?
-                        .site(site)
-                        .map(|s| any_of.contains(&s.status))
-                        .unwrap_or(false),
-                    None => false,
-                }
-            }
-        })
-    }
-
-    async fn put_info(
-        &self,
-        session: &mut ClientSession,
-        v: &VersionRef,
-        info: &ReplicationInfo,
-    ) -> Result<(), TxError> {
-        let d = doc! {
-            "_id": bin(v.encode()),
-            "bucket": &v.bucket,
-            "key": &v.key,
-            "versionId": &v.version_id,
-            "info": info_doc(info)?,
-        };
-        self.coll("replication")
-            .replace_one(doc! {"_id": bin(v.encode())}, d)
-            .upsert(true)
-            .session(&mut *session)
-            .await?;
-        Ok(())
-    }
-
-    async fn remove_failed(
-        &self,
-        session: &mut ClientSession,
-        site: &str,
-        v: &VersionRef,
-    ) -> Result<(), TxError> {
-        self.coll("failed")
-            .delete_one(doc! {"_id": failed_id(site, v)})
-            .session(&mut *session)
-            .await?;
-        Ok(())
-    }
-
-    /// Applies `change` to `version`'s info, if any, and writes it back when it changed.
-    async fn update_info(
-        &self,
-        session: &mut ClientSession,
-        version: &VersionRef,
-        change: impl FnOnce(&mut ReplicationInfo) -> bool,
-    ) -> Result<(), TxError> {
-        if let Some(d) = self
-            .find_in(session, "replication", bin(version.encode()))
-            .await?
-        {
-            let mut info = info_of(&d)?;
-            if change(&mut info) {
-                self.put_info(session, version, &info).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn apply_op(&self, session: &mut ClientSession, op: &StoreOp) -> Result<(), TxError> {
+        op: &StoreOp,
+        now: u64,
+    ) -> Result<bool, TxError> {
         match op {
-            StoreOp::PutReplication { version, info } => {
-                self.put_info(session, version, info).await?
-            }
-            StoreOp::SetSiteStatus {
-                version,
-                site,
-                status,
-                data_store_version_id,
-            } => {
-                self.update_info(session, version, |info| {
-                    info.set_site_status(site, *status, data_store_version_id.as_deref())
-                })
-                .await?
-            }
-            StoreOp::RemoveSite { version, site } => {
-                self.update_info(session, version, |info| info.remove_site(site))
-                    .await?
-            }
-            StoreOp::AddPending { site, ops, bytes } => {
-                if *ops != 0 || *bytes != 0 {
-                    self.coll("pending")
-                        .update_one(
-                            doc! {"_id": site},
-                            doc! {"$inc": {"ops": *ops, "bytes": *bytes}},
-                        )
-                        .upsert(true)
-                        .session(&mut *session)
-                        .await?;
-                }
-            }
+            StoreOp::Key {
+                bucket,
+                key,
+                change,
+            } => return self.key_change(session, bucket, key, change, now).await,
             StoreOp::AddMetric {
                 site,
                 metric,
                 value,
                 at_ms,
             } => {
-                if *value > 0 {
-                    let bucket = metrics_bucket(*at_ms);
-                    self.coll("metrics")
-                        .update_one(
-                            doc! {"_id": metric_id(site, *metric, bucket)},
-                            doc! {"$inc": {"n": i64_of(*value)}, "$set": {"expireAt": metric_expiry(bucket)}},
-                        )
-                        .upsert(true)
-                        .session(&mut *session)
-                        .await?;
-                }
+                self.add_metric(session, site, *metric, *value, *at_ms)
+                    .await?
             }
             StoreOp::AddObjectMetric {
                 site,
@@ -567,53 +657,48 @@ impl MongoStore {
                     self.coll("object_metrics")
                         .update_one(
                             doc! {"_id": object_metric_id(bucket, *metric, site, version)},
-                            doc! {"$inc": {"n": i64_of(*value)}, "$set": {"expireAt": metric_expiry(bucket)}},
+                            doc! {"$inc": {"n": i64_of(*value)}, "$set": {"at": i64_of(bucket)}},
                         )
                         .upsert(true)
                         .session(&mut *session)
                         .await?;
                 }
             }
-            StoreOp::AddFailed {
-                site,
-                version,
-                score_ms,
+            StoreOp::PutDirSummary {
+                bucket,
+                dir,
+                summary,
             } => {
-                self.remove_failed(session, site, version).await?;
-                // The first free score at or above the requested one (scores are unique per
-                // site): walk the taken ones upwards until a gap.
-                let mut score = *score_ms;
-                let mut cursor = self
-                    .coll("failed")
-                    .find(doc! {"site": site, "score": {"$gte": i64_of(score)}})
-                    .sort(doc! {"score": 1})
-                    .projection(doc! {"score": 1})
-                    .session(&mut *session)
-                    .await?;
-                while let Some(d) = cursor.next(&mut *session).await {
-                    let taken = u64_of(int_of(&d?, "score"));
-                    if taken == score {
-                        score += 1;
-                    } else if taken > score {
-                        break;
-                    }
-                }
-                drop(cursor);
-                self.coll("failed")
-                    .insert_one(doc! {
-                        "_id": failed_id(site, version),
-                        "site": site,
-                        "bucket": &version.bucket,
-                        "key": &version.key,
-                        "versionId": &version.version_id,
-                        "score": i64_of(score),
-                        "expireAt": failed_expiry(score),
-                    })
+                self.coll("dirs")
+                    .replace_one(
+                        doc! {"bucket": bucket, "dir": dir},
+                        doc! {"bucket": bucket, "dir": dir, "summary": summary_bits(*summary)},
+                    )
+                    .upsert(true)
                     .session(&mut *session)
                     .await?;
             }
-            StoreOp::RemoveFailed { site, version } => {
-                self.remove_failed(session, site, version).await?
+            StoreOp::DeleteDirSummaries { bucket, prefix } => {
+                // Inside the transaction (sled removes the range after its own): the same
+                // result, in op order.
+                self.coll("dirs")
+                    .delete_many(doc! {"bucket": bucket, "dir": string_range(prefix, None)})
+                    .session(&mut *session)
+                    .await?;
+            }
+            StoreOp::ClaimNamespace { site, bucket } => {
+                let claimed = self
+                    .coll("namespaces")
+                    .find_one(doc! {"_id": site})
+                    .session(&mut *session)
+                    .await?;
+                if claimed.is_some() {
+                    return Ok(false);
+                }
+                self.coll("namespaces")
+                    .insert_one(doc! {"_id": site, "bucket": bucket})
+                    .session(&mut *session)
+                    .await?;
             }
             StoreOp::PutCursor { name, value } => {
                 self.coll("cursors")
@@ -626,7 +711,183 @@ impl MongoStore {
                     .await?;
             }
         }
+        Ok(true)
+    }
+
+    /// Applies a key change and its effects (as sled's `tx_key_change`); returns whether it
+    /// changed anything.
+    async fn key_change(
+        &self,
+        session: &mut ClientSession,
+        bucket: &str,
+        key: &str,
+        change: &KeyChange,
+        now: u64,
+    ) -> Result<bool, TxError> {
+        let filter = key_filter(bucket, key);
+        let old_doc = self
+            .coll("keys")
+            .find_one(filter.clone())
+            .session(&mut *session)
+            .await?;
+        let old = old_doc.as_ref().map(state_of).transpose()?;
+        let (new, fx) = transitions::apply(bucket, key, old.clone(), change, now);
+        if !fx.changed {
+            return Ok(false);
+        }
+        // A change that leaves the record as it was (a failed entry unlisted) writes nothing:
+        // fewer write conflicts with a concurrent engine.
+        if new != old {
+            match &new {
+                Some(state) => {
+                    let mut d = doc! {"bucket": bucket, "key": key, "state": state_doc(state)?};
+                    if settled(state) {
+                        // Kept from when it first settled: a later change (a site removed)
+                        // does not push the drop back.
+                        let expires = old_doc
+                            .as_ref()
+                            .and_then(|o| o.get_i64("expiresMs").ok())
+                            .unwrap_or_else(|| i64_of(now.saturating_add(DELETED_KEY_TTL_MS)));
+                        d.insert("expiresMs", expires);
+                    }
+                    self.coll("keys")
+                        .replace_one(filter, d)
+                        .upsert(true)
+                        .session(&mut *session)
+                        .await?;
+                }
+                None => {
+                    self.coll("keys")
+                        .delete_one(filter)
+                        .session(&mut *session)
+                        .await?;
+                }
+            }
+        }
+        for (site, ops, bytes) in &fx.pending {
+            self.coll("pending")
+                .update_one(
+                    doc! {"_id": site},
+                    doc! {"$inc": {"ops": *ops, "bytes": *bytes}},
+                )
+                .upsert(true)
+                .session(&mut *session)
+                .await?;
+        }
+        for (site, metric, value) in &fx.metrics {
+            self.add_metric(session, site, *metric, *value, now).await?;
+        }
+        for (site, v) in &fx.failed_remove {
+            self.coll("failed")
+                .delete_one(doc! {"_id": failed_id(site, v)})
+                .session(&mut *session)
+                .await?;
+        }
+        for (site, v, info) in &fx.failed_add {
+            // Listed at the time of its last attempt (the change's time if unknown).
+            let at = if info.last_attempt_ms > 0 {
+                info.last_attempt_ms
+            } else {
+                now
+            };
+            self.add_failed(session, site, v, info, at).await?;
+        }
+        Ok(true)
+    }
+
+    async fn add_metric(
+        &self,
+        session: &mut ClientSession,
+        site: &str,
+        metric: Metric,
+        value: u64,
+        at_ms: u64,
+    ) -> Result<(), TxError> {
+        if value > 0 {
+            let bucket = metrics_bucket(at_ms);
+            self.coll("metrics")
+                .update_one(
+                    doc! {"_id": metric_id(site, metric, bucket)},
+                    doc! {"$inc": {"n": i64_of(value)}, "$set": {"at": i64_of(bucket)}},
+                )
+                .upsert(true)
+                .session(&mut *session)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Puts `(site, v)` in the failed set at `score_ms` (moved there if already present: one
+    /// entry per pair). Scores are unique per site: a taken score is bumped by 1 ms, so
+    /// markers page without duplicates.
+    async fn add_failed(
+        &self,
+        session: &mut ClientSession,
+        site: &str,
+        v: &VersionRef,
+        info: &FailedInfo,
+        score_ms: u64,
+    ) -> Result<(), TxError> {
+        self.coll("failed")
+            .delete_one(doc! {"_id": failed_id(site, v)})
+            .session(&mut *session)
+            .await?;
+        // The first free score at or above the requested one: walk the taken ones upwards
+        // until a gap.
+        let mut score = score_ms;
+        let mut cursor = self
+            .coll("failed")
+            .find(doc! {"site": site, "score": {"$gte": i64_of(score)}})
+            .sort(doc! {"score": 1})
+            .projection(doc! {"score": 1})
+            .session(&mut *session)
+            .await?;
+        while let Some(d) = cursor.next(&mut *session).await {
+            let taken = u64_of(int_of(&d?, "score"));
+            if taken == score {
+                score += 1;
+            } else if taken > score {
+                break;
+            }
+        }
+        drop(cursor);
+        self.coll("failed")
+            .insert_one(doc! {
+                "_id": failed_id(site, v),
+                "site": site,
+                "bucket": &v.bucket,
+                "key": &v.key,
+                "versionId": &v.version_id,
+                "score": i64_of(score),
+                "info": failed_info_doc(info)?,
+            })
+            .session(&mut *session)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` documents of `filter` in key order.
+    async fn find_keys(
+        &self,
+        filter: Document,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyState)>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut cursor = self.note(
+            self.coll("keys")
+                .find(filter)
+                .sort(doc! {"key": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await,
+        )?;
+        while self.note(cursor.advance().await)? {
+            let d = self.note(cursor.deserialize_current())?;
+            out.push(key_record(&d)?);
+        }
+        Ok(out)
     }
 
     /// Sums of `n` by `_id` for the given ids of `coll`.
@@ -655,36 +916,25 @@ impl MongoStore {
             .collect())
     }
 
-    fn bucket_starts(&self) -> Vec<Option<u64>> {
-        let current = metrics_bucket(self.now_ms_inner());
-        (0..METRICS_BUCKETS as u64)
+    /// The 288 buckets newest first, from the counters of the ids `id` gives each bucket.
+    async fn buckets_newest_first(
+        &self,
+        coll: &str,
+        id: impl Fn(u64) -> Bson,
+    ) -> Result<Vec<u64>, StoreError> {
+        let current = metrics_bucket(self.now_ms());
+        let starts: Vec<Option<u64>> = (0..METRICS_BUCKETS as u64)
             .map(|i| current.checked_sub(i * METRICS_BUCKET_MS))
-            .collect()
-    }
-}
-
-fn durable_write_concern() -> WriteConcern {
-    WriteConcern::builder()
-        .w(Acknowledgment::Majority)
-        .journal(true)
-        .build()
-}
-
-/// An error inside a transaction body: the driver's (maybe transient) or ours.
-enum TxError {
-    Mongo(MongoError),
-    Store(StoreError),
-}
-
-impl From<MongoError> for TxError {
-    fn from(e: MongoError) -> Self {
-        TxError::Mongo(e)
-    }
-}
-
-impl From<StoreError> for TxError {
-    fn from(e: StoreError) -> Self {
-        TxError::Store(e)
+            .collect();
+        let ids: Vec<Bson> = starts.iter().flatten().map(|b| id(*b)).collect();
+        let mut values = self.counters(coll, &ids).await?.into_iter();
+        Ok(starts
+            .iter()
+            .map(|s| match s {
+                Some(_) => values.next().unwrap_or(0),
+                None => 0,
+            })
+            .collect())
     }
 }
 
@@ -695,21 +945,25 @@ impl StateStore for MongoStore {
     }
 
     fn now_ms(&self) -> u64 {
-        self.now_ms_inner()
+        self.clock.now_ms()
     }
 
-    async fn apply(&self, guards: Vec<Guard>, ops: Vec<StoreOp>) -> Result<bool, StoreError> {
+    async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
         check_op_names(&ops)?;
-        let started = Instant::now();
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now_ms();
+        let deadline = Instant::now() + TXN_RETRY_FOR;
         let mut session = self.note(self.client.start_session().await)?;
         loop {
-            match self.attempt(&mut session, &guards, &ops).await {
-                Ok(Attempt::Done(applied)) => {
+            match self.attempt(&mut session, &ops, now, deadline).await {
+                Ok(Attempt::Done(changed)) => {
                     self.healthy.store(true, Ordering::Release);
-                    return Ok(applied);
+                    return Ok(changed);
                 }
                 Ok(Attempt::Retry(e)) => {
-                    if started.elapsed() > TXN_RETRY_FOR {
+                    if Instant::now() > deadline {
                         return Err(storage(e));
                     }
                     tracing::debug!(error = %e, "State store transaction conflicted; retrying.");
@@ -718,12 +972,7 @@ impl StateStore for MongoStore {
                 Err(e) => {
                     if let StoreError::Storage(inner) = &e {
                         if let Some(me) = inner.downcast_ref::<MongoError>() {
-                            if matches!(
-                                me.kind.as_ref(),
-                                ErrorKind::ServerSelection { .. } | ErrorKind::Io(_)
-                            ) {
-                                self.healthy.store(false, Ordering::Release);
-                            }
+                            self.note_unreachable(me);
                         }
                     }
                     return Err(e);
@@ -732,17 +981,66 @@ impl StateStore for MongoStore {
         }
     }
 
-    async fn replication(
-        &self,
-        version: &VersionRef,
-    ) -> Result<Option<ReplicationInfo>, StoreError> {
-        match self.note(
-            self.coll("replication")
-                .find_one(doc! {"_id": bin(version.encode())})
-                .await,
-        )? {
-            Some(d) => Ok(Some(info_of(&d)?)),
+    async fn key_state(&self, bucket: &str, key: &str) -> Result<Option<KeyState>, StoreError> {
+        check_name("bucket", bucket)?;
+        match self.note(self.coll("keys").find_one(key_filter(bucket, key)).await)? {
+            Some(d) => Ok(Some(state_of(&d)?)),
             None => Ok(None),
+        }
+    }
+
+    async fn key_states(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, KeyState)>, StoreError> {
+        check_name("bucket", bucket)?;
+        self.find_keys(
+            doc! {"bucket": bucket, "key": string_range(prefix, after)},
+            limit,
+        )
+        .await
+    }
+
+    async fn key_children(
+        &self,
+        bucket: &str,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, KeyState)>, Vec<String>), StoreError> {
+        check_name("bucket", bucket)?;
+        walk_children(dir, after, limit, |range, want| {
+            self.find_keys(doc! {"bucket": bucket, "key": range}, want)
+        })
+        .await
+    }
+
+    async fn dir_summary(&self, bucket: &str, dir: &str) -> Result<Option<u64>, StoreError> {
+        check_name("bucket", bucket)?;
+        Ok(self
+            .note(
+                self.coll("dirs")
+                    .find_one(doc! {"bucket": bucket, "dir": dir})
+                    .await,
+            )?
+            .map(|d| summary_of(int_of(&d, "summary"))))
+    }
+
+    async fn claim_namespace(&self, site: &str, bucket: &str) -> Result<String, StoreError> {
+        let op = StoreOp::ClaimNamespace {
+            site: site.to_string(),
+            bucket: bucket.to_string(),
+        };
+        self.apply(vec![op]).await?;
+        match self.note(self.coll("namespaces").find_one(doc! {"_id": site}).await)? {
+            Some(d) => d
+                .get_str("bucket")
+                .map(str::to_string)
+                .map_err(|_| StoreError::Corrupt(format!("namespace owner of site {site}"))),
+            None => Ok(bucket.to_string()),
         }
     }
 
@@ -753,11 +1051,12 @@ impl StateStore for MongoStore {
         limit: usize,
     ) -> Result<FailedPage, StoreError> {
         check_name("site", site)?;
-        let now = self.now_ms_inner();
+        let now = self.now_ms();
         let window_start = failed_window_start(now);
         let Some(upper) = failed_page_upper(marker, now) else {
             return Ok(FailedPage::default());
         };
+        // One more than the page: its score is the next marker.
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut cursor = self.note(
             self.coll("failed")
@@ -770,18 +1069,11 @@ impl StateStore for MongoStore {
         let mut next_marker = None;
         while self.note(cursor.advance().await)? {
             let d = self.note(cursor.deserialize_current())?;
-            let score = u64_of(int_of(&d, "score"));
             if entries.len() >= limit {
-                next_marker = Some(score);
+                next_marker = Some(u64_of(int_of(&d, "score")));
                 break;
             }
-            let version = version_of(&d)
-                .ok_or_else(|| StoreError::Corrupt(format!("failed entry of site {site}")))?;
-            entries.push(FailedEntry {
-                site: site.to_string(),
-                version,
-                score_ms: score,
-            });
+            entries.push(failed_entry_of(site, &d)?);
         }
         Ok(FailedPage {
             entries,
@@ -795,25 +1087,24 @@ impl StateStore for MongoStore {
         version: &VersionRef,
     ) -> Result<Option<FailedEntry>, StoreError> {
         check_name("site", site)?;
-        let window_start = failed_window_start(self.now_ms_inner());
+        let window_start = failed_window_start(self.now_ms());
         let d = self.note(
             self.coll("failed")
                 .find_one(doc! {"_id": failed_id(site, version)})
                 .await,
         )?;
-        Ok(d.and_then(|d| {
-            let score = u64_of(int_of(&d, "score"));
-            (score >= window_start).then(|| FailedEntry {
-                site: site.to_string(),
-                version: version.clone(),
-                score_ms: score,
-            })
-        }))
+        match d {
+            Some(d) => {
+                let e = failed_entry_of(site, &d)?;
+                Ok((e.score_ms >= window_start).then_some(e))
+            }
+            None => Ok(None),
+        }
     }
 
     async fn failed_count(&self, site: &str) -> Result<u64, StoreError> {
         check_name("site", site)?;
-        let window_start = failed_window_start(self.now_ms_inner());
+        let window_start = failed_window_start(self.now_ms());
         self.note(
             self.coll("failed")
                 .count_documents(doc! {"site": site, "score": {"$gte": i64_of(window_start)}})
@@ -823,23 +1114,8 @@ impl StateStore for MongoStore {
 
     async fn metric_buckets(&self, site: &str, metric: Metric) -> Result<Vec<u64>, StoreError> {
         check_name("site", site)?;
-        let starts = self.bucket_starts();
-        let ids: Vec<Bson> = starts
-            .iter()
-            .flatten()
-            .map(|b| metric_id(site, metric, *b))
-            .collect();
-        let mut values = self.counters("metrics", &ids).await?.into_iter();
-        Ok(starts
-            .iter()
-            .map(|s| {
-                if s.is_some() {
-                    values.next().unwrap_or(0)
-                } else {
-                    0
-                }
-            })
-            .collect())
+        self.buckets_newest_first("metrics", |b| metric_id(site, metric, b))
+            .await
     }
 
     async fn object_metric_buckets(
@@ -849,23 +1125,10 @@ impl StateStore for MongoStore {
         metric: ObjectMetric,
     ) -> Result<Vec<u64>, StoreError> {
         check_name("site", site)?;
-        let starts = self.bucket_starts();
-        let ids: Vec<Bson> = starts
-            .iter()
-            .flatten()
-            .map(|b| object_metric_id(*b, metric, site, version))
-            .collect();
-        let mut values = self.counters("object_metrics", &ids).await?.into_iter();
-        Ok(starts
-            .iter()
-            .map(|s| {
-                if s.is_some() {
-                    values.next().unwrap_or(0)
-                } else {
-                    0
-                }
-            })
-            .collect())
+        self.buckets_newest_first("object_metrics", |b| {
+            object_metric_id(b, metric, site, version)
+        })
+        .await
     }
 
     async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError> {
@@ -935,7 +1198,7 @@ impl StateStore for MongoStore {
     }
 
     async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        let now = self.now_ms_inner();
+        let now = self.now_ms();
         let until = now.saturating_add(ttl_ms);
         // Matches a free (expired) lock, or inserts a new one; a live lock makes the upsert
         // collide on `_id`, which means "taken".
@@ -943,7 +1206,7 @@ impl StateStore for MongoStore {
             .coll("locks")
             .update_one(
                 doc! {"_id": name, "expiresMs": {"$lte": i64_of(now)}},
-                doc! {"$set": {"expiresMs": i64_of(until), "expireAt": date(until)}},
+                doc! {"$set": {"expiresMs": i64_of(until)}},
             )
             .upsert(true)
             .await;
@@ -960,33 +1223,28 @@ impl StateStore for MongoStore {
     }
 
     async fn expire(&self) -> Result<u64, StoreError> {
-        let now = self.now_ms_inner();
-        let window_start = failed_window_start(now);
+        let now = self.now_ms();
         let mut removed = 0;
-        let r = self.note(
-            self.coll("failed")
-                .delete_many(doc! {"score": {"$lt": i64_of(window_start)}})
-                .await,
-        )?;
-        removed += r.deleted_count;
+        let window_start = failed_window_start(now);
         let oldest =
             metrics_bucket(now).saturating_sub((METRICS_BUCKETS as u64 - 1) * METRICS_BUCKET_MS);
-        for coll in ["metrics", "object_metrics"] {
-            // A bucket expires when it leaves the window: its expireAt is at or before the
-            // oldest bucket still kept plus one window.
-            let r = self.note(
-                self.coll(coll)
-                    .delete_many(doc! {"expireAt": {"$lte": metric_expiry(oldest.saturating_sub(METRICS_BUCKET_MS))}})
-                    .await,
-            )?;
-            removed += r.deleted_count;
+        let sweeps = [
+            // Failed entries older than the 24 hourly buckets.
+            ("failed", doc! {"score": {"$lt": i64_of(window_start)}}),
+            // Metrics buckets out of the 24 h window.
+            ("metrics", doc! {"at": {"$lt": i64_of(oldest)}}),
+            ("object_metrics", doc! {"at": {"$lt": i64_of(oldest)}}),
+            // Records of keys deleted at the source, replicated everywhere, kept their TTL
+            // (a key written again since then lost its `expiresMs`).
+            ("keys", doc! {"expiresMs": {"$lt": i64_of(now)}}),
+            // Expired locks.
+            ("locks", doc! {"expiresMs": {"$lte": i64_of(now)}}),
+        ];
+        for (coll, filter) in sweeps {
+            removed += self
+                .note(self.coll(coll).delete_many(filter).await)?
+                .deleted_count;
         }
-        let r = self.note(
-            self.coll("locks")
-                .delete_many(doc! {"expiresMs": {"$lte": i64_of(now)}})
-                .await,
-        )?;
-        removed += r.deleted_count;
         Ok(removed)
     }
 
@@ -1023,16 +1281,195 @@ mod tests {
     }
 
     #[test]
-    fn metrics_expire_when_they_leave_the_window() {
-        let b = metrics_bucket(1_795_689_630_250);
+    fn a_prefix_range_holds_exactly_the_keys_starting_with_it() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("a/").as_deref(), Some("a0"));
+        assert_eq!(prefix_end("é").as_deref(), Some("ê"));
+        assert_eq!(prefix_end("x\u{D7FF}").as_deref(), Some("x\u{E000}"));
+        assert_eq!(prefix_end("x\u{10FFFF}").as_deref(), Some("y"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        let keys = [
+            "a",
+            "a/",
+            "a/b",
+            "a/\u{10FFFF}",
+            "a0",
+            "a.",
+            "é",
+            "é/x",
+            "ê",
+            "\u{FF61}",
+            "😀",
+            "😀/",
+            "x\u{D7FF}",
+            "x\u{D7FF}z",
+            "x\u{E000}",
+            "x\u{10FFFF}",
+            "x\u{10FFFF}\u{10FFFF}",
+            "y",
+        ];
+        for prefix in ["a", "a/", "é", "😀", "x\u{D7FF}", "x\u{10FFFF}", ""] {
+            for k in keys {
+                let in_range = k >= prefix && prefix_end(prefix).is_none_or(|end| k < end.as_str());
+                assert_eq!(in_range, k.starts_with(prefix), "{k:?} / {prefix:?}");
+            }
+        }
+    }
+
+    /// Up to `want` of `keys` in `range` (a [`string_range`] condition), in key order, as the
+    /// `{bucket, key}` index gives them.
+    fn fake_find(keys: &[&str], range: &Document, want: usize) -> Vec<(String, KeyState)> {
+        let mut sorted = keys.to_vec();
+        sorted.sort();
+        let bound = |op: &str| range.get_str(op).ok();
+        sorted
+            .into_iter()
+            .filter(|k| {
+                bound("$gt").is_none_or(|b| *k > b)
+                    && bound("$gte").is_none_or(|b| *k >= b)
+                    && bound("$lt").is_none_or(|b| *k < b)
+            })
+            .take(want)
+            .map(|k| (k.to_string(), KeyState::default()))
+            .collect()
+    }
+
+    /// [`walk_children`] over `keys`; the names listed, and how many records were read.
+    async fn children(
+        keys: &[&str],
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let read = std::cell::Cell::new(0);
+        let (out, subdirs) = walk_children(dir, after, limit, |range, want| {
+            let page = fake_find(keys, &range, want);
+            read.set(read.get() + page.len());
+            std::future::ready(Ok(page))
+        })
+        .await
+        .expect("walk");
+        (
+            out.into_iter().map(|(k, _)| k).collect(),
+            subdirs,
+            read.get(),
+        )
+    }
+
+    #[test]
+    fn listings_start_at_the_prefix_or_after_a_key_in_it() {
+        let r = string_range("a/", Some("A"));
+        assert_eq!((r.get_str("$gte"), r.get_str("$lt")), (Ok("a/"), Ok("a0")));
+        let r = string_range("a/", Some("a/b"));
+        assert_eq!((r.get_str("$gt"), r.get_str("$lt")), (Ok("a/b"), Ok("a0")));
+        assert!(r.get("$gte").is_none());
+        assert_eq!(string_range("", None), doc! {"$gte": ""});
+    }
+
+    #[tokio::test]
+    async fn children_are_listed_as_sled_lists_them() {
+        let keys = [
+            "top",
+            "d/a",
+            "d/b",
+            "d/sub.txt",
+            "d/sub/x",
+            "d/sub/y/z",
+            "d/sub0",
+            "d/t",
+            "d/u/v",
+            "d/é/x",
+            "dz",
+            "e/f",
+        ];
+        let names = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+        let list = |dir, after, limit| async move {
+            let (out, subdirs, _) = children(&keys, dir, after, limit).await;
+            (out, subdirs)
+        };
         assert_eq!(
-            metric_expiry(b).timestamp_millis() as u64,
-            b + 288 * 300_000
+            list("d/", None, 100).await,
+            (
+                names(&["d/a", "d/b", "d/sub.txt", "d/sub0", "d/t"]),
+                names(&["d/sub/", "d/u/", "d/é/"])
+            )
         );
-        let s = 1_795_689_630_250;
         assert_eq!(
-            failed_expiry(s).timestamp_millis() as u64,
-            failed_bucket(s) + 24 * 3_600_000
+            list("", None, 100).await,
+            (names(&["dz", "top"]), names(&["d/", "e/"]))
         );
+        assert_eq!(
+            list("d/sub/", None, 100).await,
+            (names(&["d/sub/x"]), names(&["d/sub/y/"]))
+        );
+        assert_eq!(list("d/", None, 2).await, (names(&["d/a", "d/b"]), vec![]));
+        assert_eq!(
+            list("d/", Some("d/b"), 2).await,
+            (names(&["d/sub.txt", "d/sub0"]), names(&["d/sub/"]))
+        );
+        assert_eq!(
+            list("d/", Some("d/sub0"), 2).await,
+            (names(&["d/t"]), names(&["d/u/", "d/é/"]))
+        );
+        assert_eq!(list("d/", None, 0).await, (vec![], vec![]));
+        assert_eq!(list("nothing/", None, 10).await, (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_subtree_is_skipped_not_read() {
+        let big: Vec<String> = (0..1000).map(|i| format!("d/big/{i:04}")).collect();
+        let flat: Vec<String> = (0..1000).map(|i| format!("d/f{i:04}")).collect();
+        let mut keys: Vec<&str> = vec!["d/a", "d/z"];
+        keys.extend(big.iter().map(String::as_str));
+        keys.extend(flat.iter().map(String::as_str));
+        let (out, subdirs, read) = children(&keys, "d/", None, 5000).await;
+        assert_eq!(out.len(), 1002);
+        assert_eq!(subdirs, vec!["d/big/".to_string()]);
+        assert!(read <= 1002 + FIRST_WINDOW, "{read} records read");
+        // A page limit is never exceeded, however the windows grow.
+        let (out, _, read) = children(&keys, "d/", Some("d/f0000"), 300).await;
+        assert_eq!((out.len(), read), (300, 300));
+    }
+
+    #[test]
+    fn summaries_keep_all_64_bits() {
+        for v in [0, 1, u64::MAX, 1 << 63, (1 << 63) - 1] {
+            assert_eq!(summary_of(summary_bits(v)), v);
+        }
+    }
+
+    #[test]
+    fn records_and_failures_round_trip_as_documents() {
+        let state = KeyState {
+            version_id: "v1".into(),
+            etag: "e".into(),
+            size: 5,
+            written_ms: 1_795_689_630_250,
+            queued_ms: 1_795_689_630_251,
+            deleted: true,
+            backfill: false,
+            sites: vec![crate::model::SiteState {
+                site: "s".into(),
+                status: ReplicationStatus::Completed,
+                data_store_version_id: "r".into(),
+            }],
+        };
+        let d = doc! {"state": state_doc(&state).expect("encode")};
+        assert_eq!(state_of(&d).expect("decode"), state);
+        let info = FailedInfo {
+            size: 5,
+            written_ms: 1,
+            reason: crate::error::FailureReason::ChecksumMismatch,
+            attempts: 3,
+            last_error: "boom".into(),
+            last_attempt_ms: 1_795_689_630_250,
+        };
+        let d = doc! {
+            "bucket": "b", "key": "k", "versionId": "v", "score": 7_i64,
+            "info": failed_info_doc(&info).expect("encode"),
+        };
+        let e = failed_entry_of("s", &d).expect("decode");
+        assert_eq!((e.info, e.score_ms), (info, 7));
+        assert_eq!(e.version, VersionRef::new("b", "k", "v"));
     }
 }
