@@ -314,41 +314,6 @@ pub fn xml_escape(s: &str) -> String {
     quick_xml::escape::escape(s).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_encoded_once_with_slashes_kept() {
-        assert_eq!(encode_key("a b/c+d?e#f%g:h"), "a%20b/c%2Bd%3Fe%23f%25g%3Ah");
-        assert_eq!(encode_key("é"), "%C3%A9");
-        assert_eq!(encode_key("x~y_z-.1"), "x~y_z-.1");
-        assert_eq!(uri_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
-    }
-
-    #[test]
-    fn xml_answers_parse_with_entities() {
-        let x = Xml::parse(
-            br#"<?xml version="1.0"?><R xmlns="http://s3"><A>x &amp; y</A><B/><A>2</A><C><D>d</D></C></R>"#,
-        )
-        .unwrap();
-        assert_eq!(x.name, "R");
-        assert_eq!(x.text_of("A"), Some("x & y"));
-        assert_eq!(x.all("A").count(), 2);
-        assert_eq!(x.path(&["C", "D"]), Some("d"));
-        assert!(Xml::parse(b"<R><A></R>").is_err());
-        assert!(Xml::parse(b"").is_err());
-    }
-
-    #[test]
-    fn http_dates_become_iso_with_milliseconds() {
-        assert_eq!(
-            http_date_to_iso("Thu, 26 Nov 2026 10:00:01 GMT").as_deref(),
-            Some("2026-11-26T10:00:01.000Z")
-        );
-    }
-}
-
 /// The RFC 2047 form (`=?UTF-8?B?<base64>?=`) of `value`: how a header carries text HTTP
 /// cannot (non-ASCII, surrounding spaces); S3 decodes it when it stores user metadata.
 pub fn rfc2047_encode(value: &str) -> String {
@@ -396,4 +361,39 @@ pub fn rfc2047_decode(value: &str) -> String {
         String::from_utf8(bytes).ok()
     })();
     decoded.unwrap_or_else(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_once_with_slashes_kept() {
+        assert_eq!(encode_key("a b/c+d?e#f%g:h"), "a%20b/c%2Bd%3Fe%23f%25g%3Ah");
+        assert_eq!(encode_key("é"), "%C3%A9");
+        assert_eq!(encode_key("x~y_z-.1"), "x~y_z-.1");
+        assert_eq!(uri_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
+    }
+
+    #[test]
+    fn xml_answers_parse_with_entities() {
+        let x = Xml::parse(
+            br#"<?xml version="1.0"?><R xmlns="http://s3"><A>x &amp; y</A><B/><A>2</A><C><D>d</D></C></R>"#,
+        )
+        .unwrap();
+        assert_eq!(x.name, "R");
+        assert_eq!(x.text_of("A"), Some("x & y"));
+        assert_eq!(x.all("A").count(), 2);
+        assert_eq!(x.path(&["C", "D"]), Some("d"));
+        assert!(Xml::parse(b"<R><A></R>").is_err());
+        assert!(Xml::parse(b"").is_err());
+    }
+
+    #[test]
+    fn http_dates_become_iso_with_milliseconds() {
+        assert_eq!(
+            http_date_to_iso("Thu, 26 Nov 2026 10:00:01 GMT").as_deref(),
+            Some("2026-11-26T10:00:01.000Z")
+        );
+    }
 }

@@ -238,7 +238,11 @@ async fn a_newer_version_of_a_key_replaces_the_older_replica() {
     assert!(engine.stop().success());
     let store = open_store(&data);
     // One record per key: the newest version's, COMPLETED.
-    let info = store.key_state("photos", "doc/a b.txt").await.unwrap().unwrap();
+    let info = store
+        .key_state("photos", "doc/a b.txt")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(info.version_id, v2.version_id);
     assert_eq!(info.status(), Some(ReplicationStatus::Completed));
 }

@@ -381,7 +381,9 @@ async fn a_delete_marker_removes_the_replica_and_an_undelete_brings_it_back() {
             .unwrap();
     }
     // Deleted before the engine ever saw it: nothing to replicate.
-    common::moto::delete(&moto, src_bucket, "never").await.unwrap();
+    common::moto::delete(&moto, src_bucket, "never")
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let file_dir = tmp.path().join("site-file");
@@ -407,16 +409,18 @@ async fn a_delete_marker_removes_the_replica_and_an_undelete_brings_it_back() {
         fs.path_of(&at("gone")).exists() && fs.path_of(&at("back")).exists()
     });
     // Delete both; then undelete "back" (remove its delete marker): it is current again.
-    common::moto::delete(&moto, src_bucket, "gone").await.unwrap();
-    let marker = common::moto::delete(&moto, src_bucket, "back").await.unwrap();
+    common::moto::delete(&moto, src_bucket, "gone")
+        .await
+        .unwrap();
+    let marker = common::moto::delete(&moto, src_bucket, "back")
+        .await
+        .unwrap();
     wait_until("the deletes replicated", Duration::from_secs(60), || {
         !fs.path_of(&at("gone")).exists() && !fs.path_of(&at("back")).exists()
     });
-    moto.send(
-        S3Request::new(Method::DELETE, src_bucket, Some("back")).query("versionId", marker),
-    )
-    .await
-    .unwrap();
+    moto.send(S3Request::new(Method::DELETE, src_bucket, Some("back")).query("versionId", marker))
+        .await
+        .unwrap();
     wait_until("the undeleted key back", Duration::from_secs(60), || {
         std::fs::read(fs.path_of(&at("back"))).ok().as_deref() == Some(b"back 1".as_slice())
     });
@@ -433,12 +437,19 @@ async fn a_delete_marker_removes_the_replica_and_an_undelete_brings_it_back() {
     let never = moto
         .send(S3Request::new(Method::HEAD, dst_bucket, Some(&at("never"))))
         .await;
-    assert!(never.is_err(), "a key deleted before any copy is never written");
+    assert!(
+        never.is_err(),
+        "a key deleted before any copy is never written"
+    );
     let store = open_store(&data);
     let gone = store.key_state(src_bucket, "gone").await.unwrap().unwrap();
     assert!(gone.deleted);
     assert_eq!(gone.status(), Some(ReplicationStatus::Completed));
-    assert!(store.key_state(src_bucket, "never").await.unwrap().is_none());
+    assert!(store
+        .key_state(src_bucket, "never")
+        .await
+        .unwrap()
+        .is_none());
     for s in ["aws-1", "local-1"] {
         assert_eq!(store.pending(s).await.unwrap(), (0, 0), "pending of {s}");
     }

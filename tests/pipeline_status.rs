@@ -33,12 +33,7 @@ fn version(id: &str, size: u64) -> QueuedVersion {
 }
 
 fn queued_entry(key: &str, v: &QueuedVersion, sites: &[&str]) -> Entry {
-    Entry::queued(
-        "b",
-        key,
-        v,
-        sites.iter().map(|s| s.to_string()).collect(),
-    )
+    Entry::queued("b", key, v, sites.iter().map(|s| s.to_string()).collect())
 }
 
 fn delivery(e: &Entry, offset: u64) -> Delivery {
@@ -136,11 +131,7 @@ async fn replayed_status_entries_change_nothing_and_completed_is_final() {
     assert_eq!(sum(&store, "c", Metric::OpsFail).await, 1);
     assert_eq!(store.failed_count("c").await.unwrap(), 1);
     assert_eq!(store.failed_count("a").await.unwrap(), 0);
-    let listed = store
-        .failed_entry("c", &e.version)
-        .await
-        .unwrap()
-        .unwrap();
+    let listed = store.failed_entry("c", &e.version).await.unwrap().unwrap();
     assert_eq!(listed.info.reason, FailureReason::ServerError);
     assert_eq!(listed.info.attempts, 5);
 

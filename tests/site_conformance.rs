@@ -407,7 +407,11 @@ async fn file_site_does_not_follow_symbolic_links_out() -> anyhow::Result<()> {
     let site = FileSite::new("local-1", &root)?;
     std::os::unix::fs::symlink(&outside, site.root().join("link"))?;
     let res = site
-        .put("link/file", &info("link/file", 1, "v1"), body(b"x".to_vec()))
+        .put(
+            "link/file",
+            &info("link/file", 1, "v1"),
+            body(b"x".to_vec()),
+        )
         .await;
     assert!(matches!(res, Err(SiteError::Rejected { .. })), "{res:?}");
     assert_eq!(
@@ -533,7 +537,9 @@ async fn s3_site_meets_the_contract_on_moto() -> anyhow::Result<()> {
 #[tokio::test]
 async fn s3_site_missing_bucket_is_no_such_bucket() -> anyhow::Result<()> {
     let site = S3Site::new("aws-1", "no-such-bucket", moto::client(&MOTO));
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(
         matches!(res, Err(SiteError::NoSuchBucket { .. })),
         "{res:?}"
@@ -558,7 +564,9 @@ async fn s3_site_closed_port_is_transient() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let site = S3Site::new("aws-1", "b", client);
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
     assert!(matches!(
         site.health().await,
@@ -586,7 +594,9 @@ async fn s3_site_wrong_credentials_are_unauthorized() -> anyhow::Result<()> {
         None,
     );
     let site = S3Site::new("aws-1", "b", moto::client_with(&peer, "AKIDWRONG", "wrong"));
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(
         matches!(res, Err(SiteError::Unauthorized { .. })),
         "{res:?}"
@@ -765,7 +775,9 @@ async fn azure_site_wrong_key_is_unauthorized() -> anyhow::Result<()> {
     create_container("authz").await?;
     let wrong = "d3JvbmcgYWNjb3VudCBrZXkgZm9yIHRoZSB0ZXN0cyBvZiBiYWNrYmVhdCBhenVyZSBzaXRl";
     let site = azure_site("authz", wrong);
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(
         matches!(res, Err(SiteError::Unauthorized { .. })),
         "{res:?}"
@@ -776,7 +788,9 @@ async fn azure_site_wrong_key_is_unauthorized() -> anyhow::Result<()> {
 #[tokio::test]
 async fn azure_site_missing_container_is_no_such_bucket() -> anyhow::Result<()> {
     let site = azure_site("no-such-container", AZURITE_KEY);
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(
         matches!(res, Err(SiteError::NoSuchBucket { .. })),
         "{res:?}"
@@ -793,7 +807,9 @@ async fn azure_site_closed_port_is_transient() -> anyhow::Result<()> {
     let endpoint = format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", free_port());
     let site = AzureSite::new("azure-1", &endpoint, AZURITE_ACCOUNT, AZURITE_KEY, "c")
         .map_err(anyhow::Error::msg)?;
-    let res = site.put("k", &info("k", 1, "v1"), body(b"x".to_vec())).await;
+    let res = site
+        .put("k", &info("k", 1, "v1"), body(b"x".to_vec()))
+        .await;
     assert!(matches!(res, Err(SiteError::Transient { .. })), "{res:?}");
     Ok(())
 }
@@ -804,7 +820,8 @@ async fn azure_site_refuses_keys_azure_cannot_store_naming_the_limit() -> anyhow
     for key in ["a/./b", "a/../b", "..", "ends-with-dot."] {
         let err = site.check_key(key).err().map(|e| e.to_string());
         assert!(
-            err.as_deref().is_some_and(|e| e.contains("Azure Blob Storage cannot store")),
+            err.as_deref()
+                .is_some_and(|e| e.contains("Azure Blob Storage cannot store")),
             "{key:?}: {err:?}"
         );
     }

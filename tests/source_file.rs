@@ -236,9 +236,7 @@ async fn the_watch_tells_closed_files_moved_directories_removals_and_lost_events
         WatchEvent::Written("sub/new file".into())
     );
     assert_eq!(
-        src.current("inbox", "sub/new file")
-            .await?
-            .map(|i| i.size),
+        src.current("inbox", "sub/new file").await?.map(|i| i.size),
         Some(5)
     );
 
@@ -289,12 +287,21 @@ async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyho
     let src = FileSource::new(&root)?;
     let first = src.scan_dir("a/", u64::MAX, None)?.unwrap();
     assert_eq!(first.subdirs, vec!["a/b/".to_string()]);
-    assert_eq!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    assert_eq!(
+        src.scan_dir("a/", u64::MAX, None)?.unwrap().summary,
+        first.summary
+    );
     // A touched file changes the summary; a file in a subdirectory does not.
     std::fs::write(root.join("a/b/c.txt"), b"abcd")?;
-    assert_eq!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    assert_eq!(
+        src.scan_dir("a/", u64::MAX, None)?.unwrap().summary,
+        first.summary
+    );
     std::fs::write(root.join("a/one"), b"11")?;
-    assert_ne!(src.scan_dir("a/", u64::MAX, None)?.unwrap().summary, first.summary);
+    assert_ne!(
+        src.scan_dir("a/", u64::MAX, None)?.unwrap().summary,
+        first.summary
+    );
     assert!(src.scan_dir("missing/", u64::MAX, None)?.is_none());
     Ok(())
 }

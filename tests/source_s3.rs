@@ -94,12 +94,22 @@ async fn each_keys_current_version_is_listed_in_pages_and_read_back() -> anyhow:
     let h = &info.headers;
     assert_eq!(h.content_type.as_deref(), Some("text/plain"));
     assert_eq!(h.content_encoding.as_deref(), Some("identity"));
-    assert_eq!(h.content_disposition.as_deref(), Some("attachment; filename=\"v.txt\""));
+    assert_eq!(
+        h.content_disposition.as_deref(),
+        Some("attachment; filename=\"v.txt\"")
+    );
     assert_eq!(h.content_language.as_deref(), Some("fr"));
     assert_eq!(h.cache_control.as_deref(), Some("no-cache"));
     assert_eq!(h.expires.as_deref(), Some("Thu, 01 Dec 2039 16:00:00 GMT"));
-    assert_eq!(info.user_metadata.get("color").map(String::as_str), Some("blue"));
-    assert!(info.user_metadata.contains_key("encoded"), "{:?}", info.user_metadata);
+    assert_eq!(
+        info.user_metadata.get("color").map(String::as_str),
+        Some("blue")
+    );
+    assert!(
+        info.user_metadata.contains_key("encoded"),
+        "{:?}",
+        info.user_metadata
+    );
     assert_eq!(info.tags.get("project").map(String::as_str), Some("x y"));
     assert_eq!(info.tags.get("k").map(String::as_str), Some("v"));
     assert!(!info.replica);
@@ -123,19 +133,35 @@ async fn each_keys_current_version_is_listed_in_pages_and_read_back() -> anyhow:
     let v0 = VersionRef::new("src-versions", key, vids[0].clone());
     let etag0 = {
         let resp = c
-            .send(S3Request::new(Method::HEAD, "src-versions", Some(key)).query("versionId", vids[0].clone()))
+            .send(
+                S3Request::new(Method::HEAD, "src-versions", Some(key))
+                    .query("versionId", vids[0].clone()),
+            )
             .await?;
-        resp.headers()["etag"].to_str()?.trim_matches('"').to_string()
+        resp.headers()["etag"]
+            .to_str()?
+            .trim_matches('"')
+            .to_string()
     };
-    assert_eq!(collect(src.get_range(&v0, &etag0, (8, 8)).await?).await?, b"0");
-    assert_eq!(collect(src.get_range(&v0, &etag0, (0, 6)).await?).await?, b"version");
+    assert_eq!(
+        collect(src.get_range(&v0, &etag0, (8, 8)).await?).await?,
+        b"0"
+    );
+    assert_eq!(
+        collect(src.get_range(&v0, &etag0, (0, 6)).await?).await?,
+        b"version"
+    );
     assert!(matches!(
-        src.get_range(&v0, "0123456789abcdef0123456789abcdef", (0, 6)).await,
+        src.get_range(&v0, "0123456789abcdef0123456789abcdef", (0, 6))
+            .await,
         Err(SourceError::NotFound(_))
     ));
 
     // A deleted key: its delete marker; a missing key: nothing.
-    let dm = src.current("src-versions", "other").await?.expect("a delete marker");
+    let dm = src
+        .current("src-versions", "other")
+        .await?
+        .expect("a delete marker");
     assert!(dm.is_delete_marker);
     assert_ne!(dm.version.version_id, "null");
     let (dm_opened, no_body) = src
@@ -144,7 +170,10 @@ async fn each_keys_current_version_is_listed_in_pages_and_read_back() -> anyhow:
         .expect("a delete marker");
     assert!(dm_opened.is_delete_marker && no_body.is_none());
     assert_eq!(src.current("src-versions", "missing").await?, None);
-    assert!(src.open_current("src-versions", "missing", false).await?.is_none());
+    assert!(src
+        .open_current("src-versions", "missing", false)
+        .await?
+        .is_none());
     Ok(())
 }
 
@@ -183,7 +212,10 @@ async fn unversioned_objects_use_the_null_version_and_ranges_refuse_an_overwrite
     assert_eq!(info.size, 4);
     assert!(info.tags.is_empty());
     let v = info.version.clone();
-    assert_eq!(collect(src.get_range(&v, &info.etag, (0, 3)).await?).await?, b"data");
+    assert_eq!(
+        collect(src.get_range(&v, &info.etag, (0, 3)).await?).await?,
+        b"data"
+    );
     // Overwritten: the same version id, another ETag; If-Match refuses the old one.
     moto::put(&c, "src-plain", "plain", b"other", &[]).await?;
     assert!(matches!(

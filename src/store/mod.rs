@@ -1,17 +1,20 @@
 //! The state store: replication info per version, the failed set, pause state, metrics
 //! counters, source cursors and locks (what the original keeps in MongoDB, Redis and ZooKeeper).
 //!
-//! Updates go through [`StateStore::apply`]: a list of guards and a list of operations applied
-//! atomically, all or nothing, and only when every guard holds. This is how the pipeline keeps
-//! counters exact under at-least-once delivery: "site A of version v COMPLETED" is applied as
-//! `guard: A is PENDING` + `set A COMPLETED` + `pending -= 1` + `opsdone += 1`, so a replayed
-//! entry finds the guard false and changes nothing.
+//! Updates go through [`StateStore::apply`]: a list of operations applied atomically, all or
+//! nothing. A replication state change is a [`StoreOp::Key`]: one source key's record changed
+//! by [`crate::transitions::apply`] with its effects (pending counters, metrics, failed set),
+//! which applies only from the state it expects ("site A of version v COMPLETED" only while A is
+//! PENDING with v), so a replayed entry changes nothing and the counters stay exact under
+//! at-least-once delivery.
 //!
 //! Time windows (as the original):
 //! - failed set: hourly buckets, an entry lives until 24 h after the start of its hour; listings
 //!   cover the current hour and the 23 before it, newest first;
 //! - metrics: 5-minute buckets aligned on the wall clock, kept 24 h (288 buckets);
-//! - pending counters never expire.
+//! - pending counters never expire;
+//! - the record of a key deleted at the source and replicated everywhere: 24 h
+//!   ([`DELETED_KEY_TTL_MS`]); other records live as long as their key.
 
 #[cfg(feature = "mongodb")]
 pub mod mongo;
@@ -36,6 +39,9 @@ pub const FAILED_BUCKET_MS: u64 = 60 * 60 * 1000;
 pub const FAILED_BUCKETS: u64 = 24;
 /// Page size of failed-set listings.
 pub const FAILED_PAGE: usize = 100;
+/// How long the record of a key deleted at the source (and replicated everywhere) is kept,
+/// for the object view, before the expiry sweep drops it.
+pub const DELETED_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Site-level counters, as the original's `bb:crr:<dp>` data points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -67,7 +67,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
-use super::sled::DELETED_KEY_TTL_MS;
+use super::DELETED_KEY_TTL_MS;
 use super::{
     check_name, check_op_names, failed_page_upper, failed_window_start, metrics_bucket,
     FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp,

@@ -31,7 +31,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use super::{
     check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
     metrics_bucket, FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore,
-    StoreError, StoreOp, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
+    StoreError, StoreOp, DELETED_KEY_TTL_MS, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS,
+    METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
@@ -44,10 +45,6 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Leading byte of encoded values (records, failed entries), so a later layout can be told
 /// apart.
 const VALUE_VERSION: u8 = 1;
-
-/// How long the record of a key deleted at the source (and replicated) is kept, for the
-/// object view, before the expiry sweep drops it.
-pub const DELETED_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Transactions of at most this many guards and operations run on the calling task.
 const INLINE_OPS: usize = 16;
@@ -889,7 +886,7 @@ impl StateStore for SledStore {
             let mut hi = vec![b'E'];
             hi.extend_from_slice(&now.to_be_bytes());
             for item in tree.range(b"E".to_vec()..hi) {
-                let (k, _) = item?;
+                let (k, queued) = item?;
                 tree.remove(&k)?;
                 removed += 1;
                 let Some(rest) = k.get(9..) else { continue };
@@ -898,7 +895,9 @@ impl StateStore for SledStore {
                 let settled = match tree.get(&kk)? {
                     Some(v) => {
                         let state: KeyState = decode("key record", &v)?;
-                        state.deleted
+                        // Written again (and maybe deleted again) since: its own entry says.
+                        state.queued_ms == be_u64(&queued)
+                            && state.deleted
                             && state
                                 .sites
                                 .iter()
@@ -906,8 +905,7 @@ impl StateStore for SledStore {
                     }
                     None => false,
                 };
-                // A key written again since then keeps its record. (A race with a change
-                // applied meanwhile only delays the drop to the next settled deletion.)
+                // A key written again since then keeps its record.
                 if settled {
                     tree.remove(kk)?;
                     removed += 1;

@@ -162,7 +162,12 @@ async fn failed_entries_carry_their_reason_and_every_site_is_listed_without_site
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["StorageClass"].as_str().unwrap(), v["Key"].as_str().unwrap()))
+        .map(|v| {
+            (
+                v["StorageClass"].as_str().unwrap(),
+                v["Key"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(listed, [("site2", "k2"), ("site1", "k1")]);
     api.stop().await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use backbeat::clock::{Clock, ManualClock};
 use backbeat::error::FailureReason;
 use backbeat::model::{KeyState, ReplicationStatus, VersionRef};
-use backbeat::store::sled::DELETED_KEY_TTL_MS;
+use backbeat::store::DELETED_KEY_TTL_MS;
 use backbeat::store::{
     failed_bucket, failed_window_start, metrics_bucket, Metric, ObjectMetric, PauseState,
     StateStore, StoreError, StoreOp, FAILED_BUCKET_MS, FAILED_PAGE, METRICS_BUCKETS,
