@@ -35,6 +35,9 @@ pub enum IntakeError {
 /// Something that queues discovered versions for replication.
 #[async_trait]
 pub trait Intake: Send + Sync + 'static {
+    /// Whether versions of `bucket` are this intake's to queue (a configured source bucket).
+    fn serves(&self, bucket: &str) -> bool;
+
     /// Queues the versions (each once, however often it is discovered); returns how many were
     /// newly queued. Durable on return.
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError>;

@@ -188,13 +188,7 @@ pub async fn notify_s3(state: &AppState, body: &[u8]) -> Result<Value, ApiError>
         return Err(ApiError::service_unavailable("no source configured"));
     };
     // Only the configured source buckets: anything else is refused, named, and logged.
-    let buckets = state
-        .config
-        .source
-        .as_ref()
-        .map(|s| s.buckets())
-        .unwrap_or_default();
-    if let Some(v) = versions.iter().find(|v| !buckets.contains(&v.bucket)) {
+    if let Some(v) = versions.iter().find(|v| !intake.serves(&v.bucket)) {
         tracing::warn!(bucket = %v.bucket, "Event notification about a bucket that is not a configured source; refused.");
         return Err(bad(&format!(
             "bucket {:?} is not a source bucket of this engine",

@@ -115,6 +115,8 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct Populator {
     tx: mpsc::Sender<Request>,
+    /// The source's buckets.
+    buckets: Arc<[String]>,
 }
 
 /// A bucket's rules and when they were read.
@@ -152,6 +154,7 @@ impl Populator {
     ) -> (Populator, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::channel(256);
         let (changed_rules, changed_rx) = mpsc::unbounded_channel();
+        let buckets: Arc<[String]> = source.buckets().into();
         let owners = config
             .sites
             .iter()
@@ -178,7 +181,7 @@ impl Populator {
             observer,
         };
         stage.spawn(task.run(rx, stage.token().clone()));
-        (Populator { tx }, changed_rx)
+        (Populator { tx, buckets }, changed_rx)
     }
 
     /// Queues what `items` say (each key's current version once); returns how many entries
@@ -219,6 +222,10 @@ impl Populator {
 
 #[async_trait]
 impl Intake for Populator {
+    fn serves(&self, bucket: &str) -> bool {
+        self.buckets.iter().any(|b| b == bucket)
+    }
+
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
         // Whatever the event (a put, a delete marker, a version deleted for good, an
         // undelete), the key's current version is what the sites must mirror.

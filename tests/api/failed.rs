@@ -156,7 +156,8 @@ async fn failed_entries_carry_their_reason_and_every_site_is_listed_without_site
             "Reason": "Unreachable", "Attempts": 3, "LastError": "site site1 refused the connection",
             "LastAttempt": "2018-03-30T21:59:59.995Z"}]})
     );
-    // Without a site: every site's failures, newest first, still paged.
+    // Without a site: every site's failures, paged newest first; within a page in the
+    // original's order (hourly sets newest first, each set oldest first).
     let all = api.get_json("crr/failed").await;
     let listed: Vec<(&str, &str)> = all["Versions"]
         .as_array()
@@ -169,7 +170,7 @@ async fn failed_entries_carry_their_reason_and_every_site_is_listed_without_site
             )
         })
         .collect();
-    assert_eq!(listed, [("site2", "k2"), ("site1", "k1")]);
+    assert_eq!(listed, [("site1", "k1"), ("site2", "k2")]);
     api.stop().await;
 }
 

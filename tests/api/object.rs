@@ -88,13 +88,19 @@ async fn s3_notifications_reach_the_intake() {
     let r = api.call("POST", "notifications/s3", Some(test_event)).await;
     assert_eq!(r.status, 200);
     assert_eq!(api.intake.got.lock().len(), 2);
+    // A bucket the engine does not replicate is refused by name, and nothing is queued.
+    let other = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"not-mine"},"object":{"key":"k"}}}]}"#;
+    let r = api.call("POST", "notifications/s3", Some(other)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not-mine"), "{}", r.text());
+    assert_eq!(api.intake.got.lock().len(), 2);
     api.stop().await;
 }
 
 #[tokio::test]
 async fn s3_notifications_without_a_source_are_503() {
     let api = TestApi::start_without_intake(&["site1"], T0).await;
-    let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#;
+    let body = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"bkt"},"object":{"key":"k"}}}]}"#;
     let r = api.call("POST", "notifications/s3", Some(body)).await;
     assert_eq!(r.status, 503);
     let e = r.json();

@@ -31,6 +31,10 @@ pub struct RecordingIntake {
 
 #[async_trait]
 impl Intake for RecordingIntake {
+    fn serves(&self, bucket: &str) -> bool {
+        bucket != "not-mine"
+    }
+
     async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
         let n = versions.len();
         self.got.lock().extend(versions);
