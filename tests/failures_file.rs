@@ -51,11 +51,17 @@ fn body(i: usize) -> Vec<u8> {
     bytes_for(i as u64 + 11, 4096 + i)
 }
 
+/// Where the replica of key `i` lives at the site directory `dir`: under the source bucket
+/// (DESIGN 3, "Where a replica lives").
+fn replica_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join("bkt").join(key(i))
+}
+
 /// Replicas of keys `range` present and equal at the site directory `dir`.
 fn replicas(dir: &Path, range: std::ops::Range<usize>) -> usize {
     range
         .filter(|&i| {
-            std::fs::read(dir.join(key(i)))
+            std::fs::read(replica_path(dir, i))
                 .map(|d| d == body(i))
                 .unwrap_or(false)
         })
@@ -329,12 +335,16 @@ async fn pause_survives_restart_resume_drains_and_scheduled_resume_fires_after_r
     assert!(e.stop().success());
 }
 
-/// Removes the site directory `dir`, moving what was written into it meanwhile to `keep`.
+/// Removes the site directory `dir`, moving the replicas written into it meanwhile to `keep`.
 fn kill_dir(dir: &Path, keep: &Path) {
+    std::fs::create_dir_all(keep.join("bkt")).unwrap();
     for _ in 0..100 {
-        for f in std::fs::read_dir(dir).unwrap().flatten() {
-            let _ = std::fs::rename(f.path(), keep.join(f.file_name()));
+        if let Ok(entries) = std::fs::read_dir(dir.join("bkt")) {
+            for f in entries.flatten() {
+                let _ = std::fs::rename(f.path(), keep.join("bkt").join(f.file_name()));
+            }
         }
+        let _ = std::fs::remove_dir(dir.join("bkt"));
         if std::fs::remove_dir(dir).is_ok() {
             return;
         }
@@ -449,16 +459,29 @@ async fn versions_changed_before_their_copy_leave_nothing_pending() {
             first_version = v.clone();
         }
         newest_version = v;
-        let want = 5 * (round as i64 + 1);
+        let views: Vec<String> = (0..5)
+            .map(|i| {
+                let v = version_id_of(&std::fs::metadata(d.src.join(key(i))).unwrap());
+                format!("/_/crr/object/bkt/{}?versionId={v}", key(i))
+            })
+            .collect();
+        // The state is per key (newest wins): each key is pending once, for its newest
+        // version.
         wait_for("the round queued", Duration::from_secs(30), || async {
-            metric(api, "A", "pending").await == want && metric(api, "B", "pending").await == want
+            for view in &views {
+                if request(api, "GET", view, None).await.status != 200 {
+                    return false;
+                }
+            }
+            metric(api, "A", "pending").await == 5
+                && metric(api, "B", "pending").await == 5
         })
         .await;
     }
     post(api, "/_/crr/resume", &json!({})).await;
     let newest = |dir: &Path| {
         (0..5)
-            .filter(|&i| std::fs::read(dir.join(key(i))).ok() == Some(version_body(i, 2)))
+            .filter(|&i| std::fs::read(replica_path(dir, i)).ok() == Some(version_body(i, 2)))
             .count()
     };
     wait_until(

@@ -478,9 +478,11 @@ impl ReplicationProcessor {
                 error = %crate::error::chain(&error), "Replication failed: the site cannot store this key.");
             return Ok(self.failed(job, &error, 0));
         }
+        let last_error = parking_lot::Mutex::new(String::new());
         let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |n| {
             let job = &job;
             let key = &key;
+            let last_error = &last_error;
             async move {
                 if n > 0 {
                     // Waiting to retry while the site is paused: it is not contacted.
@@ -488,16 +490,21 @@ impl ReplicationProcessor {
                         return Err(CopyError::Site(SiteError::transient(site, "stopping")));
                     }
                     count_retry(site);
+                    let error = last_error.lock().clone();
+                    tracing::warn!(site, key = %job.entry.version.key,
+                        version_id = %job.entry.version.version_id, attempt = n + 1, %error,
+                        "Retrying a copy after a transient error.");
                 }
                 let r = self.copy_once(job, key, n).await;
                 match &r {
                     Err(error) => {
                         let message = crate::error::chain(error);
                         self.observer.attempt_failed(site, error.reason(), &message);
-                        tracing::warn!(site, key = %job.entry.version.key,
+                        tracing::debug!(site, key = %job.entry.version.key,
                             version_id = %job.entry.version.version_id, attempt = n + 1,
                             reason = %error.reason(), error = %message,
                             "Copy attempt failed.");
+                        *last_error.lock() = message;
                     }
                     Ok(_) => self.observer.attempt_succeeded(site),
                 }

@@ -150,6 +150,13 @@ impl Handler for StatusProcessor {
             None => true,
             Some(k) => k.version_id != v.version_id && job.entry.written_ms > k.written_ms,
         };
+        if let (SiteOutcome::Dropped(why), Some(k)) = (&job.outcome, &record) {
+            // A version the key moved past while its entry waited: not copied, counted once
+            // per entry (the record, at the newer version, has nothing to change).
+            if k.version_id != v.version_id && !missing {
+                self.observer.skipped(&job.site, why.as_str());
+            }
+        }
         if missing {
             let queued = StoreOp::key(
                 v,
