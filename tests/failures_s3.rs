@@ -85,8 +85,15 @@ fn key(i: usize) -> String {
     format!("obj-{i:04}")
 }
 
+/// Where key `i`'s replica lives at a site: under the source bucket (DESIGN 3, "Where a
+/// replica lives").
+fn site_key(i: usize) -> String {
+    format!("bkt/{}", key(i))
+}
+
+/// The site keys of `range`.
 fn keys(range: Range<usize>) -> HashSet<String> {
-    range.map(key).collect()
+    range.map(site_key).collect()
 }
 
 fn body(i: usize) -> Vec<u8> {
@@ -126,7 +133,7 @@ impl Replicas {
     async fn assert_a_holds(&self, range: Range<usize>) {
         assert_eq!(self.at_a().await, keys(range.clone()), "keys at A");
         for i in range {
-            let got = moto::get_bytes(&self.a, "replica", &key(i)).await.unwrap();
+            let got = moto::get_bytes(&self.a, "replica", &site_key(i)).await.unwrap();
             assert!(got == body(i), "{}: bytes at A differ", key(i));
         }
     }
@@ -135,7 +142,7 @@ impl Replicas {
     async fn assert_b_holds(&self, range: Range<usize>) {
         assert_eq!(self.at_b().await, keys(range.clone()), "keys at B");
         for i in range {
-            let got = azure::get_blob(AZURITE_ACCOUNT, AZURITE_KEY, &self.b, &key(i))
+            let got = azure::get_blob(AZURITE_ACCOUNT, AZURITE_KEY, &self.b, &site_key(i))
                 .await
                 .unwrap();
             assert!(

@@ -80,7 +80,7 @@ async fn paused_site_stays_in_its_kafka_group_with_a_full_read_ahead_then_catche
     let site_a = FileSite::new("site-a", &paths[0]).unwrap();
     for key in newest.keys().filter(|k| *k != "warm-up") {
         assert!(
-            !site_a.path_of(key).exists(),
+            !site_a.path_of(&format!("photos/{key}")).exists(),
             "{key} at site-a while paused"
         );
     }
@@ -90,7 +90,7 @@ async fn paused_site_stays_in_its_kafka_group_with_a_full_read_ahead_then_catche
         .await
         .unwrap_or_else(fail);
     assert_completed(api, "photos", &versions, &SITES).await;
-    assert_newest_bytes(&SITES, &paths, &newest);
+    assert_newest_bytes("photos", &SITES, &paths, &newest);
     // Checked after the resume: librdkafka's logs and rebalance events reach us through the
     // consumer's queue, so those of a member that stopped polling show only when it polls
     // again.

@@ -80,7 +80,7 @@ async fn run_workload(tmp: &Path, brokers: Option<&str>) -> Measured {
     let elapsed = start.elapsed();
 
     assert_completed(api, "photos", &versions, &SITES).await;
-    assert_newest_bytes(&SITES, &paths, &newest);
+    assert_newest_bytes("photos", &SITES, &paths, &newest);
     let status = engine.stop();
     assert!(status.success(), "exit status {status:?}");
 

@@ -217,7 +217,7 @@ async fn two_engines_split_the_partitions_and_one_killed_mid_run_loses_nothing()
 
     // Every version COMPLETED everywhere (A's API), the newest bytes at the sites.
     assert_completed(api_a, "photos", &versions, &SITES).await;
-    assert_newest_bytes(&SITES, &paths, &newest);
+    assert_newest_bytes("photos", &SITES, &paths, &newest);
     let status = a.stop();
     assert!(status.success(), "exit status {status:?}");
 
