@@ -473,8 +473,7 @@ async fn versions_changed_before_their_copy_leave_nothing_pending() {
                     return false;
                 }
             }
-            metric(api, "A", "pending").await == 5
-                && metric(api, "B", "pending").await == 5
+            metric(api, "A", "pending").await == 5 && metric(api, "B", "pending").await == 5
         })
         .await;
     }

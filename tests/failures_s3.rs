@@ -133,7 +133,9 @@ impl Replicas {
     async fn assert_a_holds(&self, range: Range<usize>) {
         assert_eq!(self.at_a().await, keys(range.clone()), "keys at A");
         for i in range {
-            let got = moto::get_bytes(&self.a, "replica", &site_key(i)).await.unwrap();
+            let got = moto::get_bytes(&self.a, "replica", &site_key(i))
+                .await
+                .unwrap();
             assert!(got == body(i), "{}: bytes at A differ", key(i));
         }
     }

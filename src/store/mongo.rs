@@ -700,6 +700,22 @@ impl MongoStore {
                     .session(&mut *session)
                     .await?;
             }
+            StoreOp::AddPending { site, ops, bytes } => {
+                self.coll("pending")
+                    .update_one(
+                        doc! {"_id": site},
+                        doc! {"$inc": {"ops": *ops, "bytes": *bytes}},
+                    )
+                    .upsert(true)
+                    .session(&mut *session)
+                    .await?;
+            }
+            StoreOp::AddFailed {
+                site,
+                version,
+                info,
+                score_ms,
+            } => self.add_failed(session, site, version, info, *score_ms).await?,
             StoreOp::PutCursor { name, value } => {
                 self.coll("cursors")
                     .replace_one(
