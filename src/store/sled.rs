@@ -289,9 +289,11 @@ fn tx_key_change(
                     .iter()
                     .all(|s| s.status == ReplicationStatus::Completed);
             if settled {
+                // The value names the write it settles: a key written again since keeps
+                // its record when this entry comes due.
                 tx.insert(
                     e_key(now.saturating_add(DELETED_KEY_TTL_MS), bucket, key),
-                    &[],
+                    &state.queued_ms.to_be_bytes(),
                 )?;
             }
         }
