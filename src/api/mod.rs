@@ -16,6 +16,7 @@
 //! metrics and the throughput arithmetic), [`status`] (the operator's view, `GET status` and
 //! its history, and each site's state), [`health`], [`failed`] (failed CRR list/get/retry),
 //! [`pause`] (pause/resume/schedule/status, through [`Control`](crate::control::Control)),
+//! [`requeue`] (queue versions again whatever their status),
 //! [`object`] (our version view and S3 notification intake), [`monitoring`] (Prometheus
 //! text), [`ui`] (the status page's static files). This file owns the request pipeline above
 //! ([`serve`], [`handle`]) and the call of a matched route's handler (`run`), so it is the
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod object;
 pub mod pause;
+pub mod requeue;
 pub mod response;
 pub mod routes;
 pub mod state;
@@ -167,7 +169,7 @@ async fn run(
     let ok = |v: serde_json::Value| Ok(json_response(StatusCode::OK, &v));
     // Body validation (400) before the dependency check (500), as the original's pipeline.
     let retries = match route.id {
-        R::Retry => failed::parse_retry_body(&body)?,
+        R::Retry | R::Requeue => failed::parse_retry_body(&body)?,
         _ => Vec::new(),
     };
     let hours = match route.id {
@@ -217,6 +219,7 @@ async fn run(
             None => ok(failed::list(state, &route).await?),
         },
         R::Retry => ok(failed::retry(state, retries).await?),
+        R::Requeue => ok(requeue::requeue(state, retries).await?),
         R::Pause => ok(pause::pause(state, &route.site).await?),
         R::Resume => ok(pause::resume(state, &route.site).await?),
         R::ScheduleResume => ok(pause::schedule(state, &route.site, hours).await?),

@@ -79,6 +79,8 @@ pub enum RouteId {
     FailedVersion,
     /// Retry failed entries.
     Retry,
+    /// Queue versions again whatever their status (ours, `POST crr/requeue`).
+    Requeue,
     /// Pause sites.
     Pause,
     /// Resume sites now.
@@ -191,6 +193,7 @@ pub const ROUTES: &[RouteSpec] = &[
     r("GET", "/crr/failed/{bucket}", R::FailedList),
     r("GET", "/crr/failed/{bucket}/{key}", R::FailedVersion),
     r("POST", "/crr/failed", R::Retry),
+    r("POST", "/crr/requeue", R::Requeue),
     r("POST", "/crr/pause", R::Pause),
     r("POST", "/crr/pause/{site}", R::Pause),
     r("POST", "/crr/resume", R::Resume),

@@ -255,3 +255,71 @@ async fn retry_with_a_bad_query_is_400_before_its_body() {
     assert_eq!(r.json().as_array().map(Vec::len), Some(1));
     api.stop().await;
 }
+
+#[tokio::test]
+async fn requeue_hands_versions_to_the_intake_grouped_by_version_whatever_their_status() {
+    let api = TestApi::start(&["site1", "site2"], T0).await;
+    let v = VersionRef::new("bkt", "k", "v1");
+    api.store
+        .apply(vec![
+            queued(&v, &["site1", "site2"]),
+            completed(&v, "site1"),
+        ])
+        .await
+        .unwrap();
+    let body = json!([
+        {"Bucket": "bkt", "Key": "k", "VersionId": "v1", "StorageClass": "site1"},
+        {"Bucket": "bkt", "Key": "k", "VersionId": "v1", "StorageClass": "site2"},
+        {"Bucket": "bkt", "Key": "k", "VersionId": "v1", "StorageClass": "site2"},
+        {"Bucket": "bkt", "Key": "other", "StorageClass": "site2"}
+    ]);
+    let r = api
+        .call("POST", "crr/requeue", Some(body.to_string().as_bytes()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Duplicates dropped; one request a version.
+    assert_eq!(r.json(), json!({"requested": 3, "queued": 2}));
+    let got = api.intake.requeued.lock().clone();
+    assert_eq!(
+        got,
+        vec![
+            (v.clone(), vec!["site1".to_string(), "site2".to_string()]),
+            (
+                VersionRef::new("bkt", "other", "null"),
+                vec!["site2".to_string()]
+            ),
+        ]
+    );
+    // Unknown sites and buckets the engine does not replicate are refused by name.
+    for (body, named) in [
+        (
+            json!([{"Bucket": "bkt", "Key": "k", "StorageClass": "nowhere"}]),
+            "nowhere",
+        ),
+        (
+            json!([{"Bucket": "not-mine", "Key": "k", "StorageClass": "site1"}]),
+            "not-mine",
+        ),
+    ] {
+        let r = api
+            .call("POST", "crr/requeue", Some(body.to_string().as_bytes()))
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.json()["MalformedPOSTRequest"], true);
+        assert!(r.text().contains(named), "{}", r.text());
+    }
+    assert_eq!(
+        api.call("POST", "crr/requeue", Some(b"[]")).await.status,
+        400
+    );
+    assert_eq!(api.intake.requeued.lock().len(), 2);
+    api.stop().await;
+
+    let api = TestApi::start_without_intake(&["site1"], T0).await;
+    let body = json!([{"Bucket": "bkt", "Key": "k", "StorageClass": "site1"}]);
+    let r = api
+        .call("POST", "crr/requeue", Some(body.to_string().as_bytes()))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    api.stop().await;
+}
