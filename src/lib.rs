@@ -24,22 +24,27 @@
 //! - [`observe`]: the operator's view in memory (attempts, reasons, lag, short-window
 //!   throughput, scans) and the site states; fed by the pipeline, read by the API.
 //! - [`api`]: the REST API (hyper).
-//! - [`control`]: per-site pause state fan-out and the scheduled-resume task.
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
 //! - [`checksum`]: MD5 computed while streaming (integrity end to end).
+//! - [`fswalk`]: directory trees walked in key byte order with bounded memory (file source and
+//!   file site listings).
 //! - [`clock`]: wall-clock time, injectable for expiry tests.
+//! - [`client`]: a client of the running engine's API (`backbeat status`, `verify --repair`).
+//! - [`verify`]: `backbeat verify`, each site compared with its source key by key.
 //! - [`telemetry`]: logging setup.
 //! - [`testkit`]: helpers for crash tests that need a separate process.
 
 pub mod api;
 pub mod app;
 pub mod checksum;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod durability;
 pub mod entry;
 pub mod error;
+pub mod fswalk;
 pub mod http;
 pub mod intake;
 pub mod log;
@@ -54,3 +59,4 @@ pub mod store;
 pub mod telemetry;
 pub mod testkit;
 pub mod transitions;
+pub mod verify;

@@ -421,6 +421,25 @@ impl Site for FileSite {
         SiteKind::File
     }
 
+    async fn read(&self, key: &str) -> Result<Option<ByteStream>, SiteError> {
+        let data = self.path_of(key);
+        match tokio::fs::symlink_metadata(&data).await {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if crate::fswalk::is_gone(&e) => return Ok(None),
+            Err(e) => return Err(self.io_error("cannot inspect", &data, e)),
+        }
+        match tokio::fs::File::open(&data).await {
+            Ok(f) => Ok(Some(Box::pin(tokio_util::io::ReaderStream::new(f)))),
+            Err(e) if crate::fswalk::is_gone(&e) => Ok(None),
+            Err(e) => Err(self.io_error("cannot read", &data, e)),
+        }
+    }
+
+    fn as_file(&self) -> Option<&FileSite> {
+        Some(self)
+    }
+
     async fn replica(&self, key: &str) -> Result<Option<ReplicaInfo>, SiteError> {
         let data = self.path_of(key);
         let m = match tokio::fs::symlink_metadata(&data).await {
@@ -550,7 +569,7 @@ impl Site for FileSite {
         let limit = limit.max(1);
         let listed = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let full = list_tree(&root, "", &prefix, cursor.as_deref(), limit, &mut out)?;
+            let full = list_tree(&root, &prefix, cursor.as_deref(), limit, &mut out)?;
             Ok::<_, std::io::Error>((out, full))
         })
         .await
@@ -588,80 +607,50 @@ impl Site for FileSite {
     }
 }
 
-/// Appends the replicas under `dir_key` (a key prefix, `""` or `a/b/`) whose key starts with
-/// `prefix` and sorts after `cursor`, in key byte order, as `(key, size)`; `true` once `limit`
-/// were appended. Sidecars, temporary and part files are not replicas; names that are not
-/// encoded segments are skipped.
+/// Appends the replicas whose key starts with `prefix` and sorts after `cursor`, in key byte
+/// order, as `(key, size)`; `true` once `limit` were appended.
 fn list_tree(
     root: &Path,
-    dir_key: &str,
     prefix: &str,
     cursor: Option<&str>,
     limit: usize,
     out: &mut Vec<(String, u64)>,
 ) -> std::io::Result<bool> {
-    let dir = root.join(key_to_relative_path(dir_key.trim_end_matches('/')));
-    let dir = if dir_key.is_empty() {
-        root.to_path_buf()
-    } else {
-        dir
-    };
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    // (sort key: the key, with `/` appended for a directory; is a directory; size)
-    let mut entries: Vec<(String, bool, u64)> = Vec::new();
-    for entry in rd {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
+    let done = walk_replicas(root, prefix, cursor, &mut |key, size| {
+        out.push((key.to_string(), size));
+        out.len() < limit
+    })?;
+    Ok(!done)
+}
+
+/// Visits the replicas under the site directory `root` whose key starts with `prefix` and
+/// sorts after `cursor`, in key byte order, as `(key, size)`; `visit` returns `false` to stop.
+/// Returns `false` when stopped. Sidecars, temporary and part files are not replicas; names
+/// that are not encoded segments are skipped. Memory stays bounded whatever a directory holds
+/// ([`crate::fswalk`]).
+///
+/// # Errors
+/// An I/O error other than "not found".
+pub fn walk_replicas(
+    root: &Path,
+    prefix: &str,
+    cursor: Option<&str>,
+    visit: &mut dyn FnMut(&str, u64) -> bool,
+) -> std::io::Result<bool> {
+    let name_of = |name: &str| {
         if name.ends_with(SIDECAR_SUFFIX) || name.contains(TMP_INFIX) || name.contains(MPU_INFIX) {
-            continue;
+            return None;
         }
-        let Some(seg) = decode_segment(&name) else {
-            continue;
-        };
-        let m = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let key = format!("{dir_key}{seg}");
-        if m.is_dir() {
-            entries.push((format!("{key}/"), true, 0));
-        } else if m.is_file() {
-            entries.push((key, false, m.len()));
+        decode_segment(name)
+    };
+    crate::fswalk::walk(root, "", prefix, cursor, &name_of, &mut |key, path| {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() => Ok(visit(key, m.len())),
+            Ok(_) => Ok(true),
+            Err(e) if crate::fswalk::is_gone(&e) => Ok(true),
+            Err(e) => Err(e),
         }
-    }
-    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (key, is_dir, size) in entries {
-        // Outside the prefix: skipped (a directory only when no key under it can match).
-        if !(key.starts_with(prefix) || is_dir && prefix.starts_with(key.as_str())) {
-            continue;
-        }
-        if is_dir {
-            if let Some(c) = cursor {
-                if c > key.as_str() && !c.starts_with(key.as_str()) {
-                    continue;
-                }
-            }
-            if list_tree(root, &key, prefix, cursor, limit, out)? {
-                return Ok(true);
-            }
-        } else {
-            if cursor.is_some_and(|c| key.as_str() <= c) {
-                continue;
-            }
-            out.push((key, size));
-            if out.len() >= limit {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    })
 }
 
 /// Multipart for the file site: the upload is a temporary file preallocated to the object's

@@ -503,41 +503,9 @@ impl FileSource {
         Ok(Some(scan))
     }
 
-    /// The entries of directory `prefix` sorted in key byte order (a directory's name
-    /// followed by `/`), for ordered listings.
-    fn sorted_entries(&self, prefix: &str) -> std::io::Result<Vec<(String, bool)>> {
-        let Some(dir) = self.dir_path(prefix)? else {
-            return Ok(Vec::new());
-        };
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for entry in rd {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let ft = match entry.file_type() {
-                Ok(t) => t,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if ft.is_dir() {
-                out.push((format!("{prefix}{name}/"), true));
-            } else if ft.is_file() {
-                out.push((format!("{prefix}{name}"), false));
-            }
-        }
-        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        Ok(out)
-    }
-
-    /// Visits every file under directory `prefix` after `cursor`, in key byte order, holding
-    /// one sorted list of names per directory level; `f` returns `false` to stop. Returns
-    /// `false` when stopped.
+    /// Visits every file whose key starts with `prefix` (a directory `dir/`, or any prefix)
+    /// after `cursor`, in key byte order, holding a bounded number of names per directory
+    /// level ([`crate::fswalk`]); `f` returns `false` to stop. Returns `false` when stopped.
     ///
     /// # Errors
     /// An I/O error other than "not found".
@@ -547,30 +515,24 @@ impl FileSource {
         cursor: Option<&str>,
         f: &mut dyn FnMut(ObjectInfo) -> bool,
     ) -> std::io::Result<bool> {
-        for (key, is_dir) in self.sorted_entries(prefix)? {
-            if is_dir {
-                // A subtree entirely at or before the cursor is skipped whole.
-                if let Some(c) = cursor {
-                    if c > key.as_str() && !c.starts_with(key.as_str()) {
-                        continue;
-                    }
-                }
-                if !self.walk_sorted(&key, cursor, f)? {
-                    return Ok(false);
-                }
-            } else {
-                if cursor.is_some_and(|c| key.as_str() <= c) {
-                    continue;
-                }
-                let Some((_, m)) = self.stat_blocking(&key)? else {
-                    continue;
-                };
-                if !f(self.info(key, &m)) {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
+        // The deepest directory the prefix names.
+        let dir_key = prefix
+            .rfind('/')
+            .and_then(|i| prefix.get(..=i))
+            .unwrap_or("");
+        let Some(dir) = self.dir_path(dir_key)? else {
+            return Ok(true);
+        };
+        let name_of = |n: &str| Some(n.to_string());
+        crate::fswalk::walk(&dir, dir_key, prefix, cursor, &name_of, &mut |key, path| {
+            let m = match std::fs::symlink_metadata(path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => return Ok(true),
+                Err(e) if crate::fswalk::is_gone(&e) => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            Ok(f(self.info(key.to_string(), &m)))
+        })
     }
 
     /// Lists up to `page_size` files after `cursor` in key byte order, synchronously.
