@@ -72,6 +72,25 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
     Md5::digest(data).into()
 }
 
+/// Reads `body` to its end, holding one chunk at a time: its MD5 and length.
+///
+/// # Errors
+/// The stream's error.
+pub async fn digest_stream(mut body: ByteStream) -> std::io::Result<Digested> {
+    use futures_util::StreamExt as _;
+    let mut h = Md5::new();
+    let mut len = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        len += chunk.len() as u64;
+        h.update(&chunk);
+    }
+    Ok(Digested {
+        md5: h.finalize().into(),
+        len,
+    })
+}
+
 /// The S3 ETag of a multipart object whose parts have these MD5s: the MD5 of their
 /// concatenation, `-<number of parts>`.
 pub fn multipart_etag(parts: &[[u8; 16]]) -> String {

@@ -1,23 +1,16 @@
-//! The `backbeat` command: `serve`, `check-config`, `status`, `--version`.
+//! The `backbeat` command: `serve`, `check-config`, `status`, `verify`, `--version`.
 //!
 //! Exit codes: 0 clean stop, 1 runtime failure (for `status`: the API could not be reached or
 //! refused the request), 2 invalid configuration or usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use backbeat::app::Engine;
+use backbeat::client::ApiClient;
 use backbeat::config::Config;
 use backbeat::telemetry::{self, LogFormat};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-/// How long `backbeat status` waits for the API.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,6 +50,37 @@ enum Command {
         /// Print exactly the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Compares each site with its source, key by key, reading both sides directly (the
+    /// engine may or may not be running). Prints one line per difference,
+    /// `<kind> <site> <bucket>/<key> <detail>` (kinds: missing, extra, stale, corrupt), then a
+    /// summary. Reading the replicas' scal-* metadata costs one HEAD per replica on S3 sites
+    /// (Azure and file listings carry it); --deep also reads and hashes both sides of every
+    /// replica. Exit 0 equal, 1 differences found, 2 invalid configuration or usage, 3 a side
+    /// could not be read (or, with --repair, the engine's API could not be reached).
+    Verify {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this site (repeatable).
+        #[arg(long = "site", value_name = "NAME")]
+        sites: Vec<String>,
+        /// Only this source bucket (repeatable).
+        #[arg(long = "bucket", value_name = "NAME")]
+        buckets: Vec<String>,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// One JSON object per line (each difference, then {"summary": ...}).
+        #[arg(long)]
+        json: bool,
+        /// Ask the running engine to queue missing, stale and corrupt versions again
+        /// (POST crr/requeue) and delete extra replicas that are still the ones seen.
+        #[arg(long)]
+        repair: bool,
+        /// Also read and hash both sides of every replica (reads every byte).
+        #[arg(long)]
+        deep: bool,
     },
     /// Load-test helper: seeds the state store of a stopped engine with failed versions
     /// (each with replication info) and completed-metrics counters for every configured site.
@@ -140,6 +164,39 @@ fn main() -> ExitCode {
             };
             rt.block_on(status(&cfg, json))
         }
+        Command::Verify {
+            config,
+            sites,
+            buckets,
+            prefix,
+            json,
+            repair,
+            deep,
+        } => {
+            let cfg = match load(Some(&config)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = backbeat::verify::Options {
+                sites,
+                buckets,
+                prefix,
+                json,
+                repair,
+                deep,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("backbeat: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(verify(&cfg, &opts))
+        }
         Command::SeedFailed { config, count } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -213,21 +270,23 @@ async fn serve(cfg: Config) -> ExitCode {
     }
 }
 
-/// The API's base URL from `[server]`: a wildcard bind address is asked on loopback.
-fn api_base(cfg: &Config) -> String {
-    let host = match cfg.server.host.as_str() {
-        "0.0.0.0" => "127.0.0.1".to_string(),
-        "::" | "[::]" => "[::1]".to_string(),
-        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
-        h => h.to_string(),
-    };
-    format!("http://{host}:{}", cfg.server.port)
+/// `backbeat verify`: compares and prints; the exit code says what it found.
+async fn verify(cfg: &Config, opts: &backbeat::verify::Options) -> ExitCode {
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    match backbeat::verify::Verifier::new(cfg, opts, &mut out, &mut err) {
+        Ok(v) => ExitCode::from(v.run().await.exit_code()),
+        Err(e) => {
+            eprintln!("backbeat verify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `backbeat status`: asks the running engine and prints its answer.
 async fn status(cfg: &Config, json: bool) -> ExitCode {
-    let url = format!("{}/_/backbeat/api/status", api_base(cfg));
-    let body = match get_status(cfg, &url).await {
+    let client = ApiClient::new(cfg);
+    let body = match client.get("status").await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("backbeat: {e}");
@@ -244,49 +303,13 @@ async fn status(cfg: &Config, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("backbeat: the API at {url} answered something else than JSON: {e}");
+            eprintln!(
+                "backbeat: the API at {} answered something else than JSON: {e}",
+                client.url("status")
+            );
             ExitCode::from(1)
         }
     }
-}
-
-/// `GET url` with the configured bearer token; the body of a 200.
-async fn get_status(cfg: &Config, url: &str) -> Result<Bytes, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = hyper::Request::get(url);
-    if let Some(token) = cfg.api_token() {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = req
-        .body(Empty::new())
-        .map_err(|e| format!("bad API address {url}: {e}"))?;
-    let unreachable = |e: &dyn std::fmt::Display| {
-        format!("cannot reach the engine's API at {url} (is `backbeat serve` running?): {e}")
-    };
-    let resp = match tokio::time::timeout(STATUS_TIMEOUT, client.request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(unreachable(&backbeat::error::chain(&e))),
-        Err(_) => return Err(unreachable(&"no answer within 10 s")),
-    };
-    let code = resp.status();
-    let body = match tokio::time::timeout(STATUS_TIMEOUT, resp.into_body().collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => return Err(unreachable(&e)),
-        Err(_) => return Err(unreachable(&"no answer within 10 s")),
-    };
-    if !code.is_success() {
-        let detail = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["description"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        let hint = match code.as_u16() {
-            401 => " (set [server] token or token_env as the engine has it)",
-            403 => " (this address is outside the engine's [server] allow_from)",
-            _ => "",
-        };
-        return Err(format!("the API at {url} answered {code}: {detail}{hint}"));
-    }
-    Ok(body)
 }
 
 async fn wait_for_signal() {

@@ -45,7 +45,7 @@ use crate::intake::{DiscoveredVersion, Intake, IntakeError};
 use crate::log::{Log, TOPIC_REPLICATION};
 use crate::model::{KeyState, ObjectInfo, VersionRef};
 use crate::observe::Observer;
-use crate::source::{rule_for, Rule, Source};
+use crate::source::{bucket_rules, rule_for, Rule, Source};
 use crate::store::{StateStore, StoreOp};
 use crate::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
 
@@ -351,28 +351,12 @@ impl PopulatorTask {
             .get(bucket)
             .is_none_or(|c| c.at.elapsed() >= RULES_TTL);
         if stale {
-            let rules = match self.source.replication_rules(bucket).await {
-                Ok(Some(rules)) => rules,
-                Ok(None) => self
-                    .config
-                    .replication
-                    .rules
-                    .iter()
-                    .filter(|r| r.bucket == bucket)
-                    .map(|r| Rule {
-                        enabled: r.enabled,
-                        prefix: r.prefix.clone(),
-                        sites: r.sites.clone(),
-                        delete_markers: true,
-                        ..Rule::default()
-                    })
-                    .collect(),
-                Err(e) => {
-                    return Err(format!(
-                        "cannot read the replication rules of bucket {bucket}: {e}"
-                    ))
-                }
-            };
+            let configured = &self.config.replication.rules;
+            let rules = bucket_rules(self.source.as_ref(), configured, bucket)
+                .await
+                .map_err(|e| {
+                    format!("cannot read the replication rules of bucket {bucket}: {e}")
+                })?;
             self.rules.insert(
                 bucket.to_string(),
                 CachedRules {

@@ -47,7 +47,7 @@ use crate::metrics::{count_replay, count_retry};
 use crate::model::{ByteStream, ObjectInfo, ReplicationStatus, NULL_VERSION};
 use crate::observe::Observer;
 use crate::site::parts::part_ranges;
-use crate::site::{PartReceipt, PutReceipt, Site, SiteError};
+use crate::site::{site_key, PartReceipt, PutReceipt, Site, SiteError};
 use crate::source::{Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp};
 use crate::transitions::{DropReason, FailedInfo, SiteOutcome};
@@ -145,16 +145,6 @@ impl CopyError {
 enum Copied {
     Written(PutReceipt),
     Dropped(DropReason),
-}
-
-/// The key a replica of source `bucket/key` has at a site (DESIGN section 3, "Where a replica
-/// lives").
-pub fn site_key(bucket: &str, key: &str, bucket_match: bool) -> String {
-    if bucket_match {
-        key.to_string()
-    } else {
-        format!("{bucket}/{key}")
-    }
 }
 
 /// Whether `current` (the source's answer about the key) is the version `entry` is about.
@@ -565,12 +555,6 @@ impl ReplicationProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replicas_live_under_their_source_bucket_unless_bucket_match() {
-        assert_eq!(site_key("photos", "a/b.jpg", false), "photos/a/b.jpg");
-        assert_eq!(site_key("photos", "a/b.jpg", true), "a/b.jpg");
-    }
 
     #[test]
     fn errors_shown_to_operators_are_one_short_line() {

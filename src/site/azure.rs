@@ -555,6 +555,26 @@ impl Site for AzureSite {
         Ok(Some(replica_from(key, size, &meta)))
     }
 
+    async fn read(&self, key: &str) -> Result<Option<ByteStream>, SiteError> {
+        match self
+            .send(
+                Method::GET,
+                &self.url(Some(key), ""),
+                Vec::new(),
+                Body::Empty,
+            )
+            .await
+        {
+            Ok(resp) => Ok(Some(crate::http::stream_body(
+                resp.into_body(),
+                self.idle_timeout,
+                "azure blob",
+            ))),
+            Err(e) if e.status == Some(404) => Ok(None),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
     async fn put(
         &self,
         key: &str,

@@ -40,6 +40,16 @@ pub const META_MD5: &str = "scal-md5";
 /// User metadata name of the source bucket (ours, for `verify` and the namespace rule).
 pub const META_BUCKET: &str = "scal-source-bucket";
 
+/// The key a replica of source `bucket/key` has at a site (DESIGN section 3, "Where a replica
+/// lives"): `<bucket>/<key>`, or the key as it is at a `bucket_match` site.
+pub fn site_key(bucket: &str, key: &str, bucket_match: bool) -> String {
+    if bucket_match {
+        key.to_string()
+    } else {
+        format!("{bucket}/{key}")
+    }
+}
+
 /// What a site answered for a written replica.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PutReceipt {
@@ -271,6 +281,16 @@ pub trait Site: Send + Sync + 'static {
         None
     }
 
+    /// The bytes of the replica at `key` (its newest version), streamed; `None` when there is
+    /// none (or a delete marker). What `backbeat verify --deep` hashes.
+    async fn read(&self, key: &str) -> Result<Option<ByteStream>, SiteError>;
+
+    /// The file site behind this site, for what only a directory can do (a listing walked
+    /// in one pass).
+    fn as_file(&self) -> Option<&file::FileSite> {
+        None
+    }
+
     /// Up to `limit` keys under `prefix` in byte order, from `cursor` (a previous page's
     /// `next`) or the first (for `backbeat verify`).
     async fn list(
@@ -355,6 +375,12 @@ mod tests {
     fn site(toml_text: &str) -> Result<SiteConfig, ConfigError> {
         let mut cfg = Config::parse(&format!("[[sites]]\n{toml_text}"))?;
         Ok(cfg.sites.remove(0))
+    }
+
+    #[test]
+    fn replicas_live_under_their_source_bucket_unless_bucket_match() {
+        assert_eq!(site_key("photos", "a/b.jpg", false), "photos/a/b.jpg");
+        assert_eq!(site_key("photos", "a/b.jpg", true), "a/b.jpg");
     }
 
     #[test]

@@ -273,6 +273,19 @@ impl Site for S3Site {
         }
     }
 
+    async fn read(&self, key: &str) -> Result<Option<ByteStream>, SiteError> {
+        let req = S3Request::new(Method::GET, &self.bucket, Some(key));
+        match self.client.send(req).await {
+            Ok(resp) => Ok(Some(self.client.stream_body(resp.into_body()))),
+            Err(e)
+                if matches!(e.status, Some(404 | 405)) && e.kind != S3ErrorKind::NoSuchBucket =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
     async fn put(
         &self,
         key: &str,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{ConfigError, SourceBackend, SourceConfig};
+use crate::config::{ConfigError, RuleConfig, SourceBackend, SourceConfig};
 use crate::error::Disposition;
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
 use crate::s3::S3Client;
@@ -72,6 +72,32 @@ pub fn rule_for<'a>(
         }
     }
     best
+}
+
+/// The rules of `bucket`: its own replication configuration when it has one, else the
+/// configured `[[replication.rules]]` of the bucket (which replicate delete markers).
+///
+/// # Errors
+/// The source's error reading the bucket's configuration.
+pub async fn bucket_rules(
+    source: &dyn Source,
+    configured: &[RuleConfig],
+    bucket: &str,
+) -> Result<Vec<Rule>, SourceError> {
+    Ok(match source.replication_rules(bucket).await? {
+        Some(rules) => rules,
+        None => configured
+            .iter()
+            .filter(|r| r.bucket == bucket)
+            .map(|r| Rule {
+                enabled: r.enabled,
+                prefix: r.prefix.clone(),
+                sites: r.sites.clone(),
+                delete_markers: true,
+                ..Rule::default()
+            })
+            .collect(),
+    })
 }
 
 /// One page of a bucket's keys in byte order, each with its current version.

@@ -715,7 +715,10 @@ impl MongoStore {
                 version,
                 info,
                 score_ms,
-            } => self.add_failed(session, site, version, info, *score_ms).await?,
+            } => {
+                self.add_failed(session, site, version, info, *score_ms)
+                    .await?
+            }
             StoreOp::PutCursor { name, value } => {
                 self.coll("cursors")
                     .replace_one(
