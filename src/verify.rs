@@ -762,7 +762,8 @@ impl<'a> Verifier<'a> {
 }
 
 /// What differs between a replica of the right version and the source's version: size, then
-/// MD5 where both are known.
+/// MD5 where both sides know one (the site's own hash of the bytes it holds first, then the
+/// `scal-md5` the writer recorded).
 pub fn content_difference(src: &ObjectInfo, r: &ReplicaInfo) -> Option<String> {
     if r.size != src.size {
         return Some(format!(
@@ -770,14 +771,23 @@ pub fn content_difference(src: &ObjectInfo, r: &ReplicaInfo) -> Option<String> {
             src.size, r.size
         ));
     }
+    let source_md5 = src
+        .content_md5
+        .clone()
+        .or_else(|| crate::checksum::md5_of_hex(&src.etag).map(|m| crate::checksum::hex(&m)));
+    if let (Some(site), Some(source)) = (r.content_md5.as_deref(), source_md5.as_deref()) {
+        if !site.eq_ignore_ascii_case(source) {
+            return Some(format!(
+                "md5 {source} at the source, {} of the bytes the site holds",
+                site.to_ascii_lowercase()
+            ));
+        }
+    }
     let site_md5 = r.md5.as_deref()?.trim().to_ascii_lowercase();
     if site_md5 == src.etag.trim().trim_matches('"').to_ascii_lowercase() {
         return None;
     }
-    let source_md5 = src
-        .content_md5
-        .clone()
-        .or_else(|| crate::checksum::md5_of_hex(&src.etag).map(|m| crate::checksum::hex(&m)))?;
+    let source_md5 = source_md5?;
     (crate::checksum::md5_of_hex(&site_md5).is_some() && site_md5 != source_md5)
         .then(|| format!("md5 {source_md5} at the source, scal-md5 {site_md5} at the site"))
 }
@@ -1001,6 +1011,14 @@ mod tests {
         let mut s = src(3, "1-2-3");
         s.content_md5 = Some(md5.into());
         assert!(content_difference(&s, &replica(3, Some(other))).is_some());
+        // The site's own hash of what it holds wins over the recorded scal-md5.
+        let mut r = replica(3, Some(md5));
+        r.content_md5 = Some(other.into());
+        assert!(content_difference(&src(3, md5), &r)
+            .unwrap()
+            .contains("of the bytes the site holds"));
+        r.content_md5 = Some(md5.to_ascii_uppercase());
+        assert_eq!(content_difference(&src(3, md5), &r), None);
     }
 
     #[test]

@@ -232,10 +232,7 @@ fn every_kind_of_difference_is_reported_once_and_repaired() {
 #[test]
 fn usage_errors_exit_2_and_unreadable_sides_exit_3() {
     let s = setup(2);
-    for args in [
-        vec!["--site", "nowhere"],
-        vec!["--bucket", "not-a-source"],
-    ] {
+    for args in [vec!["--site", "nowhere"], vec!["--bucket", "not-a-source"]] {
         let o = verify(&s.cfg, &args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stdout(&o));
         let err = String::from_utf8_lossy(&o.stderr);

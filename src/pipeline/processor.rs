@@ -218,17 +218,27 @@ impl ReplicationProcessor {
         Ok(())
     }
 
-    /// Whether the site already holds the replica of `entry`'s version at `key` (the receipt
-    /// of it when it does).
+    /// Whether the site already holds the replica of `entry`'s version at `key` with the
+    /// source's bytes (the receipt of it when it does). `md5`: the MD5 of the source's bytes
+    /// when known. A replica whose bytes the site hashed differently (an earlier attempt
+    /// stored corrupted bytes under the right metadata) is not there; nor is one whose bytes
+    /// the site hashed when the source's MD5 is unknown, since they cannot be compared.
     async fn already_there(
         &self,
         key: &str,
         entry: &Entry,
+        md5: Option<&str>,
     ) -> Result<Option<PutReceipt>, SiteError> {
         Ok(self.site.replica(key).await?.and_then(|r| {
+            let bytes_ok = match (r.content_md5.as_deref(), md5) {
+                (None, _) => true,
+                (Some(site), Some(source)) => site.eq_ignore_ascii_case(source),
+                (Some(_), None) => false,
+            };
             (r.source_version_id.as_deref() == Some(entry.version.version_id.as_str())
                 && r.size == entry.size
-                && !r.delete_marker)
+                && !r.delete_marker
+                && bytes_ok)
                 .then_some(PutReceipt {
                     version_id: r.site_version_id,
                     etag: None,
@@ -267,7 +277,8 @@ impl ReplicationProcessor {
                 return Ok(Copied::Dropped(DropReason::Replica));
             }
             if maybe_done {
-                if let Some(r) = self.already_there(key, e).await? {
+                let md5 = cur.content_md5.as_deref();
+                if let Some(r) = self.already_there(key, e, md5).await? {
                     return Ok(Copied::Written(r));
                 }
             }
@@ -287,7 +298,8 @@ impl ReplicationProcessor {
             return Ok(Copied::Dropped(DropReason::Replica));
         }
         if maybe_done {
-            if let Some(r) = self.already_there(key, e).await? {
+            let md5 = cur.content_md5.as_deref();
+            if let Some(r) = self.already_there(key, e, md5).await? {
                 return Ok(Copied::Written(r));
             }
         }

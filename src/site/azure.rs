@@ -487,7 +487,13 @@ fn header_text(v: &str) -> String {
 
 /// The REPLICA metadata of `blob` from its metadata (`x-ms-meta-*` headers, or a listing's
 /// `<Metadata>`), by lowercase name, and its size.
-fn replica_from(blob: &str, size: u64, meta: &BTreeMap<String, String>) -> ReplicaInfo {
+/// The REPLICA metadata of a blob; `content_md5` is its `Content-MD5` property (base64).
+fn replica_from(
+    blob: &str,
+    size: u64,
+    meta: &BTreeMap<String, String>,
+    content_md5: Option<&str>,
+) -> ReplicaInfo {
     let get = |n: &str| meta.get(n).map(|v| rfc2047_decode(v));
     let is_replica = get(META_STATUS).is_some_and(|s| s.trim() == "REPLICA");
     ReplicaInfo {
@@ -496,6 +502,9 @@ fn replica_from(blob: &str, size: u64, meta: &BTreeMap<String, String>) -> Repli
         source_bucket: get(META_BUCKET),
         size,
         md5: get(META_MD5),
+        content_md5: content_md5
+            .and_then(crate::checksum::md5_of_base64)
+            .map(|m| crate::checksum::hex(&m)),
         site_version_id: None,
         delete_marker: false,
     }
@@ -552,7 +561,8 @@ impl Site for AzureSite {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Ok(Some(replica_from(key, size, &meta)))
+        let md5 = h.get("content-md5").and_then(|v| v.to_str().ok());
+        Ok(Some(replica_from(key, size, &meta, md5)))
     }
 
     async fn read(&self, key: &str) -> Result<Option<ByteStream>, SiteError> {
@@ -670,7 +680,8 @@ impl Site for AzureSite {
                         meta.insert(c.name.to_ascii_lowercase(), c.text.clone());
                     }
                 }
-                let r = replica_from(&name, size, &meta);
+                let md5 = b.path(&["Properties", "Content-MD5"]);
+                let r = replica_from(&name, size, &meta, md5);
                 items.push((name, size, Some(r)));
             }
         }

@@ -462,7 +462,9 @@ impl Site for FileSite {
                     if sc.replication_status == "REPLICA" {
                         info.source_version_id = Some(sc.version_id);
                         info.source_bucket = Some(sc.bucket);
+                        // Hashed from the bytes as they were written: the site's own MD5.
                         info.md5 = Some(sc.md5).filter(|m| !m.is_empty());
+                        info.content_md5 = info.md5.clone();
                     }
                 }
             }

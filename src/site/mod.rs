@@ -83,8 +83,13 @@ pub struct ReplicaInfo {
     pub source_bucket: Option<String>,
     /// Size in bytes.
     pub size: u64,
-    /// `scal-md5`, when recorded.
+    /// `scal-md5`, when recorded: the MD5 the writer meant to store.
     pub md5: Option<String>,
+    /// The MD5 (hex) of the bytes the site holds, as the site itself computed or checked it
+    /// when it knows one: the ETag of a single-part S3 object, an Azure blob's `Content-MD5`
+    /// property, the file site's sidecar (hashed while writing). A replica whose bytes differ
+    /// from the source's is told apart by it, whatever its `scal-*` metadata says.
+    pub content_md5: Option<String>,
     /// The site's own version id of the replica, when it versions objects.
     pub site_version_id: Option<String>,
     /// The key's newest version at the site is a delete marker (no replica readable).

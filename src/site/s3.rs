@@ -217,6 +217,11 @@ fn replica_of(key: &str, headers: &HeaderMap) -> ReplicaInfo {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         md5: meta(META_MD5),
+        content_md5: headers
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(md5_of_hex)
+            .map(|m| crate::checksum::hex(&m)),
         site_version_id: headers
             .get("x-amz-version-id")
             .and_then(|v| v.to_str().ok())

@@ -116,3 +116,115 @@ pub async fn start(upstream: SocketAddr, fail_first: usize) -> Flaky {
     });
     Flaky { addr, counts, task }
 }
+
+/// Counters of a [`Corrupting`] proxy.
+#[derive(Debug, Default)]
+pub struct CorruptCounts {
+    /// Requests received.
+    pub requests: AtomicUsize,
+    /// PUT requests carrying data.
+    pub data_puts: AtomicUsize,
+    /// Request bodies whose bytes were changed on the way.
+    pub corrupted: AtomicUsize,
+}
+
+/// A proxy that changes one byte of the body of the first `corrupt_first` PUT requests
+/// carrying data (an object or a part) on their way to the upstream, and with `strip_md5`
+/// removes their `Content-MD5` header too, so the upstream stores other bytes than were sent
+/// and answers with their ETag. Stops when dropped.
+pub struct Corrupting {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it did.
+    pub counts: Arc<CorruptCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Corrupting {
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Corrupting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a [`Corrupting`] proxy in front of `upstream`.
+pub async fn start_corrupting(
+    upstream: SocketAddr,
+    corrupt_first: usize,
+    strip_md5: bool,
+) -> Corrupting {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let counts = Arc::new(CorruptCounts::default());
+    let client: Client<HttpConnector, BoxBody<Bytes, hyper::Error>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let c = counts.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = c.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let counts = counts.clone();
+                    let client = client.clone();
+                    async move {
+                        counts.requests.fetch_add(1, Ordering::SeqCst);
+                        let (mut parts, body) = req.into_parts();
+                        let has_data = parts.method == hyper::Method::PUT
+                            && parts
+                                .headers
+                                .get("content-length")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .is_some_and(|n| n > 0)
+                            && !parts.uri.query().unwrap_or("").contains("comp=blocklist");
+                        let corrupt = has_data
+                            && counts.data_puts.fetch_add(1, Ordering::SeqCst) < corrupt_first;
+                        if corrupt {
+                            counts.corrupted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if corrupt && strip_md5 {
+                            parts.headers.remove("content-md5");
+                        }
+                        let mut first = corrupt;
+                        let body = body
+                            .map_frame(move |frame| match frame.into_data() {
+                                Ok(data) if first && !data.is_empty() => {
+                                    first = false;
+                                    let mut v = data.to_vec();
+                                    v[0] ^= 0x5a;
+                                    hyper::body::Frame::data(Bytes::from(v))
+                                }
+                                Ok(data) => hyper::body::Frame::data(data),
+                                Err(f) => f,
+                            })
+                            .boxed();
+                        let pq = parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_else(|| "/".into());
+                        parts.uri = format!("http://{upstream}{pq}").parse().expect("uri");
+                        match client.request(Request::from_parts(parts, body)).await {
+                            Ok(resp) => Ok::<_, Infallible>(resp.map(|b| b.boxed())),
+                            Err(_) => Ok(fixed(StatusCode::BAD_GATEWAY, "upstream unreachable")),
+                        }
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Corrupting { addr, counts, task }
+}
