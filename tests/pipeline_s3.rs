@@ -454,3 +454,78 @@ async fn a_delete_marker_removes_the_replica_and_an_undelete_brings_it_back() {
         assert_eq!(store.pending(s).await.unwrap(), (0, 0), "pending of {s}");
     }
 }
+
+/// Versions of `key` in `bucket` (delete markers included).
+async fn version_count(c: &S3Client, bucket: &str, key: &str) -> usize {
+    let (_, xml) = c
+        .send_xml(
+            S3Request::new(Method::GET, bucket, None)
+                .flag("versions")
+                .query("prefix", key),
+        )
+        .await
+        .unwrap();
+    xml.all("Version").count() + xml.all("DeleteMarker").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_b_and_b_to_a_never_loops_because_replicas_are_not_replicated() {
+    // Each bucket is a source and the other's site (keys kept as they are): a version written
+    // in one is copied to the other once, and its replica there is never copied back.
+    let moto = common::moto::client(&MOTO);
+    let (a, b) = ("loop-a", "loop-b");
+    common::moto::create_bucket(&moto, a, true).await.unwrap();
+    common::moto::create_bucket(&moto, b, true).await.unwrap();
+    common::moto::put(&moto, a, "from-a.txt", b"written in a", &[])
+        .await
+        .unwrap();
+    common::moto::put(&moto, b, "from-b.txt", b"written in b", &[])
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sites = format!(
+        "{}bucket_match = true\n{}bucket_match = true\n",
+        s3_site("site-a", a),
+        s3_site("site-b", b)
+    );
+    let rules = format!(
+        "{}{}",
+        rule(a, "", &["site-b"], true),
+        rule(b, "", &["site-a"], true)
+    );
+    let cfg = s3_config(&data, &[a, b], &sites, &rules);
+    let engine = EngineProc::start(&write_config(tmp.path(), &cfg), tmp.path());
+    for (bucket, key) in [(b, "from-a.txt"), (a, "from-b.txt")] {
+        let start = std::time::Instant::now();
+        while version_count(&moto, bucket, key).await == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{key} never reached {bucket}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A new version in a while the engine runs: copied once too.
+    common::moto::put(&moto, a, "from-a.txt", b"written in a, again", &[])
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while version_count(&moto, b, "from-a.txt").await < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "v2 never reached b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several scans later (every 2 s), nothing went back: one version per write, each once.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(version_count(&moto, a, "from-a.txt").await, 2);
+    assert_eq!(version_count(&moto, b, "from-a.txt").await, 2);
+    assert_eq!(version_count(&moto, a, "from-b.txt").await, 1);
+    assert_eq!(version_count(&moto, b, "from-b.txt").await, 1);
+    let (_, got) = s3_get(&moto, b, "from-a.txt", None).await;
+    assert_eq!(got, b"written in a, again");
+    assert!(engine.stop().success());
+    let store = open_store(&data);
+    // The replicas were never queued: one copy per site for each key's writes.
+    assert_eq!(metric_total(&store, "site-b", Metric::Ops).await, 2);
+    assert_eq!(metric_total(&store, "site-a", Metric::Ops).await, 1);
+}
