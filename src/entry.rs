@@ -81,6 +81,11 @@ pub struct Entry {
     pub deleted: bool,
     /// First seen long after it was written: backfill, not lag.
     pub backfill: bool,
+    /// When the populator queued it (ms, its clock): the key's record is older news than an
+    /// entry queued after it last changed (an undelete can make an older version current
+    /// again, so the source's write times do not order them). 0 when unknown (an entry of
+    /// the original).
+    pub queued_ms: u64,
     /// The sites this entry is for (the rule's, or the one site of a retry or replay).
     pub sites: Vec<String>,
     /// The site of a status, retry or replay entry.
@@ -116,6 +121,7 @@ impl Entry {
             written_ms: version.written_ms,
             deleted: version.deleted,
             backfill: version.backfill,
+            queued_ms: 0,
             sites,
             site: None,
             replay_count: None,
@@ -296,12 +302,19 @@ pub struct QueueEntry {
     /// Ours: backfill rather than live replication.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backfill: bool,
+    /// Ours: when it was queued (ms).
+    #[serde(rename = "queuedMs", default, skip_serializing_if = "is_zero_u64")]
+    pub queued_ms: u64,
     /// Ours: an operator's requeue (written again whatever the site holds).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requeue: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -492,6 +505,7 @@ impl QueueEntry {
             failure,
             attempts: e.attempts,
             backfill: e.backfill,
+            queued_ms: e.queued_ms,
             requeue: e.requeued,
         }
     }
@@ -571,6 +585,7 @@ impl QueueEntry {
             written_ms: ms_of_iso(&md.last_modified),
             deleted: md.is_delete_marker || self.kind == EntryKind::Del,
             backfill: self.backfill,
+            queued_ms: self.queued_ms,
             sites,
             site: self.site.clone(),
             replay_count: self.replay_count,
@@ -612,7 +627,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Entry {
-        Entry::queued(
+        let mut e = Entry::queued(
             "b",
             "k:1/é",
             &QueuedVersion {
@@ -624,7 +639,9 @@ mod tests {
                 backfill: true,
             },
             vec!["s1".into(), "s2".into()],
-        )
+        );
+        e.queued_ms = 1_700_000_001_000;
+        e
     }
 
     #[test]

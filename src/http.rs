@@ -315,7 +315,8 @@ pub fn xml_escape(s: &str) -> String {
 }
 
 /// The RFC 2047 form (`=?UTF-8?B?<base64>?=`) of `value`: how a header carries text HTTP
-/// cannot (non-ASCII, surrounding spaces); S3 decodes it when it stores user metadata.
+/// cannot (non-ASCII, surrounding spaces); S3 decodes it when it stores user metadata (and
+/// encodes it again in its answers).
 pub fn rfc2047_encode(value: &str) -> String {
     use base64::Engine as _;
     format!(

@@ -512,7 +512,10 @@ async fn a_to_b_and_b_to_a_never_loops_because_replicas_are_not_replicated() {
         .unwrap();
     let start = std::time::Instant::now();
     while version_count(&moto, b, "from-a.txt").await < 2 {
-        assert!(start.elapsed() < Duration::from_secs(60), "v2 never reached b");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "v2 never reached b"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Several scans later (every 2 s), nothing went back: one version per write, each once.

@@ -105,8 +105,10 @@ async fn each_keys_current_version_is_listed_in_pages_and_read_back() -> anyhow:
         info.user_metadata.get("color").map(String::as_str),
         Some("blue")
     );
-    assert!(
-        info.user_metadata.contains_key("encoded"),
+    // An RFC 2047 word is the value S3 holds decoded ("été").
+    assert_eq!(
+        info.user_metadata.get("encoded").map(String::as_str),
+        Some("\u{e9}t\u{e9}"),
         "{:?}",
         info.user_metadata
     );

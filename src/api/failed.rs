@@ -346,13 +346,15 @@ async fn append_retry(
     k: &KeyState,
     site: &str,
 ) -> Result<(), ApiError> {
-    let entry = Entry::queued(
+    let mut entry = Entry::queued(
         &v.bucket,
         &v.key,
         &queued_version(k),
         vec![site.to_string()],
     )
     .retry(site);
+    // Not newer news than the record it retries.
+    entry.queued_ms = k.queued_ms;
     state
         .log
         .append(

@@ -686,6 +686,7 @@ impl PopulatorTask {
             // A requeue copies again even a replica that looks right (it may be corrupt).
             Entry {
                 requeued: force,
+                queued_ms: now,
                 ..e
             }
         });

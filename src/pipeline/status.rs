@@ -144,11 +144,19 @@ impl Handler for StatusProcessor {
             tracing::debug!(site = %job.site, version = %v, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
         }
-        // Not applied: a replay, a version the key moved past, or a record not written yet.
+        // Not applied: a replay, a version the key moved past, or a record not written yet
+        // (the populator appends entries before it writes their records: a crash between
+        // leaves entries whose record is missing or older). Older is told by when each was
+        // queued, not by the source's write times: an undelete makes an older version
+        // current again.
         let record = self.store.key_state(&v.bucket, &v.key).await?;
         let missing = match &record {
             None => true,
-            Some(k) => k.version_id != v.version_id && job.entry.written_ms > k.written_ms,
+            Some(k) => {
+                k.version_id != v.version_id
+                    && job.entry.queued_ms != 0
+                    && job.entry.queued_ms > k.queued_ms
+            }
         };
         if let (SiteOutcome::Dropped(why), Some(k)) = (&job.outcome, &record) {
             // A version the key moved past while its entry waited: not copied, counted once

@@ -311,8 +311,11 @@ fn info_from_head(v: &VersionRef, headers: &HeaderMap) -> ObjectInfo {
     for (name, value) in headers {
         let name = name.as_str();
         if let Some(k) = name.strip_prefix("x-amz-meta-") {
+            // The value S3 holds: it decodes an RFC 2047 word when storing (and encodes it
+            // again to answer); sites encode it as their protocol needs.
             if let Some(val) = raw(value) {
-                info.user_metadata.insert(k.to_string(), val);
+                info.user_metadata
+                    .insert(k.to_string(), crate::http::rfc2047_decode(&val));
             }
         } else if let Some(val) = raw(value) {
             info.headers.set(name, val);
