@@ -439,6 +439,16 @@ impl Run {
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 
+    /// Keeps the run's directory (data, logs, file site) for a post-mortem; returns it.
+    fn keep(&mut self) -> PathBuf {
+        let kept = self.tmp.path().to_path_buf();
+        std::mem::forget(std::mem::replace(
+            &mut self.tmp,
+            tempfile::tempdir().unwrap(),
+        ));
+        kept
+    }
+
     fn context(&self) -> String {
         format!(
             "seed {} (rerun with BACKBEAT_MODEL_SEEDS={}); operations:\n{}\nengine log: {}",
@@ -483,13 +493,16 @@ impl Run {
                 if o.status.code() == Some(0) {
                     return;
                 }
-                assert!(
-                    start.elapsed() < limit,
-                    "verify still finds differences:\n{}\n{}\n{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr),
-                    self.context()
-                );
+                if start.elapsed() >= limit {
+                    let kept = self.keep();
+                    panic!(
+                        "verify still finds differences:\n{}\n{}\n{}\n(kept {})",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr),
+                        self.context(),
+                        kept.display()
+                    );
+                }
             }
             if start.elapsed() >= limit {
                 let mut state = String::new();
