@@ -68,7 +68,8 @@ const WEEK_MINUTES: u32 = 7 * 24 * 60;
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
 /// What `bandwidth` accepts, for error messages.
-const SYNTAX: &str = "expected \"off\", a rate such as \"10MiB/s\" (units B, KiB, MiB, GiB, TiB, or \
+const SYNTAX: &str =
+    "expected \"off\", a rate such as \"10MiB/s\" (units B, KiB, MiB, GiB, TiB, or \
      rclone's K, M, G, T; per second), or a timetable such as \"08:00,10MiB/s 19:00,off\"";
 
 /// A bandwidth limit as configured or set through the API.
@@ -258,7 +259,11 @@ fn parse_rate(s: &str) -> Result<Option<u64>, ParseError> {
         "M" | "Mi" | "MiB" => 1 << 20,
         "G" | "Gi" | "GiB" => 1 << 30,
         "T" | "Ti" | "TiB" => 1 << 40,
-        "" => return Err(bad("has no unit (rclone reads a bare number as KiB/s: write 512KiB/s)")),
+        "" => {
+            return Err(bad(
+                "has no unit (rclone reads a bare number as KiB/s: write 512KiB/s)",
+            ))
+        }
         "kB" | "KB" | "MB" | "GB" | "TB" => {
             return Err(bad(
                 "is ambiguous (powers of 1000 or of 1024?): write KiB, MiB, GiB or TiB",
@@ -820,7 +825,11 @@ mod tests {
 
         let w = p("Mon-08:00,1M Fri-18:00,off 12:00,2M");
         let at = |day: u32, h: u32| w.rate_at(day * 1440 + h * 60);
-        assert_eq!(at(0, 7), Some(2 << 20), "Sunday 12:00's entry, wrapped round");
+        assert_eq!(
+            at(0, 7),
+            Some(2 << 20),
+            "Sunday 12:00's entry, wrapped round"
+        );
         assert_eq!(at(0, 8), Some(1 << 20));
         assert_eq!(at(0, 12), Some(2 << 20));
         assert_eq!(at(4, 11), Some(2 << 20));
@@ -864,7 +873,7 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut b = Bucket::new();
         let rate = 1 << 20; // 1 MiB/s: capacity 104,857.6 bytes, pieces of 64 KiB
-        // A fresh bucket is full: one piece passes, and so does the next (debt allowed).
+                            // A fresh bucket is full: one piece passes, and so does the next (debt allowed).
         assert_eq!(b.take(ms(0), rate, 65_536), None);
         assert_eq!(b.take(ms(0), rate, 65_536), None);
         // 26,214.4 bytes owed: 25 ms at 1 MiB/s.
@@ -924,7 +933,10 @@ mod tests {
         // Off: passes as it comes, whole.
         let off = Arc::new(Limiter::unlimited());
         let start = Instant::now();
-        assert_eq!(drain(limit(stream_of(vec![8 << 20, 5]), off)).await, (2, (8 << 20) + 5));
+        assert_eq!(
+            drain(limit(stream_of(vec![8 << 20, 5]), off)).await,
+            (2, (8 << 20) + 5)
+        );
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

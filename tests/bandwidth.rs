@@ -135,13 +135,22 @@ fn a_limited_copy_takes_its_time_while_small_ones_and_other_sites_keep_flowing()
         "unlimited {fast_done:?}, limited {took:?}"
     );
     assert_eq!(std::fs::read(replica(&slow, "large.bin")).unwrap(), large);
-    assert_eq!(std::fs::read(replica(&slow, "small.txt")).unwrap(), b"small");
+    assert_eq!(
+        std::fs::read(replica(&slow, "small.txt")).unwrap(),
+        b"small"
+    );
     assert!(engine.stop().success());
 }
 
 async fn post_limit(api: SocketAddr, route: &str, limit: &str) -> (u16, Value) {
     let body = serde_json::to_vec(&json!({ "limit": limit })).unwrap();
-    let r = request(api, "POST", &format!("/_/backbeat/api/{route}"), Some(&body)).await;
+    let r = request(
+        api,
+        "POST",
+        &format!("/_/backbeat/api/{route}"),
+        Some(&body),
+    )
+    .await;
     (r.status, r.json())
 }
 

@@ -39,7 +39,9 @@ pub fn parse_body(body: &[u8]) -> Result<Bandwidth, ApiError> {
         ));
     };
     let Some(text) = limit.as_str() else {
-        return Err(bad("limit must be a string, such as \"10MiB/s\" or \"off\""));
+        return Err(bad(
+            "limit must be a string, such as \"10MiB/s\" or \"off\"",
+        ));
     };
     Bandwidth::parse(text).map_err(|e| bad(&format!("limit: {e}")))
 }

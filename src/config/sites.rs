@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::fields::Fields;
-use crate::bandwidth::Bandwidth;
 use super::s3_client::S3ClientConfig;
 use super::secret::Secret;
+use crate::bandwidth::Bandwidth;
 
 /// Kind of destination site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
