@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::bandwidth::{self, Bandwidths, LocalWeekClock};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, LogKind, SourceBackend, Stage, StoreKind};
 use crate::control::{self, Control};
@@ -187,8 +188,17 @@ impl Engine {
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
         // Loaded before the processors start, so a site paused before a restart starts paused.
         let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
+        // Also loaded before: a limit set through the API before a restart applies from the start.
+        let bandwidth = Arc::new(Bandwidths::new(
+            config
+                .sites
+                .iter()
+                .map(|s| (s.name.clone(), s.bandwidth.clone())),
+            Arc::new(LocalWeekClock::default()),
+        ));
+        bandwidth.load(store.as_ref()).await?;
         let (pipeline_intake, stages) = match start_pipeline(
-            &config, &log, &store, &control, &observer, &root, &failed,
+            &config, &log, &store, &control, &bandwidth, &observer, &root, &failed,
         )
         .await
         {
@@ -203,7 +213,8 @@ impl Engine {
         let api_tracker = TaskTracker::new();
         let background = TaskTracker::new();
         let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone())
-            .with_observer(observer.clone());
+            .with_observer(observer.clone())
+            .with_bandwidth(bandwidth.clone());
         if let Some(intake) = intake.clone() {
             state = state.with_intake(intake);
         }
@@ -222,6 +233,13 @@ impl Engine {
             store.clone(),
             control.clone(),
             sites,
+            root.child_token(),
+        ));
+
+        // Bandwidth limits stored through another process's API.
+        background.spawn(bandwidth::run_sync(
+            store.clone(),
+            bandwidth,
             root.child_token(),
         ));
 
@@ -367,11 +385,13 @@ fn watch_capacity() -> usize {
 /// Builds the source and sites and starts the stages `[engine] stages` names; returns the
 /// intake (the populator, when it runs here) and the stages in stop order. Without a source,
 /// nothing runs.
+#[allow(clippy::too_many_arguments)]
 async fn start_pipeline(
     config: &Arc<Config>,
     log: &Arc<dyn Log>,
     store: &Arc<dyn StateStore>,
     control: &Arc<Control>,
+    bandwidth: &Bandwidths,
     observer: &Arc<Observer>,
     root: &CancellationToken,
     failed: &Arc<AtomicBool>,
@@ -414,6 +434,9 @@ async fn start_pipeline(
                     retry: RetryPolicy::from(&r.retry),
                     replay: r.retry.replay,
                     bucket_match: site_cfg.bucket_match,
+                    bandwidth: bandwidth
+                        .limiter(site.name())
+                        .unwrap_or_else(|| Arc::new(bandwidth::Limiter::unlimited())),
                 };
                 let gate = PauseGate::new(control.subscribe(site.name()));
                 ReplicationProcessor::start(&deps, site, pcfg, gate, &processor_stage).await?;

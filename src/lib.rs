@@ -4,6 +4,8 @@
 //! Crate map:
 //! - [`config`]: the TOML configuration, read into typed sections that are checked as read.
 //! - [`control`]: per-site pause/resume channels and the scheduled-resume task.
+//! - [`bandwidth`]: per-site bandwidth limits (syntax, timetables, the limiter copies pass
+//!   through, run-time changes).
 //! - [`durability`]: the embedded sled database and its flush policy (group commit).
 //! - [`log`]: the durable log (topics, partitions, consumer groups); [`log::SledLog`].
 //! - [`store`]: the state store (replication info, failed set, pause state, metrics, cursors,
@@ -36,6 +38,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bandwidth;
 pub mod checksum;
 pub mod client;
 pub mod clock;

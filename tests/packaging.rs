@@ -4,6 +4,14 @@
 //! monitoring/metrics` answer of the running binary (a sample, or a family's `# TYPE` line
 //! for a counter with no sample yet). The only exceptions are node exporter's file system
 //! metrics the disk alert needs ([`NODE_EXPORTER`]).
+//!
+//! `packaging/backbeat.service` never restarts into an invalid configuration (issue 14): no
+//! `ExecStartPre` (whose failure `RestartPreventExitStatus` does not cover), and the command it
+//! runs exits with a status that setting names when the configuration is invalid; the user it
+//! runs as is the one `packaging/backbeat.sysusers.conf` creates; the README's install steps
+//! name the unit's paths; and, where systemd's tools are installed, `systemd-analyze verify`
+//! finds nothing to say, its offline security review rates the unit 2.0 or better, and
+//! `systemd-sysusers --dry-run` accepts the users file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +19,8 @@ mod common;
 mod failures_support;
 mod pipeline_support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use common::api::request;
@@ -313,4 +322,174 @@ async fn dashboards_and_alerts_name_only_exported_metrics() {
         "named by packaging/ but not exported: {missing:?}\n{exposition}"
     );
     assert!(engine.stop().success());
+}
+
+/// A unit file's `[Section]` `Key=value` lines: every value of each key, in order.
+fn unit_entries(text: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("Key=value");
+        assert!(!line.ends_with('\\'), "no continuation lines: {line}");
+        out.entry((section.clone(), key.trim().to_string()))
+            .or_default()
+            .push(value.trim().to_string());
+    }
+    out
+}
+
+/// A tool of systemd's, when installed.
+fn systemd_tool(name: &str) -> Option<std::path::PathBuf> {
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+#[test]
+fn the_systemd_unit_never_restarts_into_an_invalid_configuration() {
+    let text = repo_file("packaging/backbeat.service");
+    let unit = unit_entries(&text);
+    let one = |key: &str| -> String {
+        let v = unit
+            .get(&("Service".to_string(), key.to_string()))
+            .unwrap_or_else(|| panic!("Service.{key} is set"));
+        v.last().unwrap().clone()
+    };
+    let has = |key: &str| unit.contains_key(&("Service".to_string(), key.to_string()));
+    assert!(
+        !has("ExecStartPre"),
+        "a failing ExecStartPre is restarted whatever RestartPreventExitStatus says"
+    );
+    assert_eq!(one("Restart"), "on-failure");
+    let prevent: Vec<String> = one("RestartPreventExitStatus")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+
+    // The command the unit runs, on an invalid configuration, exits with a status that keeps
+    // systemd from restarting it.
+    let exec = one("ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    let binary = args[0];
+    let at = args.iter().position(|a| *a == "--config").unwrap();
+    let config_path = args[at + 1];
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("backbeat.toml");
+    std::fs::write(&bad, "[server]\nport = \"not a port\"\n").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_backbeat"))
+        .args(&args[1..at + 1])
+        .arg(&bad)
+        .args(&args[at + 2..])
+        .output()
+        .unwrap()
+        .status;
+    let code = status.code().unwrap().to_string();
+    assert!(prevent.contains(&code), "exit {code}, not in {prevent:?}");
+
+    // The user it runs as is the one the sysusers file creates; its data is in its state
+    // directory; the hiding of /home and /tmp is said where it is set.
+    let user = one("User");
+    let sysusers = repo_file("packaging/backbeat.sysusers.conf");
+    assert!(
+        sysusers.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&"u") && f.get(1) == Some(&user.as_str())
+        }),
+        "{sysusers}"
+    );
+    assert_eq!(
+        one("WorkingDirectory"),
+        format!("/var/lib/{}", one("StateDirectory"))
+    );
+    assert_eq!(one("ProtectHome"), "yes");
+    assert_eq!(one("PrivateTmp"), "yes");
+    for needle in [
+        "ProtectHome=yes hides /home",
+        "PrivateTmp=yes",
+        "ReadWritePaths=",
+    ] {
+        assert!(
+            text.contains(needle),
+            "the unit's comments explain {needle}"
+        );
+    }
+
+    // The README's install steps follow the unit.
+    let readme = repo_file("README.md");
+    let install = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install"))
+        .expect("an Install section in the README");
+    for needle in [
+        "cargo install --path .",
+        binary,
+        config_path,
+        "/etc/default/backbeat",
+        "/var/lib/backbeat",
+        "backbeat.sysusers.conf",
+        "systemctl enable --now backbeat",
+        "ProtectHome",
+        "PrivateTmp",
+    ] {
+        assert!(install.contains(needle), "README Install names {needle:?}");
+    }
+    assert!(install.contains(&format!("User={user}")) || install.contains(&format!("`{user}`")));
+
+    // systemd's own checks, where its tools are installed (Debian's systemd package).
+    let Some(analyze) = systemd_tool("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed: its checks are skipped");
+        return;
+    };
+    let verify_dir = tempfile::tempdir().unwrap();
+    let local = verify_dir.path().join("backbeat.service");
+    std::fs::write(&local, text.replace(binary, env!("CARGO_BIN_EXE_backbeat"))).unwrap();
+    let out = Command::new(&analyze)
+        .args(["verify", "--man=no"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exposure level at most 2.0 of 10 ("OK").
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(sysusers_tool) = systemd_tool("systemd-sysusers") {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        let out = Command::new(sysusers_tool)
+            .arg(format!("--root={}", root.path().display()))
+            .arg("--dry-run")
+            .arg(format!(
+                "{}/packaging/backbeat.sysusers.conf",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.contains(&format!("Creating user '{user}'")),
+            "systemd-sysusers: {said}"
+        );
+    }
 }

@@ -16,6 +16,7 @@
 //! metrics and the throughput arithmetic), [`status`] (the operator's view, `GET status` and
 //! its history, and each site's state), [`health`], [`failed`] (failed CRR list/get/retry),
 //! [`pause`] (pause/resume/schedule/status, through [`Control`](crate::control::Control)),
+//! [`bandwidth`] (each site's bandwidth limit at run time),
 //! [`requeue`] (queue versions again whatever their status),
 //! [`object`] (our version view and S3 notification intake), [`monitoring`] (Prometheus
 //! text), [`ui`] (the status page's static files). This file owns the request pipeline above
@@ -26,6 +27,7 @@
 //! token check: its files hold no data, and the page sends the token with each API request
 //! it makes (see [`ui`]).
 
+pub mod bandwidth;
 pub mod error;
 pub mod failed;
 pub mod health;
@@ -176,6 +178,10 @@ async fn run(
         R::ScheduleResume => pause::parse_hours(&body)?,
         _ => pause::DEFAULT_RESUME_HOURS,
     };
+    let limit = match route.id {
+        R::SetBandwidth => Some(bandwidth::parse_body(&body)?),
+        _ => None,
+    };
     if !matches!(
         route.id,
         R::Healthcheck | R::OpenApi | R::Monitoring | R::NotifyS3
@@ -237,6 +243,12 @@ async fn run(
         R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
         R::OperatorStatus => ok(status::status(state).await?),
         R::StatusHistory => ok(status::history(state, routes::history_hours(&route)?).await?),
+        R::GetBandwidth => ok(bandwidth::get(state, &route.site).await?),
+        R::SetBandwidth => match limit {
+            Some(limit) => ok(bandwidth::set(state, &route.site, limit).await?),
+            None => Err(ApiError::malformed_post("no limit")),
+        },
+        R::ResetBandwidth => ok(bandwidth::reset(state, &route.site).await?),
     }
 }
 

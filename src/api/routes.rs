@@ -101,6 +101,12 @@ pub enum RouteId {
     OperatorStatus,
     /// The status page's chart data (ours, `GET status/history`).
     StatusHistory,
+    /// Read bandwidth limits (ours).
+    GetBandwidth,
+    /// Set bandwidth limits (ours, stored).
+    SetBandwidth,
+    /// Remove stored bandwidth limits: the configured ones apply again (ours).
+    ResetBandwidth,
 }
 
 /// One row of the route table.
@@ -212,6 +218,12 @@ pub const ROUTES: &[RouteSpec] = &[
     r("POST", "/notifications/s3", R::NotifyS3),
     r("GET", "/status", R::OperatorStatus),
     r("GET", "/status/history", R::StatusHistory),
+    r("GET", "/crr/bandwidth", R::GetBandwidth),
+    r("GET", "/crr/bandwidth/{site}", R::GetBandwidth),
+    r("POST", "/crr/bandwidth", R::SetBandwidth),
+    r("POST", "/crr/bandwidth/{site}", R::SetBandwidth),
+    r("DELETE", "/crr/bandwidth", R::ResetBandwidth),
+    r("DELETE", "/crr/bandwidth/{site}", R::ResetBandwidth),
 ];
 
 /// Routes that answer 405 (not 404) to a wrong method, as the original's fixed routes.

@@ -1,11 +1,12 @@
 //! What every handler can reach: [`AppState`] (the log, the state store, the configuration,
-//! the pause control, the intake and the observer), built once at start and shared by every
-//! request.
+//! the pause control, the bandwidth limits, the intake and the observer), built once at start
+//! and shared by every request.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bandwidth::{Bandwidths, LocalWeekClock};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::control::Control;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub started: Instant,
     /// The per-site pause channels.
     pub control: Arc<Control>,
+    /// The per-site bandwidth limits.
+    pub bandwidth: Arc<Bandwidths>,
     /// Where `POST notifications/s3` hands discovered versions; `None` without a source.
     pub intake: Option<Arc<dyn Intake>>,
     /// What the pipeline reported (attempts, reasons, lag, scans): `GET status` and friends.
@@ -64,6 +67,13 @@ impl AppState {
             .filter_map(|s| crate::config::parse_net(s))
             .collect();
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let bandwidth = Arc::new(Bandwidths::new(
+            config
+                .sites
+                .iter()
+                .map(|s| (s.name.clone(), s.bandwidth.clone())),
+            Arc::new(LocalWeekClock::default()),
+        ));
         let observer = Observer::new(
             &sites,
             &source_buckets(&config),
@@ -80,6 +90,7 @@ impl AppState {
             config,
             started: Instant::now(),
             control,
+            bandwidth,
             intake: None,
             observer,
         }
@@ -88,6 +99,13 @@ impl AppState {
     /// Sets the observer the pipeline feeds (the engine's; `new` makes an unfed one).
     pub fn with_observer(mut self, observer: Arc<Observer>) -> AppState {
         self.observer = observer;
+        self
+    }
+
+    /// Sets the bandwidth limits the processors follow (the engine's; `new` makes its own from
+    /// the configuration).
+    pub fn with_bandwidth(mut self, bandwidth: Arc<Bandwidths>) -> AppState {
+        self.bandwidth = bandwidth;
         self
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::fields::Fields;
 use super::s3_client::S3ClientConfig;
 use super::secret::Secret;
+use crate::bandwidth::Bandwidth;
 
 /// Kind of destination site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub struct SiteConfig {
     /// default, so two source buckets never collide at one site); then only one source bucket
     /// may send versions to the site.
     pub bucket_match: bool,
+    /// Limit on the bytes the site receives (`off` by default; a rate or a timetable, see
+    /// [`crate::bandwidth`]). A limit set through the API wins while it is stored.
+    pub bandwidth: Bandwidth,
     /// The kind of site (`type`) and its own settings.
     pub backend: SiteBackend,
 }
@@ -131,15 +135,30 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> (Vec<SiteConfig>,
             names.push(name.clone());
         }
         let bucket_match = f.or("bucket_match", || false);
-        if let (Some(name), Some(backend)) = (name, read_backend(f)) {
+        let bandwidth = read_bandwidth(&mut f, name.as_deref());
+        if let (Some(name), Some(bandwidth), Some(backend)) = (name, bandwidth, read_backend(f)) {
             sites.push(SiteConfig {
                 name,
                 bucket_match,
+                bandwidth,
                 backend,
             });
         }
     }
     (sites, names)
+}
+
+/// `bandwidth` (default off); a problem names the site (`site` is its name, when it has one).
+fn read_bandwidth(f: &mut Fields<'_>, site: Option<&str>) -> Option<Bandwidth> {
+    let text: String = f.or("bandwidth", || "off".to_string());
+    match Bandwidth::parse(&text) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let of = site.map(|s| format!("site {s:?}: ")).unwrap_or_default();
+            f.problem("bandwidth", format!("{of}{e}"));
+            None
+        }
+    }
 }
 
 /// Reads the `type` of a site and its kind's fields, then reports any other field.

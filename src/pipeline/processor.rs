@@ -26,6 +26,8 @@
 //!    and a copy waiting to retry does not contact the site ([`super::pause`]).
 //! 6. A deletion (a delete marker, or a key with no version left) removes the replica, writing
 //!    nothing when it is already absent or already a delete marker.
+//! 7. **Bandwidth.** Every body handed to the site (a single PUT, each multipart part) passes
+//!    through the site's [`Limiter`], shared by all its copies ([`crate::bandwidth`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use super::replay::next_replay;
 use super::retry::{retry, Retried, RetryPolicy};
 use super::runner::{self, Handler, Outcome, RunnerConfig};
 use super::{StageError, StageTasks};
+use crate::bandwidth::{self, Limiter};
 use crate::checksum::hex;
 use crate::entry::{Entry, EntryFormat};
 use crate::error::{Disposition, FailureReason};
@@ -66,6 +69,8 @@ pub struct ProcessorConfig {
     /// The site keeps source keys as they are (`bucket_match = true`) instead of
     /// `<source bucket>/<key>`.
     pub bucket_match: bool,
+    /// The site's bandwidth limiter.
+    pub bandwidth: Arc<Limiter>,
 }
 
 /// What every replication processor of an engine shares.
@@ -286,6 +291,7 @@ impl ReplicationProcessor {
                 Some(b) => b,
                 None => Box::pin(futures_util::stream::empty()),
             };
+            let body = bandwidth::limit(body, self.cfg.bandwidth.clone());
             return Ok(Copied::Written(self.site.put(key, &cur, body).await?));
         };
         let Some(mut cur) = self.source.current(bucket, src_key).await? else {
@@ -318,6 +324,7 @@ impl ReplicationProcessor {
                     .get_range(&cur.version, &cur.etag, (start, end))
                     .await?;
                 let body = feed(body, whole.clone());
+                let body = bandwidth::limit(body, self.cfg.bandwidth.clone());
                 let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 parts.push(mp.put_part(key, &upload, number, len, body).await?);
                 self.object_metric(&cur, ObjectMetric::BytesDone, len).await;
