@@ -550,7 +550,7 @@ impl Run {
     /// The test's own read-back of every site against the model.
     async fn read_back(&self) {
         let c = s3_client();
-        let fs = FileSite::new("file", &self.tmp.path().join("site-file")).unwrap();
+        let fs = FileSite::new("file", self.tmp.path().join("site-file")).unwrap();
         for bucket in &self.buckets {
             for key in KEYS {
                 let at = format!("{bucket}/{key}");
