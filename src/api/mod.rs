@@ -233,12 +233,11 @@ async fn run(
         R::GetSchedule => ok(pause::get_schedule(state, &route.site).await?),
         R::Status => ok(pause::status(state, &route.site).await?),
         R::ObjectView => {
-            let Some(version) = route.version() else {
-                return Err(ApiError::route_not_found(
-                    "must provide object key and version ID",
-                ));
+            let (Some(bucket), Some(key)) = (&route.bucket, &route.key) else {
+                return Err(ApiError::route_not_found("must provide object key"));
             };
-            object::view(state, &version).await
+            let version_id = route.query.get("versionId").filter(|v| !v.is_empty());
+            object::view(state, bucket, key, version_id.map(String::as_str)).await
         }
         R::NotifyS3 => ok(object::notify_s3(state, &body).await?),
         R::OperatorStatus => ok(status::status(state).await?),

@@ -1,7 +1,8 @@
 //! Our additions (DESIGN 6): the replication view of one version, and the S3 event
 //! notification intake.
 //!
-//! `GET|HEAD crr/object/<bucket>/<key>?versionId=<id>`:
+//! `GET|HEAD crr/object/<bucket>/<key>?versionId=<id>` (without `versionId`: the key's current
+//! version, whatever its id):
 //! ```json
 //! {"bucket": "b", "key": "k", "versionId": "v", "status": "PROCESSING",
 //!  "sites": {"s1": {"status": "COMPLETED", "versionId": "r1"}, "s2": {"status": "PENDING"}}}
@@ -31,17 +32,26 @@ use super::state::AppState;
 use crate::intake::DiscoveredVersion;
 use crate::model::VersionRef;
 
-/// `GET|HEAD crr/object/<bucket>/<key>?versionId=`.
+/// `GET|HEAD crr/object/<bucket>/<key>[?versionId=]`: without a version id, the key's current
+/// version (a deleted key's delete marker included).
 ///
 /// # Errors
 /// 404 NoSuchKey for an unknown version; 500 InternalError when the store fails.
-pub async fn view(state: &AppState, v: &VersionRef) -> Result<Response<Full<Bytes>>, ApiError> {
-    let record = state.store.key_state(&v.bucket, &v.key).await?;
+pub async fn view(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let record = state.store.key_state(bucket, key).await?;
     // Only the key's current version is known (newest wins: the state is per key), and a
     // version no site will get (superseded, a replica) has no sites left: unknown here.
-    let Some(info) = record.filter(|k| k.version_id == v.version_id && !k.sites.is_empty()) else {
+    let Some(info) =
+        record.filter(|k| version_id.is_none_or(|id| k.version_id == id) && !k.sites.is_empty())
+    else {
         return Err(ApiError::no_such_key());
     };
+    let v = &VersionRef::new(bucket, key, info.version_id.clone());
     let global = info.status().map(|s| s.as_str()).unwrap_or("");
     let mut sites = Map::new();
     let mut headers = vec![("x-amz-replication-status".to_string(), global.to_string())];

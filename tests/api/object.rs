@@ -38,6 +38,10 @@ async fn object_view_as_json_and_headers() {
                "sites": {"site1": {"status": "COMPLETED", "versionId": "remote-1"},
                          "site2": {"status": "PENDING"}}})
     );
+    // Without a version id: the key's current version.
+    let current = api.call("GET", "crr/object/bkt/dir/%C3%A9%20k", None).await;
+    assert_eq!(current.status, 200);
+    assert_eq!(current.json(), r.json());
     let h = api.call("HEAD", path, None).await;
     assert_eq!(h.status, 200);
     assert!(h.body.is_empty());

@@ -102,12 +102,23 @@ impl EngineProc {
 
     /// As [`EngineProc::start`], with `RUST_LOG` = `filter`.
     pub fn start_with_log(config: &Path, log_dir: &Path, filter: &str) -> EngineProc {
+        EngineProc::start_with_env(config, log_dir, filter, &[])
+    }
+
+    /// As [`EngineProc::start_with_log`], with more environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        log_dir: &Path,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> EngineProc {
         let n = std::fs::read_dir(log_dir).map(|d| d.count()).unwrap_or(0);
         let log_path = log_dir.join(format!("engine-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
