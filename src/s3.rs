@@ -9,7 +9,7 @@
 //! - Errors are classified here ([`S3ErrorKind`]), once, from the status and the S3 error code.
 //! - `http://` and `https://` endpoints. Environment variables such as `AWS_CA_BUNDLE` or
 //!   `AWS_PROFILE` are never read: credentials come from the configuration, trust from the
-//!   roots bundled in [`crate::http`].
+//!   roots bundled in [`crate::http`] or the configuration's `ca_file`.
 
 use std::time::{Duration, SystemTime};
 
@@ -207,6 +207,8 @@ pub struct S3Options {
     /// Slowest upload accepted, in bytes per second: a request with a body gets
     /// `idle_timeout + len / min_upload_rate` to be answered.
     pub min_upload_rate: u64,
+    /// PEM file of the CA(s) trusted instead of the bundled roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for S3Options {
@@ -216,6 +218,7 @@ impl Default for S3Options {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             min_upload_rate: 64 * 1024,
+            ca_file: None,
         }
     }
 }
@@ -249,7 +252,8 @@ impl S3Client {
     /// A client for `endpoint` (`http://host:port[/base]`).
     ///
     /// # Errors
-    /// A description of the problem if the endpoint is not a usable `http://` URL.
+    /// A description of the problem if the endpoint is not a usable `http://` or `https://`
+    /// URL, or the CA file cannot be used.
     pub fn new(
         endpoint: &str,
         region: &str,
@@ -272,7 +276,7 @@ impl S3Client {
         if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
             return Err(format!("endpoint {endpoint:?} has no usable host"));
         }
-        let http = http_client(opts.connect_timeout);
+        let http = http_client(opts.connect_timeout, opts.ca_file.as_deref())?;
         Ok(S3Client {
             scheme: scheme.to_string(),
             authority: authority.to_string(),
@@ -291,6 +295,7 @@ impl S3Client {
     pub fn from_config(cfg: &S3ClientConfig) -> Result<S3Client, String> {
         let opts = S3Options {
             path_style: cfg.path_style,
+            ca_file: cfg.ca_file.clone(),
             ..S3Options::default()
         };
         S3Client::new(
