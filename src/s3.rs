@@ -312,6 +312,19 @@ impl S3Client {
         self.opts.idle_timeout
     }
 
+    /// With virtual-host addressing the bucket becomes part of the host name: only a valid S3
+    /// bucket name may, so a crafted one (`evil.com/`, `h:80@`) never changes the host a
+    /// signed request goes to. (Path style percent-encodes it into one path segment.)
+    fn check_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        if self.opts.path_style || crate::config::is_s3_bucket_name(bucket) {
+            Ok(())
+        } else {
+            Err(S3Error::invalid(format!(
+                "{bucket:?} is not a valid S3 bucket name: not sent (virtual-host addressing)"
+            )))
+        }
+    }
+
     fn url(
         &self,
         bucket: &str,
@@ -354,6 +367,7 @@ impl S3Client {
     /// # Errors
     /// A classified [`S3Error`].
     pub async fn send(&self, req: S3Request<'_>) -> Result<Response<Incoming>, S3Error> {
+        self.check_bucket(req.bucket)?;
         let (host, url) = self.url(req.bucket, req.key, &req.query);
         let method = req.method.clone();
         let len = req.body.len();
@@ -559,6 +573,15 @@ mod tests {
             )
         );
         assert_eq!(c.url("bkt", None, &[]).1, "https://bkt.s3.example.com/");
+        // A name that would change the host is never sent.
+        assert!(c.check_bucket("my.bucket-1").is_ok());
+        for crafted in ["evil.com/x", "h:80@", "a b", "UPPER", "x", "10.0.0.1"] {
+            assert_eq!(
+                c.check_bucket(crafted).map_err(|e| e.kind),
+                Err(S3ErrorKind::Rejected),
+                "{crafted:?}"
+            );
+        }
         assert!(S3Client::new("ftp://x", "r", "a", "s", S3Options::default()).is_err());
         assert!(S3Client::new("http://", "r", "a", "s", S3Options::default()).is_err());
     }
