@@ -6,10 +6,16 @@
 //!
 //! - TLS: `https://` goes through rustls (ring) with the Mozilla roots compiled in
 //!   (webpki-roots); the system store and variables such as `AWS_CA_BUNDLE` are never read.
+//!   An endpoint behind a private CA names a PEM file (`ca_file`): its certificates are then
+//!   trusted *instead of* the bundled roots, as curl's `--cacert` does, so a certificate a
+//!   public CA issued for that host is not accepted there (put several CAs in the file to trust
+//!   more than one).
 //! - URI encoding: key bytes outside RFC 3986's unreserved set are percent-encoded once, `/`
 //!   kept, which is the canonical URI S3 signs (no double encoding, no path normalization), so
 //!   keys with spaces, `%`, `+`, `?`, `#`, `:` or unicode round-trip.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +29,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 
 use crate::error::chain;
 use crate::model::ByteStream;
@@ -59,20 +68,71 @@ pub type HttpBody = UnsyncBoxBody<Bytes, std::io::Error>;
 /// The pooled HTTP/1 client (http or https), with streaming request bodies.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, HttpBody>;
 
-/// A pooled HTTP/1 client with a connect timeout (shared by the S3 and Azure adapters).
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+/// A pooled HTTP/1 client with a connect timeout (shared by the S3 and Azure adapters),
+/// trusting the bundled roots, or only the CAs of `ca_file` when one is given.
+///
+/// # Errors
+/// A description naming `ca_file` when it cannot be used (see [`read_ca_file`]).
+pub fn http_client(
+    connect_timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<HttpClient, String> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(false);
-    let https = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+    let tls = match ca_file {
+        None => HttpsConnectorBuilder::new().with_webpki_roots(),
+        Some(path) => HttpsConnectorBuilder::new().with_tls_config(private_ca_config(path)?),
+    };
+    let https = tls.https_or_http().enable_http1().wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(https)
+        .build(https))
+}
+
+/// The TLS client configuration trusting only the CAs of `path`.
+fn private_ca_config(path: &Path) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_ca_file(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The certificates of a PEM file (`ca_file`): at least one, each one a CA certificate rustls
+/// can trust.
+///
+/// # Errors
+/// A description naming the file: unreadable, not PEM, no certificate in it, or a certificate
+/// that cannot be a trust anchor.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("{shown}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{shown}: not a PEM file of certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown}: no PEM certificate (BEGIN CERTIFICATE) in it"
+        ));
+    }
+    // The same check the client makes when it is built, so a configuration check catches it.
+    let mut roots = RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{shown}: not a usable CA certificate: {e}"))?;
+    }
+    Ok(certs)
 }
 
 /// A request body.

@@ -9,7 +9,7 @@
 //! - Errors are classified here ([`S3ErrorKind`]), once, from the status and the S3 error code.
 //! - `http://` and `https://` endpoints. Environment variables such as `AWS_CA_BUNDLE` or
 //!   `AWS_PROFILE` are never read: credentials come from the configuration, trust from the
-//!   roots bundled in [`crate::http`].
+//!   roots bundled in [`crate::http`] or the configuration's `ca_file`.
 
 use std::time::{Duration, SystemTime};
 
@@ -207,6 +207,8 @@ pub struct S3Options {
     /// Slowest upload accepted, in bytes per second: a request with a body gets
     /// `idle_timeout + len / min_upload_rate` to be answered.
     pub min_upload_rate: u64,
+    /// PEM file of the CA(s) trusted instead of the bundled roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for S3Options {
@@ -216,6 +218,7 @@ impl Default for S3Options {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             min_upload_rate: 64 * 1024,
+            ca_file: None,
         }
     }
 }
@@ -249,7 +252,8 @@ impl S3Client {
     /// A client for `endpoint` (`http://host:port[/base]`).
     ///
     /// # Errors
-    /// A description of the problem if the endpoint is not a usable `http://` URL.
+    /// A description of the problem if the endpoint is not a usable `http://` or `https://`
+    /// URL, or the CA file cannot be used.
     pub fn new(
         endpoint: &str,
         region: &str,
@@ -272,7 +276,7 @@ impl S3Client {
         if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
             return Err(format!("endpoint {endpoint:?} has no usable host"));
         }
-        let http = http_client(opts.connect_timeout);
+        let http = http_client(opts.connect_timeout, opts.ca_file.as_deref())?;
         Ok(S3Client {
             scheme: scheme.to_string(),
             authority: authority.to_string(),
@@ -291,6 +295,7 @@ impl S3Client {
     pub fn from_config(cfg: &S3ClientConfig) -> Result<S3Client, String> {
         let opts = S3Options {
             path_style: cfg.path_style,
+            ca_file: cfg.ca_file.clone(),
             ..S3Options::default()
         };
         S3Client::new(
@@ -305,6 +310,19 @@ impl S3Client {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         self.opts.idle_timeout
+    }
+
+    /// With virtual-host addressing the bucket becomes part of the host name: only a valid S3
+    /// bucket name may, so a crafted one (`evil.com/`, `h:80@`) never changes the host a
+    /// signed request goes to. (Path style percent-encodes it into one path segment.)
+    fn check_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        if self.opts.path_style || crate::config::is_s3_bucket_name(bucket) {
+            Ok(())
+        } else {
+            Err(S3Error::invalid(format!(
+                "{bucket:?} is not a valid S3 bucket name: not sent (virtual-host addressing)"
+            )))
+        }
     }
 
     fn url(
@@ -349,6 +367,7 @@ impl S3Client {
     /// # Errors
     /// A classified [`S3Error`].
     pub async fn send(&self, req: S3Request<'_>) -> Result<Response<Incoming>, S3Error> {
+        self.check_bucket(req.bucket)?;
         let (host, url) = self.url(req.bucket, req.key, &req.query);
         let method = req.method.clone();
         let len = req.body.len();
@@ -554,6 +573,15 @@ mod tests {
             )
         );
         assert_eq!(c.url("bkt", None, &[]).1, "https://bkt.s3.example.com/");
+        // A name that would change the host is never sent.
+        assert!(c.check_bucket("my.bucket-1").is_ok());
+        for crafted in ["evil.com/x", "h:80@", "a b", "UPPER", "x", "10.0.0.1"] {
+            assert_eq!(
+                c.check_bucket(crafted).map_err(|e| e.kind),
+                Err(S3ErrorKind::Rejected),
+                "{crafted:?}"
+            );
+        }
         assert!(S3Client::new("ftp://x", "r", "a", "s", S3Options::default()).is_err());
         assert!(S3Client::new("http://", "r", "a", "s", S3Options::default()).is_err());
     }

@@ -47,8 +47,11 @@ use crate::source::{bucket_rules, build_source, rule_for, Rule, Source};
 const READ_AHEAD: usize = 16;
 /// Entries of a site listing page.
 const PAGE: usize = 1000;
-/// Versions per `POST crr/requeue`.
-const REQUEUE_BATCH: usize = 1000;
+/// Versions per `POST crr/requeue` (the API takes at most 1,000).
+const REQUEUE_BATCH: usize = crate::api::failed::MAX_RETRY_ITEMS;
+/// Bytes of JSON per `POST crr/requeue`, under the API's 1 MiB body limit (1,000 versions with
+/// long keys would not fit).
+const REQUEUE_BYTES: usize = crate::api::MAX_LARGE_BODY * 3 / 4;
 /// Attempts of a listing page that fails transiently.
 const READ_ATTEMPTS: u32 = 4;
 
@@ -235,6 +238,8 @@ pub struct Verifier<'a> {
     err: &'a mut (dyn Write + Send),
     summary: Summary,
     requeue: Vec<Value>,
+    /// Bytes of JSON `requeue` holds.
+    requeue_bytes: usize,
     client: Option<ApiClient>,
 }
 
@@ -285,6 +290,7 @@ impl<'a> Verifier<'a> {
             err,
             summary: Summary::default(),
             requeue: Vec::new(),
+            requeue_bytes: 0,
             client,
         })
     }
@@ -694,9 +700,16 @@ impl<'a> Verifier<'a> {
         let _ = writeln!(self.out, "{line}");
         if self.opts.repair && d.kind != Kind::Extra {
             if let Some(v) = &d.source_version {
-                self.requeue.push(json!({
+                let item = json!({
                     "Bucket": d.bucket, "Key": d.key, "VersionId": v, "StorageClass": d.site,
-                }));
+                });
+                // Sent first if it would take the batch over the body limit.
+                let len = item.to_string().len() + 1;
+                if self.requeue_bytes + len > REQUEUE_BYTES {
+                    self.flush_requeue().await;
+                }
+                self.requeue_bytes += len;
+                self.requeue.push(item);
                 if self.requeue.len() >= REQUEUE_BATCH {
                     self.flush_requeue().await;
                 }
@@ -709,6 +722,7 @@ impl<'a> Verifier<'a> {
             return;
         }
         let batch = std::mem::take(&mut self.requeue);
+        self.requeue_bytes = 0;
         let n = batch.len() as u64;
         let Some(client) = &self.client else { return };
         match client.post_json("crr/requeue", &Value::Array(batch)).await {

@@ -1,5 +1,7 @@
 //! The binary as an operator runs it: `serve` on the embedded default answers the healthcheck on
 //! both prefixes with the original's shape, and SIGTERM drains it to a clean exit (code 0).
+//! Exposed to slow or numerous clients, it closes connections that do not finish their headers
+//! within `header_timeout_s`, answers 503 beyond `max_connections`, and keeps serving others.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -133,4 +135,112 @@ fn serve_without_config_uses_the_embedded_default() {
     assert_eq!(code, 200);
     assert_eq!(sigterm_and_wait(child, Duration::from_secs(20)), Some(0));
     assert!(dir.path().join("backbeat-data").is_dir());
+}
+
+/// Reads from `s` until the server closes it; `Some(when)` it closed, `None` if still open at
+/// `deadline`. Whatever the server wrote before closing is ignored.
+fn closed_by(s: &mut TcpStream, deadline: Instant) -> Option<Instant> {
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(Instant::now()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+            // Reset by the server: closed too.
+            Err(_) => return Some(Instant::now()),
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_after_header_timeout_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[server]\nport = 0\nheader_timeout_s = 2\n",
+    )
+    .unwrap();
+    let (child, addr) = start(dir.path(), &["serve", "--config", "c.toml"]);
+    // 300 connections that never finish their headers (half send nothing at all).
+    let opened = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            if i % 2 == 0 {
+                write!(s, "GET /_/healthcheck HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").unwrap();
+            }
+            s
+        })
+        .collect();
+    // Meanwhile a normal client is served.
+    let (code, _, _) = http_get(addr, "/_/healthcheck");
+    assert_eq!(code, 200);
+    // Every slow connection is closed by the server within the timeout plus a margin.
+    let deadline = opened + Duration::from_secs(2 + 8);
+    let mut first: Option<Instant> = None;
+    for (i, s) in slow.iter_mut().enumerate() {
+        let at = closed_by(s, deadline)
+            .unwrap_or_else(|| panic!("slow connection {i} still open after 10 s"));
+        first = Some(first.map_or(at, |f| f.min(at)));
+    }
+    // ... and not before the timeout: it is the header deadline that closed them.
+    let first = first.unwrap().duration_since(opened);
+    assert!(
+        first >= Duration::from_millis(1500),
+        "closed after {first:?}"
+    );
+    // Still serving.
+    assert_eq!(http_get(addr, "/_/healthcheck").0, 200);
+    assert_eq!(sigterm_and_wait(child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn connections_beyond_max_connections_get_a_quick_503() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[server]\nport = 0\nheader_timeout_s = 3\nmax_connections = 20\n",
+    )
+    .unwrap();
+    let (child, addr) = start(dir.path(), &["serve", "--config", "c.toml"]);
+    // 20 idle connections take every slot (accepted in the order they connected).
+    let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let asked = Instant::now();
+    let (code, head, body) = http_get(addr, "/_/healthcheck");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ServiceUnavailable"], true);
+    assert_eq!(v["code"], 503);
+    // Once the idle ones are closed (header timeout), new clients are served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if http_get(addr, "/_/healthcheck").0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+    assert_eq!(sigterm_and_wait(child, Duration::from_secs(20)), Some(0));
 }

@@ -183,8 +183,8 @@ fn a_directory_of_500_files_moved_in_arrives_whole_and_deletes_follow() {
     let staging = s.root.join("staging/batch");
     std::fs::create_dir_all(staging.join("sub")).unwrap();
     let body = |i: usize| bytes_for(i as u64 + 100, 200 + i);
-    for i in 0..500 {
-        let rel = if i % 5 == 0 {
+    for i in 0..500usize {
+        let rel = if i.is_multiple_of(5) {
             format!("sub/f{i:03}")
         } else {
             format!("f{i:03}")
@@ -194,7 +194,7 @@ fn a_directory_of_500_files_moved_in_arrives_whole_and_deletes_follow() {
     let t0 = Instant::now();
     std::fs::rename(&staging, s.inbox.join("batch")).unwrap();
     let key = |i: usize| {
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             format!("batch/sub/f{i:03}")
         } else {
             format!("batch/f{i:03}")

@@ -94,6 +94,17 @@ impl ApiError {
         )
     }
 
+    /// 413 EntityTooLarge (S3's name): a request body over its route's limit, refused without
+    /// reading it.
+    pub fn entity_too_large(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "EntityTooLarge", description)
+    }
+
+    /// 408 RequestTimeout (S3's name): a request body that did not arrive in time.
+    pub fn request_timeout(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", description)
+    }
+
     /// 503 ServiceUnavailable.
     pub fn service_unavailable(description: impl Into<String>) -> Self {
         Self::new(

@@ -136,11 +136,16 @@ fn malformed(detail: &str) -> ApiError {
     ApiError::malformed_post(detail)
 }
 
+/// Most versions one retry or requeue body may name (DESIGN 8; `verify --repair` sends as
+/// many at most).
+pub const MAX_RETRY_ITEMS: usize = 1000;
+
 /// Validates a retry body as the original does (all 400 MalformedPOSTRequest) and drops
 /// duplicates (same bucket, key, version and site).
 ///
 /// # Errors
-/// 400 MalformedPOSTRequest describing the first problem.
+/// 400 MalformedPOSTRequest describing the first problem; 413 EntityTooLarge beyond
+/// [`MAX_RETRY_ITEMS`] elements.
 pub fn parse_retry_body(body: &[u8]) -> Result<Vec<RetryRequest>, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|_| malformed("body must be valid JSON"))?;
@@ -148,6 +153,12 @@ pub fn parse_retry_body(body: &[u8]) -> Result<Vec<RetryRequest>, ApiError> {
         Some(a) if !a.is_empty() => a,
         _ => return Err(malformed("body must be a non-empty array")),
     };
+    if items.len() > MAX_RETRY_ITEMS {
+        return Err(ApiError::entity_too_large(format!(
+            "the body names {} versions; at most {MAX_RETRY_ITEMS} per request",
+            items.len()
+        )));
+    }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for item in items {

@@ -1,10 +1,12 @@
 //! What every handler can reach: [`AppState`] (the log, the state store, the configuration,
-//! the pause control, the bandwidth limits, the intake and the observer), built once at start
-//! and shared by every request.
+//! the pause control, the bandwidth limits, the intake and the observer, the bearer token and
+//! the request body budget), built once at start and shared by every request.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use crate::bandwidth::{Bandwidths, LocalWeekClock};
 use crate::clock::SystemClock;
@@ -15,6 +17,51 @@ use crate::intake::Intake;
 use crate::log::Log;
 use crate::observe::{source_buckets, Observer, Thresholds};
 use crate::store::StateStore;
+
+/// Bytes of request bodies held in memory at once (16 of the largest, 1 MiB each).
+pub const BODY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// The API's bearer token, kept only as its HMAC-SHA256 under a key drawn at start. A presented
+/// token is compared by its own HMAC: two 32-byte tags (64 hex characters) compared in
+/// constant time, so neither an early exit nor the comparison's time tells how long the token
+/// is or how much of it matched.
+pub struct BearerToken {
+    key: [u8; 32],
+    tag: String,
+}
+
+impl BearerToken {
+    /// Keeps `token` as its tag.
+    pub fn new(token: &str) -> BearerToken {
+        let key: [u8; 32] = rand::random();
+        let tag = hmac_hex(&key, token.as_bytes());
+        BearerToken { key, tag }
+    }
+
+    /// Whether `given` is the token.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let tag = hmac_hex(&self.key, given);
+        // Both tags are 64 bytes: every byte is compared, whatever differs.
+        tag.len() == self.tag.len()
+            && tag
+                .bytes()
+                .zip(self.tag.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
+}
+
+/// HMAC-SHA256 in hex. aws-sigv4's `calculate_signature` is exactly that (a SigV4 signature is
+/// an HMAC-SHA256 of the string to sign), so no crypto crate is added for it.
+fn hmac_hex(key: &[u8; 32], data: &[u8]) -> String {
+    aws_sigv4::sign::v4::calculate_signature(key, data)
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
 
 /// What every handler can reach.
 pub struct AppState {
@@ -31,7 +78,12 @@ pub struct AppState {
     /// Client networks allowed.
     pub allow: Vec<ipnet::IpNet>,
     /// Bearer token, when required.
-    pub token: Option<String>,
+    pub token: Option<BearerToken>,
+    /// Bytes of request bodies that may be held at once, across every connection: a body
+    /// takes its size (or its route's limit when it does not announce one) before it is read.
+    pub bodies: Arc<Semaphore>,
+    /// How long a request body has to arrive, from the end of its headers.
+    pub body_timeout: Duration,
     /// When the API started.
     pub started: Instant,
     /// The per-site pause channels.
@@ -83,7 +135,9 @@ impl AppState {
         AppState {
             durability: config.storage.durability,
             sites,
-            token: config.api_token(),
+            token: config.api_token().as_deref().map(BearerToken::new),
+            bodies: Arc::new(Semaphore::new(BODY_BUDGET)),
+            body_timeout: Duration::from_secs(config.server.header_timeout_s),
             allow,
             log,
             store,
@@ -144,5 +198,37 @@ impl AppState {
             v4 => v4,
         };
         self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_kept_as_a_fixed_size_tag_and_only_the_token_matches() {
+        for token in ["s", "s3cret", &"x".repeat(500)] {
+            let t = BearerToken::new(token);
+            // Nothing of the token's length is kept: a 64-character tag whatever it is.
+            assert_eq!(t.tag.len(), 64);
+            assert!(!t.tag.contains(token));
+            assert!(t.matches(token.as_bytes()));
+            let mut longer = token.to_string();
+            longer.push('x');
+            for wrong in [
+                "",
+                &token[..token.len() - 1],
+                longer.as_str(),
+                &token.to_ascii_uppercase(),
+            ] {
+                assert!(!t.matches(wrong.as_bytes()), "{wrong:?} for {token:?}");
+            }
+            assert_eq!(format!("{t:?}"), "BearerToken(<redacted>)");
+        }
+        // Each start draws its own key.
+        assert_ne!(
+            BearerToken::new("s3cret").tag,
+            BearerToken::new("s3cret").tag
+        );
     }
 }

@@ -14,6 +14,14 @@ pub fn port() -> u16 {
 pub fn allow_from() -> Vec<String> {
     vec!["127.0.0.1/8".into(), "::1".into()]
 }
+/// Seconds a client has to send a request's headers, then its body.
+pub fn header_timeout_s() -> u64 {
+    10
+}
+/// API connections served at once.
+pub fn max_connections() -> usize {
+    1024
+}
 /// Embedded database directory.
 pub fn data_path() -> PathBuf {
     PathBuf::from("./backbeat-data")

@@ -3,8 +3,9 @@
 //! [`deserialize`] reads a section serde can read alone (`[server]`, `[storage]`, ...); its
 //! problems name the section. [`Fields`] reads a table field by field, for the sections whose
 //! shape depends on a value (`type`) or whose entries need their own names in problems
-//! (`[source]`, `[[sites]]`, `[engine]`): each problem names its field (`sites[1].bucket:
-//! missing`), every field is looked at once, and [`Fields::finish`] reports the fields nobody
+//! (`[source]`, `[[sites]]`, `[engine]`): each problem names its field (`site "aws-1".bucket:
+//! missing`; an entry is named by its position, `sites[1]`, only until its name is known and
+//! usable), every field is looked at once, and [`Fields::finish`] reports the fields nobody
 //! read, as `deny_unknown_fields` does for the serde sections. Readers never stop at the first
 //! problem: a section reads every field, then keeps the value only if all of them were usable.
 
@@ -28,11 +29,6 @@ pub(super) fn deserialize<T: DeserializeOwned>(
     }
 }
 
-/// Whether `name` can be a bucket (or container) name: not empty, no `/`.
-pub(super) fn is_bucket_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/')
-}
-
 /// Whether `name` follows S3's bucket naming rules: 3 to 63 characters of lowercase letters,
 /// digits, `.` and `-`, starting and ending with a letter or digit, no `..`, not an IP
 /// address. Checked before a name goes near a URL or a host name.
@@ -45,6 +41,14 @@ pub fn is_s3_bucket_name(name: &str) -> bool {
         && b.last().is_some_and(|c| c.is_ascii_alphanumeric())
         && !name.contains("..")
         && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// The problem of a bucket name that breaks S3's naming rules (see [`is_s3_bucket_name`]).
+pub(super) fn not_an_s3_bucket_name(name: &str) -> String {
+    format!(
+        "{name:?} is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, \
+         '.' and '-', starting and ending with a letter or digit, no \"..\", not an IP address)"
+    )
 }
 
 /// The fields of one TOML table, read one by one.
@@ -79,7 +83,12 @@ impl<'e> Fields<'e> {
         }
     }
 
-    /// The full name of field `name` (`sites[1].bucket`).
+    /// Names the table from now on (`site "aws-1"` once its name is known to be usable).
+    pub(super) fn rename(&mut self, at: String) {
+        self.at = at;
+    }
+
+    /// The full name of field `name` (`site "aws-1".bucket`).
     pub(super) fn path(&self, name: &str) -> String {
         format!("{}.{name}", self.at)
     }
@@ -126,14 +135,28 @@ impl<'e> Fields<'e> {
         Some(url)
     }
 
-    /// A required bucket (or container) name.
-    pub(super) fn bucket(&mut self, name: &str) -> Option<String> {
+    /// A required S3 bucket name, checked against S3's naming rules.
+    pub(super) fn s3_bucket(&mut self, name: &str) -> Option<String> {
         let bucket: String = self.required(name)?;
-        if !is_bucket_name(&bucket) {
-            self.problem(name, format!("{bucket:?} is not a bucket name"));
+        if !is_s3_bucket_name(&bucket) {
+            self.problem(name, not_an_s3_bucket_name(&bucket));
             return None;
         }
         Some(bucket)
+    }
+
+    /// An optional CA file (PEM) trusted for an `https://` endpoint instead of the bundled
+    /// roots; it must hold at least one usable certificate now, so `check-config` catches what
+    /// `serve` would fail on.
+    pub(super) fn ca_file(&mut self, name: &str) -> Option<std::path::PathBuf> {
+        let path: std::path::PathBuf = self.optional(name)?;
+        match crate::http::read_ca_file(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                self.problem(name, e);
+                None
+            }
+        }
     }
 
     /// A secret given as field `name` or through the environment variable its `name_env` twin

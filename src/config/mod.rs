@@ -1,5 +1,6 @@
 //! Configuration: one TOML file (DESIGN section 7) read into typed sections, every problem
-//! gathered into one [`ConfigError::Invalid`] naming its field (`sites[1].bucket: ...`).
+//! gathered into one [`ConfigError::Invalid`] naming its field (`site "aws-1".bucket: ...`;
+//! sites and rules are named by name, not by position).
 //! `backbeat check-config` reads a file; `serve` refuses to start (exit code 2) on any problem.
 //! A [`Config`] that [`Config::parse`] returns is valid: what uses it checks nothing again.
 //!
@@ -10,7 +11,7 @@
 //! secrets; `defaults.rs` every default. The checks that span sections (rules name known sites;
 //! the stages fit the log and store) run once every section is read.
 //!
-//! Secrets (`access_key`, `secret_key`, `key`, `token`) may be inline or read from the
+//! Secrets (`access_key`, `secret_key`, `key`, `token`, the MongoDB `uri`) may be inline or read from the
 //! environment variable named by the `*_env` twin. They are never logged: the `Debug` output
 //! of this tree redacts them.
 
@@ -94,10 +95,12 @@ impl Config {
     /// # Errors
     /// `ConfigError::Invalid` listing every problem, each naming its field.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // The parser's message shows the line and a caret under the spot: kept on its lines,
+        // indented under the problem so the list stays readable.
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::Invalid(vec![format!(
                 "syntax: {}",
-                e.to_string().trim().replace('\n', " ")
+                e.to_string().trim_end().replace('\n', "\n    ")
             )])
         })?;
         let mut e = Vec::new();
@@ -124,9 +127,7 @@ impl Config {
         }
         replication::check_rule_sites(&cfg.replication.rules, &site_names, &mut e);
         replication::check_namespaces(&cfg.replication.rules, &cfg.sites, &mut e);
-        if let Some(src) = &cfg.source {
-            replication::check_rule_buckets(&cfg.replication.rules, &src.buckets(), &mut e);
-        }
+        replication::check_rule_buckets(&cfg.replication.rules, cfg.source.as_ref(), &mut e);
         engine::check_split(&cfg.engine, &cfg.storage, &mut e);
         if e.is_empty() {
             Ok(cfg)
@@ -157,10 +158,12 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_debug() {
         let c = Config::parse(
-            "[[sites]]\nname='a'\ntype='aws_s3'\nendpoint='http://x'\nbucket='b'\naccess_key='AKSECRET'\nsecret_key='SKSECRET'\n",
+            "[[sites]]\nname='a'\ntype='aws_s3'\nendpoint='http://x'\nbucket='bkt'\naccess_key='AKSECRET'\nsecret_key='SKSECRET'\n\
+             [storage.mongodb]\nuri='mongodb://user:MONGOSECRET@h'\n",
         )
         .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("AKSECRET") && !dbg.contains("SKSECRET"));
+        assert!(!dbg.contains("MONGOSECRET"));
     }
 }

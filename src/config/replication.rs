@@ -1,11 +1,16 @@
 //! `[replication]`: copies in flight, the multipart threshold, the retry policy
 //! (`[replication.retry]`) and the rules of buckets without their own replication
 //! configuration (`[[replication.rules]]`).
+//!
+//! Problems name a rule by its bucket and prefix (`rule "photos/docs/".sites: unknown site
+//! "x"`), or by its position (`replication.rules[0]`) when it has no bucket.
 
 use serde::Deserialize;
 
 use super::defaults;
-use super::fields::deserialize;
+use super::fields::{deserialize, is_s3_bucket_name, not_an_s3_bucket_name};
+use super::sites::site_at;
+use super::source::{SourceBackend, SourceConfig};
 
 /// `[replication]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,15 +126,28 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<Replicatio
     check_retry(&r.retry, e);
     for (i, rule) in r.rules.iter().enumerate() {
         if rule.bucket.is_empty() {
-            e.push(format!("replication.rules[{i}].bucket: must not be empty"));
+            e.push(format!("{}.bucket: must not be empty", rule_at(i, rule)));
         }
         if rule.sites.is_empty() {
             e.push(format!(
-                "replication.rules[{i}].sites: at least one site is required"
+                "{}.sites: at least one site is required",
+                rule_at(i, rule)
             ));
         }
     }
     Some(r)
+}
+
+/// How problems name rule `i`: by its bucket and prefix (`rule "photos"`, `rule
+/// "photos/docs/"`), by its position when it has no bucket.
+fn rule_at(i: usize, rule: &RuleConfig) -> String {
+    if rule.bucket.is_empty() {
+        format!("replication.rules[{i}]")
+    } else if rule.prefix.is_empty() {
+        format!("rule {:?}", rule.bucket)
+    } else {
+        format!("rule {:?}", format!("{}/{}", rule.bucket, rule.prefix))
+    }
 }
 
 fn check_retry(rt: &RetryConfig, e: &mut Vec<String>) {
@@ -169,12 +187,8 @@ fn check_retry(rt: &RetryConfig, e: &mut Vec<String>) {
 /// entry, usable or not).
 pub(super) fn check_rule_sites(rules: &[RuleConfig], sites: &[String], e: &mut Vec<String>) {
     for (i, rule) in rules.iter().enumerate() {
-        for (j, s) in rule.sites.iter().enumerate() {
-            if !sites.contains(s) {
-                e.push(format!(
-                    "replication.rules[{i}].sites[{j}]: unknown site {s:?}"
-                ));
-            }
+        for s in rule.sites.iter().filter(|s| !sites.contains(s)) {
+            e.push(format!("{}.sites: unknown site {s:?}", rule_at(i, rule)));
         }
     }
 }
@@ -196,10 +210,10 @@ pub(super) fn check_namespaces(
         buckets.dedup();
         if buckets.len() > 1 {
             e.push(format!(
-                "sites.{}.bucket_match: the site keeps keys as they are, but rules of {} source \
+                "{}.bucket_match: the site keeps keys as they are, but rules of {} source \
                  buckets ({}) replicate to it, whose keys would overwrite each other; set \
                  bucket_match = false (keys become <bucket>/<key>) or send one bucket only",
-                site.name,
+                site_at(&site.name),
                 buckets.len(),
                 buckets.join(", ")
             ));
@@ -207,13 +221,34 @@ pub(super) fn check_namespaces(
     }
 }
 
-/// Checks that every rule names a bucket the source provides (a directory source's bucket is
-/// its directory's name).
-pub(super) fn check_rule_buckets(rules: &[RuleConfig], buckets: &[String], e: &mut Vec<String>) {
-    for (i, rule) in rules.iter().enumerate() {
-        if !rule.bucket.is_empty() && !buckets.contains(&rule.bucket) {
+/// Checks every rule's bucket: a valid S3 bucket name (unless it is a directory source's
+/// bucket, named by its directory), and one the source provides (a directory source's bucket
+/// is its directory's name). Without a source the rules are not used, and only their names are
+/// checked.
+pub(super) fn check_rule_buckets(
+    rules: &[RuleConfig],
+    source: Option<&SourceConfig>,
+    e: &mut Vec<String>,
+) {
+    let provided = source.map(SourceConfig::buckets);
+    let from_directory = matches!(source.map(|s| &s.backend), Some(SourceBackend::File(_)));
+    for (i, rule) in rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.bucket.is_empty())
+    {
+        if !from_directory && !is_s3_bucket_name(&rule.bucket) {
             e.push(format!(
-                "replication.rules[{i}].bucket: the source provides no bucket {:?} (it provides {})",
+                "{}.bucket: {}",
+                rule_at(i, rule),
+                not_an_s3_bucket_name(&rule.bucket)
+            ));
+            continue;
+        }
+        if let Some(buckets) = provided.as_ref().filter(|b| !b.contains(&rule.bucket)) {
+            e.push(format!(
+                "{}.bucket: the source provides no bucket {:?} (it provides {})",
+                rule_at(i, rule),
                 rule.bucket,
                 buckets.join(", ")
             ));

@@ -1,6 +1,8 @@
 //! [`S3ClientConfig`]: where an S3-compatible server is and how to sign for it, the fields
 //! `[source] type = "s3"` and `[[sites]] type = "aws_s3"` share (`endpoint`, `region`,
-//! `access_key`/`_env`, `secret_key`/`_env`, `path_style`).
+//! `access_key`/`_env`, `secret_key`/`_env`, `path_style`, `ca_file`).
+
+use std::path::PathBuf;
 
 use super::defaults;
 use super::fields::Fields;
@@ -20,6 +22,9 @@ pub struct S3ClientConfig {
     pub secret_key: Secret,
     /// Path-style addressing (`http://host/bucket/key`) rather than virtual-host style.
     pub path_style: bool,
+    /// PEM file of the CA(s) trusted for an `https://` endpoint instead of the bundled roots
+    /// (a server behind a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl S3ClientConfig {
@@ -33,12 +38,21 @@ impl S3ClientConfig {
         let access_key = f.secret("access_key", true);
         let secret_key = f.secret("secret_key", true);
         let path_style = f.or("path_style", defaults::path_style);
+        let ca_file = f.ca_file("ca_file");
+        if ca_file.is_some()
+            && endpoint
+                .as_deref()
+                .is_some_and(|u| !u.starts_with("https://"))
+        {
+            f.problem("ca_file", "only used with an https:// endpoint");
+        }
         Some(S3ClientConfig {
             endpoint: endpoint?,
             region,
             access_key: access_key?,
             secret_key: secret_key?,
             path_style,
+            ca_file,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! `[server]`: where the REST API listens, who may call it, and its optional bearer token.
+//! `[server]`: where the REST API listens, who may call it, its optional bearer token, and
+//! the bounds that make it safe to expose (header and body deadlines, connections at once).
 
 use std::net::IpAddr;
 
@@ -27,6 +28,13 @@ pub struct ServerConfig {
     /// Environment variable holding the bearer token.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Seconds a client has to send a request's headers (an idle keep-alive connection is
+    /// closed after as long), and again, from the end of its headers, its whole body.
+    #[serde(default = "defaults::header_timeout_s")]
+    pub header_timeout_s: u64,
+    /// Connections served at once; one more is answered 503 ServiceUnavailable and closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +45,8 @@ impl Default for ServerConfig {
             allow_from: defaults::allow_from(),
             token: None,
             token_env: None,
+            header_timeout_s: defaults::header_timeout_s(),
+            max_connections: defaults::max_connections(),
         }
     }
 }
@@ -54,6 +64,9 @@ impl ServerConfig {
         )
     }
 }
+
+/// Largest `max_connections`: far above what one process's file descriptors allow anyway.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Reads and checks `[server]`.
 pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<ServerConfig> {
@@ -77,6 +90,18 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<ServerConf
                 "server.allow_from[{i}]: {net:?} is not a CIDR or IP address"
             ));
         }
+    }
+    if !(1..=3600).contains(&s.header_timeout_s) {
+        e.push(format!(
+            "server.header_timeout_s: {} must be between 1 and 3600",
+            s.header_timeout_s
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&s.max_connections) {
+        e.push(format!(
+            "server.max_connections: {} must be between 1 and {MAX_CONNECTIONS}",
+            s.max_connections
+        ));
     }
     if s.token.is_some() || s.token_env.is_some() {
         resolve_secret("server.token", &s.token, &s.token_env, false, e);

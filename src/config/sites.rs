@@ -1,5 +1,7 @@
 //! `[[sites]]`: the destination sites, each a name plus a kind-specific part tagged by `type`
 //! (`aws_s3`, `azure`, `file`); names are unique and usable in rules, URLs and `StorageClass`.
+//! Problems name a site by its name (`site "azure-1".container: missing`), or by its position
+//! (`sites[2]`) while it has no usable name.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -89,6 +91,8 @@ pub struct AzureSiteConfig {
     pub key: Secret,
     /// Target container.
     pub container: String,
+    /// PEM file of the CA(s) trusted for an `https://` endpoint instead of the bundled roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `type = "file"`: a local directory.
@@ -131,6 +135,9 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> (Vec<SiteConfig>,
                 );
             } else if !seen.insert(name.clone()) {
                 f.problem("name", format!("{name:?} is used by another site"));
+            } else {
+                // A usable, unique name says which site is meant better than a position.
+                f.rename(site_at(name));
             }
             names.push(name.clone());
         }
@@ -161,6 +168,11 @@ fn read_bandwidth(f: &mut Fields<'_>, site: Option<&str>) -> Option<Bandwidth> {
     }
 }
 
+/// How problems name the site called `name`: `site "azure-1"`.
+pub(super) fn site_at(name: &str) -> String {
+    format!("site {name:?}")
+}
+
 /// Reads the `type` of a site and its kind's fields, then reports any other field.
 fn read_backend(mut f: Fields<'_>) -> Option<SiteBackend> {
     let kind: String = f.required("type")?;
@@ -183,7 +195,7 @@ fn read_backend(mut f: Fields<'_>) -> Option<SiteBackend> {
 
 fn read_aws_s3(f: &mut Fields<'_>) -> Option<AwsS3SiteConfig> {
     let client = S3ClientConfig::read(f);
-    let bucket = f.bucket("bucket");
+    let bucket = f.s3_bucket("bucket");
     Some(AwsS3SiteConfig {
         client: client?,
         bucket: bucket?,
@@ -198,11 +210,20 @@ fn read_azure(f: &mut Fields<'_>) -> Option<AzureSiteConfig> {
     if key.as_ref().is_some_and(|k| !is_base64(&k.0)) {
         f.problem("key", "the account key must be base64");
     }
+    let ca_file = f.ca_file("ca_file");
+    if ca_file.is_some()
+        && endpoint
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("https://"))
+    {
+        f.problem("ca_file", "only used with an https:// endpoint");
+    }
     Some(AzureSiteConfig {
         endpoint: endpoint?,
         account: account?,
         key: key?,
         container: container?,
+        ca_file,
     })
 }
 

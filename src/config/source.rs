@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::defaults;
-use super::fields::{is_bucket_name, Fields};
+use super::fields::{is_s3_bucket_name, not_an_s3_bucket_name, Fields};
 use super::s3_client::S3ClientConfig;
 
 /// `[source]`: the settings of every kind, then the kind-specific part.
@@ -126,13 +126,10 @@ fn read_s3(f: &mut Fields<'_>) -> Option<S3SourceConfig> {
     if buckets.is_empty() {
         f.problem("buckets", "at least one bucket is required");
     }
-    for (i, b) in buckets.iter().enumerate() {
-        if !is_bucket_name(b) {
-            f.problem(
-                &format!("buckets[{i}]"),
-                format!("{b:?} is not a bucket name"),
-            );
-        }
+    // Checked before a name goes near a URL or a host name (virtual-host addressing puts it
+    // in the host).
+    for b in buckets.iter().filter(|b| !is_s3_bucket_name(b)) {
+        f.problem("buckets", not_an_s3_bucket_name(b));
     }
     Some(S3SourceConfig {
         client: client?,

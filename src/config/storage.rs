@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::defaults;
-use super::fields::deserialize;
+use super::fields::{deserialize, Fields};
 use super::secret::Secret;
 use crate::durability::Durability;
 
@@ -60,8 +60,9 @@ pub struct StorageConfig {
     /// `[storage.kafka]`.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
-    /// `[storage.mongodb]`.
-    #[serde(default)]
+    /// `[storage.mongodb]` (read field by field, not by serde: its `uri` may come from the
+    /// environment).
+    #[serde(skip)]
     pub mongodb: Option<MongoConfig>,
 }
 
@@ -112,19 +113,22 @@ pub struct KafkaConfig {
 }
 
 /// `[storage.mongodb]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct MongoConfig {
-    /// Connection string.
+    /// Connection string (it may hold credentials): `uri`, or the environment variable
+    /// `uri_env` names, resolved when read.
     pub uri: Secret,
     /// Database name.
-    #[serde(default = "defaults::mongo_database")]
     pub database: String,
 }
 
 /// Reads and checks `[storage]`, `[storage.kafka]` and `[storage.mongodb]`.
-pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<StorageConfig> {
-    let st: StorageConfig = deserialize("storage", value, e)?;
+pub(super) fn read(mut value: toml::Value, e: &mut Vec<String>) -> Option<StorageConfig> {
+    // `[storage.mongodb]` is read field by field (its `uri` is a secret with an `_env` twin).
+    let mongodb = value.as_table_mut().and_then(|t| t.remove("mongodb"));
+    let given_mongodb = mongodb.is_some();
+    let mut st: StorageConfig = deserialize("storage", value, e)?;
+    st.mongodb = mongodb.and_then(|m| read_mongodb(m, e));
     if st.path.as_os_str().is_empty() {
         e.push("storage.path: must not be empty".into());
     }
@@ -156,9 +160,8 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<StorageCon
         if !cfg!(feature = "mongodb") {
             e.push("storage.store: \"mongodb\" needs a build with the mongodb feature".into());
         }
-        match &st.mongodb {
-            None => e.push("storage.mongodb: required when storage.store = \"mongodb\"".into()),
-            Some(m) => check_mongodb(m, e),
+        if !given_mongodb {
+            e.push("storage.mongodb: required when storage.store = \"mongodb\"".into());
         }
     }
     Some(st)
@@ -210,11 +213,24 @@ fn check_kafka(k: &KafkaConfig, e: &mut Vec<String>) {
     }
 }
 
-fn check_mongodb(m: &MongoConfig, e: &mut Vec<String>) {
-    if !m.uri.0.starts_with("mongodb://") && !m.uri.0.starts_with("mongodb+srv://") {
-        e.push("storage.mongodb.uri: must start with mongodb:// or mongodb+srv://".into());
+/// Reads and checks `[storage.mongodb]`: `uri` or `uri_env`, `database`.
+fn read_mongodb(value: toml::Value, e: &mut Vec<String>) -> Option<MongoConfig> {
+    let mut f = Fields::new("storage.mongodb".into(), value, e)?;
+    let uri = f.secret("uri", true);
+    let database: String = f.or("database", defaults::mongo_database);
+    if uri
+        .as_ref()
+        .is_some_and(|u| !u.0.starts_with("mongodb://") && !u.0.starts_with("mongodb+srv://"))
+    {
+        // The value itself is not repeated: it may hold credentials.
+        f.problem("uri", "must start with mongodb:// or mongodb+srv://");
     }
-    if m.database.is_empty() {
-        e.push("storage.mongodb.database: must not be empty".into());
+    if database.is_empty() {
+        f.problem("database", "must not be empty");
     }
+    f.finish();
+    Some(MongoConfig {
+        uri: uri?,
+        database,
+    })
 }

@@ -56,6 +56,9 @@ use crate::http::{
 };
 use crate::model::{ByteStream, ObjectInfo};
 
+/// Time to establish a TCP connection to the endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Metadata name of the replication status marker.
 pub const META_STATUS: &str = "scal_replication_status";
 /// Metadata name of the source version id marker.
@@ -156,16 +159,27 @@ impl AzureSite {
             ));
         }
         let key = AzureAccessKey::try_new(key).map_err(|e| format!("account key: {e}"))?;
-        let connect_timeout = Duration::from_secs(10);
         Ok(AzureSite {
             name: name.to_string(),
             endpoint: endpoint.trim_end_matches('/').to_string(),
             account: account.to_string(),
             container: container.to_string(),
             credential: AzureCredential::AccessKey(key),
-            http: http_client(connect_timeout),
+            http: http_client(CONNECT_TIMEOUT, None)?,
             idle_timeout: Duration::from_secs(60),
         })
+    }
+
+    /// Trusts only the CAs of `ca_file` (PEM) for an `https://` endpoint behind a private CA;
+    /// `None` keeps the bundled roots.
+    ///
+    /// # Errors
+    /// A description naming the file when it cannot be used.
+    pub fn with_ca_file(mut self, ca_file: Option<&std::path::Path>) -> Result<AzureSite, String> {
+        if ca_file.is_some() {
+            self.http = http_client(CONNECT_TIMEOUT, ca_file)?;
+        }
+        Ok(self)
     }
 
     /// The target container.

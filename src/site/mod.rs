@@ -352,7 +352,7 @@ pub fn recorded_md5(obj: &ObjectInfo) -> String {
 /// cannot be created, an endpoint the HTTP client refuses).
 pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
     let invalid = |field: &str, e: String| {
-        ConfigError::Invalid(vec![format!("sites.{}.{field}: {e}", cfg.name)])
+        ConfigError::Invalid(vec![format!("site {:?}.{field}: {e}", cfg.name)])
     };
     let site: Arc<dyn Site> = match &cfg.backend {
         SiteBackend::File(c) => Arc::new(
@@ -365,7 +365,9 @@ pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
         }
         SiteBackend::Azure(c) => Arc::new(
             azure::AzureSite::new(&cfg.name, &c.endpoint, &c.account, &c.key.0, &c.container)
-                .map_err(|e| invalid("endpoint", e))?,
+                .map_err(|e| invalid("endpoint", e))?
+                .with_ca_file(c.ca_file.as_deref())
+                .map_err(|e| invalid("ca_file", e))?,
         ),
     };
     Ok(site)
@@ -401,7 +403,7 @@ mod tests {
 
         std::env::set_var("BACKBEAT_TEST_SITE_SK", "secret");
         let s3 = site(
-            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\n\
+            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"bkt\"\n\
              access_key = \"ak\"\nsecret_key_env = \"BACKBEAT_TEST_SITE_SK\"",
         )
         .unwrap();
@@ -410,7 +412,7 @@ mod tests {
         // Missing fields and unset variables are the configuration's to report, once.
         let no_bucket = site("name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://h\"\naccess_key = \"a\"\nsecret_key = \"s\"");
         let err = no_bucket.err().unwrap().to_string();
-        assert!(err.contains("sites[0].bucket"), "{err}");
+        assert!(err.contains("site \"aws\".bucket"), "{err}");
         let unset = site(
             "name = \"az\"\ntype = \"azure\"\nendpoint = \"http://127.0.0.1:1/acct\"\naccount = \"acct\"\n\
              container = \"c\"\nkey_env = \"BACKBEAT_TEST_UNSET_VARIABLE\"",
@@ -420,12 +422,12 @@ mod tests {
 
         // What only the client can refuse is named by the factory.
         let userinfo = site(
-            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://user@h\"\nbucket = \"b\"\n\
+            "name = \"aws\"\ntype = \"aws_s3\"\nendpoint = \"http://user@h\"\nbucket = \"bkt\"\n\
              access_key = \"a\"\nsecret_key = \"s\"",
         )
         .unwrap();
         let err = build_site(&userinfo).err().unwrap().to_string();
-        assert!(err.contains("sites.aws.endpoint"), "{err}");
+        assert!(err.contains("site \"aws\".endpoint"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,7 +1,8 @@
 //! The REST API over real HTTP against a running engine (reference section 1, DESIGN 6).
 //!
 //! One test binary (`cargo test --test api`), one module a topic: [`routes`] (the request
-//! pipeline: matching, access, healthcheck, body checks, the OpenAPI document), [`metrics`]
+//! pipeline: matching, access, healthcheck, body checks, the OpenAPI document), [`limits`]
+//! (allow-list on accept, body limits, deadlines and budget, the bearer token), [`metrics`]
 //! (JSON metrics and Prometheus), [`failed`] (failed CRR listings), [`retry`] (retrying failed
 //! versions), [`pause`] (pause, resume, schedules), [`object`] (the version view and S3
 //! notifications) and [`status`] (the operator's view, its history, the site states and the
@@ -13,6 +14,7 @@
 mod common;
 
 mod failed;
+mod limits;
 mod metrics;
 mod object;
 mod pause;

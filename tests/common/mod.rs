@@ -7,4 +7,5 @@ pub mod azure;
 pub mod flaky;
 pub mod moto;
 pub mod peers;
+pub mod tls;
 pub mod tmpfs;
