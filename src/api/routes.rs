@@ -434,10 +434,8 @@ pub fn parse(
             query,
         };
         validate_query(&route)?;
-        if matches!(
-            route.id,
-            R::ObjectProgress | R::ObjectThroughput | R::ObjectView
-        ) && route.version().is_none()
+        // Our object view also answers for a key's current version (no `versionId`).
+        if matches!(route.id, R::ObjectProgress | R::ObjectThroughput) && route.version().is_none()
         {
             return Err(ApiError::route_not_found(format!(
                 "must provide object key and version ID in route: {rest}"
