@@ -577,13 +577,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.version(), Some(VersionRef::new("b", "a/b/c d", "v 1")));
+        // Our view answers for the key's current version without one.
         assert_eq!(
             p(Method::GET, "/_/crr/object/b/k", None).map(|r| r.id),
+            Ok(R::ObjectView)
+        );
+        assert_eq!(
+            p(Method::GET, "/_/metrics/crr/s1/progress/b/k", None).map(|r| r.id),
             Err(404)
         );
         assert_eq!(
             p(Method::GET, "/_/crr/object/b/k", Some("versionId=")).map(|r| r.id),
-            Err(404)
+            Ok(R::ObjectView)
         );
         assert_eq!(
             p(Method::GET, "/_/crr/object/b", Some("versionId=1")).map(|r| r.id),
