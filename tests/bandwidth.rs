@@ -266,7 +266,7 @@ fn a_bandwidth_that_does_not_parse_is_a_problem_naming_the_site() {
         };
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].starts_with("sites[0].bandwidth: site \"edge-1\": ") && p[0].contains(why),
+            p[0].starts_with("site \"edge-1\".bandwidth: ") && p[0].contains(why),
             "{p:?}"
         );
     }

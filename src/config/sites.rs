@@ -142,7 +142,7 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> (Vec<SiteConfig>,
             names.push(name.clone());
         }
         let bucket_match = f.or("bucket_match", || false);
-        let bandwidth = read_bandwidth(&mut f, name.as_deref());
+        let bandwidth = read_bandwidth(&mut f);
         if let (Some(name), Some(bandwidth), Some(backend)) = (name, bandwidth, read_backend(f)) {
             sites.push(SiteConfig {
                 name,
@@ -155,14 +155,13 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> (Vec<SiteConfig>,
     (sites, names)
 }
 
-/// `bandwidth` (default off); a problem names the site (`site` is its name, when it has one).
-fn read_bandwidth(f: &mut Fields<'_>, site: Option<&str>) -> Option<Bandwidth> {
+/// `bandwidth` (default off); a problem names the site through its field path.
+fn read_bandwidth(f: &mut Fields<'_>) -> Option<Bandwidth> {
     let text: String = f.or("bandwidth", || "off".to_string());
     match Bandwidth::parse(&text) {
         Ok(b) => Some(b),
         Err(e) => {
-            let of = site.map(|s| format!("site {s:?}: ")).unwrap_or_default();
-            f.problem("bandwidth", format!("{of}{e}"));
+            f.problem("bandwidth", e.to_string());
             None
         }
     }

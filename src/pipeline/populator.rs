@@ -398,14 +398,32 @@ impl PopulatorTask {
         requests: Vec<&[Discovery]>,
     ) -> Result<Vec<Result<usize, String>>, StageError> {
         let mut results: Vec<Result<usize, String>> = vec![Ok(0); requests.len()];
-        // The last discovery of each key wins (the newest news about it).
+        // The last discovery of each key wins (the newest news about it), except that an
+        // operator's requeue is never replaced by other news (it reads the key's current
+        // version itself), and two requeues of a key ask for all their sites.
         let mut latest: HashMap<(String, String), (usize, Discovery)> = HashMap::new();
         let mut order = Vec::new();
         for (i, items) in requests.iter().enumerate() {
             for d in items.iter() {
                 let (b, k) = d.bucket_key();
                 let id = (b.to_string(), k.to_string());
-                if latest.insert(id.clone(), (i, d.clone())).is_none() {
+                let merged = match (latest.get(&id), d) {
+                    (
+                        Some((j, Discovery::Requeue { version, sites })),
+                        Discovery::Requeue { sites: more, .. },
+                    ) => {
+                        let mut all = sites.clone();
+                        all.extend(more.iter().filter(|s| !sites.contains(s)).cloned());
+                        let all = Discovery::Requeue {
+                            version: version.clone(),
+                            sites: all,
+                        };
+                        (*j, all)
+                    }
+                    (Some((j, r @ Discovery::Requeue { .. })), _) => (*j, r.clone()),
+                    _ => (i, d.clone()),
+                };
+                if latest.insert(id.clone(), merged).is_none() {
                     order.push(id);
                 }
             }

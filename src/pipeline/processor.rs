@@ -255,7 +255,10 @@ impl ReplicationProcessor {
     async fn copy_once(&self, job: &CopyJob, key: &str, attempt: u32) -> Result<Copied, CopyError> {
         let e = &job.entry;
         let (bucket, src_key) = (&e.version.bucket, &e.version.key);
-        let maybe_done = job.seen_before || (attempt > 0 && !e.requeued);
+        // A replica of this version may be there already (an earlier delivery or attempt wrote
+        // it): checked so a replay never writes a second version at a versioned site. Not for
+        // an operator's requeue: it says the replica there is wrong, whatever it claims.
+        let maybe_done = !e.requeued && (job.seen_before || attempt > 0);
         if e.deleted {
             // A deletion applies while the key is still deleted at the source.
             if let Some(cur) = self.source.current(bucket, src_key).await? {
