@@ -139,6 +139,8 @@ struct PopulatorTask {
     /// (new sites get what already exists).
     changed_rules: mpsc::UnboundedSender<String>,
     observer: Arc<Observer>,
+    /// The source is transient: absent keys were collected, not deleted.
+    transient: bool,
 }
 
 impl Populator {
@@ -169,12 +171,14 @@ impl Populator {
                 (s.name.clone(), owner)
             })
             .collect();
+        let transient = config.source.as_ref().is_some_and(|s| s.transient);
         let task = PopulatorTask {
             source,
             store,
             format: log.entry_format(),
             log,
             config,
+            transient,
             rules: HashMap::new(),
             owners,
             changed_rules,
@@ -398,14 +402,32 @@ impl PopulatorTask {
         requests: Vec<&[Discovery]>,
     ) -> Result<Vec<Result<usize, String>>, StageError> {
         let mut results: Vec<Result<usize, String>> = vec![Ok(0); requests.len()];
-        // The last discovery of each key wins (the newest news about it).
+        // The last discovery of each key wins (the newest news about it), except that an
+        // operator's requeue is never replaced by other news (it reads the key's current
+        // version itself), and two requeues of a key ask for all their sites.
         let mut latest: HashMap<(String, String), (usize, Discovery)> = HashMap::new();
         let mut order = Vec::new();
         for (i, items) in requests.iter().enumerate() {
             for d in items.iter() {
                 let (b, k) = d.bucket_key();
                 let id = (b.to_string(), k.to_string());
-                if latest.insert(id.clone(), (i, d.clone())).is_none() {
+                let merged = match (latest.get(&id), d) {
+                    (
+                        Some((j, Discovery::Requeue { version, sites })),
+                        Discovery::Requeue { sites: more, .. },
+                    ) => {
+                        let mut all = sites.clone();
+                        all.extend(more.iter().filter(|s| !sites.contains(s)).cloned());
+                        let all = Discovery::Requeue {
+                            version: version.clone(),
+                            sites: all,
+                        };
+                        (*j, all)
+                    }
+                    (Some((j, r @ Discovery::Requeue { .. })), _) => (*j, r.clone()),
+                    _ => (i, d.clone()),
+                };
+                if latest.insert(id.clone(), merged).is_none() {
                     order.push(id);
                 }
             }
@@ -530,6 +552,17 @@ impl PopulatorTask {
                 deleted,
                 backfill: false,
             },
+            // A transient source's files leave once replicated (DESIGN section 9): absence
+            // there is not a deletion. A replicated record of the key is all that is left.
+            None if self.transient => {
+                return Ok(record.map(|k| {
+                    let collected = KeyChange::Collected {
+                        version_id: k.version_id,
+                    };
+                    let op = StoreOp::key(&VersionRef::new(&bucket, &key, ""), collected);
+                    (None, vec![op])
+                }));
+            }
             None => match &record {
                 // The key has no version any more: a deletion named after the last one.
                 Some(k) if !k.deleted => QueuedVersion {
