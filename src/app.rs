@@ -31,6 +31,7 @@ use crate::durability::{DbError, SledDb};
 use crate::intake::Intake;
 use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::observe::{self, Observer, Thresholds};
+use crate::pipeline::gc;
 use crate::pipeline::pause::PauseGate;
 use crate::pipeline::processor::{ProcessorConfig, ProcessorDeps};
 use crate::pipeline::retry::RetryPolicy;
@@ -142,16 +143,19 @@ impl Engine {
             let path = st.path.clone();
             let mode = st.durability;
             let interval = Duration::from_millis(st.flush_interval_ms);
-            let db = tokio::task::spawn_blocking(move || SledDb::open(&path, mode, interval))
-                .await
-                .map_err(|e| AppError::Db {
-                    path: st.path.display().to_string(),
-                    source: DbError::Sled(sled::Error::Io(std::io::Error::other(e))),
-                })?
-                .map_err(|source| AppError::Db {
-                    path: st.path.display().to_string(),
-                    source,
-                })?;
+            let cache = st.cache_mb.saturating_mul(1 << 20);
+            let db = tokio::task::spawn_blocking(move || {
+                SledDb::open_with_cache(&path, mode, interval, cache)
+            })
+            .await
+            .map_err(|e| AppError::Db {
+                path: st.path.display().to_string(),
+                source: DbError::Sled(sled::Error::Io(std::io::Error::other(e))),
+            })?
+            .map_err(|source| AppError::Db {
+                path: st.path.display().to_string(),
+                source,
+            })?;
             Some(db)
         } else {
             None
@@ -407,18 +411,54 @@ async fn start_pipeline(
     let populator_stage = StageTasks::new("populator", root.clone(), failed.clone());
     let processor_stage = StageTasks::new("replication-processor", root.clone(), failed.clone());
     let status_stage = StageTasks::new("status-processor", root.clone(), failed.clone());
+    let gc_stage = StageTasks::new("garbage-collector", root.clone(), failed.clone());
     let stages = vec![
         populator_stage.clone(),
         processor_stage.clone(),
         status_stage.clone(),
+        gc_stage.clone(),
     ];
     let runs = |s: Stage| config.engine.runs(s);
     let started = async {
         let r = &config.replication;
         let mpu_threshold = r.mpu_threshold_mb.saturating_mul(1_000_000);
+        // Garbage collection (DESIGN section 9): with the stages that leave something behind
+        // (uploads: the processors; replicated files of a transient source: the status stage).
+        let hints = if runs(Stage::Replication) || runs(Stage::Status) {
+            let transient = source_cfg
+                .transient
+                .then(|| source.as_file().cloned())
+                .flatten()
+                .filter(|_| runs(Stage::Status));
+            let collector = gc::Collector {
+                store: store.clone(),
+                log: log.clone(),
+                sites: if runs(Stage::Replication) {
+                    sites.clone()
+                } else {
+                    Vec::new()
+                },
+                configured: config.sites.iter().map(|s| s.name.clone()).collect(),
+                transient,
+                buckets: source.buckets(),
+                interval: Duration::from_secs(config.gc.interval_s.max(1)),
+                upload_max_age: Duration::from_secs(config.gc.upload_max_age_s),
+                exclusive: config.storage.store == crate::config::StoreKind::Sled,
+                started_ms: store.now_ms(),
+            };
+            collector.start(&gc_stage)
+        } else {
+            None
+        };
         if runs(Stage::Status) {
-            StatusProcessor::start(log.clone(), store.clone(), observer.clone(), &status_stage)
-                .await?;
+            StatusProcessor::start(
+                log.clone(),
+                store.clone(),
+                observer.clone(),
+                hints,
+                &status_stage,
+            )
+            .await?;
         }
         if runs(Stage::Replication) {
             let deps = ProcessorDeps {

@@ -148,9 +148,27 @@ impl SledDb {
     /// `DbError::Sled` when sled cannot open the directory (locked by another process, no
     /// permission, corrupt files).
     pub fn open(dir: &Path, mode: Durability, flush_interval: Duration) -> Result<SledDb, DbError> {
+        SledDb::open_with_cache(
+            dir,
+            mode,
+            flush_interval,
+            crate::config::defaults::cache_mb() << 20,
+        )
+    }
+
+    /// As [`SledDb::open`], with a page cache of `cache_bytes` (`[storage] cache_mb`).
+    ///
+    /// # Errors
+    /// As [`SledDb::open`].
+    pub fn open_with_cache(
+        dir: &Path,
+        mode: Durability,
+        flush_interval: Duration,
+        cache_bytes: u64,
+    ) -> Result<SledDb, DbError> {
         let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput);
         // sled's own background flusher runs only in interval mode; in the other modes we flush
         // ourselves and an extra fsync every 500 ms would only compete with ours.

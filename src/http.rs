@@ -66,7 +66,40 @@ pub fn uri_decode(s: &str) -> Option<String> {
 pub type HttpBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// The pooled HTTP/1 client (http or https), with streaming request bodies.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, HttpBody>;
+pub type HttpClient = Client<HttpsConnector<AbortingConnector>, HttpBody>;
+
+/// The TCP connector of [`HttpClient`]: its connections close with a reset (`SO_LINGER`
+/// 0). A request given up on (a timeout, a cancelled copy) closes its connection; with a
+/// reset, a request still waiting unread in the peer's socket (a peer frozen or overloaded) is
+/// discarded by the peer's kernel instead of being executed later, out of order: a PUT given
+/// up on must not land after the DELETE that followed it.
+#[derive(Clone, Debug)]
+pub struct AbortingConnector(HttpConnector);
+
+impl tower_service::Service<hyper::Uri> for AbortingConnector {
+    type Response = <HttpConnector as tower_service::Service<hyper::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<hyper::Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            // Best effort: without it a close is a plain FIN.
+            let _ = io.inner().set_zero_linger();
+            Ok(io)
+        })
+    }
+}
 
 /// A pooled HTTP/1 client with a connect timeout (shared by the S3 and Azure adapters),
 /// trusting the bundled roots, or only the CAs of `ca_file` when one is given.
@@ -85,7 +118,10 @@ pub fn http_client(
         None => HttpsConnectorBuilder::new().with_webpki_roots(),
         Some(path) => HttpsConnectorBuilder::new().with_tls_config(private_ca_config(path)?),
     };
-    let https = tls.https_or_http().enable_http1().wrap_connector(connector);
+    let https = tls
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(AbortingConnector(connector));
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(https))

@@ -2,7 +2,7 @@
 //! counters), kept in memory and reset at restart. The durable, windowed numbers (pending,
 //! completions and failures over 24 h) live in the state store; these are the ones only the
 //! process doing the work can count: retried attempts, replays, versions not copied, log
-//! records that did not decode.
+//! records that did not decode, what garbage collection freed.
 //!
 //! Writers are the pipeline stages; the API's Prometheus exposition reads them.
 
@@ -25,6 +25,19 @@ struct Counters {
     sites: BTreeMap<String, SiteCounters>,
     /// Records that did not decode, by topic.
     undecodable: BTreeMap<String, u64>,
+    /// What garbage collection did.
+    gc: GcCounters,
+}
+
+/// What garbage collection did (DESIGN section 9).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcCounters {
+    /// Replicated files deleted from a transient source.
+    pub deleted: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Multipart uploads (and temporary files) no copy owned, aborted or removed at sites.
+    pub orphans: u64,
 }
 
 fn counters() -> &'static Mutex<Counters> {
@@ -69,6 +82,23 @@ pub fn count_undecodable(topic: &str) {
             c.undecodable.insert(topic.to_string(), 1);
         }
     }
+}
+
+/// Counts a file of `bytes` deleted from a transient source.
+pub fn count_gc_deleted(bytes: u64) {
+    let mut c = counters().lock();
+    c.gc.deleted += 1;
+    c.gc.bytes_freed += bytes;
+}
+
+/// Counts orphans (uploads, temporary files) cleaned up at a site.
+pub fn count_gc_orphans(n: u64) {
+    counters().lock().gc.orphans += n;
+}
+
+/// What garbage collection did so far.
+pub fn gc_counters() -> GcCounters {
+    counters().lock().gc
 }
 
 /// Undecodable records so far, by topic.

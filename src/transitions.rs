@@ -163,6 +163,12 @@ pub enum KeyChange {
         /// The site.
         site: String,
     },
+    /// The version left a transient source once replicated everywhere (DESIGN section 9):
+    /// its record goes, if it still is that version, COMPLETED at every site.
+    Collected {
+        /// The version collected.
+        version_id: String,
+    },
 }
 
 /// What a change does besides the record itself.
@@ -317,6 +323,20 @@ pub fn apply(
             }
             old
         }
+        KeyChange::Collected { version_id } => {
+            let settled = old.as_ref().is_some_and(|k| {
+                k.version_id == *version_id
+                    && !k.deleted
+                    && k.sites
+                        .iter()
+                        .all(|s| s.status == ReplicationStatus::Completed)
+            });
+            if !settled {
+                return (old, fx);
+            }
+            fx.changed = true;
+            None
+        }
         KeyChange::SiteRemoved { site } => {
             let Some(mut k) = old else {
                 return (None, fx);
@@ -459,6 +479,11 @@ mod tests {
         SiteRemoved {
             site: usize,
         },
+        /// Transient collection of a version (changes only a settled record of it).
+        Collected {
+            key: usize,
+            ver: usize,
+        },
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -490,6 +515,7 @@ mod tests {
                 }
             ),
             (0..3usize).prop_map(|site| Ev::SiteRemoved { site }),
+            (0..2usize, 0..3usize).prop_map(|(key, ver)| Ev::Collected { key, ver }),
         ]
     }
 
@@ -631,6 +657,26 @@ mod tests {
                         };
                         twice(self, key, &next);
                     }
+                }
+                Ev::Collected { key, ver } => {
+                    let k = format!("k{key}");
+                    let before = self.keys.get(&k).cloned();
+                    let applied = twice(
+                        self,
+                        key,
+                        &KeyChange::Collected {
+                            version_id: version(ver).version_id,
+                        },
+                    );
+                    // Only a record of that version, settled at every site, goes.
+                    let settled = before.is_some_and(|b| {
+                        b.version_id == version(ver).version_id
+                            && !b.deleted
+                            && b.sites
+                                .iter()
+                                .all(|s| s.status == ReplicationStatus::Completed)
+                    });
+                    assert_eq!(applied, settled);
                 }
                 Ev::SiteRemoved { site } => {
                     for key in 0..2 {

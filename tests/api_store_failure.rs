@@ -109,6 +109,12 @@ impl StateStore for BrokenStore {
     async fn cursor(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
         broken()
     }
+    async fn uploads(
+        &self,
+        _: &str,
+    ) -> Result<Vec<(String, backbeat::store::UploadIntent)>, StoreError> {
+        broken()
+    }
     async fn try_lock(&self, _: &str, _: u64) -> Result<bool, StoreError> {
         broken()
     }

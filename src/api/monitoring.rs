@@ -40,6 +40,8 @@
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
 //!   status group;
+//! - garbage collection: `backbeat_gc_deleted_total`, `backbeat_gc_bytes_freed_total`,
+//!   `backbeat_gc_orphans_total` (in process memory);
 //! - the engine: `backbeat_up` (the log and the store accept writes), `backbeat_data_dir_bytes`
 //!   (the size of the embedded database's directory, when sled is used);
 //! - the process, from `/proc/self`: `process_resident_memory_bytes`,
@@ -61,7 +63,7 @@ use crate::error::FailureReason;
 use crate::log::{
     replication_group, PartitionLag, STATUS_GROUP, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
-use crate::metrics::{site_counters, undecodable, SiteCounters};
+use crate::metrics::{gc_counters, site_counters, undecodable, SiteCounters};
 use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
 use crate::transitions::DropReason;
@@ -297,6 +299,25 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         let n = undecodable.get(topic).copied().unwrap_or(0);
         f.sample("backbeat_log_undecodable_total", &[("topic", topic)], n);
     }
+    let gc = gc_counters();
+    f.head(
+        "backbeat_gc_deleted_total",
+        "counter",
+        "Replicated files deleted from a transient source, since the process started.",
+    );
+    f.sample("backbeat_gc_deleted_total", &[], gc.deleted);
+    f.head(
+        "backbeat_gc_bytes_freed_total",
+        "counter",
+        "Bytes of the files deleted from a transient source, since the process started.",
+    );
+    f.sample("backbeat_gc_bytes_freed_total", &[], gc.bytes_freed);
+    f.head(
+        "backbeat_gc_orphans_total",
+        "counter",
+        "Multipart uploads and temporary files no copy owned, cleaned up at sites, since the process started.",
+    );
+    f.sample("backbeat_gc_orphans_total", &[], gc.orphans);
     f.head(
         "backbeat_up",
         "gauge",

@@ -34,6 +34,19 @@ pub fn flush_interval_ms() -> u64 {
 pub fn partitions() -> u32 {
     8
 }
+/// Garbage collection passes.
+pub fn gc_interval_s() -> u64 {
+    3600
+}
+/// Age at which another process's multipart upload is abandoned.
+pub fn upload_max_age_s() -> u64 {
+    86_400
+}
+/// The embedded database's page cache, in MiB: sized for a small machine (sled holds a few
+/// times its cache with many keys; DESIGN section 10).
+pub fn cache_mb() -> u64 {
+    16
+}
 /// Retention and expiry sweep period.
 pub fn retention_interval_s() -> u64 {
     60

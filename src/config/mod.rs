@@ -7,7 +7,7 @@
 //! One file per section, each with its types and its reader (which checks it):
 //! `server.rs`, `storage.rs`, `source.rs`, `sites.rs` (with `s3_client.rs`, the S3 fields the
 //! `s3` source and `aws_s3` sites share), `replication.rs`, `engine.rs` (`[engine]` and
-//! `[shutdown]`). `fields.rs` reads values so that problems name their field; `secret.rs` owns
+//! `[shutdown]`), `gc.rs` (`[gc]`). `fields.rs` reads values so that problems name their field; `secret.rs` owns
 //! secrets; `defaults.rs` every default. The checks that span sections (rules name known sites;
 //! the stages fit the log and store) run once every section is read.
 //!
@@ -18,6 +18,7 @@
 pub mod defaults;
 mod engine;
 mod fields;
+mod gc;
 mod replication;
 mod s3_client;
 mod secret;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use self::engine::{EngineConfig, ShutdownConfig, Stage};
 pub use self::fields::is_s3_bucket_name;
+pub use self::gc::GcConfig;
 pub use self::replication::{ReplicationConfig, RetryConfig, RuleConfig};
 pub use self::s3_client::S3ClientConfig;
 pub use self::secret::Secret;
@@ -75,6 +77,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// What this engine process runs.
     pub engine: EngineConfig,
+    /// Garbage collection.
+    pub gc: GcConfig,
 }
 
 impl Config {
@@ -122,6 +126,7 @@ impl Config {
                     cfg.shutdown = engine::read_shutdown(value, &mut e).unwrap_or_default()
                 }
                 "engine" => cfg.engine = engine::read_engine(value, &mut e).unwrap_or_default(),
+                "gc" => cfg.gc = gc::read(value, &mut e).unwrap_or_default(),
                 other => e.push(format!("{other}: unknown section")),
             }
         }

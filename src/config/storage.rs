@@ -57,6 +57,10 @@ pub struct StorageConfig {
     /// How often consumed records are deleted and expired state swept.
     #[serde(default = "defaults::retention_interval_s")]
     pub retention_interval_s: u64,
+    /// The embedded database's page cache (MiB). sled's memory follows the size of the
+    /// database more than this, but a small cache keeps a small machine's RSS down.
+    #[serde(default = "defaults::cache_mb")]
+    pub cache_mb: u64,
     /// `[storage.kafka]`.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
@@ -76,6 +80,7 @@ impl Default for StorageConfig {
             flush_interval_ms: defaults::flush_interval_ms(),
             partitions: defaults::partitions(),
             retention_interval_s: defaults::retention_interval_s(),
+            cache_mb: defaults::cache_mb(),
             kafka: None,
             mongodb: None,
         }
@@ -146,6 +151,12 @@ pub(super) fn read(mut value: toml::Value, e: &mut Vec<String>) -> Option<Storag
     }
     if st.retention_interval_s == 0 {
         e.push("storage.retention_interval_s: must be at least 1".into());
+    }
+    if st.cache_mb == 0 || st.cache_mb > 1 << 20 {
+        e.push(format!(
+            "storage.cache_mb: {} must be between 1 and 1048576",
+            st.cache_mb
+        ));
     }
     if st.log == LogKind::Kafka {
         if !cfg!(feature = "kafka") {

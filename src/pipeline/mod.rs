@@ -16,8 +16,11 @@
 //! - [`replay`]: whole-entry replays through the log once retries are spent.
 //! - [`pause`]: the per-site pause gate of a replication processor.
 //! - [`stage`]: stage tasks with their own cancellation token, stopped in data-flow order.
+//! - [`gc`]: garbage collection: a transient source's replicated files, uploads no copy
+//!   owns, the state of removed sites.
 
 pub mod batch;
+pub mod gc;
 pub mod pause;
 pub mod populator;
 pub mod processor;

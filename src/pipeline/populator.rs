@@ -139,6 +139,8 @@ struct PopulatorTask {
     /// (new sites get what already exists).
     changed_rules: mpsc::UnboundedSender<String>,
     observer: Arc<Observer>,
+    /// The source is transient: absent keys were collected, not deleted.
+    transient: bool,
 }
 
 impl Populator {
@@ -169,12 +171,14 @@ impl Populator {
                 (s.name.clone(), owner)
             })
             .collect();
+        let transient = config.source.as_ref().is_some_and(|s| s.transient);
         let task = PopulatorTask {
             source,
             store,
             format: log.entry_format(),
             log,
             config,
+            transient,
             rules: HashMap::new(),
             owners,
             changed_rules,
@@ -548,6 +552,17 @@ impl PopulatorTask {
                 deleted,
                 backfill: false,
             },
+            // A transient source's files leave once replicated (DESIGN section 9): absence
+            // there is not a deletion. A replicated record of the key is all that is left.
+            None if self.transient => {
+                return Ok(record.map(|k| {
+                    let collected = KeyChange::Collected {
+                        version_id: k.version_id,
+                    };
+                    let op = StoreOp::key(&VersionRef::new(&bucket, &key, ""), collected);
+                    (None, vec![op])
+                }));
+            }
             None => match &record {
                 // The key has no version any more: a deletion named after the last one.
                 Some(k) if !k.deleted => QueuedVersion {

@@ -52,7 +52,7 @@ use crate::observe::Observer;
 use crate::site::parts::part_ranges;
 use crate::site::{site_key, PartReceipt, PutReceipt, Site, SiteError};
 use crate::source::{Source, SourceError};
-use crate::store::{ObjectMetric, StateStore, StoreOp};
+use crate::store::{ObjectMetric, StateStore, StoreOp, UploadIntent};
 use crate::transitions::{DropReason, FailedInfo, SiteOutcome};
 
 /// Settings of a replication processor.
@@ -314,7 +314,29 @@ impl ReplicationProcessor {
         }
         self.object_metric(&cur, ObjectMetric::Bytes, cur.size)
             .await;
-        let upload = mp.create(key, &cur).await?;
+        // The upload is recorded before it exists and forgotten once it is completed or
+        // aborted: one a crash interrupts is found and aborted (DESIGN section 9).
+        let intent_id = super::gc::new_intent_id();
+        let mut intent = UploadIntent {
+            key: key.to_string(),
+            started_ms: self.store.now_ms(),
+            upload_id: None,
+            owner: super::gc::instance().to_string(),
+        };
+        self.record_upload(&intent_id, &intent).await?;
+        let _active = super::gc::Active::begin(&intent_id);
+        let upload = match mp.create(key, &cur).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.forget_upload(&intent_id).await;
+                return Err(e.into());
+            }
+        };
+        intent.upload_id = Some(upload.clone());
+        if let Err(e) = self.record_upload(&intent_id, &intent).await {
+            self.abort(mp, key, &upload, &intent_id).await;
+            return Err(e);
+        }
         let result = async {
             let mut parts: Vec<PartReceipt> = Vec::new();
             // The whole object's MD5, over the parts in order, for the sites that record it
@@ -341,23 +363,62 @@ impl ReplicationProcessor {
         }
         .await;
         match result {
-            Ok(r) => Ok(Copied::Written(r)),
+            Ok(r) => {
+                self.forget_upload(&intent_id).await;
+                Ok(Copied::Written(r))
+            }
             Err(CopyError::Source(SourceError::NotFound(_))) => {
                 // Changed mid-copy (If-Match refused it): the newer version supersedes it.
-                self.abort(mp, key, &upload).await;
+                self.abort(mp, key, &upload, &intent_id).await;
                 Ok(Copied::Dropped(DropReason::Superseded))
             }
             Err(err) => {
-                self.abort(mp, key, &upload).await;
+                self.abort(mp, key, &upload, &intent_id).await;
                 Err(err)
             }
         }
     }
 
-    async fn abort(&self, mp: &dyn crate::site::MultipartSite, key: &str, upload: &str) {
-        if let Err(abort) = mp.abort(key, upload).await {
-            tracing::warn!(site = self.site.name(), key, error = %abort,
-                "Could not abort a multipart upload.");
+    /// Aborts an upload; its record goes once it is aborted (else the collector retries).
+    async fn abort(
+        &self,
+        mp: &dyn crate::site::MultipartSite,
+        key: &str,
+        upload: &str,
+        intent_id: &str,
+    ) {
+        match mp.abort(key, upload).await {
+            Ok(()) => self.forget_upload(intent_id).await,
+            Err(abort) => {
+                tracing::warn!(site = self.site.name(), key, error = %abort,
+                    "Could not abort a multipart upload; the garbage collector will.");
+            }
+        }
+    }
+
+    async fn record_upload(&self, id: &str, intent: &UploadIntent) -> Result<(), CopyError> {
+        let op = StoreOp::PutUpload {
+            site: self.site.name().to_string(),
+            id: id.to_string(),
+            intent: intent.clone(),
+        };
+        self.store.apply(vec![op]).await.map(|_| ()).map_err(|e| {
+            CopyError::Site(SiteError::transient(
+                self.site.name(),
+                format!("cannot record the upload before starting it: {e}"),
+            ))
+        })
+    }
+
+    /// Forgets a finished upload; a failure leaves a record the collector clears later.
+    async fn forget_upload(&self, id: &str) {
+        let op = StoreOp::DeleteUpload {
+            site: self.site.name().to_string(),
+            id: id.to_string(),
+        };
+        if let Err(e) = self.store.apply(vec![op]).await {
+            tracing::warn!(site = self.site.name(), error = %e,
+                "Could not forget a finished upload; the garbage collector will.");
         }
     }
 

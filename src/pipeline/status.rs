@@ -32,6 +32,8 @@ pub struct StatusProcessor {
     store: Arc<dyn StateStore>,
     batcher: StoreBatcher,
     observer: Arc<Observer>,
+    /// Where completed keys are hinted to the garbage collector (a transient source).
+    hints: Option<super::gc::Hints>,
 }
 
 impl std::fmt::Debug for StatusProcessor {
@@ -56,6 +58,7 @@ impl StatusProcessor {
         log: Arc<dyn Log>,
         store: Arc<dyn StateStore>,
         observer: Arc<Observer>,
+        hints: Option<super::gc::Hints>,
         stage: &StageTasks,
     ) -> Result<(), StageError> {
         let consumer = log.consumer(TOPIC_REPLICATION_STATUS, STATUS_GROUP).await?;
@@ -66,7 +69,9 @@ impl StatusProcessor {
             output_topic: None,
             drain_on_stop: true,
         };
-        let handler = Arc::new(StatusProcessor::new(store, observer, stage.tracker()));
+        let mut handler = StatusProcessor::new(store, observer, stage.tracker());
+        handler.hints = hints;
+        let handler = Arc::new(handler);
         let token = stage.token().clone();
         let tracker = stage.tracker().clone();
         stage.spawn(runner::run(log, consumer, handler, cfg, token, tracker));
@@ -85,6 +90,7 @@ impl StatusProcessor {
             store,
             batcher,
             observer,
+            hints: None,
         }
     }
 
@@ -141,6 +147,10 @@ impl Handler for StatusProcessor {
         let changed = self.batcher.apply(vec![Self::outcome_op(&job)]).await?;
         if changed.first().copied().unwrap_or(false) {
             self.observe(&job);
+            if let (Some(h), SiteOutcome::Completed { .. }) = (&self.hints, &job.outcome) {
+                // A full channel is fine: the collector's next pass finds the key.
+                let _ = h.try_send((v.bucket.clone(), v.key.clone()));
+            }
             tracing::debug!(site = %job.site, version = %v, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
         }

@@ -591,6 +591,14 @@ impl Site for FileSite {
         Ok(ListPage { items, next })
     }
 
+    async fn remove_temporaries(&self, before_ms: u64) -> Result<u64, SiteError> {
+        let root = self.root.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_temporaries(&root, before_ms))
+            .await
+            .map_err(|e| SiteError::transient(&self.name, format!("cleanup task failed: {e}")))?;
+        removed.map_err(|e| self.io_error("cannot clean up", &self.root, e))
+    }
+
     async fn health(&self) -> Result<(), SiteError> {
         let m = tokio::fs::metadata(&self.root)
             .await
@@ -653,6 +661,49 @@ pub fn walk_replicas(
             Err(e) => Err(e),
         }
     })
+}
+
+/// The mtime of `m` in ms since the epoch.
+fn mtime_ms(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    u64::try_from(m.mtime()).unwrap_or(0).saturating_mul(1000)
+        + u64::try_from(m.mtime_nsec()).unwrap_or(0) / 1_000_000
+}
+
+/// Removes the temporary files of single writes (their names hold [`TMP_INFIX`]) under `dir`
+/// last modified before `before_ms`: what a copy killed mid-write leaves. Walks directory by
+/// directory, holding one directory's iterator per level.
+fn remove_temporaries(dir: &Path, before_ms: u64) -> std::io::Result<u64> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if crate::fswalk::is_gone(&e) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in rd {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if crate::fswalk::is_gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            removed += remove_temporaries(&entry.path(), before_ms)?;
+        } else if ft.is_file()
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.contains(TMP_INFIX))
+            && entry.metadata().is_ok_and(|m| mtime_ms(&m) < before_ms)
+        {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if crate::fswalk::is_gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Multipart for the file site: the upload is a temporary file preallocated to the object's
@@ -777,6 +828,31 @@ impl MultipartSite for FileSite {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_error("cannot remove", &path, e)),
         }
+    }
+
+    async fn uploads_at(&self, key: &str) -> Result<Vec<(String, u64)>, SiteError> {
+        let (dir, file) = self.locate(key)?;
+        let prefix = format!("{file}{MPU_INFIX}");
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if crate::fswalk::is_gone(&e) => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for entry in rd.flatten() {
+                let name = entry.file_name();
+                let Some(id) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                let at = entry.metadata().map(|m| mtime_ms(&m)).unwrap_or(0);
+                out.push((id.to_string(), at));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| SiteError::transient(&self.name, format!("listing task failed: {e}")))?;
+        listed.map_err(|e| self.io_error("cannot list", &self.root, e))
     }
 }
 

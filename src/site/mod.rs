@@ -307,6 +307,13 @@ pub trait Site: Send + Sync + 'static {
 
     /// Checks that the site is reachable and the target exists.
     async fn health(&self) -> Result<(), SiteError>;
+
+    /// Removes the temporary files of copies that no longer run, last modified before
+    /// `before_ms` (a site that writes through temporary files: the file site); returns how
+    /// many. Nothing else is touched.
+    async fn remove_temporaries(&self, _before_ms: u64) -> Result<u64, SiteError> {
+        Ok(0)
+    }
 }
 
 /// Multipart uploads (S3 multipart, Azure blocks + block list), each part checked like a put.
@@ -336,6 +343,13 @@ pub trait MultipartSite: Send + Sync {
 
     /// Aborts the upload so no part remains at the site.
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), SiteError>;
+
+    /// The uploads in progress at exactly `key`, as `(upload id, started ms)`: to find one a
+    /// crash left before its id was recorded. A site whose staged parts expire by themselves
+    /// (Azure drops uncommitted blocks) lists none.
+    async fn uploads_at(&self, _key: &str) -> Result<Vec<(String, u64)>, SiteError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The value `scal-md5` records for `obj`: its MD5 when known, else (a source object uploaded

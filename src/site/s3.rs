@@ -507,6 +507,51 @@ impl MultipartSite for S3Site {
             Err(e) => Err(self.error(e)),
         }
     }
+
+    async fn uploads_at(&self, key: &str) -> Result<Vec<(String, u64)>, SiteError> {
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        // Bounded: an object key has few uploads; stop after 100 pages whatever happens.
+        for _ in 0..100 {
+            let mut req = S3Request::new(Method::GET, &self.bucket, None)
+                .flag("uploads")
+                .query("prefix", key)
+                .query("encoding-type", "url");
+            if let Some((k, u)) = &markers {
+                req = req
+                    .query("key-marker", k.clone())
+                    .query("upload-id-marker", u.clone());
+            }
+            let (_, xml) = self.client.send_xml(req).await.map_err(|e| self.error(e))?;
+            let url = xml.text_of("EncodingType") == Some("url");
+            for u in xml.all("Upload") {
+                let raw = u.text_of("Key").unwrap_or_default();
+                let k = if url {
+                    uri_decode(raw).unwrap_or_default()
+                } else {
+                    raw.to_string()
+                };
+                let Some(id) = u.text_of("UploadId") else {
+                    continue;
+                };
+                if k == key {
+                    let at = crate::entry::ms_of_iso(u.text_of("Initiated").unwrap_or_default());
+                    out.push((id.to_string(), at));
+                }
+            }
+            let next = (
+                xml.text_of("NextKeyMarker").unwrap_or_default().to_string(),
+                xml.text_of("NextUploadIdMarker")
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            if xml.text_of("IsTruncated") != Some("true") || next.0.is_empty() {
+                break;
+            }
+            markers = Some(next);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@
 //!   error if the file changed while it was read, and [`Source::get_range`] refuses a file
 //!   that is no longer the version, so a torn copy is never completed.
 //! - No replication configuration: rules come from the configuration file.
+//! - Transient (`[source] transient = true`, DESIGN section 9): [`FileSource::collect`]
+//!   deletes a replicated version if the file still is that version, grabbing it first with
+//!   an atomic rename to a name containing [`GC_INFIX`] (never a key: such names are not
+//!   listed, watched or read), so a file rewritten meanwhile is put back, never lost.
 //! - [`FileSource::watch`] reports changes within milliseconds (inotify, through the `notify`
 //!   crate): a file closed after writing or renamed in, a directory created or moved in (to be
 //!   walked at once), a file removed or moved out, and a lost or overflowed watch (to be
@@ -37,6 +41,25 @@ use tokio_util::io::ReaderStream;
 
 use super::{KeyPage, Rule, Source, SourceError};
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
+
+/// Names containing this are the engine's own (a file being collected): never keys.
+pub const GC_INFIX: &str = ".backbeat-gc-";
+
+/// Whether a file name is reserved by the engine (never an object).
+pub fn is_reserved(name: &str) -> bool {
+    name.contains(GC_INFIX)
+}
+
+/// What [`FileSource::collect`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collected {
+    /// The version was deleted; it held this many bytes.
+    Deleted(u64),
+    /// The file is another version now (kept: it is replicated in turn).
+    Changed,
+    /// There is no such file any more.
+    Gone,
+}
 
 /// Default number of versions per listing page.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
@@ -121,6 +144,9 @@ fn key_of(root: &Path, path: &Path) -> Option<String> {
         })
         .collect();
     let segs = segs?;
+    if segs.iter().any(|s| is_reserved(s)) {
+        return None;
+    }
     (!segs.is_empty()).then(|| segs.join("/"))
 }
 
@@ -289,12 +315,66 @@ impl FileSource {
     pub fn path_of(&self, key: &str) -> Option<PathBuf> {
         let mut p = self.root.clone();
         for seg in key.split('/') {
-            if seg.is_empty() || seg == "." || seg == ".." || seg.contains('\0') {
+            if seg.is_empty() || seg == "." || seg == ".." || seg.contains('\0') || is_reserved(seg)
+            {
                 return None;
             }
             p.push(seg);
         }
         Some(p)
+    }
+
+    /// Deletes `key`'s file if it still is version `version_id` (a transient source's
+    /// collection, DESIGN section 9). The file is first renamed to a reserved name, atomically,
+    /// and the version checked on what was renamed: a file replaced or rewritten meanwhile is
+    /// put back under its name, never deleted.
+    ///
+    /// # Errors
+    /// The I/O error that stopped it.
+    pub async fn collect(&self, key: &str, version_id: &str) -> Result<Collected, SourceError> {
+        let me = self.clone();
+        let (key, version_id) = (key.to_owned(), version_id.to_owned());
+        tokio::task::spawn_blocking(move || me.collect_blocking(&key, &version_id))
+            .await
+            .map_err(|e| SourceError::Transient(format!("collect task failed: {e}")))?
+            .map_err(io_to_source)
+    }
+
+    fn collect_blocking(&self, key: &str, version_id: &str) -> std::io::Result<Collected> {
+        let Some((path, m)) = self.stat_blocking(key)? else {
+            return Ok(Collected::Gone);
+        };
+        if version_id_of(&m) != version_id {
+            return Ok(Collected::Changed);
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(Collected::Gone);
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let grabbed = path.with_file_name(format!(
+            "{name}{GC_INFIX}{:x}-{nanos:x}",
+            std::process::id()
+        ));
+        match std::fs::rename(&path, &grabbed) {
+            Ok(()) => {}
+            Err(e) if crate::fswalk::is_gone(&e) => return Ok(Collected::Gone),
+            Err(e) => return Err(e),
+        }
+        let m = std::fs::symlink_metadata(&grabbed)?;
+        if version_id_of(&m) == version_id && m.is_file() {
+            std::fs::remove_file(&grabbed)?;
+            return Ok(Collected::Deleted(m.len()));
+        }
+        // Rewritten between the check and the rename: back under its name, unless a newer
+        // file took the name meanwhile (then the grabbed one is superseded anyway).
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if crate::fswalk::is_gone(&e) => std::fs::rename(&grabbed, &path)?,
+            _ => std::fs::remove_file(&grabbed)?,
+        }
+        Ok(Collected::Changed)
     }
 
     /// Stats `key` without following links anywhere on its path; `None` if it is not a regular
@@ -466,6 +546,7 @@ impl FileSource {
         for entry in rd {
             let entry = entry?;
             let name = match entry.file_name().into_string() {
+                Ok(n) if is_reserved(&n) => continue,
                 Ok(n) => n,
                 Err(name) => {
                     tracing::warn!(dir = %dir.display(), name = ?name, "Skipping a file whose name is not UTF-8.");
@@ -523,7 +604,7 @@ impl FileSource {
         let Some(dir) = self.dir_path(dir_key)? else {
             return Ok(true);
         };
-        let name_of = |n: &str| Some(n.to_string());
+        let name_of = |n: &str| (!is_reserved(n)).then(|| n.to_string());
         crate::fswalk::walk(&dir, dir_key, prefix, cursor, &name_of, &mut |key, path| {
             let m = match std::fs::symlink_metadata(path) {
                 Ok(m) if m.is_file() => m,

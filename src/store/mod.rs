@@ -193,6 +193,37 @@ pub enum StoreOp {
         /// Opaque value.
         value: Vec<u8>,
     },
+    /// Records (or updates) a multipart upload this engine starts at `site` (DESIGN
+    /// section 9): written before the upload is created, so one a crash interrupts is found
+    /// and aborted later.
+    PutUpload {
+        /// The site.
+        site: String,
+        /// The intent's id (unique per upload attempt).
+        id: String,
+        /// What is known of the upload.
+        intent: UploadIntent,
+    },
+    /// Forgets an upload once completed or aborted.
+    DeleteUpload {
+        /// The site.
+        site: String,
+        /// The intent's id.
+        id: String,
+    },
+}
+
+/// A multipart upload this engine started at a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadIntent {
+    /// The site key.
+    pub key: String,
+    /// When the intent was recorded (ms; the upload was created after).
+    pub started_ms: u64,
+    /// The site's upload id, once known.
+    pub upload_id: Option<String>,
+    /// The engine process that started it (an id drawn at start).
+    pub owner: String,
 }
 
 impl StoreOp {
@@ -425,6 +456,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// A source cursor.
     async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The multipart uploads recorded for `site`, as `(id, intent)`.
+    async fn uploads(&self, site: &str) -> Result<Vec<(String, UploadIntent)>, StoreError>;
+
     /// Takes the lock `name` for `ttl_ms` if it is free or expired. Durable on return.
     async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError>;
 
@@ -458,6 +492,10 @@ pub(crate) fn check_op_names(ops: &[StoreOp]) -> Result<(), StoreError> {
             | StoreOp::AddPending { site, .. }
             | StoreOp::AddFailed { site, .. } => ("site", site.as_str()),
             StoreOp::PutCursor { name, .. } => ("cursor", name.as_str()),
+            StoreOp::PutUpload { site, id, .. } | StoreOp::DeleteUpload { site, id } => {
+                check_name("upload", id)?;
+                ("site", site.as_str())
+            }
             StoreOp::PutDirSummary { bucket, .. } | StoreOp::DeleteDirSummaries { bucket, .. } => {
                 ("bucket", bucket.as_str())
             }
@@ -479,6 +517,7 @@ pub(crate) fn check_op_names(ops: &[StoreOp]) -> Result<(), StoreError> {
                     | KeyChange::RetryUndone { site, .. }
                     | KeyChange::Unlisted { site, .. }
                     | KeyChange::SiteRemoved { site } => ("site", site.as_str()),
+                    KeyChange::Collected { .. } => continue,
                 }
             }
         };

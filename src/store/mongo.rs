@@ -71,7 +71,7 @@ use super::DELETED_KEY_TTL_MS;
 use super::{
     check_name, check_op_names, failed_page_upper, failed_window_start, metrics_bucket,
     FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore, StoreError, StoreOp,
-    METRICS_BUCKETS, METRICS_BUCKET_MS,
+    UploadIntent, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::config::MongoConfig;
@@ -89,7 +89,7 @@ const TXN_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Every collection the transactions write: created at open, because MongoDB before 4.4
 /// cannot create a collection inside a transaction.
-const COLLECTIONS: [&str; 8] = [
+const COLLECTIONS: [&str; 9] = [
     "keys",
     "failed",
     "metrics",
@@ -98,6 +98,7 @@ const COLLECTIONS: [&str; 8] = [
     "dirs",
     "namespaces",
     "cursors",
+    "uploads",
 ];
 
 /// The MongoDB state store. Cheap to clone.
@@ -719,6 +720,30 @@ impl MongoStore {
                 self.add_failed(session, site, version, info, *score_ms)
                     .await?
             }
+            StoreOp::PutUpload { site, id, intent } => {
+                let mut d = doc! {
+                    "_id": format!("{site}\u{0}{id}"),
+                    "site": site,
+                    "id": id,
+                    "key": &intent.key,
+                    "startedMs": i64_of(intent.started_ms),
+                    "owner": &intent.owner,
+                };
+                if let Some(u) = &intent.upload_id {
+                    d.insert("uploadId", u);
+                }
+                self.coll("uploads")
+                    .replace_one(doc! {"_id": format!("{site}\u{0}{id}")}, d)
+                    .upsert(true)
+                    .session(&mut *session)
+                    .await?;
+            }
+            StoreOp::DeleteUpload { site, id } => {
+                self.coll("uploads")
+                    .delete_one(doc! {"_id": format!("{site}\u{0}{id}")})
+                    .session(&mut *session)
+                    .await?;
+            }
             StoreOp::PutCursor { name, value } => {
                 self.coll("cursors")
                     .replace_one(
@@ -1214,6 +1239,25 @@ impl StateStore for MongoStore {
         Ok(self
             .note(self.coll("cursors").find_one(doc! {"_id": name}).await)?
             .and_then(|d| d.get_binary_generic("value").ok().cloned()))
+    }
+
+    async fn uploads(&self, site: &str) -> Result<Vec<(String, UploadIntent)>, StoreError> {
+        let mut cursor = self.note(self.coll("uploads").find(doc! {"site": site}).await)?;
+        let mut out = Vec::new();
+        while self.note(cursor.advance().await)? {
+            let d = self.note(cursor.deserialize_current())?;
+            let text = |f: &str| d.get_str(f).map(str::to_string).unwrap_or_default();
+            out.push((
+                text("id"),
+                UploadIntent {
+                    key: text("key"),
+                    started_ms: u64_of(int_of(&d, "startedMs")),
+                    upload_id: d.get_str("uploadId").ok().map(str::to_string),
+                    owner: text("owner"),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError> {

@@ -7,7 +7,7 @@
 //! ```text
 //! "V"                                     -> u32 BE format version
 //! "K" bucket 0x00 key                     -> [1][bincode KeyState]   one record per source key
-//! "E" expiry u64 BE bucket 0x00 key       -> ()                  a replicated deletion's record
+//! "E" expiry u64 BE bucket 0x00 key       -> queued_ms u64 BE    a replicated deletion's record
 //!                                                                 to drop once expired
 //! "F" site 0x00 score u64 BE              -> vref                failed set, by time
 //! "G" site 0x00 vref                      -> [1][bincode (score u64, FailedInfo)]
@@ -21,6 +21,7 @@
 //! "S" service 0x00 site                   -> JSON PauseState
 //! "C" name                                -> bytes               source cursors
 //! "L" name                                -> u64 BE              lock expiry (ms)
+//! "U" site 0x00 id                        -> [1][bincode UploadIntent] a multipart upload started
 //! ```
 
 use std::sync::Arc;
@@ -31,8 +32,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use super::{
     check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
     metrics_bucket, FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore,
-    StoreError, StoreOp, DELETED_KEY_TTL_MS, FAILED_BUCKETS, FAILED_BUCKET_MS, METRICS_BUCKETS,
-    METRICS_BUCKET_MS,
+    StoreError, StoreOp, UploadIntent, DELETED_KEY_TTL_MS, FAILED_BUCKETS, FAILED_BUCKET_MS,
+    METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
@@ -76,6 +77,12 @@ fn site_prefix(tag: u8, site: &str) -> Vec<u8> {
     k.push(tag);
     k.extend_from_slice(site.as_bytes());
     k.push(0);
+    k
+}
+
+fn u_key(site: &str, id: &str) -> Vec<u8> {
+    let mut k = site_prefix(b'U', site);
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -359,6 +366,12 @@ fn apply_op(tx: &TransactionalTree, op: &StoreOp, now: u64) -> TxResult<bool> {
         }
         StoreOp::PutCursor { name, value } => {
             tx.insert(named_key(b'C', name), value.as_slice())?;
+        }
+        StoreOp::PutUpload { site, id, intent } => {
+            tx.insert(u_key(site, id), encode(intent))?;
+        }
+        StoreOp::DeleteUpload { site, id } => {
+            tx.remove(u_key(site, id))?;
         }
         StoreOp::PutDirSummary {
             bucket,
@@ -780,6 +793,18 @@ impl StateStore for SledStore {
 
     async fn cursor(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(named_key(b'C', name))?.map(|v| v.to_vec()))
+    }
+
+    async fn uploads(&self, site: &str) -> Result<Vec<(String, UploadIntent)>, StoreError> {
+        let prefix = site_prefix(b'U', site);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let id =
+                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
+            out.push((id, decode::<UploadIntent>("upload intent", &v)?));
+        }
+        Ok(out)
     }
 
     async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreError> {
