@@ -128,7 +128,7 @@ impl Sampler {
                 *pk = (*pk).max(rss);
                 drop(pk);
                 // The data directory where the backlog is deepest (every 5 s: it walks it).
-                if n % 5 == 0 && *backlog.lock().unwrap() > 0 {
+                if n.is_multiple_of(5) && *backlog.lock().unwrap() > 0 {
                     let b = dir_bytes(&data);
                     let mut d = peak_data.lock().unwrap();
                     *d = (*d).max(b);

@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::stage::{StageError, StageTasks};
+use super::stage::StageTasks;
+use super::StageError;
 use crate::log::{replication_group, Log, TOPIC_REPLICATION};
 use crate::model::{ReplicationStatus, VersionRef};
 use crate::site::Site;
@@ -113,15 +114,42 @@ pub struct Collector {
     pub started_ms: u64,
 }
 
-/// Where the status processor hints keys to collect.
-pub type Hints = mpsc::Sender<(String, String)>;
+/// Where the status processor hints keys to collect, and the transient source they leave.
+#[derive(Clone)]
+pub struct Hints {
+    tx: mpsc::Sender<(String, String)>,
+    source: FileSource,
+}
+
+impl Hints {
+    /// Hints that `bucket/key` completed a site; a full channel is fine (the collector's next
+    /// pass finds the key).
+    pub fn completed(&self, bucket: &str, key: &str) {
+        let _ = self.tx.try_send((bucket.to_string(), key.to_string()));
+    }
+
+    /// Whether `key`'s version `version_id` is still in the transient source. A record found
+    /// missing for a version that is not there any more was collected (or the key moved on,
+    /// and its newer version is discovered in turn): it must not be recorded again from a
+    /// replayed entry. An unreadable source answers no: the populator's next scan discovers
+    /// whatever is still there.
+    pub async fn still_there(&self, key: &str, version_id: &str) -> bool {
+        match self.source.holds(key, version_id).await {
+            Ok(there) => there,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "Cannot read a file of the transient source; the next scan finds it if it is still there.");
+                false
+            }
+        }
+    }
+}
 
 impl Collector {
     /// Starts the collector in `stage`; returns where to hint completed keys (when a
     /// transient source is collected).
     pub fn start(self, stage: &StageTasks) -> Option<Hints> {
         let (tx, rx) = mpsc::channel(HINTS);
-        let hints = self.transient.is_some().then_some(tx);
+        let hints = self.transient.clone().map(|source| Hints { tx, source });
         stage.spawn(self.run(rx, stage.token().clone()));
         hints
     }

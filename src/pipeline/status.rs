@@ -8,7 +8,9 @@
 //! one whose populator appended the entry but crashed before its store update (or whose update
 //! is still on its way): the version is first recorded from the entry ([`KeyChange::Queued`],
 //! as the populator would have), then the outcome applies, in one transaction. The populator's
-//! own update then finds it done.
+//! own update then finds it done. At a transient source a key's record also goes when its file
+//! is collected (DESIGN section 9): a missing record whose version is no longer in the source
+//! is not recorded again from a replayed entry.
 
 use std::sync::Arc;
 
@@ -148,8 +150,7 @@ impl Handler for StatusProcessor {
         if changed.first().copied().unwrap_or(false) {
             self.observe(&job);
             if let (Some(h), SiteOutcome::Completed { .. }) = (&self.hints, &job.outcome) {
-                // A full channel is fine: the collector's next pass finds the key.
-                let _ = h.try_send((v.bucket.clone(), v.key.clone()));
+                h.completed(&v.bucket, &v.key);
             }
             tracing::debug!(site = %job.site, version = %v, outcome = ?job.outcome, "Status applied.");
             return Ok(Outcome::Done(None));
@@ -176,6 +177,15 @@ impl Handler for StatusProcessor {
             }
         }
         if missing {
+            if let Some(h) = &self.hints {
+                // A transient source: a record also goes when its file is collected, and a
+                // replayed entry must not bring it back.
+                if record.is_none() && !h.still_there(&v.key, &v.version_id).await {
+                    tracing::debug!(site = %job.site, version = %v,
+                        "Version no longer in the transient source; its replayed status is not recorded.");
+                    return Ok(Outcome::Done(None));
+                }
+            }
             let queued = StoreOp::key(
                 v,
                 KeyChange::Queued {

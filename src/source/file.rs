@@ -331,6 +331,17 @@ impl FileSource {
     ///
     /// # Errors
     /// The I/O error that stopped it.
+    /// Whether `key`'s file is still version `version_id`.
+    ///
+    /// # Errors
+    /// `SourceError::Transient` when the file cannot be read.
+    pub async fn holds(&self, key: &str, version_id: &str) -> Result<bool, SourceError> {
+        Ok(self
+            .stat(key)
+            .await?
+            .is_some_and(|(_, m)| version_id_of(&m) == version_id))
+    }
+
     pub async fn collect(&self, key: &str, version_id: &str) -> Result<Collected, SourceError> {
         let me = self.clone();
         let (key, version_id) = (key.to_owned(), version_id.to_owned());
