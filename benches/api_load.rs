@@ -63,7 +63,9 @@ fn get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap()
 }
 
 /// Checks that the routes answer what the bench claims to measure: a full page of failed

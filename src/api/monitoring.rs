@@ -45,8 +45,17 @@
 //! - the process, from `/proc/self`: `process_resident_memory_bytes`,
 //!   `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //!   `process_cpu_seconds_total`, `process_start_time_seconds`.
+//!
+//! Cost (issue 17): the replication families come from the store's maintained totals (the
+//! numbers the REST metrics read); the process families and the data directory's size, which
+//! take a dozen system calls and a directory walk, are read at most once per
+//! [`SLOW_GAUGES_TTL`] and reused meanwhile (a scrape every 10 s or more never notices).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -65,6 +74,15 @@ use crate::metrics::{site_counters, undecodable, SiteCounters};
 use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
 use crate::transitions::DropReason;
+
+/// How long the process families and the data directory's size are reused.
+pub const SLOW_GAUGES_TTL: Duration = Duration::from_secs(1);
+
+/// The process families as last rendered, and when.
+static PROCESS_TEXT: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+
+/// The data directories' sizes as last measured, and when (one per engine in the process).
+static DATA_DIR_SIZES: Mutex<Vec<(PathBuf, Instant, Option<u64>)>> = Mutex::new(Vec::new());
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -121,19 +139,15 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     let now = store.now_ms();
     let mut sites = Vec::new();
     for site in &state.sites {
-        let pending = store.pending(site).await?;
-        let failed = store.failed_count(site).await?;
-        let mut sums = [0u64; 6];
-        let mut tput = (String::new(), String::new());
-        for (i, m) in Metric::ALL.iter().enumerate() {
-            let b = store.metric_buckets(site, *m).await?;
-            sums[i] = b.iter().sum();
-            match m {
-                Metric::OpsDone => tput.0 = throughput(&b, now),
-                Metric::BytesDone => tput.1 = throughput(&b, now),
-                _ => {}
-            }
-        }
+        // The store's maintained totals, as the REST metrics read them (same numbers).
+        let t = store.site_totals(site).await?;
+        let pending = t.pending;
+        let failed = t.failed;
+        let sums = t.sums;
+        let tput = (
+            throughput(&t.recent[Metric::OpsDone.index()], now),
+            throughput(&t.recent[Metric::BytesDone.index()], now),
+        );
         let view = state.observer.view(site).unwrap_or_default();
         sites.push(SiteNumbers {
             site: site.clone(),
@@ -304,7 +318,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     );
     let up = u8::from(state.log.check().is_ok() && state.store.check().is_ok());
     f.sample("backbeat_up", &[], up);
-    if let Some(bytes) = data_dir_bytes(state).await {
+    if let Some(bytes) = data_dir_bytes_cached(state).await {
         f.head(
             "backbeat_data_dir_bytes",
             "gauge",
@@ -313,7 +327,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         f.sample("backbeat_data_dir_bytes", &[], bytes);
     }
 
-    process_metrics(&mut f);
+    process_metrics_cached(f.out);
     Ok(text_response(StatusCode::OK, CONTENT_TYPE, out))
 }
 
@@ -463,6 +477,24 @@ fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
     }
 }
 
+/// [`data_dir_bytes`], measured at most once per [`SLOW_GAUGES_TTL`].
+async fn data_dir_bytes_cached(state: &AppState) -> Option<u64> {
+    let path = &state.config.storage.path;
+    let fresh = |at: &Instant| at.elapsed() < SLOW_GAUGES_TTL;
+    if let Some((_, _, v)) = DATA_DIR_SIZES
+        .lock()
+        .iter()
+        .find(|(p, at, _)| p == path && fresh(at))
+    {
+        return *v;
+    }
+    let v = data_dir_bytes(state).await;
+    let mut sizes = DATA_DIR_SIZES.lock();
+    sizes.retain(|(p, at, _)| p != path && fresh(at));
+    sizes.push((path.clone(), Instant::now(), v));
+    v
+}
+
 /// Files looked at when sizing the data directory (sled keeps a handful, plus blobs).
 const DATA_DIR_MAX_FILES: usize = 100_000;
 
@@ -502,6 +534,20 @@ async fn data_dir_bytes(state: &AppState) -> Option<u64> {
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
 const USER_HZ: f64 = 100.0;
+
+/// Appends the process families to `out`, rendered at most once per [`SLOW_GAUGES_TTL`].
+fn process_metrics_cached(out: &mut String) {
+    let mut cached = PROCESS_TEXT.lock();
+    match &*cached {
+        Some((at, text)) if at.elapsed() < SLOW_GAUGES_TTL => out.push_str(text),
+        _ => {
+            let mut text = String::with_capacity(1024);
+            process_metrics(&mut Family { out: &mut text });
+            out.push_str(&text);
+            *cached = Some((Instant::now(), text));
+        }
+    }
+}
 
 fn process_metrics(f: &mut Family) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
