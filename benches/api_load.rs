@@ -7,7 +7,8 @@
 //! percentiles wrk reports and each route's ratio to the healthcheck measured in the same run.
 //!
 //! `cargo bench --bench api_load` (needs `wrk` on the PATH: `apt-get install wrk`; without it
-//! the bench says so and does nothing). `BACKBEAT_BENCH_WRK_SECS` changes the duration. The
+//! the bench says so and does nothing). `BACKBEAT_BENCH_WRK_SECS` changes the duration,
+//! `BACKBEAT_BENCH_ROUTES` picks routes (see `main`). The
 //! store is seeded through `benches/support/seed.rs`, bench code: the release binary has no
 //! seeding command.
 
@@ -144,12 +145,21 @@ fn main() {
     let base = format!("http://{}/_/backbeat/api", engine.api_addr);
     println!("wrk -t2 -c64 -d{secs}s, engine on a 2-worker runtime in this process");
     let mut anchor = None;
+    // `BACKBEAT_BENCH_ROUTES=failed,monitoring` measures only the routes containing one of
+    // the words (the healthcheck anchor always runs first), e.g. to profile one of them.
+    let only: Vec<String> = std::env::var("BACKBEAT_BENCH_ROUTES")
+        .map(|r| r.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     for route in [
         "healthcheck",
         "metrics/crr/all",
         "crr/failed?sitename=site1",
         "monitoring/metrics",
-    ] {
+    ]
+    .into_iter()
+    .filter(|r| {
+        *r == "healthcheck" || only.is_empty() || only.iter().any(|w| r.contains(w.as_str()))
+    }) {
         let out = Command::new("wrk")
             .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency"])
             .arg(format!("{base}/{route}"))
