@@ -1,24 +1,39 @@
-//! End-to-end throughput: 4,000 objects of 4 KiB from a file source, through the real binary,
-//! to (a) a file site, and (b) an `aws_s3` site on s3s-fs, compared with `rclone copy` of the
-//! same directory to the same s3s-fs (same concurrency, same run).
+//! End-to-end throughput of the real binary (release build), each figure printed beside an
+//! anchor measured in the same run (issue 17):
 //!
-//! `cargo bench --bench e2e` (release build). (b) runs when `BACKBEAT_BENCH_S3S` names the
-//! s3s-fs binary (`cargo install s3s-fs@0.14.1 --locked --features binary --root
-//! /work/.peers-bench` puts it in `/work/.peers-bench/bin/s3s-fs`) and `rclone` is on PATH.
-//! Objects/s = objects / (time from engine start to the last replica written). The s3s-fs
-//! comparison runs three interleaved rounds of each and compares the medians (this machine's
-//! speed varies from minute to minute).
+//! 1. file -> file drain: 10,000 objects of 4 KiB already in a directory source, 10 copies in
+//!    flight, from engine start until every replica is COMPLETED (the engine's own completion
+//!    count, so only replicas made durable count). Anchor: `cp -r` of the same directory
+//!    followed by `sync -f` on the destination (the same bytes made durable with no bookkeeping).
+//! 2. dir -> aws_s3 on s3s-fs, 4,000 objects of 4 KiB, 10 in flight, (a) from the initial scan
+//!    of a full directory, and (b) from files landing in the watched inbox of an engine already
+//!    running (timed from the first file written to the last COMPLETED). Anchor: `rclone copy`
+//!    of the same directory to a fresh s3s-fs with `--transfers 10 --checkers 10`.
+//!
+//! Each comparison runs `BACKBEAT_BENCH_ROUNDS` (default 3) interleaved rounds of both sides,
+//! so both meet the same machine load, and compares the medians.
+//!
+//! `cargo bench --bench e2e`. Part 2 needs s3s-fs 0.14.1 and rclone: `BACKBEAT_BENCH_S3S`
+//! names the s3s-fs binary (`cargo install s3s-fs@0.14.1 --locked --features binary --root
+//! /work/.peers-bench` puts it in `/work/.peers-bench/bin/s3s-fs`, which is also looked for),
+//! and `rclone` comes from Debian (`apt-get install rclone`); without them part 2 says what is
+//! missing and is skipped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const N: usize = 4000;
+const N_FILE: usize = 10_000;
+const N_S3: usize = 4_000;
 const SIZE: usize = 4096;
 const CONCURRENCY: usize = 10;
+const SITE: &str = "bench";
+/// Where `cargo install --root /work/.peers-bench` puts s3s-fs.
+const DEFAULT_S3S: &str = "/work/.peers-bench/bin/s3s-fs";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -37,45 +52,86 @@ impl Drop for Proc {
     }
 }
 
-fn make_source(dir: &Path) {
-    for i in 0..N {
-        let p = dir.join(format!("d{:02}/obj-{i:05}", i % 50));
+fn body_of(i: usize) -> Vec<u8> {
+    let mut body = vec![b'x'; SIZE];
+    body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    body
+}
+
+fn rel_path(i: usize) -> String {
+    format!("d{:02}/obj-{i:05}", i % 50)
+}
+
+fn make_source(dir: &Path, n: usize) {
+    for i in 0..n {
+        let p = dir.join(rel_path(i));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let mut body = vec![b'x'; SIZE];
-        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        std::fs::write(p, body).unwrap();
+        std::fs::write(p, body_of(i)).unwrap();
     }
 }
 
-fn config(data: &Path, src: &Path, site: &str) -> String {
+fn config(data: &Path, src: &Path, api_port: u16, site: &str) -> String {
     format!(
         r#"
 [server]
 host = "127.0.0.1"
-port = 0
+port = {api_port}
 [storage]
 path = "{}"
 [source]
 type = "file"
 path = "{}"
 scan_interval_s = 0
+watch = true
+settle_ms = 0
 {site}
 [replication]
 concurrency = {CONCURRENCY}
 [[replication.rules]]
 bucket = "photos"
-sites = ["bench"]
+sites = ["{SITE}"]
 "#,
         data.display(),
         src.display()
     )
 }
 
-/// Runs the engine until `done()` and returns objects/s.
-fn run_engine(tmp: &Path, cfg: &str, done: impl Fn() -> bool) -> f64 {
-    let cfg_path = tmp.join("bench.toml");
+/// One plain HTTP/1.1 GET to the engine's API; `(status, body)`, or `None` when it does not
+/// answer (yet).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /_/backbeat/api/{path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Versions COMPLETED at the bench site, as the engine counts them (24 h window).
+fn completed(port: u16) -> u64 {
+    get(port, &format!("metrics/crr/{SITE}/completions"))
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["completions"]["results"]["count"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A running engine with its API port.
+struct Engine {
+    _proc: Proc,
+    port: u16,
+}
+
+fn start_engine(tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
+    let port = free_port();
+    let cfg = config(&tmp.join(format!("data-{name}")), src, port, site);
+    let cfg_path = tmp.join(format!("{name}.toml"));
     std::fs::write(&cfg_path, cfg).unwrap();
-    let start = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
         .args(["serve", "--config"])
         .arg(&cfg_path)
@@ -84,55 +140,139 @@ fn run_engine(tmp: &Path, cfg: &str, done: impl Fn() -> bool) -> f64 {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let engine = Proc(child);
-    while !done() {
+    Engine {
+        _proc: Proc(child),
+        port,
+    }
+}
+
+fn wait_healthy(e: &Engine) {
+    let start = Instant::now();
+    while get(e.port, "healthcheck").map(|(s, _)| s) != Some(200) {
         assert!(
-            start.elapsed() < Duration::from_secs(600),
+            start.elapsed() < Duration::from_secs(30),
+            "engine did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_completed(e: &Engine, n: usize, since: Instant) {
+    while completed(e.port) < n as u64 {
+        assert!(
+            since.elapsed() < Duration::from_secs(600),
             "bench timed out"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let secs = start.elapsed().as_secs_f64();
-    drop(engine);
-    N as f64 / secs
 }
 
-/// Files under `dir` whose name passes `want`. Types come from the directory entries (no stat
-/// per file): this runs every 20 ms while the engine works and must not compete with it.
-fn count_files(dir: &Path, want: impl Fn(&str) -> bool) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if want(&e.file_name().to_string_lossy()) {
-                n += 1;
-            }
+/// Starts an engine on the full directory `src` and returns objects/s from its start until
+/// `n` versions are COMPLETED.
+fn drain(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+    let start = Instant::now();
+    let engine = start_engine(tmp, name, src, site);
+    wait_completed(&engine, n, start);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Starts an engine on the empty inbox `src`, then writes `n` files into it; objects/s from the
+/// first file written until `n` versions are COMPLETED.
+fn landing(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+    std::fs::create_dir_all(src).unwrap();
+    let engine = start_engine(tmp, name, src, site);
+    wait_healthy(&engine);
+    let start = Instant::now();
+    for i in 0..n {
+        let p = src.join(rel_path(i));
+        if i < 50 {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         }
+        std::fs::write(p, body_of(i)).unwrap();
     }
-    n
+    wait_completed(&engine, n, start);
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn file_to_file(tmp: &Path, src: &Path) {
-    let site = tmp.join("site-file");
-    let cfg = config(
-        &tmp.join("data-file"),
-        src,
-        &format!(
-            "[[sites]]\nname = \"bench\"\ntype = \"file\"\npath = \"{}\"\n",
-            site.display()
-        ),
+fn file_site(dir: &Path) -> String {
+    format!(
+        "[[sites]]\nname = \"{SITE}\"\ntype = \"file\"\npath = \"{}\"\n",
+        dir.display()
+    )
+}
+
+/// `cp -r` then `sync -f` of the destination's file system; objects/s.
+fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
+    let start = Instant::now();
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp failed");
+    let ok = Command::new("sync")
+        .arg("-f")
+        .arg(dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "sync failed");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rounds() -> usize {
+    std::env::var("BACKBEAT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn side_by_side(what: &str, ours: Vec<f64>, anchor_name: &str, anchor: Vec<f64>) {
+    let (ours, anchor) = (median(ours), median(anchor));
+    println!(
+        "{what:<44} median {ours:>8.0} objects/s | {anchor_name:<22} {anchor:>8.0} objects/s | ratio {:.2}",
+        ours / anchor
     );
-    // The file site writes the sidecar after the data: count sidecars.
-    let ops = run_engine(tmp, &cfg, || {
-        count_files(&site, |n| n.ends_with("%meta.json")) >= N
-    });
-    println!("e2e file -> file: {N} objects of {SIZE} B: {ops:.0} objects/s");
+}
+
+fn file_to_file(tmp: &Path) {
+    let src = tmp.join("ff").join("photos");
+    make_source(&src, N_FILE);
+    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    for round in 0..rounds() {
+        let site = tmp.join(format!("ff-site-{round}"));
+        ours.push(drain(
+            tmp,
+            &format!("ff-{round}"),
+            &src,
+            &file_site(&site),
+            N_FILE,
+        ));
+        let dst = tmp.join(format!("ff-cp-{round}"));
+        anchor.push(cp_sync(&src, &dst, N_FILE));
+        println!(
+            "round {}: file -> file {:.0} objects/s, cp + sync {:.0} objects/s",
+            round + 1,
+            ours[round],
+            anchor[round]
+        );
+        let _ = std::fs::remove_dir_all(&site);
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+    side_by_side(
+        &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
+        ours,
+        "cp -r + sync -f",
+        anchor,
+    );
 }
 
 /// Where s3s-fs keeps its buckets: a tmpfs when the machine has one. The S3 server stands for
@@ -159,7 +299,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, PathBuf, Cleanup) {
+fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, Cleanup) {
     let port = free_port();
     let root = s3s_root(tmp, name);
     std::fs::create_dir_all(root.join("replica")).unwrap();
@@ -181,31 +321,25 @@ fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, PathBuf, Cleanup) {
         .unwrap();
     let p = Proc(child);
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "s3s-fs did not start"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (p, port, root.join("replica"), Cleanup(root))
+    (p, port, Cleanup(root))
 }
 
-/// One engine run to a fresh s3s-fs; objects/s.
-fn engine_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
-    let (_s3s, port, bucket_dir, _root) = s3s_to(bin, tmp, &format!("s3s-engine-{round}"));
-    let site = format!(
-        "[[sites]]\nname = \"bench\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"replica\"\naccess_key = \"AK\"\nsecret_key = \"SK\"\npath_style = true\n"
-    );
-    let cfg = config(&tmp.join(format!("data-s3-{round}")), src, &site);
-    run_engine(tmp, &cfg, || {
-        count_files(&bucket_dir, |n| !n.contains('%')) >= N
-    })
+fn s3_site(port: u16) -> String {
+    format!(
+        "[[sites]]\nname = \"{SITE}\"\ntype = \"aws_s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"replica\"\naccess_key = \"AK\"\nsecret_key = \"SK\"\npath_style = true\n"
+    )
 }
 
 /// One `rclone copy` to a fresh s3s-fs; objects/s.
 fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
-    let (_s3s, port, _, _root) = s3s_to(bin, tmp, &format!("s3s-rclone-{round}"));
+    let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-rclone-{round}"));
     let start = Instant::now();
     let status = Command::new("rclone")
         .args([
@@ -217,6 +351,7 @@ fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
         ])
         .arg(src)
         .arg("s3remote:replica")
+        // rclone refuses to start while AWS_CA_BUNDLE is set (PEERS.md).
         .env_remove("AWS_CA_BUNDLE")
         .env("RCLONE_CONFIG_S3REMOTE_TYPE", "s3")
         .env("RCLONE_CONFIG_S3REMOTE_PROVIDER", "Other")
@@ -231,34 +366,57 @@ fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
         .status()
         .expect("rclone");
     assert!(status.success());
-    N as f64 / start.elapsed().as_secs_f64()
+    N_S3 as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Rounds of each side, interleaved so both meet the same machine load; medians compared.
-const ROUNDS: usize = 3;
-
-fn file_to_s3(tmp: &Path, src: &Path, bin: &Path) {
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for round in 0..ROUNDS {
-        ours.push(engine_to_s3s(tmp, src, bin, round));
-        theirs.push(rclone_to_s3s(tmp, src, bin, round));
+fn file_to_s3(tmp: &Path, bin: &Path) {
+    let src = tmp.join("fs").join("photos");
+    make_source(&src, N_S3);
+    let (mut scan, mut land, mut rclone) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds() {
+        {
+            let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-scan-{round}"));
+            scan.push(drain(
+                tmp,
+                &format!("s3-scan-{round}"),
+                &src,
+                &s3_site(port),
+                N_S3,
+            ));
+        }
+        {
+            let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-land-{round}"));
+            let inbox = tmp.join(format!("inbox-{round}")).join("photos");
+            land.push(landing(
+                tmp,
+                &format!("s3-land-{round}"),
+                &inbox,
+                &s3_site(port),
+                N_S3,
+            ));
+            let _ = std::fs::remove_dir_all(inbox);
+        }
+        rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(
-            "round {}: backbeat file -> aws_s3 (s3s-fs) {:.0} objects/s, rclone copy {:.0} objects/s",
+            "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s, watched inbox {:.0} objects/s, rclone copy {:.0} objects/s",
             round + 1,
-            ours[round],
-            theirs[round]
+            scan[round],
+            land[round],
+            rclone[round]
         );
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    println!("e2e file -> aws_s3 (s3s-fs): {N} objects of {SIZE} B: median {ours:.0} objects/s");
-    println!("rclone copy file -> s3s-fs: {N} objects of {SIZE} B: median {theirs:.0} objects/s");
-    println!("ratio backbeat / rclone (medians): {:.2}", ours / theirs);
+    side_by_side(
+        &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, initial scan"),
+        scan,
+        "rclone copy",
+        rclone.clone(),
+    );
+    side_by_side(
+        &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, watched inbox"),
+        land,
+        "rclone copy",
+        rclone,
+    );
 }
 
 fn main() {
@@ -267,11 +425,23 @@ fn main() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("photos");
-    make_source(&src);
-    file_to_file(tmp.path(), &src);
-    match std::env::var_os("BACKBEAT_BENCH_S3S") {
-        Some(bin) => file_to_s3(tmp.path(), &src, Path::new(&bin)),
-        None => println!("BACKBEAT_BENCH_S3S not set: file -> aws_s3 vs rclone skipped"),
+    file_to_file(tmp.path());
+    let s3s = std::env::var_os("BACKBEAT_BENCH_S3S")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_S3S));
+    let rclone = Command::new("rclone")
+        .arg("version")
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match (s3s.is_file(), rclone) {
+        (true, true) => file_to_s3(tmp.path(), &s3s),
+        (false, _) => println!(
+            "dir -> s3s-fs skipped: no s3s-fs at {} (cargo install s3s-fs@0.14.1 --locked --features binary --root /work/.peers-bench, or set BACKBEAT_BENCH_S3S)",
+            s3s.display()
+        ),
+        (true, false) => {
+            println!("dir -> s3s-fs skipped: rclone is not installed (apt-get install rclone)")
+        }
     }
 }

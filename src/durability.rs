@@ -21,9 +21,10 @@
 //! runs (~4 ms here), every writer that arrives queues behind the next one, so concurrent writers
 //! share flushes.
 
+use std::any::Any;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -106,6 +107,9 @@ struct Shared {
     signal: Arc<Signal>,
     flushes: AtomicU64,
     syncs: AtomicU64,
+    /// What a store keeps in memory beside the database, shared by every handle of it
+    /// ([`SledDb::extension`]).
+    extension: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Drop for Shared {
@@ -195,6 +199,7 @@ impl SledDb {
             signal: signal.clone(),
             flushes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            extension: OnceLock::new(),
         });
         if mode == Durability::Group {
             let weak = Arc::downgrade(&shared);
@@ -314,6 +319,29 @@ impl SledDb {
     /// acknowledged that might not be on disk. Returns the error to hand up.
     pub fn poison_on(&self, err: &sled::Error) -> DbError {
         self.shared.poison(format!("write failed: {err}"))
+    }
+
+    /// The in-memory companion of this database (one per database, shared by every handle,
+    /// as the state store's aggregates): the one already made, else the one `init` makes.
+    ///
+    /// # Errors
+    /// `init`'s error, or [`crate::store::StoreError::Invalid`] when another type was kept.
+    pub(crate) fn extension<T: Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> Result<T, crate::store::StoreError>,
+    ) -> Result<Arc<T>, crate::store::StoreError> {
+        let slot = &self.shared.extension;
+        if slot.get().is_none() {
+            let made: Arc<dyn Any + Send + Sync> = Arc::new(init()?);
+            // Another handle may have won the race: its value is the one kept.
+            let _ = slot.set(made);
+        }
+        slot.get()
+            .cloned()
+            .and_then(|v| v.downcast::<T>().ok())
+            .ok_or_else(|| {
+                crate::store::StoreError::Invalid("database extension of another type".into())
+            })
     }
 
     /// Size on disk of the database, in bytes.

@@ -82,17 +82,6 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
-    /// Load-test helper: seeds the state store of a stopped engine with failed versions
-    /// (each with replication info) and completed-metrics counters for every configured site.
-    #[command(hide = true)]
-    SeedFailed {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Failed versions per site.
-        #[arg(long, default_value_t = 10_000)]
-        count: u64,
-    },
     /// Test helper: appends and commits in a loop, printing each acknowledgement.
     #[command(hide = true)]
     LogTorture {
@@ -196,29 +185,6 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(verify(&cfg, &opts))
-        }
-        Command::SeedFailed { config, count } => {
-            let cfg = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(_) => return ExitCode::from(1),
-            };
-            match rt.block_on(backbeat::testkit::seed_failed(&cfg, count)) {
-                Ok(n) => {
-                    println!("seeded {n} failed versions");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("backbeat: {e}");
-                    ExitCode::from(1)
-                }
-            }
         }
         Command::LogTorture {
             path,

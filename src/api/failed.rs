@@ -4,6 +4,11 @@
 //! A listing page holds the 100 newest entries at or below the marker, in the original's order:
 //! hour by hour from the newest, and within an hour from the oldest entry (its `ZRANGE`).
 //!
+//! The first page (no marker), what a dashboard polls, is kept as rendered while the failed
+//! sets it was read from are unchanged: the store's [`SiteTotals::failed_version`] of each site
+//! and the 24-hour window's start are its key (issue 17). A store that cannot tell when its
+//! set changes (`None`) is read every time.
+//!
 //! Each entry carries, besides the original's members, what the failed set knows of the
 //! failure (ours): `Reason` (typed, DESIGN section 5), `Attempts`, `LastError` (one line, no
 //! secrets) and `LastAttempt`. Without `sitename` the listing spans every site.
@@ -32,6 +37,8 @@
 use std::cmp::Reverse;
 use std::collections::HashSet;
 
+use parking_lot::Mutex;
+
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -41,7 +48,9 @@ use super::state::AppState;
 use crate::entry::{iso_ms, Entry};
 use crate::log::TOPIC_REPLICATION;
 use crate::model::{KeyState, ReplicationStatus, VersionRef, NULL_VERSION};
-use crate::store::{failed_bucket, FailedEntry, StoreError, StoreOp, FAILED_PAGE};
+use crate::store::{
+    failed_bucket, failed_window_start, FailedEntry, SiteTotals, StoreError, StoreOp, FAILED_PAGE,
+};
 use crate::transitions::{KeyChange, QueuedVersion};
 
 /// Time-to-live of a retry lock.
@@ -66,6 +75,26 @@ fn entry_json(e: &FailedEntry) -> Value {
     })
 }
 
+/// What names the content of a first page: each site listed with its failed-set version, and
+/// the window's start.
+type FirstPageKey = (Vec<(String, u64)>, u64);
+
+/// First pages kept (one per site and one for every site, per store).
+const FIRST_PAGES: usize = 64;
+
+/// The first pages last rendered, newest last.
+static FIRST_PAGE_CACHE: Mutex<Vec<(FirstPageKey, Value)>> = Mutex::new(Vec::new());
+
+/// The key of the first page of `sites` now, or `None` when a site's set cannot be versioned.
+async fn first_page_key(state: &AppState, sites: &[String]) -> Option<FirstPageKey> {
+    let mut versions = Vec::with_capacity(sites.len());
+    for site in sites {
+        let t: SiteTotals = state.store.site_totals(site).await.ok()?;
+        versions.push((site.clone(), t.failed_version?));
+    }
+    Some((versions, failed_window_start(state.store.now_ms())))
+}
+
 /// `GET crr/failed?sitename=&marker=`; without `sitename`, every site's failures, merged by
 /// time and paged the same way (entries of two sites failed in the same millisecond at a page
 /// boundary may show on both pages).
@@ -73,11 +102,39 @@ fn entry_json(e: &FailedEntry) -> Value {
 /// # Errors
 /// 500 InternalError when the store fails.
 pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
-    let empty = json!({"IsTruncated": false, "Versions": []});
+    let first = !route.query.contains_key("marker");
     let sites: Vec<String> = match route.query.get("sitename") {
         Some(site) => vec![site.clone()],
         None => state.sites.clone(),
     };
+    let key = if first {
+        first_page_key(state, &sites).await
+    } else {
+        None
+    };
+    if let Some(key) = &key {
+        let cache = FIRST_PAGE_CACHE.lock();
+        if let Some((_, page)) = cache.iter().rev().find(|(k, _)| k == key) {
+            return Ok(page.clone());
+        }
+    }
+    let page = read_page(state, route, &sites).await?;
+    if let Some(key) = key {
+        let mut cache = FIRST_PAGE_CACHE.lock();
+        // An older rendering of the same sites will not be asked for again.
+        let same_sites = |k: &FirstPageKey| k.0.iter().map(|s| &s.0).eq(key.0.iter().map(|s| &s.0));
+        cache.retain(|(k, _)| !same_sites(k));
+        if cache.len() >= FIRST_PAGES {
+            cache.remove(0);
+        }
+        cache.push((key, page.clone()));
+    }
+    Ok(page)
+}
+
+/// Reads a listing page from the store.
+async fn read_page(state: &AppState, route: &Route, sites: &[String]) -> Result<Value, ApiError> {
+    let empty = json!({"IsTruncated": false, "Versions": []});
     let marker = match route.query.get("marker").and_then(|m| parse_marker(m)) {
         None | Some(0) => None,
         Some(m) => match u64::try_from(m) {
@@ -86,7 +143,7 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
         },
     };
     let mut entries = Vec::new();
-    for site in &sites {
+    for site in sites {
         match state.store.failed_page(site, marker, FAILED_PAGE + 1).await {
             Ok(p) => entries.extend(p.entries),
             Err(StoreError::Invalid(_)) => {}

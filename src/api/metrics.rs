@@ -1,6 +1,7 @@
 //! Metrics routes (reference 1.6): backlog, completions, failures, throughput and pending per
 //! site or for `all`, and object progress and throughput, read from the state store's
-//! counters. Descriptions are the original's, verbatim. `failures` counts the failed set (the
+//! counters (the site routes from its maintained totals, [`crate::store::SiteTotals`], the
+//! numbers Prometheus exports too). Descriptions are the original's, verbatim. `failures` counts the failed set (the
 //! original's definition, shared with Prometheus and `GET status`: see `api::monitoring`).
 //!
 //! Throughput over the 900 s window, from the four newest 5-minute buckets `r0` (current,
@@ -58,10 +59,7 @@ pub fn throughput(r: &[u64], now_ms: u64) -> String {
     to_fixed2(total / 900.0)
 }
 
-fn add_into(acc: &mut Vec<u64>, b: &[u64]) {
-    if acc.len() < b.len() {
-        acc.resize(b.len(), 0);
-    }
+fn add_into(acc: &mut [u64; 4], b: &[u64; 4]) {
     for (a, x) in acc.iter_mut().zip(b) {
         *a = a.saturating_add(*x);
     }
@@ -112,32 +110,27 @@ pub async fn site_metrics(
     };
     let store = &state.store;
     let want = |k: MetricKind| kind == MetricKind::All || kind == k;
-    let need_pending = want(MetricKind::Backlog) || want(MetricKind::Pending);
-    let need_done = want(MetricKind::Completions) || want(MetricKind::Throughput);
     let (mut backlog, mut pending) = ((0i64, 0i64), (0i64, 0i64));
-    let (mut ops_done, mut bytes_done) = (Vec::new(), Vec::new());
+    let (mut ops_done, mut bytes_done) = ([0u64; 4], [0u64; 4]);
+    let (mut count_done, mut size_done) = (0u64, 0u64);
     let mut failures = 0u64;
     for s in &sites {
-        if need_pending {
-            let (ops, bytes) = store.pending(s).await?;
-            pending = (
-                pending.0.saturating_add(ops),
-                pending.1.saturating_add(bytes),
-            );
-            backlog = (
-                backlog.0.saturating_add(ops.max(0)),
-                backlog.1.saturating_add(bytes.max(0)),
-            );
-        }
-        if need_done {
-            let o = store.metric_buckets(s, Metric::OpsDone).await?;
-            let b = store.metric_buckets(s, Metric::BytesDone).await?;
-            add_into(&mut ops_done, &o);
-            add_into(&mut bytes_done, &b);
-        }
-        if want(MetricKind::Failures) {
-            failures += store.failed_count(s).await?;
-        }
+        // The store's maintained totals: a few sums, not 288 buckets per metric (issue 17).
+        let t = store.site_totals(s).await?;
+        let (ops, bytes) = t.pending;
+        pending = (
+            pending.0.saturating_add(ops),
+            pending.1.saturating_add(bytes),
+        );
+        backlog = (
+            backlog.0.saturating_add(ops.max(0)),
+            backlog.1.saturating_add(bytes.max(0)),
+        );
+        add_into(&mut ops_done, &t.recent[Metric::OpsDone.index()]);
+        add_into(&mut bytes_done, &t.recent[Metric::BytesDone.index()]);
+        count_done = count_done.saturating_add(t.sums[Metric::OpsDone.index()]);
+        size_done = size_done.saturating_add(t.sums[Metric::BytesDone.index()]);
+        failures = failures.saturating_add(t.failed);
     }
     let now = store.now_ms();
     if want(MetricKind::Backlog) {
@@ -147,11 +140,12 @@ pub async fn site_metrics(
         );
     }
     if want(MetricKind::Completions) {
-        let count: u64 = ops_done.iter().sum();
-        let size: u64 = bytes_done.iter().sum();
         out.insert(
             "completions".into(),
-            entry(DESC_COMPLETIONS, json!({"count": count, "size": size})),
+            entry(
+                DESC_COMPLETIONS,
+                json!({"count": count_done, "size": size_done}),
+            ),
         );
     }
     if want(MetricKind::Failures) {

@@ -47,8 +47,18 @@
 //! - the process, from `/proc/self`: `process_resident_memory_bytes`,
 //!   `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
 //!   `process_cpu_seconds_total`, `process_start_time_seconds`.
+//!
+//! Cost (issue 17): the replication families come from the store's maintained totals (the
+//! numbers the REST metrics read); the process families and the data directory's size, which
+//! take a dozen system calls and a directory walk, are read at most once per
+//! [`SLOW_GAUGES_TTL`] and reused meanwhile (a scrape every 10 s or more never notices).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -68,14 +78,52 @@ use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
 use crate::transitions::DropReason;
 
+/// Length of the last exposition, to size the next one.
+static LAST_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// How long the process families and the data directory's size are reused.
+pub const SLOW_GAUGES_TTL: Duration = Duration::from_secs(1);
+
+/// The process families as last rendered, and when.
+static PROCESS_TEXT: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+
+/// The data directories' sizes as last measured, and when (one per engine in the process).
+static DATA_DIR_SIZES: Mutex<Vec<(PathBuf, Instant, Option<u64>)>> = Mutex::new(Vec::new());
+
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends a label value, escaped (`\\`, `"` and newlines), without allocating.
+fn push_escaped(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A sample's value: integers print as integers.
+enum Num<'a> {
+    I(i64),
+    U(u64),
+    S(&'a str),
+}
+
+impl std::fmt::Display for Num<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::I(v) => v.fmt(f),
+            Num::U(v) => v.fmt(f),
+            Num::S(v) => f.write_str(v),
+        }
+    }
 }
 
 struct Family<'a> {
@@ -89,18 +137,35 @@ impl Family<'_> {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.sample_of(name, "", labels, value);
+    }
+
+    /// A sample of `name` + `suffix` (`_bucket`, `_sum`...), written without allocating.
+    fn sample_of(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         self.out.push_str(name);
+        self.out.push_str(suffix);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {
                 if i > 0 {
                     self.out.push(',');
                 }
-                let _ = write!(self.out, "{k}=\"{}\"", esc(v));
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                push_escaped(self.out, v);
+                self.out.push('"');
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
+        self.out.push(' ');
+        let _ = write!(self.out, "{value}");
+        self.out.push('\n');
     }
 }
 
@@ -123,19 +188,15 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     let now = store.now_ms();
     let mut sites = Vec::new();
     for site in &state.sites {
-        let pending = store.pending(site).await?;
-        let failed = store.failed_count(site).await?;
-        let mut sums = [0u64; 6];
-        let mut tput = (String::new(), String::new());
-        for (i, m) in Metric::ALL.iter().enumerate() {
-            let b = store.metric_buckets(site, *m).await?;
-            sums[i] = b.iter().sum();
-            match m {
-                Metric::OpsDone => tput.0 = throughput(&b, now),
-                Metric::BytesDone => tput.1 = throughput(&b, now),
-                _ => {}
-            }
-        }
+        // The store's maintained totals, as the REST metrics read them (same numbers).
+        let t = store.site_totals(site).await?;
+        let pending = t.pending;
+        let failed = t.failed;
+        let sums = t.sums;
+        let tput = (
+            throughput(&t.recent[Metric::OpsDone.index()], now),
+            throughput(&t.recent[Metric::BytesDone.index()], now),
+        );
         let view = state.observer.view(site).unwrap_or_default();
         sites.push(SiteNumbers {
             site: site.clone(),
@@ -147,9 +208,10 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             view,
         });
     }
-    let mut out = String::with_capacity(4096);
+    // Sized as the last exposition was, so the text is not copied while it grows.
+    let mut out = String::with_capacity(LAST_SIZE.load(Ordering::Relaxed).max(4096) + 512);
     let mut f = Family { out: &mut out };
-    let gauge = |f: &mut Family, name: &str, help: &str, get: &dyn Fn(&SiteNumbers) -> String| {
+    let gauge = |f: &mut Family, name: &str, help: &str, get: &dyn Fn(&SiteNumbers) -> Num| {
         f.head(name, "gauge", help);
         for s in &sites {
             f.sample(name, &[("location", &s.site)], get(s));
@@ -159,19 +221,19 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         &mut f,
         "s3_replication_pending_objects",
         "Replication operations pending (queued, not yet completed or failed).",
-        &|s| s.pending.0.to_string(),
+        &|s| Num::I(s.pending.0),
     );
     gauge(
         &mut f,
         "s3_replication_pending_bytes",
         "Bytes of pending replication operations.",
-        &|s| s.pending.1.to_string(),
+        &|s| Num::I(s.pending.1),
     );
     gauge(
         &mut f,
         "s3_replication_failed_objects",
         "Versions in the failed set (failed in the last 24 hours, not retried since).",
-        &|s| s.failed.to_string(),
+        &|s| Num::U(s.failed),
     );
     let windows = [("queued", 0usize, 1usize), ("completed", 2, 3)];
     for (what, ops, bytes) in windows {
@@ -179,13 +241,13 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             &mut f,
             &format!("s3_replication_{what}_objects_24h"),
             &format!("Replication operations {what} in the last 24 hours."),
-            &|s| s.sums[ops].to_string(),
+            &|s| Num::U(s.sums[ops]),
         );
         gauge(
             &mut f,
             &format!("s3_replication_{what}_bytes_24h"),
             &format!("Bytes of replication operations {what} in the last 24 hours."),
-            &|s| s.sums[bytes].to_string(),
+            &|s| Num::U(s.sums[bytes]),
         );
     }
     // The failed set, as the REST failures count (see the module doc).
@@ -193,25 +255,25 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         &mut f,
         "s3_replication_failed_objects_24h",
         "Versions failed in the last 24 hours and not retried since (the failed set, as the REST failures count).",
-        &|s| s.failed.to_string(),
+        &|s| Num::U(s.failed),
     );
     gauge(
         &mut f,
         "s3_replication_failed_bytes_24h",
         "Bytes of the replication operations that failed in the last 24 hours (every failure).",
-        &|s| s.sums[5].to_string(),
+        &|s| Num::U(s.sums[5]),
     );
     gauge(
         &mut f,
         "s3_replication_throughput_objects_per_second",
         "Completed replication operations per second over the last 900 seconds.",
-        &|s| s.tput.0.clone(),
+        &|s| Num::S(&s.tput.0),
     );
     gauge(
         &mut f,
         "s3_replication_throughput_bytes_per_second",
         "Replicated bytes per second over the last 900 seconds.",
-        &|s| s.tput.1.clone(),
+        &|s| Num::S(&s.tput.1),
     );
 
     // Retries and replays of this process (reset at restart).
@@ -245,6 +307,13 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     if let Ok(l) = state.log.lag(TOPIC_REPLICATION_STATUS, STATUS_GROUP).await {
         lags.push((STATUS_GROUP.to_string(), TOPIC_REPLICATION_STATUS, l));
     }
+    let most = lags
+        .iter()
+        .flat_map(|(_, _, parts)| parts.iter().map(|p| p.partition as usize + 1))
+        .max()
+        .unwrap_or(0);
+    let partition_names: Vec<String> = (0..most).map(|p| p.to_string()).collect();
+    let partition = |p: u32| partition_names.get(p as usize).map_or("", String::as_str);
     f.head(
         "backbeat_log_end_offset",
         "gauge",
@@ -256,7 +325,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             if seen.insert((*topic, p.partition)) {
                 f.sample(
                     "backbeat_log_end_offset",
-                    &[("topic", topic), ("partition", &p.partition.to_string())],
+                    &[("topic", topic), ("partition", partition(p.partition))],
                     p.end,
                 );
             }
@@ -282,7 +351,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
                     &[
                         ("group", group),
                         ("topic", topic),
-                        ("partition", &p.partition.to_string()),
+                        ("partition", partition(p.partition)),
                     ],
                     get(p),
                 );
@@ -325,7 +394,7 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
     );
     let up = u8::from(state.log.check().is_ok() && state.store.check().is_ok());
     f.sample("backbeat_up", &[], up);
-    if let Some(bytes) = data_dir_bytes(state).await {
+    if let Some(bytes) = data_dir_bytes_cached(state).await {
         f.head(
             "backbeat_data_dir_bytes",
             "gauge",
@@ -334,7 +403,8 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         f.sample("backbeat_data_dir_bytes", &[], bytes);
     }
 
-    process_metrics(&mut f);
+    process_metrics_cached(f.out);
+    LAST_SIZE.store(out.len(), Ordering::Relaxed);
     Ok(text_response(StatusCode::OK, CONTENT_TYPE, out))
 }
 
@@ -417,22 +487,20 @@ fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
         "histogram",
         "Seconds from a version's source write to COMPLETED at the site (backfill excluded), since the process started.",
     );
+    let bounds: Vec<String> = LAG_BUCKETS_S.iter().map(f64::to_string).collect();
     for s in sites {
         let h = &s.view.lag_histogram;
-        for (bound, n) in LAG_BUCKETS_S.iter().zip(h.cumulative) {
-            f.sample(
-                &format!("{name}_bucket"),
-                &[("site", &s.site), ("le", &bound.to_string())],
-                n,
-            );
+        for (bound, n) in bounds.iter().zip(h.cumulative) {
+            f.sample_of(name, "_bucket", &[("site", &s.site), ("le", bound)], n);
         }
-        f.sample(
-            &format!("{name}_bucket"),
+        f.sample_of(
+            name,
+            "_bucket",
             &[("site", &s.site), ("le", "+Inf")],
             h.count,
         );
-        f.sample(&format!("{name}_sum"), &[("site", &s.site)], h.sum_s);
-        f.sample(&format!("{name}_count"), &[("site", &s.site)], h.count);
+        f.sample_of(name, "_sum", &[("site", &s.site)], h.sum_s);
+        f.sample_of(name, "_count", &[("site", &s.site)], h.count);
     }
 
     let now = state.observer.now_ms();
@@ -484,6 +552,24 @@ fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
     }
 }
 
+/// [`data_dir_bytes`], measured at most once per [`SLOW_GAUGES_TTL`].
+async fn data_dir_bytes_cached(state: &AppState) -> Option<u64> {
+    let path = &state.config.storage.path;
+    let fresh = |at: &Instant| at.elapsed() < SLOW_GAUGES_TTL;
+    if let Some((_, _, v)) = DATA_DIR_SIZES
+        .lock()
+        .iter()
+        .find(|(p, at, _)| p == path && fresh(at))
+    {
+        return *v;
+    }
+    let v = data_dir_bytes(state).await;
+    let mut sizes = DATA_DIR_SIZES.lock();
+    sizes.retain(|(p, at, _)| p != path && fresh(at));
+    sizes.push((path.clone(), Instant::now(), v));
+    v
+}
+
 /// Files looked at when sizing the data directory (sled keeps a handful, plus blobs).
 const DATA_DIR_MAX_FILES: usize = 100_000;
 
@@ -523,6 +609,20 @@ async fn data_dir_bytes(state: &AppState) -> Option<u64> {
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
 const USER_HZ: f64 = 100.0;
+
+/// Appends the process families to `out`, rendered at most once per [`SLOW_GAUGES_TTL`].
+fn process_metrics_cached(out: &mut String) {
+    let mut cached = PROCESS_TEXT.lock();
+    match &*cached {
+        Some((at, text)) if at.elapsed() < SLOW_GAUGES_TTL => out.push_str(text),
+        _ => {
+            let mut text = String::with_capacity(1024);
+            process_metrics(&mut Family { out: &mut text });
+            out.push_str(&text);
+            *cached = Some((Instant::now(), text));
+        }
+    }
+}
 
 fn process_metrics(f: &mut Family) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -8,7 +8,17 @@
 //!   Intermediate directories are created one by one and never followed when they are symbolic
 //!   links (such a key is rejected), so a link planted in the tree cannot lead out of it.
 //! - **A reader never sees a partial replica.** Data goes to a temporary file in the target's
-//!   directory, is fsynced, then renamed over the target; the directory is fsynced after.
+//!   directory, is made durable, then renamed over the target; the directory is fsynced after.
+//! - **A replica is durable when `put` returns** (DESIGN section 3: COMPLETED only once durable),
+//!   and replicas written concurrently share their syncs (group commit, issue 17): each `put`
+//!   writes its data and sidecar to temporary files and hands them to the site's committer,
+//!   which takes every replica waiting at that moment as one batch: it fdatasyncs all their
+//!   files at once (concurrent syncs share the file system's journal commits), renames each
+//!   replica's data then sidecar into place, fsyncs each directory touched once for the whole
+//!   batch, and only then answers each `put`. A failed sync or rename fails only the replicas it
+//!   concerns (their temporary files removed); a failed directory sync fails those of that
+//!   directory. A crash before the answer leaves either the previous replica or the new one, each
+//!   whole, never acknowledged early.
 //! - Versions of one key overwrite each other: the newest applied wins.
 //!
 //! Layout, for a key `a/b c` (source bucket `photos`, source version `v1`):
@@ -31,17 +41,25 @@
 //! The sidecar is renamed into place right after the data, so for a brief moment a reader may
 //! see the new data with the previous sidecar; the data itself is never partial.
 //!
+//! Objects up to [`SMALL_OBJECT`] bytes are read whole into memory and written in one blocking
+//! call (directories, data and sidecar), sparing a thread hop per system call; larger ones are
+//! streamed to disk as they arrive.
+//!
 //! A key that needs a name both as a file and as a directory (`a` and `a/b`) cannot be stored:
 //! the second one is [`SiteError::Rejected`].
 
-use std::collections::BTreeMap;
-use std::io::{ErrorKind, SeekFrom};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::parts::part_ranges;
@@ -53,6 +71,11 @@ use crate::model::{ByteStream, ObjectInfo};
 pub const SIDECAR_SUFFIX: &str = "%meta.json";
 const TMP_INFIX: &str = "%tmp.";
 const MPU_INFIX: &str = "%mpu.";
+/// Objects up to this size are read whole into memory before they are written (bounded: one
+/// per copy in flight).
+pub const SMALL_OBJECT: u64 = 1024 * 1024;
+/// Most replicas one group commit takes (the rest wait for the next).
+const MAX_BATCH: usize = 256;
 
 /// The sidecar metadata written beside each replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +199,229 @@ pub fn key_to_relative_path(key: &str) -> PathBuf {
 pub struct FileSite {
     name: String,
     root: PathBuf,
+    committer: Committer,
+}
+
+/// Counters of the group commit, for tests and benches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Replicas (and deletions) made durable or failed through the committer.
+    pub commits: u64,
+    /// Batches: each shares its file syncs and one sync per directory.
+    pub batches: u64,
+}
+
+/// What one replica (or deletion) asks of the group commit.
+struct Commit {
+    /// Written files to make durable first (data, sidecar).
+    sync: Vec<std::fs::File>,
+    /// Renames `(from, to)`, in order, once every file of this commit is durable.
+    renames: Vec<(PathBuf, PathBuf)>,
+    /// The directory whose entries change, fsynced after the renames.
+    dir: PathBuf,
+    /// The answer: `Ok` once durable, else what failed on which path.
+    done: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// A failed step of a commit.
+#[derive(Debug)]
+struct CommitError {
+    what: &'static str,
+    path: PathBuf,
+    error: std::io::Error,
+}
+
+/// The site's group commit: a task, started on first use, that takes every waiting
+/// [`Commit`] as one batch (see the module doc).
+#[derive(Debug, Default)]
+struct Committer {
+    tx: OnceLock<mpsc::UnboundedSender<Commit>>,
+    stats: Arc<CommitCounters>,
+}
+
+#[derive(Debug, Default)]
+struct CommitCounters {
+    commits: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Committer {
+    /// Makes `commit` durable with whatever else is waiting; returns once it is.
+    async fn commit(
+        &self,
+        sync: Vec<std::fs::File>,
+        renames: Vec<(PathBuf, PathBuf)>,
+        dir: PathBuf,
+    ) -> Result<(), CommitError> {
+        let (done, answer) = oneshot::channel();
+        let commit = Commit {
+            sync,
+            renames,
+            dir: dir.clone(),
+            done,
+        };
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_committer(rx, self.stats.clone()));
+            tx
+        });
+        let stopped = || CommitError {
+            what: "cannot commit in",
+            path: dir.clone(),
+            error: std::io::Error::other("the site's committer stopped"),
+        };
+        if tx.send(commit).is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The committer's loop: one batch at a time, each made of every commit waiting when the
+/// previous one finished (those that arrive meanwhile share the next).
+async fn run_committer(mut rx: mpsc::UnboundedReceiver<Commit>, stats: Arc<CommitCounters>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commits
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(batch).await;
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("sync task failed: {e}"))))
+}
+
+/// Makes a batch durable: all files synced at once, then the renames, then one sync per
+/// directory; answers each commit.
+async fn commit_batch(batch: Vec<Commit>) {
+    // 1. Every file of the batch synced concurrently: the syncs share journal commits.
+    let mut syncs = Vec::new();
+    let mut pending = Vec::with_capacity(batch.len());
+    for (i, c) in batch.into_iter().enumerate() {
+        for f in c.sync {
+            syncs.push((i, blocking(move || f.sync_data())));
+        }
+        pending.push(Some((c.renames, c.dir, c.done)));
+    }
+    let mut failed: Vec<Option<CommitError>> = (0..pending.len()).map(|_| None).collect();
+    for (i, sync) in syncs {
+        if let Err(error) = sync.await {
+            if let Some((renames, dir, _)) = pending.get(i).and_then(Option::as_ref) {
+                let path = renames.first().map_or_else(|| dir.clone(), |r| r.0.clone());
+                failed[i].get_or_insert(CommitError {
+                    what: "cannot sync",
+                    path,
+                    error,
+                });
+            }
+        }
+    }
+    // 2. The renames, in one blocking call; a commit whose files failed to sync renames
+    //    nothing and has its temporary files removed.
+    let work: Vec<(Vec<(PathBuf, PathBuf)>, bool)> = pending
+        .iter()
+        .zip(&failed)
+        .map(|(p, f)| {
+            let renames = p.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+            (renames, f.is_none())
+        })
+        .collect();
+    let renamed = blocking(move || {
+        Ok(work
+            .into_iter()
+            .map(|(renames, go)| rename_all(&renames, go))
+            .collect::<Vec<_>>())
+    })
+    .await;
+    match renamed {
+        Ok(results) => {
+            for (i, r) in results.into_iter().enumerate() {
+                if let Err(e) = r {
+                    failed[i].get_or_insert(e);
+                }
+            }
+        }
+        Err(error) => {
+            for (i, f) in failed.iter_mut().enumerate() {
+                if let Some((_, dir, _)) = pending.get(i).and_then(Option::as_ref) {
+                    f.get_or_insert(CommitError {
+                        what: "cannot rename in",
+                        path: dir.clone(),
+                        error: std::io::Error::new(error.kind(), error.to_string()),
+                    });
+                }
+            }
+        }
+    }
+    // 3. One sync per directory touched by a commit that got this far.
+    let mut dirs: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+    for (i, p) in pending.iter().enumerate() {
+        if let (Some((_, dir, _)), None) = (p, &failed[i]) {
+            dirs.entry(dir.clone()).or_default().push(i);
+        }
+    }
+    let dir_syncs: Vec<_> = dirs
+        .into_iter()
+        .map(|(dir, who)| {
+            let d = dir.clone();
+            (dir, who, blocking(move || sync_dir_blocking(&d)))
+        })
+        .collect();
+    for (dir, who, sync) in dir_syncs {
+        if let Err(error) = sync.await {
+            for i in who {
+                failed[i] = Some(CommitError {
+                    what: "cannot sync directory",
+                    path: dir.clone(),
+                    error: std::io::Error::new(error.kind(), error.to_string()),
+                });
+            }
+        }
+    }
+    for (p, f) in pending.into_iter().zip(failed) {
+        if let Some((_, _, done)) = p {
+            let _ = done.send(f.map_or(Ok(()), Err));
+        }
+    }
+}
+
+/// Renames each `(from, to)` in order when `go`; removes the temporary files not renamed when
+/// not, or when a rename fails.
+fn rename_all(renames: &[(PathBuf, PathBuf)], go: bool) -> Result<(), CommitError> {
+    let mut result = Ok(());
+    for (from, to) in renames {
+        if go && result.is_ok() {
+            if let Err(error) = std::fs::rename(from, to) {
+                result = Err(CommitError {
+                    what: "cannot rename into",
+                    path: to.clone(),
+                    error,
+                });
+            } else {
+                continue;
+            }
+        }
+        // Not renamed: the temporary file goes (the data already in place stays, whole).
+        let _ = std::fs::remove_file(from);
+    }
+    result
+}
+
+fn sync_dir_blocking(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl FileSite {
@@ -192,7 +438,20 @@ impl FileSite {
                 site: name.clone(),
                 detail: format!("cannot use directory {}: {e}", root.display()),
             })
-            .map(|root| FileSite { name, root })
+            .map(|root| FileSite {
+                name,
+                root,
+                committer: Committer::default(),
+            })
+    }
+
+    /// How many replicas went through the group commit, in how many batches.
+    pub fn commit_stats(&self) -> CommitStats {
+        let s = &self.committer.stats;
+        CommitStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+        }
     }
 
     /// The root directory (canonical).
@@ -211,127 +470,139 @@ impl FileSite {
     }
 
     fn rejected(&self, detail: impl Into<String>) -> SiteError {
-        SiteError::Rejected {
-            site: self.name.clone(),
-            detail: detail.into(),
-        }
+        rejected(&self.name, detail)
     }
 
     fn io_error(&self, what: &str, path: &Path, e: std::io::Error) -> SiteError {
-        let detail = format!("{what} {}: {e}", path.display());
-        // Linux errno values: EEXIST, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG are about the key
-        // (a name too long, a file where a directory is needed): retrying cannot help.
-        if e.kind() == ErrorKind::PermissionDenied {
-            SiteError::Unauthorized {
-                site: self.name.clone(),
-                detail,
-            }
-        } else if matches!(e.raw_os_error(), Some(17 | 20 | 21 | 22 | 36)) {
-            self.rejected(detail)
-        } else {
-            SiteError::transient(&self.name, detail)
-        }
+        io_error(&self.name, what, path, e)
     }
 
-    /// Creates the directories leading to `key`'s file, never following a symbolic link, and
-    /// returns `(directory, encoded file name)`.
+    /// Creates the directories leading to `key`'s file (see [`prepare_blocking`]), off the
+    /// runtime's threads.
     async fn prepare(&self, key: &str) -> Result<(PathBuf, String), SiteError> {
-        if key.is_empty() {
-            return Err(self.rejected("empty key"));
-        }
-        let mut segs: Vec<String> = key.split('/').map(encode_segment).collect();
-        let file = segs.pop().ok_or_else(|| self.rejected("empty key"))?;
-        let mut dir = self.root.clone();
-        for seg in segs {
-            dir.push(seg);
-            match tokio::fs::symlink_metadata(&dir).await {
-                Ok(m) if m.file_type().is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(self.rejected(format!("{} is a symbolic link", dir.display())))
-                }
-                Ok(_) => {
-                    return Err(self.rejected(format!(
-                        "{} is a file, cannot hold key {key:?}",
-                        dir.display()
-                    )))
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    match tokio::fs::create_dir(&dir).await {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                            // Created concurrently: accept only a real directory.
-                            let m = tokio::fs::symlink_metadata(&dir)
-                                .await
-                                .map_err(|e| self.io_error("cannot inspect", &dir, e))?;
-                            if !m.file_type().is_dir() {
-                                return Err(
-                                    self.rejected(format!("{} is not a directory", dir.display()))
-                                );
-                            }
-                        }
-                        Err(e) => return Err(self.io_error("cannot create directory", &dir, e)),
-                    }
-                }
-                Err(e) => return Err(self.io_error("cannot inspect", &dir, e)),
-            }
-        }
-        if let Ok(m) = tokio::fs::symlink_metadata(dir.join(&file)).await {
-            if m.file_type().is_dir() {
-                return Err(self.rejected(format!(
-                    "{} is a directory, cannot hold key {key:?}",
-                    dir.join(&file).display()
-                )));
-            }
-        }
-        Ok((dir, file))
+        let (name, root, key) = (self.name.clone(), self.root.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || prepare_blocking(&name, &root, &key))
+            .await
+            .map_err(|e| SiteError::transient(&self.name, format!("write task failed: {e}")))?
     }
 
-    /// Writes the sidecar of `obj` to a temporary file, fsynced; returns its path.
+    /// Hands the written temporary files of a replica to the group commit: `data_tmp` (already
+    /// durable when `data_file` is `None`) then the sidecar are renamed into place once
+    /// durable; returns once the replica is durable.
+    async fn commit_replica(
+        &self,
+        dir: &Path,
+        file: &str,
+        data_tmp: PathBuf,
+        data_file: Option<std::fs::File>,
+        meta_tmp: PathBuf,
+        meta_file: std::fs::File,
+    ) -> Result<(), SiteError> {
+        let target = dir.join(file);
+        let meta = dir.join(format!("{file}{SIDECAR_SUFFIX}"));
+        let sync: Vec<std::fs::File> = data_file.into_iter().chain([meta_file]).collect();
+        self.committer
+            .commit(
+                sync,
+                vec![(data_tmp, target), (meta_tmp, meta)],
+                dir.to_path_buf(),
+            )
+            .await
+            .map_err(|e| self.io_error(e.what, &e.path, e.error))
+    }
+
+    /// Writes the sidecar of `obj` to a temporary file (not yet synced: the group commit does);
+    /// returns its path and the open file.
     async fn write_sidecar_tmp(
         &self,
         dir: &Path,
         file: &str,
         obj: &ObjectInfo,
         md5: &str,
-    ) -> Result<PathBuf, SiteError> {
-        let json = serde_json::to_vec_pretty(&Sidecar::of(obj, md5))
-            .map_err(|e| self.rejected(format!("cannot encode sidecar: {e}")))?;
+    ) -> Result<(PathBuf, std::fs::File), SiteError> {
+        let json = sidecar_json(&self.name, obj, md5)?;
         let tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
-        let res = async {
-            let mut f = tokio::fs::File::create(&tmp).await?;
-            f.write_all(&json).await?;
-            f.sync_all().await
+        let path = tmp.clone();
+        let written = tokio::task::spawn_blocking(move || write_new(&path, &[&json]))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("write task failed: {e}"))));
+        match written {
+            Ok(f) => Ok((tmp, f)),
+            Err(e) => Err(self.io_error("cannot write sidecar", &tmp, e)),
         }
-        .await;
-        if let Err(e) = res {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(self.io_error("cannot write sidecar", &tmp, e));
-        }
-        Ok(tmp)
     }
 
-    /// Renames the data then the sidecar into place and fsyncs the directory.
-    async fn publish(
+    /// A small object: read whole, then directories, data and sidecar written in one blocking
+    /// call, then the group commit.
+    async fn put_small(
         &self,
-        dir: &Path,
-        file: &str,
-        data_tmp: &Path,
-        meta_tmp: &Path,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
     ) -> Result<(), SiteError> {
-        let target = dir.join(file);
-        let meta = dir.join(format!("{file}{SIDECAR_SUFFIX}"));
-        if let Err(e) = tokio::fs::rename(data_tmp, &target).await {
-            let _ = tokio::fs::remove_file(data_tmp).await;
-            let _ = tokio::fs::remove_file(meta_tmp).await;
-            return Err(self.io_error("cannot rename into", &target, e));
-        }
-        if let Err(e) = tokio::fs::rename(meta_tmp, &meta).await {
-            let _ = tokio::fs::remove_file(meta_tmp).await;
-            return Err(self.io_error("cannot rename into", &meta, e));
-        }
-        sync_dir(dir)
+        let (chunks, md5) = read_exact(body, obj.size)
             .await
-            .map_err(|e| self.io_error("cannot sync directory", dir, e))
+            .map_err(|detail| SiteError::transient(&self.name, detail))?;
+        let sidecar = sidecar_json(&self.name, obj, &crate::checksum::hex(&md5))?;
+        let (name, root, k) = (self.name.clone(), self.root.clone(), key.to_string());
+        let written = tokio::task::spawn_blocking(move || {
+            let (dir, file) = prepare_blocking(&name, &root, &k)?;
+            let data_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
+            let slices: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
+            let data = write_new(&data_tmp, &slices)
+                .map_err(|e| io_error(&name, "cannot write", &data_tmp, e))?;
+            let meta_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
+            match write_new(&meta_tmp, &[&sidecar]) {
+                Ok(meta) => Ok((dir, file, data_tmp, data, meta_tmp, meta)),
+                Err(e) => {
+                    drop(data);
+                    let _ = std::fs::remove_file(&data_tmp);
+                    Err(io_error(&name, "cannot write sidecar", &meta_tmp, e))
+                }
+            }
+        })
+        .await
+        .map_err(|e| SiteError::transient(&self.name, format!("write task failed: {e}")))??;
+        let (dir, file, data_tmp, data, meta_tmp, meta) = written;
+        self.commit_replica(&dir, &file, data_tmp, Some(data), meta_tmp, meta)
+            .await
+    }
+
+    /// A large object: streamed to a temporary file as it arrives, then the sidecar, then the
+    /// group commit.
+    async fn put_streamed(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
+    ) -> Result<(), SiteError> {
+        let (dir, file) = self.prepare(key).await?;
+        let tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_error("cannot create", &tmp, e))?;
+        let md5 = match copy_exact(&mut f, body, obj.size).await {
+            Ok(md5) => md5,
+            Err(detail) => {
+                drop(f);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(SiteError::transient(&self.name, detail));
+            }
+        };
+        let data = f.into_std().await;
+        let (meta_tmp, meta) = match self
+            .write_sidecar_tmp(&dir, &file, obj, &crate::checksum::hex(&md5))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                drop(data);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        self.commit_replica(&dir, &file, tmp, Some(data), meta_tmp, meta)
+            .await
     }
 
     fn mpu_path(&self, dir: &Path, file: &str, upload_id: &str) -> Result<PathBuf, SiteError> {
@@ -370,9 +641,107 @@ fn random_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let d = tokio::fs::File::open(dir).await?;
-    d.sync_all().await
+fn rejected(site: &str, detail: impl Into<String>) -> SiteError {
+    SiteError::Rejected {
+        site: site.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn io_error(site: &str, what: &str, path: &Path, e: std::io::Error) -> SiteError {
+    let detail = format!("{what} {}: {e}", path.display());
+    // Linux errno values: EEXIST, ENOTDIR, EISDIR, EINVAL, ENAMETOOLONG are about the key
+    // (a name too long, a file where a directory is needed): retrying cannot help.
+    if e.kind() == ErrorKind::PermissionDenied {
+        SiteError::Unauthorized {
+            site: site.to_string(),
+            detail,
+        }
+    } else if matches!(e.raw_os_error(), Some(17 | 20 | 21 | 22 | 36)) {
+        rejected(site, detail)
+    } else {
+        SiteError::transient(site, detail)
+    }
+}
+
+/// Creates the directories leading to `key`'s file under `root`, never following a symbolic
+/// link, and returns `(directory, encoded file name)`. Blocking.
+fn prepare_blocking(site: &str, root: &Path, key: &str) -> Result<(PathBuf, String), SiteError> {
+    if key.is_empty() {
+        return Err(rejected(site, "empty key"));
+    }
+    let mut segs: Vec<String> = key.split('/').map(encode_segment).collect();
+    let file = segs.pop().ok_or_else(|| rejected(site, "empty key"))?;
+    let mut dir = root.to_path_buf();
+    for seg in segs {
+        dir.push(seg);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(rejected(
+                    site,
+                    format!("{} is a symbolic link", dir.display()),
+                ))
+            }
+            Ok(_) => {
+                return Err(rejected(
+                    site,
+                    format!("{} is a file, cannot hold key {key:?}", dir.display()),
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // Created concurrently: accept only a real directory.
+                    let m = std::fs::symlink_metadata(&dir)
+                        .map_err(|e| io_error(site, "cannot inspect", &dir, e))?;
+                    if !m.file_type().is_dir() {
+                        return Err(rejected(
+                            site,
+                            format!("{} is not a directory", dir.display()),
+                        ));
+                    }
+                }
+                Err(e) => return Err(io_error(site, "cannot create directory", &dir, e)),
+            },
+            Err(e) => return Err(io_error(site, "cannot inspect", &dir, e)),
+        }
+    }
+    if let Ok(m) = std::fs::symlink_metadata(dir.join(&file)) {
+        if m.file_type().is_dir() {
+            return Err(rejected(
+                site,
+                format!(
+                    "{} is a directory, cannot hold key {key:?}",
+                    dir.join(&file).display()
+                ),
+            ));
+        }
+    }
+    Ok((dir, file))
+}
+
+/// The sidecar of `obj` as written (one JSON object).
+fn sidecar_json(site: &str, obj: &ObjectInfo, md5: &str) -> Result<Vec<u8>, SiteError> {
+    serde_json::to_vec_pretty(&Sidecar::of(obj, md5))
+        .map_err(|e| rejected(site, format!("cannot encode sidecar: {e}")))
+}
+
+/// Creates `path` (which must not exist) holding `chunks`; the file is returned open, not yet
+/// synced. Removed again on failure. Blocking.
+fn write_new(path: &Path, chunks: &[&[u8]]) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    for c in chunks {
+        if let Err(e) = f.write_all(c) {
+            drop(f);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(f)
 }
 
 /// Copies `body` into `file`, checking that exactly `expected` bytes arrive; returns the MD5
@@ -409,6 +778,35 @@ async fn copy_exact(
         .filter(|d| d.len == expected)
         .map(|d| d.md5)
         .ok_or_else(|| "the body did not end cleanly".to_string())
+}
+
+/// Reads `body` whole, checking that exactly `expected` bytes arrive; returns its chunks and
+/// their MD5.
+async fn read_exact(body: ByteStream, expected: u64) -> Result<(Vec<Bytes>, [u8; 16]), String> {
+    let (mut body, digest) = crate::checksum::hashed(body);
+    let mut chunks = Vec::new();
+    let mut read = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("source stream failed: {e}"))?;
+        read += chunk.len() as u64;
+        if read > expected {
+            return Err(format!(
+                "source stream longer than the expected {expected} bytes"
+            ));
+        }
+        chunks.push(chunk);
+    }
+    if read != expected {
+        return Err(format!(
+            "source stream ended after {read} of {expected} bytes"
+        ));
+    }
+    let md5 = digest
+        .get()
+        .filter(|d| d.len == expected)
+        .map(|d| d.md5)
+        .ok_or_else(|| "the body did not end cleanly".to_string())?;
+    Ok((chunks, md5))
 }
 
 #[async_trait]
@@ -480,39 +878,11 @@ impl Site for FileSite {
         obj: &ObjectInfo,
         body: ByteStream,
     ) -> Result<PutReceipt, SiteError> {
-        let (dir, file) = self.prepare(key).await?;
-        let tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| self.io_error("cannot create", &tmp, e))?;
-        let copied = copy_exact(&mut f, body, obj.size).await;
-        let synced = match copied {
-            Ok(md5) => f
-                .sync_all()
-                .await
-                .map(|()| md5)
-                .map_err(|e| format!("fsync failed: {e}")),
-            Err(e) => Err(e),
-        };
-        drop(f);
-        let md5 = match synced {
-            Ok(md5) => md5,
-            Err(detail) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(SiteError::transient(&self.name, detail));
-            }
-        };
-        let meta_tmp = match self
-            .write_sidecar_tmp(&dir, &file, obj, &crate::checksum::hex(&md5))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
-        self.publish(&dir, &file, &tmp, &meta_tmp).await?;
+        if obj.size <= SMALL_OBJECT {
+            self.put_small(key, obj, body).await?;
+        } else {
+            self.put_streamed(key, obj, body).await?;
+        }
         debug!(site = %self.name, key, size = obj.size, "Replica written.");
         Ok(PutReceipt {
             wrote: true,
@@ -549,9 +919,10 @@ impl Site for FileSite {
             }
         }
         if wrote {
-            sync_dir(&dir)
+            self.committer
+                .commit(Vec::new(), Vec::new(), dir.clone())
                 .await
-                .map_err(|e| self.io_error("cannot sync directory", &dir, e))?;
+                .map_err(|e| self.io_error(e.what, &e.path, e.error))?;
         }
         Ok(PutReceipt {
             wrote,
@@ -811,8 +1182,10 @@ impl MultipartSite for FileSite {
         }
         // The caller computed the whole object's MD5 over the parts.
         let md5 = crate::site::recorded_md5(obj);
-        let meta_tmp = self.write_sidecar_tmp(&dir, &file, obj, &md5).await?;
-        self.publish(&dir, &file, &path, &meta_tmp).await?;
+        let (meta_tmp, meta) = self.write_sidecar_tmp(&dir, &file, obj, &md5).await?;
+        // The upload's parts were synced as they were written.
+        self.commit_replica(&dir, &file, path, None, meta_tmp, meta)
+            .await?;
         debug!(site = %self.name, key, size = obj.size, "Multipart replica written.");
         Ok(PutReceipt {
             wrote: true,
@@ -909,6 +1282,81 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn object(key: &str, body: &[u8]) -> (ObjectInfo, ByteStream) {
+        let obj = ObjectInfo {
+            version: crate::model::VersionRef::new("photos", key, "v1"),
+            size: body.len() as u64,
+            ..ObjectInfo::default()
+        };
+        let chunk: Result<Bytes, std::io::Error> = Ok(Bytes::copy_from_slice(body));
+        (obj, Box::pin(futures_util::stream::iter(vec![chunk])))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replicas_share_their_syncs_and_are_whole_on_return() {
+        let dir = std::env::temp_dir().join(format!(
+            "backbeat-file-commit-{}-{}",
+            std::process::id(),
+            random_hex()
+        ));
+        let site = Arc::new(FileSite::new("local", &dir).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64usize {
+            let site = site.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("d{}/k{i}", i % 4);
+                let body = vec![i as u8; 100 + i];
+                let (obj, stream) = object(&key, &body);
+                site.put(&key, &obj, stream).await.unwrap();
+                // On return: the data and its sidecar are in place, whole.
+                assert_eq!(std::fs::read(site.path_of(&key)).unwrap(), body);
+                let sc: Sidecar =
+                    serde_json::from_slice(&std::fs::read(site.sidecar_of(&key)).unwrap()).unwrap();
+                assert_eq!(sc.size, body.len() as u64);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stats = site.commit_stats();
+        assert_eq!(stats.commits, 64);
+        assert!(
+            stats.batches < stats.commits,
+            "concurrent replicas shared no batch: {stats:?}"
+        );
+        // No temporary file is left behind.
+        let mut names = Vec::new();
+        for d in std::fs::read_dir(dir.join("d0")).unwrap() {
+            names.push(d.unwrap().file_name().to_string_lossy().into_owned());
+        }
+        assert!(names.iter().all(|n| !n.contains(TMP_INFIX)), "{names:?}");
+        // A deletion goes through the commit too.
+        assert!(site.delete("d0/k0").await.unwrap().wrote);
+        assert!(!site.path_of("d0/k0").exists());
+        assert_eq!(site.commit_stats().commits, 65);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_short_or_long_body_fails_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!(
+            "backbeat-file-short-{}-{}",
+            std::process::id(),
+            random_hex()
+        ));
+        let site = FileSite::new("local", &dir).unwrap();
+        for (claimed, sent) in [(10u64, 5usize), (3, 5)] {
+            let (mut obj, stream) = object("a/b", &vec![7u8; sent]);
+            obj.size = claimed;
+            let err = site.put("a/b", &obj, stream).await.unwrap_err();
+            assert!(matches!(err, SiteError::Transient { .. }), "{err}");
+        }
+        // The body is read before anything is created: not even the directory is there.
+        let left = std::fs::read_dir(dir.join("a")).map_or(0, |d| d.count());
+        assert_eq!(left, 0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

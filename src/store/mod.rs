@@ -16,6 +16,7 @@
 //! - the record of a key deleted at the source and replicated everywhere: 24 h
 //!   ([`DELETED_KEY_TTL_MS`]); other records live as long as their key.
 
+mod aggregates;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
 pub mod sled;
@@ -70,6 +71,11 @@ impl Metric {
         Metric::OpsFail,
         Metric::BytesFail,
     ];
+
+    /// Position in [`Metric::ALL`].
+    pub fn index(self) -> usize {
+        usize::from(self.code() - 1)
+    }
 
     fn code(self) -> u8 {
         match self {
@@ -259,6 +265,25 @@ pub struct FailedPage {
     pub next_marker: Option<u64>,
 }
 
+/// A site's numbers as the metric routes read them (REST metrics, Prometheus, `GET status`),
+/// at the store's clock: one call instead of a range of buckets per metric.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SiteTotals {
+    /// The pending counters `(ops, bytes)` (raw, may be negative).
+    pub pending: (i64, i64),
+    /// Entries in the failed set (24 h window).
+    pub failed: u64,
+    /// Each metric, in [`Metric::ALL`] order, summed over the 288 buckets of the last 24 h.
+    pub sums: [u64; 6],
+    /// The four newest buckets of each metric (the current one first), for the 900 s
+    /// throughput.
+    pub recent: [[u64; 4]; 6],
+    /// A number that changes whenever the site's failed set changes and never names another
+    /// content in this process, so a rendered listing can be reused while it holds; `None`
+    /// when the store cannot tell (a store that other processes write to).
+    pub failed_version: Option<u64>,
+}
+
 /// Pause state of a site for one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PauseState {
@@ -437,6 +462,26 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The pending counters `(ops, bytes)` of a site (raw, may be negative).
     async fn pending(&self, site: &str) -> Result<(i64, i64), StoreError>;
+
+    /// `site`'s [`SiteTotals`]. By default computed from [`StateStore::pending`],
+    /// [`StateStore::failed_count`] and [`StateStore::metric_buckets`] (a store shared by
+    /// several processes, like MongoDB, must read them); the sled store keeps them up to date
+    /// in memory as it commits.
+    async fn site_totals(&self, site: &str) -> Result<SiteTotals, StoreError> {
+        let mut t = SiteTotals {
+            pending: self.pending(site).await?,
+            failed: self.failed_count(site).await?,
+            ..SiteTotals::default()
+        };
+        for m in Metric::ALL {
+            let buckets = self.metric_buckets(site, m).await?;
+            t.sums[m.index()] = buckets.iter().fold(0u64, |s, v| s.saturating_add(*v));
+            for (slot, v) in t.recent[m.index()].iter_mut().zip(&buckets) {
+                *slot = *v;
+            }
+        }
+        Ok(t)
+    }
 
     /// The pause state of `site` for `service` (`crr`, ...); `None` if never set.
     async fn pause_state(

@@ -24,16 +24,18 @@
 //! "U" site 0x00 id                        -> [1][bincode UploadIntent] a multipart upload started
 //! ```
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
+use super::aggregates::{Aggregates, Delta};
 use super::{
     check_name, check_op_names, failed_bucket, failed_page_upper, failed_window_start,
-    metrics_bucket, FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, StateStore,
-    StoreError, StoreOp, UploadIntent, DELETED_KEY_TTL_MS, FAILED_BUCKETS, FAILED_BUCKET_MS,
-    METRICS_BUCKETS, METRICS_BUCKET_MS,
+    metrics_bucket, FailedEntry, FailedPage, Metric, ObjectMetric, PauseState, SiteTotals,
+    StateStore, StoreError, StoreOp, UploadIntent, DELETED_KEY_TTL_MS, FAILED_BUCKETS,
+    FAILED_BUCKET_MS, METRICS_BUCKETS, METRICS_BUCKET_MS,
 };
 use crate::clock::SharedClock;
 use crate::durability::SledDb;
@@ -56,6 +58,8 @@ pub struct SledStore {
     db: SledDb,
     tree: sled::Tree,
     clock: SharedClock,
+    /// What the metric routes read, kept up to date as transactions commit.
+    agg: Arc<Aggregates>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -184,6 +188,10 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
+/// The aggregate deltas of one transaction attempt (see [`super::aggregates`]); reset when
+/// sled retries the transaction, applied once it commits.
+type Rec = RefCell<Vec<Delta>>;
+
 fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
@@ -198,7 +206,8 @@ fn tx_key(tx: &TransactionalTree, k: &[u8]) -> TxResult<Option<KeyState>> {
     }
 }
 
-fn tx_add_u64(tx: &TransactionalTree, key: Vec<u8>, delta: i64) -> TxResult<()> {
+/// Adds `delta` to the counter under `key` (saturating, removed at 0); returns the change made.
+fn tx_add_u64(tx: &TransactionalTree, key: Vec<u8>, delta: i64) -> TxResult<i64> {
     let cur = tx.get(&key)?.map(|v| be_u64(&v)).unwrap_or(0);
     let next = if delta >= 0 {
         cur.saturating_add(delta as u64)
@@ -210,7 +219,10 @@ fn tx_add_u64(tx: &TransactionalTree, key: Vec<u8>, delta: i64) -> TxResult<()> 
     } else {
         tx.insert(key, &next.to_be_bytes())?;
     }
-    Ok(())
+    Ok(
+        (i128::from(next) - i128::from(cur)).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+            as i64,
+    )
 }
 
 fn tx_add_metric(
@@ -219,14 +231,36 @@ fn tx_add_metric(
     metric: Metric,
     value: u64,
     at_ms: u64,
+    rec: &Rec,
 ) -> TxResult<()> {
     if value > 0 {
-        tx_add_u64(tx, m_key(site, metric, metrics_bucket(at_ms)), value as i64)?;
+        let bucket = metrics_bucket(at_ms);
+        let delta = tx_add_u64(
+            tx,
+            m_key(site, metric, bucket),
+            value.min(i64::MAX as u64) as i64,
+        )?;
+        rec.borrow_mut().push(Delta::Metric {
+            site: site.to_string(),
+            metric,
+            bucket,
+            delta,
+        });
     }
     Ok(())
 }
 
-fn tx_remove_failed(tx: &TransactionalTree, site: &str, v: &VersionRef) -> TxResult<()> {
+fn tx_hour(tx: &TransactionalTree, site: &str, hour: u64, delta: i64, rec: &Rec) -> TxResult<()> {
+    let delta = tx_add_u64(tx, h_key(site, hour), delta)?;
+    rec.borrow_mut().push(Delta::Hour {
+        site: site.to_string(),
+        hour,
+        delta,
+    });
+    Ok(())
+}
+
+fn tx_remove_failed(tx: &TransactionalTree, site: &str, v: &VersionRef, rec: &Rec) -> TxResult<()> {
     let g = g_key(site, v);
     if let Some(old) = tx.get(&g)? {
         let (score, _): (u64, FailedInfo) = match decode("failed entry", &old) {
@@ -235,7 +269,10 @@ fn tx_remove_failed(tx: &TransactionalTree, site: &str, v: &VersionRef) -> TxRes
         };
         tx.remove(g)?;
         tx.remove(f_key(site, score))?;
-        tx_add_u64(tx, h_key(site, failed_bucket(score)), -1)?;
+        tx_hour(tx, site, failed_bucket(score), -1, rec)?;
+        rec.borrow_mut().push(Delta::Failed {
+            site: site.to_string(),
+        });
     }
     Ok(())
 }
@@ -249,26 +286,46 @@ fn tx_add_failed(
     v: &VersionRef,
     info: &FailedInfo,
     score_ms: u64,
+    rec: &Rec,
 ) -> TxResult<()> {
-    tx_remove_failed(tx, site, v)?;
+    tx_remove_failed(tx, site, v, rec)?;
     let mut score = score_ms;
     while tx.get(f_key(site, score))?.is_some() {
         score += 1;
     }
     tx.insert(f_key(site, score), v.encode())?;
     tx.insert(g_key(site, v), encode(&(score, info)))?;
-    tx_add_u64(tx, h_key(site, failed_bucket(score)), 1)?;
+    tx_hour(tx, site, failed_bucket(score), 1, rec)?;
+    rec.borrow_mut().push(Delta::Failed {
+        site: site.to_string(),
+    });
     Ok(())
 }
 
-fn tx_add_pending(tx: &TransactionalTree, site: &str, ops: i64, bytes: i64) -> TxResult<()> {
-    for (which, delta) in [(b'o', ops), (b'b', bytes)] {
+fn tx_add_pending(
+    tx: &TransactionalTree,
+    site: &str,
+    ops: i64,
+    bytes: i64,
+    rec: &Rec,
+) -> TxResult<()> {
+    let mut made = [0i64; 2];
+    for (i, (which, delta)) in [(b'o', ops), (b'b', bytes)].into_iter().enumerate() {
         if delta == 0 {
             continue;
         }
         let k = p_key(site, which);
         let cur = tx.get(&k)?.map(|v| be_i64(&v)).unwrap_or(0);
-        tx.insert(k, &cur.saturating_add(delta).to_be_bytes())?;
+        let next = cur.saturating_add(delta);
+        tx.insert(k, &next.to_be_bytes())?;
+        made[i] = next.wrapping_sub(cur);
+    }
+    if made != [0, 0] {
+        rec.borrow_mut().push(Delta::Pending {
+            site: site.to_string(),
+            ops: made[0],
+            bytes: made[1],
+        });
     }
     Ok(())
 }
@@ -280,6 +337,7 @@ fn tx_key_change(
     key: &str,
     change: &KeyChange,
     now: u64,
+    rec: &Rec,
 ) -> TxResult<bool> {
     let k = k_key(bucket, key);
     let old = tx_key(tx, &k)?;
@@ -309,13 +367,13 @@ fn tx_key_change(
         }
     }
     for (site, ops, bytes) in &fx.pending {
-        tx_add_pending(tx, site, *ops, *bytes)?;
+        tx_add_pending(tx, site, *ops, *bytes, rec)?;
     }
     for (site, metric, value) in &fx.metrics {
-        tx_add_metric(tx, site, *metric, *value, now)?;
+        tx_add_metric(tx, site, *metric, *value, now, rec)?;
     }
     for (site, v) in &fx.failed_remove {
-        tx_remove_failed(tx, site, v)?;
+        tx_remove_failed(tx, site, v, rec)?;
     }
     for (site, v, info) in &fx.failed_add {
         // Listed at the time of its last attempt (the change's time if unknown).
@@ -324,31 +382,31 @@ fn tx_key_change(
         } else {
             now
         };
-        tx_add_failed(tx, site, v, info, at)?;
+        tx_add_failed(tx, site, v, info, at, rec)?;
     }
     Ok(true)
 }
 
-fn apply_op(tx: &TransactionalTree, op: &StoreOp, now: u64) -> TxResult<bool> {
+fn apply_op(tx: &TransactionalTree, op: &StoreOp, now: u64, rec: &Rec) -> TxResult<bool> {
     match op {
         StoreOp::Key {
             bucket,
             key,
             change,
-        } => return tx_key_change(tx, bucket, key, change, now),
+        } => return tx_key_change(tx, bucket, key, change, now, rec),
         StoreOp::AddMetric {
             site,
             metric,
             value,
             at_ms,
-        } => tx_add_metric(tx, site, *metric, *value, *at_ms)?,
-        StoreOp::AddPending { site, ops, bytes } => tx_add_pending(tx, site, *ops, *bytes)?,
+        } => tx_add_metric(tx, site, *metric, *value, *at_ms, rec)?,
+        StoreOp::AddPending { site, ops, bytes } => tx_add_pending(tx, site, *ops, *bytes, rec)?,
         StoreOp::AddFailed {
             site,
             version,
             info,
             score_ms,
-        } => tx_add_failed(tx, site, version, info, *score_ms)?,
+        } => tx_add_failed(tx, site, version, info, *score_ms, rec)?,
         StoreOp::AddObjectMetric {
             site,
             version,
@@ -420,7 +478,15 @@ impl SledStore {
                 tree.insert("V", &FORMAT_VERSION.to_be_bytes())?;
             }
         }
-        Ok(SledStore { db, tree, clock })
+        // One set of aggregates per database, whichever handle opened the store first: two
+        // stores on one database would otherwise each miss the other's changes.
+        let agg = db.extension(|| Aggregates::load(&tree))?;
+        Ok(SledStore {
+            db,
+            tree,
+            clock,
+            agg,
+        })
     }
 
     /// The embedded database this store lives in.
@@ -465,13 +531,17 @@ impl StateStore for SledStore {
             .cloned()
             .collect();
         let run = move |tree: &sled::Tree| {
+            let rec: Rec = RefCell::new(Vec::new());
             tree.transaction(|tx| {
+                // sled may run this again after a conflict: only the last attempt counts.
+                rec.borrow_mut().clear();
                 let mut changed = Vec::with_capacity(ops.len());
                 for op in &ops {
-                    changed.push(apply_op(tx, op, now)?);
+                    changed.push(apply_op(tx, op, now, &rec)?);
                 }
                 Ok(changed)
             })
+            .map(|changed| (changed, rec.into_inner()))
         };
         // A small transaction is a few microseconds of in-memory work (sled writes to disk in
         // its own threads): run it in place rather than pay a hop to the blocking pool.
@@ -484,7 +554,10 @@ impl StateStore for SledStore {
                 .map_err(|e| StoreError::Storage(Box::new(e)))?
         };
         let changed = match changed {
-            Ok(c) => c,
+            Ok((c, deltas)) => {
+                self.agg.apply(deltas);
+                c
+            }
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
             Err(sled::transaction::TransactionError::Storage(e)) => {
                 return Err(self.db.poison_on(&e).into())
@@ -760,6 +833,11 @@ impl StateStore for SledStore {
         Ok((ops, bytes))
     }
 
+    async fn site_totals(&self, site: &str) -> Result<SiteTotals, StoreError> {
+        check_name("site", site)?;
+        Ok(self.agg.totals(site, self.now_ms()))
+    }
+
     async fn pause_state(
         &self,
         service: &str,
@@ -966,3 +1044,170 @@ pub type SharedStore = Arc<dyn StateStore>;
 
 #[allow(dead_code)]
 const _: u64 = FAILED_BUCKETS * FAILED_BUCKET_MS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::durability::Durability;
+    use crate::error::FailureReason;
+    use crate::store::METRICS_BUCKET_MS;
+    use crate::transitions::{QueuedVersion, SiteOutcome};
+
+    /// What the totals must be: the trait's default, read from the tree.
+    async fn from_tree(store: &SledStore, site: &str) -> SiteTotals {
+        let mut t = SiteTotals {
+            pending: store.pending(site).await.unwrap(),
+            failed: store.failed_count(site).await.unwrap(),
+            ..SiteTotals::default()
+        };
+        for m in Metric::ALL {
+            let b = store.metric_buckets(site, m).await.unwrap();
+            t.sums[m.index()] = b.iter().sum();
+            for (slot, v) in t.recent[m.index()].iter_mut().zip(&b) {
+                *slot = *v;
+            }
+        }
+        t
+    }
+
+    fn numbers(t: &SiteTotals) -> (i64, i64, u64, [u64; 6], [[u64; 4]; 6]) {
+        (t.pending.0, t.pending.1, t.failed, t.sums, t.recent)
+    }
+
+    fn failed(i: u64, at: u64) -> FailedInfo {
+        FailedInfo {
+            size: 10 + i,
+            written_ms: at,
+            reason: FailureReason::ServerError,
+            attempts: 3,
+            last_error: format!("error {i}"),
+            last_attempt_ms: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn maintained_totals_match_the_tree_through_changes_windows_and_a_reopen() {
+        const T0: u64 = 1_700_000_000_000;
+        let dir = std::env::temp_dir().join(format!(
+            "backbeat-sled-totals-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let clock = ManualClock::new(T0);
+        let db = SledDb::open(
+            &dir,
+            Durability::Group,
+            std::time::Duration::from_millis(50),
+        )
+        .unwrap();
+        let store = SledStore::open(db.clone(), clock.clone()).unwrap();
+        // A second store on the same database shares the aggregates.
+        let twin = SledStore::open(db.clone(), clock.clone()).unwrap();
+        let sites = ["a", "b"];
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for step in 0..400u64 {
+            let site = sites[(next() % 2) as usize].to_string();
+            let i = next() % 40;
+            let v = VersionRef::new("bkt", format!("k{i}"), format!("v{}", next() % 3));
+            let now = clock.now_ms();
+            let op = match next() % 6 {
+                0 => StoreOp::AddMetric {
+                    site: site.clone(),
+                    metric: Metric::ALL[(next() % 6) as usize],
+                    value: next() % 100,
+                    at_ms: now.saturating_sub((next() % 300) * METRICS_BUCKET_MS),
+                },
+                1 => StoreOp::AddPending {
+                    site: site.clone(),
+                    ops: (next() % 7) as i64 - 3,
+                    bytes: (next() % 700) as i64 - 300,
+                },
+                2 => StoreOp::AddFailed {
+                    site: site.clone(),
+                    version: v.clone(),
+                    info: failed(i, now),
+                    score_ms: now.saturating_sub((next() % 30) * 3_600_000),
+                },
+                3 => StoreOp::key(
+                    &v,
+                    KeyChange::Queued {
+                        version: QueuedVersion {
+                            version_id: v.version_id.clone(),
+                            etag: "e".into(),
+                            size: 10 + i,
+                            written_ms: now,
+                            deleted: false,
+                            backfill: false,
+                        },
+                        sites: vec![site.clone()],
+                    },
+                ),
+                4 => StoreOp::key(
+                    &v,
+                    KeyChange::Outcome {
+                        version_id: v.version_id.clone(),
+                        site: site.clone(),
+                        outcome: if next() % 2 == 0 {
+                            SiteOutcome::Completed {
+                                data_store_version_id: None,
+                            }
+                        } else {
+                            SiteOutcome::Failed(failed(i, now))
+                        },
+                    },
+                ),
+                _ => StoreOp::key(
+                    &v,
+                    KeyChange::Retry {
+                        version_id: v.version_id.clone(),
+                        site: site.clone(),
+                    },
+                ),
+            };
+            let target = if step % 2 == 0 { &store } else { &twin };
+            target.apply(vec![op]).await.unwrap();
+            if step % 50 == 49 {
+                // Windows slide: buckets and hours leave them.
+                clock.advance(97 * 60_000);
+                store.expire().await.unwrap();
+            }
+            for s in sites {
+                let got = store.site_totals(s).await.unwrap();
+                assert_eq!(
+                    numbers(&got),
+                    numbers(&from_tree(&store, s).await),
+                    "site {s} after step {step}"
+                );
+            }
+        }
+        let before: Vec<_> = {
+            let mut v = Vec::new();
+            for s in sites {
+                v.push(numbers(&store.site_totals(s).await.unwrap()));
+            }
+            v
+        };
+        drop((store, twin));
+        db.flush_now().await.unwrap();
+        drop(db);
+        let db = SledDb::open(
+            &dir,
+            Durability::Group,
+            std::time::Duration::from_millis(50),
+        )
+        .unwrap();
+        let reopened = SledStore::open(db, clock).unwrap();
+        for (s, want) in sites.iter().zip(before) {
+            assert_eq!(numbers(&reopened.site_totals(s).await.unwrap()), want);
+        }
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
