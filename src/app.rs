@@ -445,6 +445,7 @@ async fn start_pipeline(
                 upload_max_age: Duration::from_secs(config.gc.upload_max_age_s),
                 exclusive: config.storage.store == crate::config::StoreKind::Sled,
                 started_ms: store.now_ms(),
+                control: control.clone(),
             };
             collector.start(&gc_stage)
         } else {

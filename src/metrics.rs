@@ -18,6 +18,8 @@ pub struct SiteCounters {
     pub retries: u64,
     /// Entries re-queued whole for a replay.
     pub replays: u64,
+    /// Copy attempts that failed, each (the first of an outage included).
+    pub attempt_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +58,11 @@ fn site_mut(site: &str, change: impl FnOnce(&mut SiteCounters)) {
 /// Counts one retried attempt at `site`.
 pub fn count_retry(site: &str) {
     site_mut(site, |c| c.retries += 1);
+}
+
+/// Counts one failed copy attempt at `site`.
+pub fn count_attempt_failure(site: &str) {
+    site_mut(site, |c| c.attempt_failures += 1);
 }
 
 /// Counts one replay entry queued for `site`.
@@ -115,11 +122,13 @@ mod tests {
         count_retry("metrics-test-a");
         count_retry("metrics-test-a");
         count_replay("metrics-test-a");
+        count_attempt_failure("metrics-test-a");
         assert_eq!(
             site_counters("metrics-test-a"),
             SiteCounters {
                 retries: 2,
                 replays: 1,
+                attempt_failures: 1,
             }
         );
         assert_eq!(site_counters("metrics-test-b"), SiteCounters::default());

@@ -705,10 +705,14 @@ impl Observer {
 
     /// A copy attempt to `site` failed for `reason`; `message` is the error (cut to one line,
     /// credentials removed, before it is kept).
-    pub fn attempt_failed(&self, site: &str, reason: FailureReason, message: &str) {
+    /// Returns whether it begins a failing streak (the site's first failure since its last
+    /// success), which the caller logs at once.
+    pub fn attempt_failed(&self, site: &str, reason: FailureReason, message: &str) -> bool {
         let message = one_line(message);
+        let mut first = false;
         self.with_site(site, |o, now| {
             o.work_seen(now);
+            first = o.consecutive_failures == 0;
             o.consecutive_failures = o.consecutive_failures.saturating_add(1);
             o.last_error = Some(LastError {
                 at_ms: now,
@@ -716,6 +720,7 @@ impl Observer {
                 message,
             });
         });
+        first
     }
 
     /// A copy attempt to `site` succeeded (ends a failing streak; `lastError` stays).

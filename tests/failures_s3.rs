@@ -314,6 +314,61 @@ async fn throttled_site_completes_after_503s_with_retries_counted() {
     assert!(e.stop().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sites_first_transient_error_is_logged_and_counted_when_it_happens() {
+    let (tmp, src, data, logs) = engine_dirs();
+    let moto_peer = start_moto_on(free_port());
+    let c = s3_client(&moto_peer.url());
+    moto::create_bucket(&c, "replica", true).await.unwrap();
+    // The first PUT answered 503; its retry only after a long backoff.
+    let puts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = puts.clone();
+    let proxy = flaky::start_with(
+        moto_peer.addr,
+        std::sync::Arc::new(move |_, parts| {
+            (parts.method == hyper::Method::PUT && p.fetch_add(1, Ordering::SeqCst) == 0).then(
+                || {
+                    (
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>".to_string(),
+                    )
+                },
+            )
+        }),
+    )
+    .await;
+    let retry = "max_retries = 5\ntimeout_s = 30\nbackoff_min_ms = 30000\nbackoff_max_ms = 60000\n";
+    let cfg = engine_config(&data, &src, &s3_site("A", &proxy.url()), &["A"], retry);
+    let e = EngineProc::start(&write_config(tmp.path(), &cfg), &logs);
+    let api = api_of(&e);
+    put_objects(&src, 0..1);
+    // Told and counted at once, long before the first retry.
+    wait_for(
+        "the first failure counted",
+        Duration::from_secs(15),
+        || async { prom(api, "backbeat_replication_attempt_failures_total", "A").await == 1 },
+    )
+    .await;
+    e.wait_log(
+        "Copy to the site failed; copies retry with backoff.",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        prom(api, "backbeat_replication_retries_total", "A").await,
+        0
+    );
+    let log = strip_ansi(&e.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains("Copy to the site failed"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains("Throttled"),
+        "{line}"
+    );
+    assert!(e.stop().success());
+}
+
 /// Site A on moto and site B on Azurite (both up, empty), and the engine's configuration.
 struct Setup {
     _tmp: tempfile::TempDir,

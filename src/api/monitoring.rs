@@ -29,7 +29,8 @@
 //!   `_failed_bytes_total`, `_backfill_total` (completions not counted in lag),
 //!   `_skipped_total{reason}` (versions not copied: superseded, gone...), and from the
 //!   processors' own counters `backbeat_replication_retries_total` (attempts retried after a
-//!   transient error) and `backbeat_replication_replays_total` (entries queued again whole);
+//!   transient error), `backbeat_replication_attempt_failures_total` (every failed attempt,
+//!   counted when it fails) and `backbeat_replication_replays_total` (entries queued again whole);
 //! - the operator's view, per `site`: `backbeat_replication_lag_seconds` (histogram, source
 //!   write to COMPLETED, since the process started), `backbeat_replication_oldest_pending_seconds`
 //!   (0 when nothing is pending), `backbeat_site_state{state}` (1 for the current state, 0
@@ -282,6 +283,11 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
             "backbeat_replication_retries_total",
             "Copy attempts retried after a transient error, since the process started.",
             (|c: &SiteCounters| c.retries) as fn(&SiteCounters) -> u64,
+        ),
+        (
+            "backbeat_replication_attempt_failures_total",
+            "Copy attempts that failed (the first of an outage included), since the process started.",
+            |c: &SiteCounters| c.attempt_failures,
         ),
         (
             "backbeat_replication_replays_total",

@@ -112,6 +112,8 @@ pub struct Collector {
     pub exclusive: bool,
     /// When this process started (ms): older temporary files are no copy's.
     pub started_ms: u64,
+    /// The sites' pause states: a paused site is not contacted.
+    pub control: Arc<crate::control::Control>,
 }
 
 /// Where the status processor hints keys to collect, and the transient source they leave.
@@ -177,6 +179,10 @@ impl Collector {
         for site in &self.sites {
             if token.is_cancelled() {
                 return;
+            }
+            if self.control.current(site.name()).paused {
+                // A paused site is not contacted; the next pass after the resume cleans up.
+                continue;
             }
             self.orphans(site.as_ref()).await;
         }

@@ -461,10 +461,8 @@ impl PopulatorTask {
             let current = match current {
                 Ok(c) => c,
                 Err(e) => {
-                    let (b, k) = d.bucket_key();
-                    tracing::warn!(bucket = b, key = k, error = %e,
-                        "Cannot read a key's current version; the next pass retries.");
-                    results[i] = Err(format!("cannot read {b}/{k}: {e}"));
+                    let error = crate::error::chain(&e).to_string();
+                    self.unreadable(&d, &error, now, &mut results[i]).await?;
                     continue;
                 }
             };
@@ -476,6 +474,9 @@ impl PopulatorTask {
                 }),
                 Ok(None) => {}
                 Err(Plan::Stage(e)) => return Err(e),
+                Err(Plan::Unreadable(error)) => {
+                    self.unreadable(&d, &error, now, &mut results[i]).await?;
+                }
                 Err(Plan::Skip(e)) => {
                     let (b, k) = d.bucket_key();
                     tracing::warn!(bucket = b, key = k, error = %e, "Cannot queue a key; the next pass retries.");
@@ -517,6 +518,124 @@ impl PopulatorTask {
         }
         tracing::debug!(queued = n, "Versions queued.");
         Ok(results)
+    }
+
+    /// `d`'s source version cannot be read (its HEAD, tags or listing metadata fail: a 500,
+    /// SSE-C, no permission). Never stops anything else (issue 14): the version the listing
+    /// (or the key's record) names is recorded FAILED with reason `SourceUnreadable` at each
+    /// site of its rule that does not hold it yet, counted, and asked again at the next scan
+    /// pass ([`super::scanner`]). Without a version to name (an event about a key never
+    /// recorded), `result` gets the error: the event's sender or the next pass retries.
+    async fn unreadable(
+        &mut self,
+        d: &Discovery,
+        error: &str,
+        now: u64,
+        result: &mut Result<usize, String>,
+    ) -> Result<(), StageError> {
+        let (bucket, key) = d.bucket_key();
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        let record = self.store.key_state(&bucket, &key).await?;
+        let listed = match d {
+            Discovery::Current {
+                current: Some(c), ..
+            } if !c.is_delete_marker => Some(QueuedVersion {
+                version_id: c.version.version_id.clone(),
+                etag: c.etag.clone(),
+                size: c.size,
+                written_ms: c.last_modified_ms(),
+                deleted: false,
+                backfill: false,
+            }),
+            _ => None,
+        };
+        let version = listed.or_else(|| {
+            let k = record.as_ref().filter(|k| !k.deleted)?;
+            if let Discovery::Requeue { version, .. } = d {
+                if version.version_id != k.version_id {
+                    return None;
+                }
+            }
+            Some(QueuedVersion {
+                version_id: k.version_id.clone(),
+                etag: k.etag.clone(),
+                size: k.size,
+                written_ms: k.written_ms,
+                deleted: false,
+                backfill: k.backfill,
+            })
+        });
+        let sites: Vec<String> = match (d, &version) {
+            (_, None) => Vec::new(),
+            (Discovery::Requeue { sites, .. }, Some(_)) => sites
+                .iter()
+                .filter(|s| self.config.sites.iter().any(|c| &&c.name == s))
+                .cloned()
+                .collect(),
+            (_, Some(_)) => match self.rules_of(&bucket).await {
+                // Tags cannot be read: the rule that covers the key without them.
+                Ok(rules) => rule_for(rules, &key, &BTreeMap::new())
+                    .map(|r| r.sites.clone())
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            },
+        };
+        // Sites that hold this version, or have it on its way, are left alone.
+        let sites: Vec<String> = match (&record, &version) {
+            (Some(k), Some(v)) if k.is_version(&v.version_id, &v.etag) => sites
+                .into_iter()
+                .filter(|s| {
+                    k.site(s)
+                        .is_none_or(|x| x.status == crate::model::ReplicationStatus::Failed)
+                })
+                .collect(),
+            _ => sites,
+        };
+        let Some(version) = version.filter(|_| !sites.is_empty()) else {
+            tracing::warn!(
+                bucket,
+                key,
+                error,
+                "Cannot read a source version; the next pass retries."
+            );
+            if !matches!(d, Discovery::Current { .. }) {
+                *result = Err(format!("cannot read {bucket}/{key}: {error}"));
+            }
+            return Ok(());
+        };
+        let vref = VersionRef::new(&bucket, &key, version.version_id.clone());
+        let mut ops = vec![StoreOp::key(
+            &vref,
+            KeyChange::Requeued {
+                version: version.clone(),
+                sites: sites.clone(),
+            },
+        )];
+        for site in &sites {
+            ops.push(StoreOp::key(
+                &vref,
+                KeyChange::Outcome {
+                    version_id: version.version_id.clone(),
+                    site: site.clone(),
+                    outcome: SiteOutcome::Failed(FailedInfo {
+                        size: version.size,
+                        written_ms: version.written_ms,
+                        reason: FailureReason::SourceUnreadable,
+                        attempts: 1,
+                        last_error: error.to_string(),
+                        last_attempt_ms: now,
+                    }),
+                },
+            ));
+        }
+        self.store.apply(ops).await?;
+        for site in &sites {
+            self.observer
+                .failed(site, FailureReason::SourceUnreadable, version.size);
+        }
+        tracing::warn!(bucket, key, version_id = %version.version_id, ?sites, error,
+            "Cannot read a source version: FAILED (SourceUnreadable) at its sites; the next scan pass asks again.");
+        Ok(())
     }
 
     /// What to do about `d` whose key's current version is `current`: the entry to append
@@ -600,8 +719,9 @@ impl PopulatorTask {
                     Ok(Some(full)) => full.tags,
                     Ok(None) => BTreeMap::new(),
                     Err(e) => {
-                        return Err(Plan::Skip(format!(
-                            "cannot read the tags of {bucket}/{key}: {e}"
+                        return Err(Plan::Unreadable(format!(
+                            "cannot read the tags: {}",
+                            crate::error::chain(&e)
                         )))
                     }
                 }
@@ -731,6 +851,9 @@ impl PopulatorTask {
 enum Plan {
     /// The store failed: fatal for the stage.
     Stage(StageError),
+    /// The source version cannot be read (its tags): recorded FAILED with reason
+    /// `SourceUnreadable`, retried at the next pass.
+    Unreadable(String),
     /// This key only; the next pass retries.
     Skip(String),
 }

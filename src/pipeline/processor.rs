@@ -46,7 +46,7 @@ use crate::checksum::hex;
 use crate::entry::{Entry, EntryFormat};
 use crate::error::{Disposition, FailureReason};
 use crate::log::{replication_group, Delivery, Log, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
-use crate::metrics::{count_replay, count_retry};
+use crate::metrics::{count_attempt_failure, count_replay, count_retry};
 use crate::model::{ByteStream, ObjectInfo, ReplicationStatus, NULL_VERSION};
 use crate::observe::Observer;
 use crate::site::parts::part_ranges;
@@ -572,11 +572,20 @@ impl ReplicationProcessor {
                 match &r {
                     Err(error) => {
                         let message = crate::error::chain(error);
-                        self.observer.attempt_failed(site, error.reason(), &message);
-                        tracing::debug!(site, key = %job.entry.version.key,
-                            version_id = %job.entry.version.version_id, attempt = n + 1,
-                            reason = %error.reason(), error = %message,
-                            "Copy attempt failed.");
+                        count_attempt_failure(site);
+                        if self.observer.attempt_failed(site, error.reason(), &message) {
+                            // The first failure after a success is told at once; the
+                            // following ones of the outage at each retry.
+                            tracing::warn!(site, key = %job.entry.version.key,
+                                version_id = %job.entry.version.version_id, attempt = n + 1,
+                                reason = %error.reason(), error = %message,
+                                "Copy to the site failed; copies retry with backoff.");
+                        } else {
+                            tracing::debug!(site, key = %job.entry.version.key,
+                                version_id = %job.entry.version.version_id, attempt = n + 1,
+                                reason = %error.reason(), error = %message,
+                                "Copy attempt failed.");
+                        }
                         *last_error.lock() = message;
                     }
                     Ok(_) => self.observer.attempt_succeeded(site),

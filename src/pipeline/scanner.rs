@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::populator::{up_to_date, Discovery, Populator};
 use super::{StageError, StageTasks};
+use crate::error::FailureReason;
 use crate::model::{KeyState, ObjectInfo};
 use crate::observe::Observer;
 use crate::source::file::{FileSource, FileWatch, WatchEvent};
@@ -38,6 +39,8 @@ use crate::store::{StateStore, StoreOp};
 const SUBMIT_BATCH: usize = 1000;
 /// Records read from the store at once.
 const STORE_PAGE: usize = 1000;
+/// Failed-set entries read per page when unreadable versions are asked for again.
+const FAILED_PAGE: usize = 1000;
 
 /// What a pass is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +225,14 @@ impl Scanner {
             }
         };
         let started = std::time::Instant::now();
+        match self.retry_unreadable(bucket, &rules).await {
+            Ok(_) => {}
+            Err(Stop::Stage(e)) => return Err(e),
+            Err(Stop::Cancelled) => return Ok(()),
+            Err(Stop::Retry(error)) => {
+                tracing::warn!(bucket, %error, "Cannot ask again for unreadable versions; the next pass does.");
+            }
+        }
         let result = match self.source.as_file() {
             Some(file) => self.file_pass(file, bucket, &rules).await,
             None => self.keyspace_pass(bucket, &rules).await,
@@ -243,6 +254,61 @@ impl Scanner {
             }
         }
         Ok(())
+    }
+
+    /// Versions of `bucket` FAILED because the source could not be read (reason
+    /// `SourceUnreadable`) are asked for again at every pass: copied if they can be read now,
+    /// FAILED again (with this attempt's error) if not.
+    async fn retry_unreadable(&self, bucket: &str, rules: &[Rule]) -> Result<usize, Stop> {
+        let mut sites: Vec<&String> = rules.iter().flat_map(|r| r.sites.iter()).collect();
+        sites.sort();
+        sites.dedup();
+        let mut asked = 0;
+        for site in sites {
+            let mut marker = None;
+            let mut out = Vec::new();
+            // The failed set is bounded by its 24 h window; so is this walk.
+            loop {
+                if self.token.is_cancelled() {
+                    return Err(Stop::Cancelled);
+                }
+                let page = self
+                    .store
+                    .failed_page(site, marker, FAILED_PAGE)
+                    .await
+                    .map_err(Stop::store)?;
+                out.extend(
+                    page.entries
+                        .into_iter()
+                        .filter(|e| {
+                            e.info.reason == FailureReason::SourceUnreadable
+                                && e.version.bucket == bucket
+                        })
+                        .map(|e| Discovery::Requeue {
+                            version: e.version,
+                            sites: vec![site.clone()],
+                        }),
+                );
+                match page.next_marker {
+                    Some(m) => marker = Some(m),
+                    None => break,
+                }
+            }
+            asked += out.len();
+            for chunk in out.chunks(SUBMIT_BATCH) {
+                if let Err(error) = self.populator.submit(chunk.to_vec()).await {
+                    tracing::warn!(bucket, site, %error, "Cannot ask again for unreadable versions; the next pass does.");
+                }
+            }
+        }
+        if asked > 0 {
+            tracing::info!(
+                bucket,
+                versions = asked,
+                "Versions the source could not be read for asked again."
+            );
+        }
+        Ok(asked)
     }
 
     async fn submit(&self, items: &mut Vec<Discovery>) -> Result<usize, Stop> {
@@ -283,11 +349,31 @@ impl Scanner {
             if self.token.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
-            let page = self
-                .source
-                .list_current(bucket, cursor.as_deref())
-                .await
-                .map_err(|e| Stop::Retry(e.to_string()))?;
+            // A listing whose marker does not advance would loop for ever, and a saved marker
+            // the source refuses would fail every pass: either starts the next pass over.
+            let page = match self.source.list_current(bucket, cursor.as_deref()).await {
+                Ok(p) if p.next.is_some() && p.next == cursor => Err(format!(
+                    "the listing does not advance past marker {cursor:?}"
+                )),
+                Ok(p) => Ok(p),
+                Err(crate::source::SourceError::Invalid(e)) => Err(e),
+                Err(e) => return Err(Stop::Retry(e.to_string())),
+            };
+            let page = match page {
+                Ok(p) => p,
+                Err(stuck) => {
+                    tracing::error!(bucket, marker = ?cursor, error = %stuck,
+                    "Listing stuck; the next pass starts over from the first key.");
+                    self.store
+                        .apply(vec![StoreOp::PutCursor {
+                            name: name.clone(),
+                            value: Vec::new(),
+                        }])
+                        .await
+                        .map_err(Stop::store)?;
+                    return Err(Stop::Retry(format!("listing of {bucket}: {stuck}")));
+                }
+            };
             let mut out: Vec<Discovery> = Vec::new();
             let deleted = |key: String| Discovery::Current {
                 bucket: bucket.to_string(),

@@ -64,8 +64,24 @@ fn fixed(status: StatusCode, body: &'static str) -> Response<Out> {
 
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
 
-/// Starts the proxy in front of `upstream`.
+/// Which requests a [`Flaky`] proxy answers itself: given the request's number (from 0) and
+/// its head, `Some((status, XML body))` answers it, `None` forwards it.
+pub type Rule =
+    Arc<dyn Fn(usize, &hyper::http::request::Parts) -> Option<(StatusCode, String)> + Send + Sync>;
+
+/// Starts the proxy in front of `upstream`, answering the first `fail_first` requests 503.
 pub async fn start(upstream: SocketAddr, fail_first: usize) -> Flaky {
+    start_with(
+        upstream,
+        Arc::new(move |n, _| {
+            (n < fail_first).then(|| (StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN.to_string()))
+        }),
+    )
+    .await
+}
+
+/// Starts the proxy in front of `upstream`, answering what `rule` picks.
+pub async fn start_with(upstream: SocketAddr, rule: Rule) -> Flaky {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     let counts = Arc::new(Counts::default());
@@ -79,20 +95,27 @@ pub async fn start(upstream: SocketAddr, fail_first: usize) -> Flaky {
             };
             let counts = c.clone();
             let client = client.clone();
+            let rule = rule.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let counts = counts.clone();
                     let client = client.clone();
+                    let rule = rule.clone();
                     async move {
                         let n = counts.requests.fetch_add(1, Ordering::SeqCst);
-                        if n < fail_first {
+                        let (mut parts, body) = req.into_parts();
+                        if let Some((status, xml)) = rule(n, &parts) {
                             counts.failed.fetch_add(1, Ordering::SeqCst);
-                            let mut r = fixed(StatusCode::SERVICE_UNAVAILABLE, SLOW_DOWN);
+                            let mut r = Response::new(
+                                Full::new(Bytes::from(xml))
+                                    .map_err(|never| match never {})
+                                    .boxed(),
+                            );
+                            *r.status_mut() = status;
                             r.headers_mut()
                                 .insert("content-type", "application/xml".parse().expect("hv"));
                             return Ok::<_, Infallible>(r);
                         }
-                        let (mut parts, body) = req.into_parts();
                         let pq = parts
                             .uri
                             .path_and_query()
