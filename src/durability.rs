@@ -31,6 +31,9 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+/// The page cache of a database opened without `[storage] cache_mb`, in MiB: sized for a
+/// small machine (sled holds a few times its cache with many keys; DESIGN section 10).
+pub const DEFAULT_CACHE_MB: u64 = 16;
 /// How writes are made durable before they are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -152,12 +155,7 @@ impl SledDb {
     /// `DbError::Sled` when sled cannot open the directory (locked by another process, no
     /// permission, corrupt files).
     pub fn open(dir: &Path, mode: Durability, flush_interval: Duration) -> Result<SledDb, DbError> {
-        SledDb::open_with_cache(
-            dir,
-            mode,
-            flush_interval,
-            crate::config::defaults::cache_mb() << 20,
-        )
+        SledDb::open_with_cache(dir, mode, flush_interval, DEFAULT_CACHE_MB << 20)
     }
 
     /// As [`SledDb::open`], with a page cache of `cache_bytes` (`[storage] cache_mb`).
@@ -322,26 +320,22 @@ impl SledDb {
     }
 
     /// The in-memory companion of this database (one per database, shared by every handle,
-    /// as the state store's aggregates): the one already made, else the one `init` makes.
+    /// as the state store's aggregates): the one already made, else the one `init` makes;
+    /// `None` when a companion of another type was kept.
     ///
     /// # Errors
-    /// `init`'s error, or [`crate::store::StoreError::Invalid`] when another type was kept.
-    pub(crate) fn extension<T: Any + Send + Sync>(
+    /// `init`'s error.
+    pub(crate) fn extension<T: Any + Send + Sync, E>(
         &self,
-        init: impl FnOnce() -> Result<T, crate::store::StoreError>,
-    ) -> Result<Arc<T>, crate::store::StoreError> {
+        init: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Option<Arc<T>>, E> {
         let slot = &self.shared.extension;
         if slot.get().is_none() {
             let made: Arc<dyn Any + Send + Sync> = Arc::new(init()?);
             // Another handle may have won the race: its value is the one kept.
             let _ = slot.set(made);
         }
-        slot.get()
-            .cloned()
-            .and_then(|v| v.downcast::<T>().ok())
-            .ok_or_else(|| {
-                crate::store::StoreError::Invalid("database extension of another type".into())
-            })
+        Ok(slot.get().cloned().and_then(|v| v.downcast::<T>().ok()))
     }
 
     /// Size on disk of the database, in bytes.

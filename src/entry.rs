@@ -43,14 +43,7 @@ use crate::transitions::{DropReason, FailedInfo, QueuedVersion, SiteOutcome};
 /// First byte of a binary-encoded entry (a JSON entry starts with `{`).
 pub const BINARY_MAGIC: u8 = 0xB1;
 
-/// How entries are written to a log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryFormat {
-    /// The original's JSON (Kafka).
-    Json,
-    /// Compact bincode (the embedded log).
-    Binary,
-}
+pub use crate::log::EntryFormat;
 
 /// The `type` of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -256,13 +249,6 @@ pub fn iso_ms(ms: u64) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time; 0 when it does not parse.
-pub fn ms_of_iso(s: &str) -> u64 {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
-        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,7 +547,7 @@ impl QueueEntry {
                             let f = self.failure.clone();
                             Some(SiteOutcome::Failed(FailedInfo {
                                 size: md.content_length,
-                                written_ms: ms_of_iso(&md.last_modified),
+                                written_ms: crate::model::ms_of_iso(&md.last_modified),
                                 reason: f.as_ref().map_or(FailureReason::Rejected, |f| f.reason),
                                 attempts: f.as_ref().map_or(0, |f| f.attempts),
                                 last_error: f
@@ -582,7 +568,7 @@ impl QueueEntry {
             version: VersionRef::new(self.bucket.clone(), self.key.clone(), version_id),
             etag: md.content_md5.clone(),
             size: md.content_length,
-            written_ms: ms_of_iso(&md.last_modified),
+            written_ms: crate::model::ms_of_iso(&md.last_modified),
             deleted: md.is_delete_marker || self.kind == EntryKind::Del,
             backfill: self.backfill,
             queued_ms: self.queued_ms,

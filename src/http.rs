@@ -29,8 +29,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::error::chain;
@@ -105,7 +103,7 @@ impl tower_service::Service<hyper::Uri> for AbortingConnector {
 /// trusting the bundled roots, or only the CAs of `ca_file` when one is given.
 ///
 /// # Errors
-/// A description naming `ca_file` when it cannot be used (see [`read_ca_file`]).
+/// A description naming `ca_file` when it cannot be used (see [`crate::tls::read_ca_file`]).
 pub fn http_client(
     connect_timeout: Duration,
     ca_file: Option<&Path>,
@@ -130,7 +128,7 @@ pub fn http_client(
 /// The TLS client configuration trusting only the CAs of `path`.
 fn private_ca_config(path: &Path) -> Result<rustls::ClientConfig, String> {
     let mut roots = RootCertStore::empty();
-    for cert in read_ca_file(path)? {
+    for cert in crate::tls::read_ca_file(path)? {
         roots
             .add(cert)
             .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
@@ -142,33 +140,6 @@ fn private_ca_config(path: &Path) -> Result<rustls::ClientConfig, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
-}
-
-/// The certificates of a PEM file (`ca_file`): at least one, each one a CA certificate rustls
-/// can trust.
-///
-/// # Errors
-/// A description naming the file: unreadable, not PEM, no certificate in it, or a certificate
-/// that cannot be a trust anchor.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("{shown}: {e}"))?;
-    let certs: Vec<CertificateDer<'static>> = iter
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{shown}: not a PEM file of certificates: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{shown}: no PEM certificate (BEGIN CERTIFICATE) in it"
-        ));
-    }
-    // The same check the client makes when it is built, so a configuration check catches it.
-    let mut roots = RootCertStore::empty();
-    for cert in &certs {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("{shown}: not a usable CA certificate: {e}"))?;
-    }
-    Ok(certs)
 }
 
 /// A request body.

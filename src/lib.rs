@@ -61,5 +61,6 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod testkit;
+pub mod tls;
 pub mod transitions;
 pub mod verify;

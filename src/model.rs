@@ -128,7 +128,7 @@ pub struct ObjectInfo {
 impl ObjectInfo {
     /// Last-modified in ms since the epoch (0 when unknown).
     pub fn last_modified_ms(&self) -> u64 {
-        crate::entry::ms_of_iso(&self.last_modified)
+        ms_of_iso(&self.last_modified)
     }
 }
 
@@ -300,6 +300,59 @@ pub fn merge_status(backends: &[SiteState]) -> ReplicationStatus {
     } else {
         ReplicationStatus::Completed
     }
+}
+
+/// Site-level counters, as the original's `bb:crr:<dp>` data points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Metric {
+    /// Operations queued.
+    Ops,
+    /// Bytes queued.
+    Bytes,
+    /// Operations completed.
+    OpsDone,
+    /// Bytes completed.
+    BytesDone,
+    /// Operations failed.
+    OpsFail,
+    /// Bytes failed.
+    BytesFail,
+}
+
+impl Metric {
+    /// Every metric.
+    pub const ALL: [Metric; 6] = [
+        Metric::Ops,
+        Metric::Bytes,
+        Metric::OpsDone,
+        Metric::BytesDone,
+        Metric::OpsFail,
+        Metric::BytesFail,
+    ];
+
+    /// Position in [`Metric::ALL`].
+    pub fn index(self) -> usize {
+        usize::from(self.code() - 1)
+    }
+
+    /// Its code in store keys (1..=6).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Metric::Ops => 1,
+            Metric::Bytes => 2,
+            Metric::OpsDone => 3,
+            Metric::BytesDone => 4,
+            Metric::OpsFail => 5,
+            Metric::BytesFail => 6,
+        }
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time; 0 when it does not parse.
+pub fn ms_of_iso(s: &str) -> u64 {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

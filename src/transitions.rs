@@ -179,7 +179,7 @@ pub struct Effects {
     /// Pending counter deltas `(site, ops, bytes)`.
     pub pending: Vec<(String, i64, i64)>,
     /// Window metrics to add `(site, metric, value)`.
-    pub metrics: Vec<(String, crate::store::Metric, u64)>,
+    pub metrics: Vec<(String, crate::model::Metric, u64)>,
     /// Failed-set entries to add (site, version, info); the time is the change's.
     pub failed_add: Vec<(String, VersionRef, FailedInfo)>,
     /// Failed-set entries to remove (site, version).
@@ -198,7 +198,7 @@ impl Effects {
     }
 
     fn queued(&mut self, site: &str, size: u64) {
-        use crate::store::Metric;
+        use crate::model::Metric;
         self.metrics.push((site.to_string(), Metric::Ops, 1));
         self.metrics.push((site.to_string(), Metric::Bytes, size));
     }
@@ -261,7 +261,7 @@ pub fn apply(
             };
             fx.changed = true;
             fx.pending(site, -1, -size);
-            use crate::store::Metric;
+            use crate::model::Metric;
             match outcome {
                 SiteOutcome::Completed {
                     data_store_version_id,

@@ -164,7 +164,7 @@ pub fn parse_s3_event(body: &[u8]) -> Result<Option<Vec<DiscoveredVersion>>, Api
         };
         let event_time_ms = match rec.get("eventTime") {
             None | Some(Value::Null) => None,
-            Some(Value::String(t)) => Some(crate::entry::ms_of_iso(t)).filter(|ms| *ms > 0),
+            Some(Value::String(t)) => Some(crate::model::ms_of_iso(t)).filter(|ms| *ms > 0),
             Some(_) => return Err(at("eventTime must be an ISO-8601 string")),
         };
         if !crate::config::is_s3_bucket_name(bucket) {

@@ -45,7 +45,7 @@ pub fn upload_max_age_s() -> u64 {
 /// The embedded database's page cache, in MiB: sized for a small machine (sled holds a few
 /// times its cache with many keys; DESIGN section 10).
 pub fn cache_mb() -> u64 {
-    16
+    crate::durability::DEFAULT_CACHE_MB
 }
 /// Retention and expiry sweep period.
 pub fn retention_interval_s() -> u64 {

@@ -150,7 +150,7 @@ impl<'e> Fields<'e> {
     /// `serve` would fail on.
     pub(super) fn ca_file(&mut self, name: &str) -> Option<std::path::PathBuf> {
         let path: std::path::PathBuf = self.optional(name)?;
-        match crate::http::read_ca_file(&path) {
+        match crate::tls::read_ca_file(&path) {
             Ok(_) => Some(path),
             Err(e) => {
                 self.problem(name, e);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::fields::Fields;
 use super::s3_client::S3ClientConfig;
 use super::secret::Secret;
-use crate::bandwidth::Bandwidth;
+use crate::bandwidth::schedule::Bandwidth;
 
 /// Kind of destination site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct SiteConfig {
     /// may send versions to the site.
     pub bucket_match: bool,
     /// Limit on the bytes the site receives (`off` by default; a rate or a timetable, see
-    /// [`crate::bandwidth`]). A limit set through the API wins while it is stored.
+    /// the bandwidth module). A limit set through the API wins while it is stored.
     pub bandwidth: Bandwidth,
     /// The kind of site (`type`) and its own settings.
     pub backend: SiteBackend,

@@ -26,6 +26,14 @@ use serde::Serialize;
 pub use self::kafka::KafkaLog;
 pub use self::sled::SledLog;
 
+/// How entries are written to a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFormat {
+    /// The original's JSON (Kafka).
+    Json,
+    /// Compact bincode (the embedded log).
+    Binary,
+}
 /// The topic the populator feeds and each site's processor consumes.
 pub const TOPIC_REPLICATION: &str = "backbeat-replication";
 /// The topic processors report per-site outcomes on; the status processor consumes it.
@@ -213,8 +221,8 @@ pub trait Log: Send + Sync + 'static {
 
     /// How replication entries are written to this log: the original's JSON by default (so a
     /// Kafka topic stays readable by Zenko's tools), compact binary for the embedded log.
-    fn entry_format(&self) -> crate::entry::EntryFormat {
-        crate::entry::EntryFormat::Json
+    fn entry_format(&self) -> EntryFormat {
+        EntryFormat::Json
     }
 
     /// Creates `topic` with `partitions` partitions if it does not exist. An existing topic keeps

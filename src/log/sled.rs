@@ -317,8 +317,8 @@ impl Inner {
 
 #[async_trait]
 impl Log for SledLog {
-    fn entry_format(&self) -> crate::entry::EntryFormat {
-        crate::entry::EntryFormat::Binary
+    fn entry_format(&self) -> super::EntryFormat {
+        super::EntryFormat::Binary
     }
 
     fn kind(&self) -> &'static str {

@@ -535,7 +535,7 @@ impl MultipartSite for S3Site {
                     continue;
                 };
                 if k == key {
-                    let at = crate::entry::ms_of_iso(u.text_of("Initiated").unwrap_or_default());
+                    let at = crate::model::ms_of_iso(u.text_of("Initiated").unwrap_or_default());
                     out.push((id.to_string(), at));
                 }
             }

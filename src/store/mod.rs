@@ -44,50 +44,7 @@ pub const FAILED_PAGE: usize = 100;
 /// for the object view, before the expiry sweep drops it.
 pub const DELETED_KEY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Site-level counters, as the original's `bb:crr:<dp>` data points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Metric {
-    /// Operations queued.
-    Ops,
-    /// Bytes queued.
-    Bytes,
-    /// Operations completed.
-    OpsDone,
-    /// Bytes completed.
-    BytesDone,
-    /// Operations failed.
-    OpsFail,
-    /// Bytes failed.
-    BytesFail,
-}
-
-impl Metric {
-    /// Every metric.
-    pub const ALL: [Metric; 6] = [
-        Metric::Ops,
-        Metric::Bytes,
-        Metric::OpsDone,
-        Metric::BytesDone,
-        Metric::OpsFail,
-        Metric::BytesFail,
-    ];
-
-    /// Position in [`Metric::ALL`].
-    pub fn index(self) -> usize {
-        usize::from(self.code() - 1)
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Metric::Ops => 1,
-            Metric::Bytes => 2,
-            Metric::OpsDone => 3,
-            Metric::BytesDone => 4,
-            Metric::OpsFail => 5,
-            Metric::BytesFail => 6,
-        }
-    }
-}
+pub use crate::model::Metric;
 
 /// Object-level counters (progress and throughput of one version's transfer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -480,7 +480,9 @@ impl SledStore {
         }
         // One set of aggregates per database, whichever handle opened the store first: two
         // stores on one database would otherwise each miss the other's changes.
-        let agg = db.extension(|| Aggregates::load(&tree))?;
+        let agg = db
+            .extension(|| Aggregates::load(&tree))?
+            .ok_or_else(|| StoreError::Invalid("database extension of another type".into()))?;
         Ok(SledStore {
             db,
             tree,
