@@ -272,7 +272,12 @@ sites = ["local"]
         pending + done >= n as i64
     });
     // One more sample of the directory at the full backlog.
-    *peak_data.lock().unwrap() = (*peak_data.lock().unwrap()).max(dir_bytes(&data));
+    // (Measured before the lock is taken: a second lock in one statement would deadlock.)
+    let at_full = dir_bytes(&data);
+    {
+        let mut d = peak_data.lock().unwrap();
+        *d = (*d).max(at_full);
+    }
     let rss_queued = proc_status(pid, "VmRSS:");
     let peak_queue = sampler.peak();
     println!(

@@ -517,6 +517,7 @@ async fn start_pipeline(
                 populator.clone(),
                 passes.clone(),
                 capacity,
+                observer.clone(),
                 &populator_stage,
             ) {
                 // Without the watch the rescans still find everything, later.

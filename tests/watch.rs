@@ -219,6 +219,9 @@ fn a_directory_of_500_files_moved_in_arrives_whole_and_deletes_follow() {
     let api = api_of(&s.engine);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        // The operator sees the source watched.
+        let status = get_json(api, "/_/status").await;
+        assert_eq!(status["sources"][0]["watching"], true, "{status}");
         failures_support::wait_for(
             "the delete marker COMPLETED",
             Duration::from_secs(10),

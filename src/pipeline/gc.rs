@@ -161,6 +161,19 @@ impl Collector {
         mut hints: mpsc::Receiver<(String, String)>,
         token: CancellationToken,
     ) -> Result<(), StageError> {
+        if let Some(file) = &self.transient {
+            // Collections a crash cut short, before the first pass looks at the records.
+            match file.recover_grabbed().await {
+                Ok((0, 0)) => {}
+                Ok((back, removed)) => tracing::info!(
+                    back,
+                    removed,
+                    "Files a cut-short collection left renamed put back (or removed when their name was taken again)."
+                ),
+                Err(e) => tracing::warn!(error = %e,
+                    "Cannot look for files a cut-short collection left renamed; the next start does."),
+            }
+        }
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -725,11 +725,14 @@ pub fn watch(
     populator: Populator,
     passes: PassHandle,
     capacity: usize,
+    observer: Arc<Observer>,
     stage: &StageTasks,
 ) -> Result<(), crate::source::SourceError> {
     let w = file.watch(capacity)?;
     let token = stage.token().clone();
-    stage.spawn(run_watch(file, w, populator, passes, token));
+    // `GET status` shows the source watched while the watch runs.
+    observer.set_watching(file.bucket(), true);
+    stage.spawn(run_watch(file, w, populator, passes, observer, token));
     Ok(())
 }
 
@@ -741,6 +744,7 @@ async fn run_watch(
     mut w: FileWatch,
     populator: Populator,
     passes: PassHandle,
+    observer: Arc<Observer>,
     token: CancellationToken,
 ) -> Result<(), StageError> {
     let bucket = file.bucket().to_string();
@@ -750,7 +754,12 @@ async fn run_watch(
             () = token.cancelled() => return Ok(()),
             e = w.events.recv() => match e {
                 Some(e) => e,
-                None => return Ok(()),
+                None => {
+                    observer.set_watching(&bucket, false);
+                    tracing::error!(bucket, "The watch of the source directory ended; changes are found by the rescans only.");
+                    passes.request(PassRequest::All);
+                    return Ok(());
+                }
             },
         };
         let mut events = vec![first];

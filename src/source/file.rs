@@ -50,6 +50,49 @@ pub fn is_reserved(name: &str) -> bool {
     name.contains(GC_INFIX)
 }
 
+/// [`FileSource::recover_grabbed`], in a blocking thread.
+fn recover_grabbed_blocking(root: &Path) -> std::io::Result<(usize, usize)> {
+    let ours = format!("{GC_INFIX}{:x}-", std::process::id());
+    let (mut back, mut removed) = (0, 0);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if crate::fswalk::is_gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((original, _)) = name.split_once(GC_INFIX) else {
+                continue;
+            };
+            if !kind.is_file() || name.contains(&ours) || original.is_empty() {
+                continue;
+            }
+            let grabbed = entry.path();
+            let path = dir.join(original);
+            match std::fs::symlink_metadata(&path) {
+                Err(e) if crate::fswalk::is_gone(&e) => {
+                    std::fs::rename(&grabbed, &path)?;
+                    back += 1;
+                }
+                _ => {
+                    std::fs::remove_file(&grabbed)?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok((back, removed))
+}
+
 /// What [`FileSource::collect`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collected {
@@ -331,6 +374,23 @@ impl FileSource {
     ///
     /// # Errors
     /// The I/O error that stopped it.
+    /// Puts back what a collection cut short (`kill -9` between its rename and its delete, or
+    /// before a rewritten file was renamed back): each file of another process named with
+    /// [`GC_INFIX`] goes back under its name when that name is free (then it is collected, or
+    /// replicated, like any file), else it is removed (a newer file took the name). Nothing is
+    /// lost: only a grabbed file whose name was taken again is deleted. Walks the whole tree:
+    /// run once at start. Returns how many were put back and removed.
+    ///
+    /// # Errors
+    /// The directory walk failed.
+    pub async fn recover_grabbed(&self) -> Result<(usize, usize), SourceError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || recover_grabbed_blocking(&root))
+            .await
+            .map_err(|e| SourceError::Transient(format!("recovery task failed: {e}")))?
+            .map_err(io_to_source)
+    }
+
     /// Whether `key`'s file is still version `version_id`.
     ///
     /// # Errors
@@ -794,6 +854,27 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_short_collection_is_put_back_or_removed_and_ours_are_left() {
+        let root = std::env::temp_dir().join(format!("bb-grabbed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        let other = format!("{GC_INFIX}1-2");
+        let ours = format!("{GC_INFIX}{:x}-3", std::process::id());
+        // Grabbed, its name free: put back. Grabbed, its name taken again: removed.
+        std::fs::write(root.join(format!("a/x.txt{other}")), "x").unwrap();
+        std::fs::write(root.join("a/y"), "new y").unwrap();
+        std::fs::write(root.join(format!("a/y{other}")), "old y").unwrap();
+        // This process's own grab (a collection under way) is not touched.
+        std::fs::write(root.join(format!("z{ours}")), "z").unwrap();
+        assert_eq!(recover_grabbed_blocking(&root).unwrap(), (1, 1));
+        assert_eq!(std::fs::read(root.join("a/x.txt")).unwrap(), b"x");
+        assert_eq!(std::fs::read(root.join("a/y")).unwrap(), b"new y");
+        assert!(!root.join(format!("a/y{other}")).exists());
+        assert!(root.join(format!("z{ours}")).exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn listing_is_in_key_byte_order_and_pages_resume_after_the_cursor() {
