@@ -44,6 +44,16 @@ struct Setup {
 
 impl Setup {
     fn start(name: &str, env_capacity: Option<usize>, scan_interval_s: Option<u64>) -> Setup {
+        Setup::start_with(name, env_capacity, scan_interval_s, &[])
+    }
+
+    /// [`Setup::start`] with `files` written into the inbox just before the engine starts.
+    fn start_with(
+        name: &str,
+        env_capacity: Option<usize>,
+        scan_interval_s: Option<u64>,
+        files: &[(String, Vec<u8>)],
+    ) -> Setup {
         let (peer, s3dir) = &*S3S;
         let bucket = format!("watch-{name}");
         let s3 = s3dir.path().join(&bucket);
@@ -102,6 +112,9 @@ sites = ["local", "s3"]
             endpoint = peer.url(),
         );
         let cfg = write_config(&root, &cfg);
+        for (key, body) in files {
+            put_file(&inbox, key, body);
+        }
         let capacity = env_capacity.map(|c| c.to_string());
         let env: Vec<(&str, &str)> = capacity
             .as_deref()
@@ -282,6 +295,33 @@ fn a_rescan_catches_what_a_watch_with_a_full_channel_missed() {
         "the 200 files at both sites",
         Duration::from_secs(60),
         || (0..200).all(|i| s.both_hold(&format!("g{i:03}"), &body(i))),
+    );
+    assert!(s.engine.stop().success());
+}
+
+#[test]
+fn files_written_just_before_the_start_arrive_once_settled_not_at_the_next_rescan() {
+    // Written right before the engine starts: the first pass finds them too fresh (settle_ms,
+    // 2 s by default) and the watch was not there yet. They are looked at again once settled,
+    // not at the next rescan (300 s with the watch).
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("early/f{i:02}"), bytes_for(i, 700)))
+        .collect();
+    let s = Setup::start_with("early", None, None, &files);
+    let t0 = Instant::now();
+    wait_until(
+        "the early files at both sites",
+        Duration::from_secs(30),
+        || {
+            files.iter().all(|(k, body)| {
+                std::fs::read(s.at_file(k)).ok().as_deref() == Some(body.as_slice())
+                    && std::fs::read(s.at_s3(k)).ok().as_deref() == Some(body.as_slice())
+            })
+        },
+    );
+    eprintln!(
+        "files written before the start: at both sites after {:?}",
+        t0.elapsed()
     );
     assert!(s.engine.stop().success());
 }

@@ -20,6 +20,7 @@
 //! walked at once; lost events ask for a pass.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +84,8 @@ pub struct Scanner {
     token: CancellationToken,
     requests: mpsc::UnboundedReceiver<PassRequest>,
     observer: Arc<Observer>,
+    /// Files of the current directory pass left for being modified too recently.
+    unsettled: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -162,6 +165,7 @@ impl Scanner {
             token: stage.token().clone(),
             requests,
             observer,
+            unsettled: AtomicUsize::new(0),
         };
         stage.spawn(s.run());
         handle
@@ -178,7 +182,9 @@ impl Scanner {
             }
         }
         let mut pending: Option<PassRequest> = Some(PassRequest::All);
+        let mut first = true;
         loop {
+            let mut follow_up = None;
             if let Some(req) = pending.take() {
                 let buckets = match req {
                     PassRequest::All => self.source.buckets(),
@@ -188,14 +194,23 @@ impl Scanner {
                     if self.token.is_cancelled() {
                         return Ok(());
                     }
+                    self.unsettled.store(0, Ordering::Relaxed);
                     self.pass(&bucket).await?;
+                    // Files still being written when the first pass reached them may predate
+                    // the watch: they are looked at again once settled, not at the next
+                    // rescan minutes later.
+                    if first && self.unsettled.load(Ordering::Relaxed) > 0 {
+                        follow_up = Some(Duration::from_millis(self.settle_ms.saturating_add(100)));
+                    }
                 }
+                first = false;
             }
-            let sleep = async {
-                if self.interval.is_zero() {
-                    std::future::pending::<()>().await
-                } else {
-                    tokio::time::sleep(self.interval).await
+            let interval = self.interval;
+            let sleep = async move {
+                match follow_up {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None if interval.is_zero() => std::future::pending::<()>().await,
+                    None => tokio::time::sleep(interval).await,
                 }
             };
             tokio::select! {
@@ -542,6 +557,7 @@ impl Scanner {
             .map_err(|e| Stop::Retry(format!("scan task failed: {e}")))?
             .map_err(|e| Stop::Retry(format!("cannot read directory {dir:?}: {e}")))?;
         let unsettled = rescan.as_ref().map_or(0, |s| s.unsettled);
+        self.unsettled.fetch_add(unsettled, Ordering::Relaxed);
         // Records of files no longer there, and of subdirectories gone whole.
         let present: HashSet<&str> = scan.subdirs.iter().map(String::as_str).collect();
         let mut gone_dirs = Vec::new();
