@@ -235,6 +235,12 @@ fn a_directory_of_500_files_moved_in_arrives_whole_and_deletes_follow() {
         // The operator sees the source watched.
         let status = get_json(api, "/_/status").await;
         assert_eq!(status["sources"][0]["watching"], true, "{status}");
+        // The lag of what completed, as a metric of the original's shape (issue 13).
+        let lag = get_json(api, "/_/metrics/crr/local/lag").await;
+        let p99 = lag["lag"]["results"]["p99"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..60.0).contains(&p99), "{lag}");
+        let all = get_json(api, "/_/metrics/crr/all").await;
+        assert!(all["lag"]["results"]["p50"].is_number(), "{all}");
         failures_support::wait_for(
             "the delete marker COMPLETED",
             Duration::from_secs(10),

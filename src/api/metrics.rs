@@ -1,5 +1,5 @@
 //! Metrics routes (reference 1.6): backlog, completions, failures, throughput and pending per
-//! site or for `all`, and object progress and throughput, read from the state store's
+//! site or for `all` (and ours, `lag`), and object progress and throughput, read from the state store's
 //! counters (the site routes from its maintained totals, [`crate::store::SiteTotals`], the
 //! numbers Prometheus exports too). Descriptions are the original's, verbatim. `failures` counts the failed set (the
 //! original's definition, shared with Prometheus and `GET status`: see `api::monitoring`).
@@ -36,6 +36,8 @@ pub const DESC_THROUGHPUT_INGESTION: &str =
 pub const DESC_PENDING: &str = "Number of pending replication operations (count) and bytes (size)";
 /// `pending` description (ingestion).
 pub const DESC_PENDING_INGESTION: &str = "Number of pending ingestion operations (count)";
+/// `lag` description (ours).
+pub const DESC_LAG: &str = "Replication lag in seconds, from the version's write at the source to COMPLETED at the site, over the last 5 minutes (p50, p99; null when nothing completed), and the age in seconds of the oldest pending version (oldestPendingSeconds; null when nothing is pending); for all, the slowest site's";
 /// Object progress description.
 pub const DESC_OBJECT_PROGRESS: &str = "Number of bytes to be replicated (pending), number of bytes transferred to the destination (completed), and percentage of the object that has completed replication (progress)";
 /// Object throughput description.
@@ -167,6 +169,33 @@ pub async fn site_metrics(
         out.insert(
             "pending".into(),
             entry(DESC_PENDING, json!({"count": pending.0, "size": pending.1})),
+        );
+    }
+    if want(MetricKind::Lag) {
+        // The observer's figures (since this process started), the slowest site's for `all`.
+        let (mut p50, mut p99, mut oldest): (Option<f64>, Option<f64>, Option<u64>) =
+            (None, None, None);
+        let worst = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        for s in &sites {
+            let view = state.observer.view(s).unwrap_or_default();
+            p50 = worst(p50, view.lag_p50_s);
+            p99 = worst(p99, view.lag_p99_s);
+            oldest = match (oldest, view.oldest_pending_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        let oldest_s = oldest.map(|t| round3(now.saturating_sub(t) as f64 / 1000.0));
+        out.insert(
+            "lag".into(),
+            entry(
+                DESC_LAG,
+                json!({"p50": p50.map(round3), "p99": p99.map(round3), "oldestPendingSeconds": oldest_s}),
+            ),
         );
     }
     Ok(Value::Object(out))

@@ -47,6 +47,9 @@ pub enum MetricKind {
     Throughput,
     /// Pending counters.
     Pending,
+    /// Replication lag (ours, DESIGN section 5): p50/p99 of source write to COMPLETED over
+    /// the last 5 minutes, and the oldest pending version's age (crr only).
+    Lag,
 }
 
 /// Services with metrics routes.
@@ -160,6 +163,7 @@ pub const ROUTES: &[RouteSpec] = &[
         "/metrics/crr/{site}/pending",
         R::Metrics(S::Crr, K::Pending),
     ),
+    r("GET", "/metrics/crr/{site}/lag", R::Metrics(S::Crr, K::Lag)),
     r(
         "GET",
         "/metrics/crr/{site}/progress/{bucket}/{key}",

@@ -84,6 +84,9 @@ async fn crr_metrics_match_the_reference_fixture() {
         "failures": {"description": D_FAILURES, "results": {"count": 482, "size": 0}},
         "throughput": {"description": D_THROUGHPUT, "results": {"count": "0.83", "size": "3.22"}},
         "pending": {"description": D_PENDING, "results": {"count": 4, "size": 2048}},
+        // Ours, after the original's five (issue 13): nothing completed or pending in this
+        // process's observer.
+        "lag": {"description": backbeat::api::metrics::DESC_LAG, "results": {"p50": null, "p99": null, "oldestPendingSeconds": null}},
     });
     assert_eq!(all.json(), expected);
     // Keys in the original's order.
@@ -114,6 +117,7 @@ async fn crr_metrics_match_the_reference_fixture() {
         "failures": {"description": D_FAILURES, "results": {"count": 242, "size": 0}},
         "throughput": {"description": D_THROUGHPUT, "results": {"count": "0.50", "size": "1.14"}},
         "pending": {"description": D_PENDING, "results": {"count": 2, "size": 1024}},
+        "lag": {"description": backbeat::api::metrics::DESC_LAG, "results": {"p50": null, "p99": null, "oldestPendingSeconds": null}},
     });
     assert_eq!(api.get_json("metrics/crr/site1").await, site1);
     for t in [
