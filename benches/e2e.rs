@@ -21,11 +21,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/engine.rs"]
+mod engine;
+use engine::{free_port, get, Proc};
 
 const N_FILE: usize = 10_000;
 const N_S3: usize = 4_000;
@@ -34,23 +37,6 @@ const CONCURRENCY: usize = 10;
 const SITE: &str = "bench";
 /// Where `cargo install --root /work/.peers-bench` puts s3s-fs.
 const DEFAULT_S3S: &str = "/work/.peers-bench/bin/s3s-fs";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn body_of(i: usize) -> Vec<u8> {
     let mut body = vec![b'x'; SIZE];
@@ -94,23 +80,6 @@ sites = ["{SITE}"]
         data.display(),
         src.display()
     )
-}
-
-/// One plain HTTP/1.1 GET to the engine's API; `(status, body)`, or `None` when it does not
-/// answer (yet).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /_/backbeat/api/{path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
 }
 
 /// Versions COMPLETED at the bench site, as the engine counts them (24 h window).

@@ -612,20 +612,15 @@ impl PopulatorTask {
             },
         )];
         for site in &sites {
-            ops.push(StoreOp::key(
+            let reason = FailureReason::SourceUnreadable;
+            ops.push(failed_op(
                 &vref,
-                KeyChange::Outcome {
-                    version_id: version.version_id.clone(),
-                    site: site.clone(),
-                    outcome: SiteOutcome::Failed(FailedInfo {
-                        size: version.size,
-                        written_ms: version.written_ms,
-                        reason: FailureReason::SourceUnreadable,
-                        attempts: 1,
-                        last_error: error.to_string(),
-                        last_attempt_ms: now,
-                    }),
-                },
+                &version,
+                site,
+                reason,
+                1,
+                error.to_string(),
+                now,
             ));
         }
         self.store.apply(ops).await?;
@@ -812,23 +807,11 @@ impl PopulatorTask {
             let owner = self.owners.get(s).cloned().flatten().unwrap_or_default();
             tracing::error!(site = %s, bucket, key, owner,
                 "Namespace conflict: the site keeps keys as they are and belongs to another source bucket; not replicated there.");
-            ops.push(StoreOp::key(
-                &vref,
-                KeyChange::Outcome {
-                    version_id: version.version_id.clone(),
-                    site: s.clone(),
-                    outcome: SiteOutcome::Failed(FailedInfo {
-                        size: version.size,
-                        written_ms: version.written_ms,
-                        reason: FailureReason::NamespaceConflict,
-                        attempts: 0,
-                        last_error: format!(
-                            "site {s} keeps keys as they are (bucket_match) and belongs to source bucket {owner}"
-                        ),
-                        last_attempt_ms: now,
-                    }),
-                },
-            ));
+            let why = format!(
+                "site {s} keeps keys as they are (bucket_match) and belongs to source bucket {owner}"
+            );
+            let reason = FailureReason::NamespaceConflict;
+            ops.push(failed_op(&vref, &version, s, reason, 0, why, now));
         }
         let entry = (!copy.is_empty()).then(|| {
             let e = if current.is_none() {
@@ -845,6 +828,34 @@ impl PopulatorTask {
         });
         Ok(Some((entry, ops)))
     }
+}
+
+/// The op recording `version` FAILED at `site` for `reason` (without a copy attempt by a
+/// processor: the populator's own findings).
+fn failed_op(
+    vref: &VersionRef,
+    version: &QueuedVersion,
+    site: &str,
+    reason: FailureReason,
+    attempts: u32,
+    last_error: String,
+    now: u64,
+) -> StoreOp {
+    StoreOp::key(
+        vref,
+        KeyChange::Outcome {
+            version_id: version.version_id.clone(),
+            site: site.to_string(),
+            outcome: SiteOutcome::Failed(FailedInfo {
+                size: version.size,
+                written_ms: version.written_ms,
+                reason,
+                attempts,
+                last_error,
+                last_attempt_ms: now,
+            }),
+        },
+    )
 }
 
 /// Why a key could not be planned.

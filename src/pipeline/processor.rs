@@ -535,8 +535,15 @@ impl ReplicationProcessor {
             return Ok(Outcome::Abandoned);
         }
         // A replayed entry of a version already COMPLETED here (when this process sees the
-        // store the status processor writes).
-        if let Some(k) = self.store.key_state(&v.bucket, &v.key).await? {
+        // store the status processor writes). Never for an operator's requeue: its record is
+        // written only after its entry (the populator appends first), so the record read here
+        // may still say COMPLETED about the replica the operator says is wrong.
+        let record = if job.entry.requeued {
+            None
+        } else {
+            self.store.key_state(&v.bucket, &v.key).await?
+        };
+        if let Some(k) = record {
             if k.version_id == v.version_id
                 && k.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed)
             {
