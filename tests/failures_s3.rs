@@ -369,6 +369,74 @@ async fn a_sites_first_transient_error_is_logged_and_counted_when_it_happens() {
     assert!(e.stop().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_way_a_site_fails_is_listed_with_its_typed_reason() {
+    let (tmp, src, data, logs) = engine_dirs();
+    let moto_peer = start_moto_on(free_port());
+    let c = s3_client(&moto_peer.url());
+    moto::create_bucket(&c, "replica", true).await.unwrap();
+    let answer = |status: u16, code: &'static str| -> flaky::Rule {
+        std::sync::Arc::new(move |_, _| {
+            Some((
+                hyper::StatusCode::from_u16(status).unwrap(),
+                format!("<Error><Code>{code}</Code><Message>{code}</Message></Error>"),
+            ))
+        })
+    };
+    let five = flaky::start_with(moto_peer.addr, answer(500, "InternalError")).await;
+    let denied = flaky::start_with(moto_peer.addr, answer(403, "AccessDenied")).await;
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in silent.incoming().take(64) {
+            open.push(s);
+        }
+    });
+    let refused_url = format!("http://127.0.0.1:{}", free_port());
+    let sites = [
+        s3_site("refused", &refused_url),
+        s3_site("silent", &silent_url),
+        s3_site("five", &five.url()),
+        s3_site("denied", &denied.url()),
+        s3_site("missing", &moto_peer.url()).replace("bucket = \"replica\"", "bucket = \"absent\""),
+    ]
+    .concat();
+    let names = ["refused", "silent", "five", "denied", "missing"];
+    let retry =
+        "max_retries = 1\ntimeout_s = 2\nbackoff_min_ms = 50\nbackoff_max_ms = 100\nreplay = 0\n";
+    let cfg = engine_config(&data, &src, &sites, &names, retry);
+    let e = EngineProc::start(&write_config(tmp.path(), &cfg), &logs);
+    let api = api_of(&e);
+    put_objects(&src, 0..1);
+    let started = std::time::Instant::now();
+    let want = [
+        ("refused", "Unreachable"),
+        ("silent", "Timeout"),
+        ("five", "ServerError"),
+        ("denied", "AccessDenied"),
+        ("missing", "NoSuchBucket"),
+    ];
+    for (site, reason) in want {
+        wait_for(
+            &format!("{site} FAILED"),
+            Duration::from_secs(120),
+            || async { !failed_list(api, site).await.is_empty() },
+        )
+        .await;
+        let listed = failed_list(api, site).await;
+        assert_eq!(listed[0]["Reason"], reason, "{site}: {}", listed[0]);
+        assert!(listed[0]["LastError"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    eprintln!("every reason listed after {:?}", started.elapsed());
+    assert!(e.stop().success());
+    eprintln!("stopped after {:?}", started.elapsed());
+    drop(held);
+}
+
 /// Site A on moto and site B on Azurite (both up, empty), and the engine's configuration.
 struct Setup {
     _tmp: tempfile::TempDir,
