@@ -1,8 +1,8 @@
 //! Site states against the real binary (issue 16, DESIGN section 5): with one site frozen
-//! (s3s-fs stopped with SIGSTOP, so every copy times out), `GET status` shows that site
-//! `failing` or `stalled` with its last error, while the healthy file site stays `ok`; once
-//! thawed, the frozen site is `ok` again and the healthcheck answered 200 throughout (the
-//! engine itself is healthy).
+//! (s3s-fs stopped with SIGSTOP, so no copy to it ends), `GET status` shows that site
+//! `stalled` (work waiting, nothing completed for `stall_after_s`) or `failing`, while the
+//! healthy file site stays `ok` and the healthcheck answers 200 (the engine itself is
+//! healthy); once thawed, the frozen site is `ok` again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -95,7 +95,6 @@ async fn a_frozen_site_turns_failing_or_stalled_while_the_healthy_one_stays_ok()
             let st = get_json(api, "/_/status").await;
             let s3 = site(&st, "s3");
             matches!(s3["state"].as_str(), Some("failing" | "stalled"))
-                && !s3["lastError"].is_null()
                 && site(&st, "local")["state"] == "ok"
         },
     )
