@@ -21,14 +21,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "support/engine.rs"]
 mod engine;
-use engine::{free_port, get, Proc};
+use engine::{free_port, get, start_s3s, Proc};
 
 const N_FILE: usize = 10_000;
 const N_S3: usize = 4_000;
@@ -269,34 +268,8 @@ impl Drop for Cleanup {
 }
 
 fn s3s_to(bin: &Path, tmp: &Path, name: &str) -> (Proc, u16, Cleanup) {
-    let port = free_port();
     let root = s3s_root(tmp, name);
-    std::fs::create_dir_all(root.join("replica")).unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            "AK",
-            "--secret-key",
-            "SK",
-        ])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "s3s-fs did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (p, port) = start_s3s(bin, &root);
     (p, port, Cleanup(root))
 }
 

@@ -14,7 +14,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/engine.rs"]
 mod engine;
-use engine::{free_port, get, Proc};
+use engine::{free_port, get, start_s3s, Proc};
 
 const DEFAULT_S3S: &str = "/work/.peers-bench/bin/s3s-fs";
 const POLL: Duration = Duration::from_millis(2);
@@ -38,29 +37,6 @@ fn s3s_bin() -> Option<PathBuf> {
         candidates.push(PathBuf::from(p).join("cargo/bin/s3s-fs"));
     }
     candidates.into_iter().find(|p| p.is_file())
-}
-
-fn start_s3s(bin: &Path, root: &Path) -> (Proc, u16) {
-    let port = free_port();
-    std::fs::create_dir_all(root.join("replica")).unwrap();
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "AK", "--secret-key", "SK"])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "s3s-fs did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (p, port)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

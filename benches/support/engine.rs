@@ -5,8 +5,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Child;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on now.
 pub fn free_port() -> u16 {
@@ -42,4 +43,29 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = out.get(9..12)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
+}
+
+/// Starts s3s-fs (`bin`) on a free port over `root`, with its bucket `replica`; waits until
+/// it listens.
+pub fn start_s3s(bin: &Path, root: &Path) -> (Proc, u16) {
+    let port = free_port();
+    std::fs::create_dir_all(root.join("replica")).expect("start s3s-fs");
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "AK", "--secret-key", "SK"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start s3s-fs");
+    let p = Proc(child);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s3s-fs did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
 }

@@ -539,14 +539,7 @@ impl PopulatorTask {
         let listed = match d {
             Discovery::Current {
                 current: Some(c), ..
-            } if !c.is_delete_marker => Some(QueuedVersion {
-                version_id: c.version.version_id.clone(),
-                etag: c.etag.clone(),
-                size: c.size,
-                written_ms: c.last_modified_ms(),
-                deleted: false,
-                backfill: false,
-            }),
+            } if !c.is_delete_marker => Some(source_version(c, false)),
             _ => None,
         };
         let version = listed.or_else(|| {
@@ -658,14 +651,7 @@ impl PopulatorTask {
         }
         // The version the sites must end up with.
         let version = match &current {
-            Some(c) => QueuedVersion {
-                version_id: c.version.version_id.clone(),
-                etag: c.etag.clone(),
-                size: if deleted { 0 } else { c.size },
-                written_ms: c.last_modified_ms(),
-                deleted,
-                backfill: false,
-            },
+            Some(c) => source_version(c, deleted),
             // A transient source's files leave once replicated (DESIGN section 9): absence
             // there is not a deletion. A replicated record of the key is all that is left.
             None if self.transient => {
@@ -827,6 +813,19 @@ impl PopulatorTask {
             }
         });
         Ok(Some((entry, ops)))
+    }
+}
+
+/// The version `c` (the key's current one at the source) as it is queued; a deletion carries
+/// no size.
+fn source_version(c: &ObjectInfo, deleted: bool) -> QueuedVersion {
+    QueuedVersion {
+        version_id: c.version.version_id.clone(),
+        etag: c.etag.clone(),
+        size: if deleted { 0 } else { c.size },
+        written_ms: c.last_modified_ms(),
+        deleted,
+        backfill: false,
     }
 }
 
