@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use backbeat::s3::{S3Client, S3Request};
 use backbeat::site::file::{FileSite, Sidecar};
 use common::peers::{start_azurite, start_moto, Peer, AZURITE_ACCOUNT, AZURITE_KEY};
-use failures_support::{api_of, failed_list, metric, post};
+use failures_support::{api_of, failed_list, metric, post, prom};
 use hyper::Method;
 use pipeline_support::*;
 use serde_json::{json, Value};
@@ -439,6 +439,82 @@ impl Run {
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 
+    /// A stale deletion replayed after a newer version (newest wins, DESIGN 3), made to happen
+    /// rather than left to chance: with Azure frozen, a key is deleted and then written again
+    /// (or undeleted). The runner keeps one key's entries in log order, so the deletion's
+    /// attempts time out first and it is queued again whole (a replay) *behind* the newer
+    /// version's entry. Azure thaws once that replay is queued: the newer version reaches the
+    /// site, then the replayed deletion comes. Only the processor's current-version check stops
+    /// it from deleting the newer replica, which `verify` and the read-back would catch.
+    async fn stale_deletion(&mut self) {
+        self.frozen = None;
+        let bucket = self.rng.pick(&self.buckets).clone();
+        let key = self.rng.pick(&KEYS).to_string();
+        let undelete = self.rng.below(2) == 0;
+        // A current version every site holds, so the deletion has something to delete.
+        self.put(&bucket, &key).await;
+        self.wait_settled(Duration::from_secs(60)).await;
+        let api = api_of(self.engine.as_ref().unwrap());
+        let replays = prom(api, "backbeat_replication_replays_total", "azure").await;
+        self.log.push(format!(
+            "freeze azure (stale deletion of {bucket}/{key}, then {})",
+            if undelete { "undelete" } else { "put" }
+        ));
+        let failures = prom(api, "backbeat_replication_attempt_failures_total", "azure").await;
+        let frozen = Frozen::freeze(&AZURITE);
+        self.delete(&bucket, &key).await;
+        // Once the deletion's first attempt has failed it is in the log (a scan queues only
+        // a key's current version, so the next write must come in a later pass) and the next
+        // entry of the key is queued behind it.
+        let start = Instant::now();
+        while prom(api, "backbeat_replication_attempt_failures_total", "azure").await <= failures {
+            if start.elapsed() >= Duration::from_secs(150) {
+                let kept = self.keep();
+                panic!(
+                    "the deletion never reached the frozen site\n{}\n(kept {})",
+                    self.context(),
+                    kept.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if undelete {
+            self.remove_newest(&bucket, &key).await;
+        } else {
+            self.put(&bucket, &key).await;
+        }
+        let start = Instant::now();
+        while prom(api, "backbeat_replication_replays_total", "azure").await <= replays {
+            if start.elapsed() >= Duration::from_secs(150) {
+                let kept = self.keep();
+                panic!(
+                    "the deletion was never replayed\n{}\n(kept {})",
+                    self.context(),
+                    kept.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(frozen);
+        self.log.push("thaw azure".into());
+    }
+
+    /// Waits until no site has a version pending (bounded).
+    async fn wait_settled(&self, limit: Duration) {
+        let api = api_of(self.engine.as_ref().unwrap());
+        let start = Instant::now();
+        loop {
+            let mut pending = 0;
+            for site in SITES {
+                pending += metric(api, site, "pending").await;
+            }
+            if pending == 0 || start.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Keeps the run's directory (data, logs, file site) for a post-mortem; returns it.
     fn keep(&mut self) -> PathBuf {
         let kept = self.tmp.path().to_path_buf();
@@ -668,6 +744,7 @@ async fn run_seed(seed: u64) {
     for _ in 0..OPS {
         run.step().await;
     }
+    run.stale_deletion().await;
     run.converge().await;
     run.read_back().await;
     let e = run.engine.take().unwrap();

@@ -77,15 +77,18 @@ fn sled_store() -> (tempfile::TempDir, Arc<SledStore>) {
     )
 }
 
-fn processor(store: Arc<dyn StateStore>, tracker: &TaskTracker) -> StatusProcessor {
+fn processor(store: Arc<dyn StateStore>, tracker: &TaskTracker) -> Arc<StatusProcessor> {
     let sites: Vec<String> = ["a", "c"].iter().map(|s| s.to_string()).collect();
     let observer = Observer::new(&sites, &[], Thresholds::default(), Arc::new(SystemClock));
-    StatusProcessor::new(store, observer, tracker)
+    Arc::new(StatusProcessor::new(store, observer, tracker))
 }
 
-async fn run(p: &StatusProcessor, d: &Delivery) {
+async fn run(p: &Arc<StatusProcessor>, d: &Delivery) {
     let job = p.prepare(d).expect("a status job");
-    assert!(matches!(p.handle(job).await.unwrap(), Outcome::Done(None)));
+    assert!(matches!(
+        p.clone().handle(job).await.unwrap(),
+        Outcome::Done(None)
+    ));
 }
 
 async fn record(store: &SledStore, key: &str) -> KeyState {

@@ -50,7 +50,7 @@ use crate::metrics::{count_attempt_failure, count_replay, count_retry};
 use crate::model::{ByteStream, ObjectInfo, ReplicationStatus, NULL_VERSION};
 use crate::observe::Observer;
 use crate::site::parts::part_ranges;
-use crate::site::{site_key, PartReceipt, PutReceipt, Site, SiteError};
+use crate::site::{site_key, Durable, PartReceipt, PutReceipt, Site, SiteError};
 use crate::source::{Source, SourceError};
 use crate::store::{ObjectMetric, StateStore, StoreOp, UploadIntent};
 use crate::transitions::{DropReason, FailedInfo, SiteOutcome};
@@ -149,6 +149,8 @@ impl CopyError {
 /// What one copy attempt achieved.
 enum Copied {
     Written(PutReceipt),
+    /// Written, durable once the [`Durable`] resolves.
+    Deferred(PutReceipt, Durable),
     Dropped(DropReason),
 }
 
@@ -295,7 +297,10 @@ impl ReplicationProcessor {
                 None => Box::pin(futures_util::stream::empty()),
             };
             let body = bandwidth::limit(body, self.cfg.bandwidth.clone());
-            return Ok(Copied::Written(self.site.put(key, &cur, body).await?));
+            return Ok(match self.site.put_deferred(key, &cur, body).await? {
+                (r, Some(durable)) => Copied::Deferred(r, durable),
+                (r, None) => Copied::Written(r),
+            });
         };
         let Some(mut cur) = self.source.current(bucket, src_key).await? else {
             return Ok(Copied::Dropped(DropReason::Superseded));
@@ -520,19 +525,113 @@ impl Handler for ReplicationProcessor {
         Some(job)
     }
 
-    async fn handle(&self, job: CopyJob) -> Result<Outcome, StageError> {
+    async fn handle(self: Arc<Self>, job: CopyJob) -> Result<Outcome, StageError> {
         let out = self.handle_job(&job).await;
-        self.waiting(&job, true);
-        out
+        match out {
+            Ok(Copy::Now(outcome)) => {
+                self.waiting(&job, true);
+                Ok(outcome)
+            }
+            Ok(Copy::Durable(receipt, durable)) => Ok(Outcome::Later(Box::pin(async move {
+                let out = self.after_durable(&job, receipt, durable).await;
+                self.waiting(&job, true);
+                out
+            }))),
+            Err(e) => {
+                self.waiting(&job, true);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Where a handled entry stands.
+enum Copy {
+    /// Its outcome.
+    Now(Outcome),
+    /// A replica written, its outcome known once the site has made it durable.
+    Durable(PutReceipt, Durable),
+}
+
+impl From<Outcome> for Copy {
+    fn from(o: Outcome) -> Copy {
+        Copy::Now(o)
     }
 }
 
 impl ReplicationProcessor {
-    async fn handle_job(&self, job: &CopyJob) -> Result<Outcome, StageError> {
+    /// The outcome of a replica written by [`Site::put_deferred`], once the site has made it
+    /// durable: COMPLETED, or, when the commit failed (nothing was put in place), what a
+    /// transient failure whose retries are spent gives (a replay, else FAILED).
+    async fn after_durable(
+        &self,
+        job: &CopyJob,
+        receipt: PutReceipt,
+        durable: Durable,
+    ) -> Result<Outcome, StageError> {
+        let site = self.site.name();
+        match durable.wait().await {
+            Ok(()) => Ok(self.completed(job, receipt)),
+            Err(e) => {
+                let error = CopyError::Site(e);
+                count_attempt_failure(site);
+                self.observer
+                    .attempt_failed(site, error.reason(), &crate::error::chain(&error));
+                self.give_up(job, error, 1).await
+            }
+        }
+    }
+
+    fn completed(&self, job: &CopyJob, receipt: PutReceipt) -> Outcome {
+        tracing::debug!(site = self.site.name(), version = %job.entry.version,
+            wrote = receipt.wrote, "Replicated.");
+        self.status(
+            job,
+            SiteOutcome::Completed {
+                data_store_version_id: receipt.version_id,
+            },
+        )
+    }
+
+    /// A copy that failed for good in this delivery: queued again whole for a replay while
+    /// the error is transient and replays are left, else FAILED.
+    async fn give_up(
+        &self,
+        job: &CopyJob,
+        error: CopyError,
+        attempts: u32,
+    ) -> Result<Outcome, StageError> {
+        let (site, v) = (self.site.name(), &job.entry.version);
+        let transient = matches!(error.disposition(), Disposition::Retry { .. });
+        let replay = if transient {
+            next_replay(job.entry.replay_count, self.cfg.replay)
+        } else {
+            None
+        };
+        if let Some(count) = replay {
+            // Appended before this entry's offset is committed (at-least-once).
+            let attempts = job.entry.attempts.saturating_add(attempts);
+            let record = job.entry.replay(site, count, attempts).record(self.format);
+            self.log.append(TOPIC_REPLICATION, vec![record]).await?;
+            count_replay(site);
+            tracing::warn!(site, key = %v.key, version_id = %v.version_id,
+                attempts, replay_count = count, reason = %error.reason(),
+                error = %crate::error::chain(&error),
+                "Retries spent; the entry is queued again for a replay.");
+            return Ok(Outcome::Done(None));
+        }
+        tracing::error!(site, key = %v.key, version_id = %v.version_id,
+            attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
+            reason = %error.reason(), error = %crate::error::chain(&error),
+            "Replication failed.");
+        Ok(self.failed(job, &error, attempts))
+    }
+
+    async fn handle_job(&self, job: &CopyJob) -> Result<Copy, StageError> {
         let site = self.site.name();
         let v = &job.entry.version;
         if !self.gate.wait(&self.token).await {
-            return Ok(Outcome::Abandoned);
+            return Ok(Outcome::Abandoned.into());
         }
         // A replayed entry of a version already COMPLETED here (when this process sees the
         // store the status processor writes). Never for an operator's requeue: its record is
@@ -548,7 +647,7 @@ impl ReplicationProcessor {
                 && k.site(site).map(|s| s.status) == Some(ReplicationStatus::Completed)
             {
                 tracing::debug!(site, version = %v, "Already replicated; skipping.");
-                return Ok(Outcome::Done(None));
+                return Ok(Outcome::Done(None).into());
             }
         }
         let key = site_key(&v.bucket, &v.key, self.cfg.bucket_match);
@@ -556,7 +655,7 @@ impl ReplicationProcessor {
             let error = CopyError::Site(e);
             tracing::error!(site, key = %v.key, version_id = %v.version_id,
                 error = %crate::error::chain(&error), "Replication failed: the site cannot store this key.");
-            return Ok(self.failed(job, &error, 0));
+            return Ok(self.failed(job, &error, 0).into());
         }
         let last_error = parking_lot::Mutex::new(String::new());
         let out = retry(&self.cfg.retry, &self.token, CopyError::disposition, |n| {
@@ -602,52 +701,23 @@ impl ReplicationProcessor {
         })
         .await;
         let outcome = match out {
-            Retried::Cancelled => return Ok(Outcome::Abandoned),
+            Retried::Cancelled => Outcome::Abandoned,
             Retried::Done(Copied::Dropped(why)) => {
                 tracing::info!(site, key = %v.key, version_id = %v.version_id,
                     why = why.as_str(), "Version not copied.");
                 self.status(job, SiteOutcome::Dropped(why))
             }
-            Retried::Done(Copied::Written(receipt)) => {
-                tracing::debug!(site, version = %v, wrote = receipt.wrote, "Replicated.");
-                self.status(
-                    job,
-                    SiteOutcome::Completed {
-                        data_store_version_id: receipt.version_id,
-                    },
-                )
+            Retried::Done(Copied::Written(receipt)) => self.completed(job, receipt),
+            Retried::Done(Copied::Deferred(receipt, durable)) => {
+                return Ok(Copy::Durable(receipt, durable))
             }
             Retried::Failed {
                 error: CopyError::Source(SourceError::NotFound(_)),
                 ..
             } => self.status(job, SiteOutcome::Dropped(DropReason::Superseded)),
-            Retried::Failed { error, attempts } => {
-                let transient = matches!(error.disposition(), Disposition::Retry { .. });
-                let replay = if transient {
-                    next_replay(job.entry.replay_count, self.cfg.replay)
-                } else {
-                    None
-                };
-                if let Some(count) = replay {
-                    // Appended before this entry's offset is committed (at-least-once).
-                    let attempts = job.entry.attempts.saturating_add(attempts);
-                    let record = job.entry.replay(site, count, attempts).record(self.format);
-                    self.log.append(TOPIC_REPLICATION, vec![record]).await?;
-                    count_replay(site);
-                    tracing::warn!(site, key = %v.key, version_id = %v.version_id,
-                        attempts, replay_count = count, reason = %error.reason(),
-                        error = %crate::error::chain(&error),
-                        "Retries spent; the entry is queued again for a replay.");
-                    return Ok(Outcome::Done(None));
-                }
-                tracing::error!(site, key = %v.key, version_id = %v.version_id,
-                    attempts, replay_count = ?job.entry.replay_count, permanent = !transient,
-                    reason = %error.reason(), error = %crate::error::chain(&error),
-                    "Replication failed.");
-                self.failed(job, &error, attempts)
-            }
+            Retried::Failed { error, attempts } => self.give_up(job, error, attempts).await?,
         };
-        Ok(outcome)
+        Ok(Copy::Now(outcome))
     }
 }
 

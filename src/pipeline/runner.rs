@@ -4,6 +4,11 @@
 //!   are read ahead.
 //! - Per-key order: entries with the same record key (`bucket/key`) run one after another, in
 //!   log order; different keys run in parallel.
+//! - Deferred outcomes: a handler whose work is done but not yet final ([`Outcome::Later`]: a
+//!   replica written, waiting for the site's group commit) frees its slot for the next entry;
+//!   the entry keeps its key and its offset until the outcome is final. So the concurrency
+//!   bounds the copies doing I/O, and a commit is shared by everything written meanwhile (at
+//!   most `prefetch` entries wait so).
 //! - Offset ledger: per partition, the offsets read but not finished. The committed offset is
 //!   the lowest unfinished offset (or the end of what was read), so a crash replays exactly
 //!   the unfinished entries and never skips one.
@@ -17,7 +22,9 @@
 //!   and the offsets committed.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +38,24 @@ use super::StageError;
 use crate::log::{Consumer, Delivery, Log, LogError, Position, Record};
 
 /// What a handler did with an entry.
-#[derive(Debug)]
 pub enum Outcome {
     /// Finished; the optional record is appended to the output topic before the commit.
     Done(Option<Record>),
     /// Not finished (the stage is stopping); the entry stays uncommitted.
     Abandoned,
+    /// Done but not final: the future gives the final outcome (a replica waiting to be made
+    /// durable). The handler's slot is free meanwhile; the entry's key and offset are not.
+    Later(Pin<Box<dyn Future<Output = Result<Outcome, StageError>> + Send>>),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Outcome::Abandoned => f.write_str("Abandoned"),
+            Outcome::Later(_) => f.write_str("Later"),
+        }
+    }
 }
 
 /// The work done for each entry of a topic.
@@ -50,7 +69,7 @@ pub trait Handler: Send + Sync + 'static {
     fn prepare(&self, delivery: &Delivery) -> Option<Self::Job>;
 
     /// Handles one entry. `Err` is fatal for the stage.
-    async fn handle(&self, job: Self::Job) -> Result<Outcome, StageError>;
+    async fn handle(self: Arc<Self>, job: Self::Job) -> Result<Outcome, StageError>;
 }
 
 /// Settings of one consuming loop.
@@ -129,6 +148,8 @@ struct Finished {
     position: Position,
     key: Vec<u8>,
     result: Result<Outcome, StageError>,
+    /// The final outcome of an [`Outcome::Later`] (it held no slot).
+    deferred: bool,
 }
 
 /// Idle wait of a poll when nothing is in flight.
@@ -179,6 +200,8 @@ pub async fn run<H: Handler>(
     let mut blocked_count = 0usize;
     let mut active: HashSet<Vec<u8>> = HashSet::new();
     let mut running = 0usize;
+    // Entries whose outcome is deferred ([`Outcome::Later`]): no slot, their key held.
+    let mut deferred = 0usize;
     let mut stopping = false;
     let mut finished: Vec<Finished> = Vec::new();
     // The append in flight and the positions it finishes; the outputs gathered meanwhile.
@@ -198,10 +221,10 @@ pub async fn run<H: Handler>(
             blocked_count = 0;
         }
         let flushed = append.is_none() && outputs.records.is_empty();
-        if stopping && running == 0 && flushed {
+        if stopping && running == 0 && deferred == 0 && flushed {
             break;
         }
-        if !stopping {
+        if !stopping && deferred < prefetch {
             spawn_ready(
                 &mut ready,
                 &mut running,
@@ -244,12 +267,12 @@ pub async fn run<H: Handler>(
                         }
                     }
                 }
-                if !ready.is_empty() && running < concurrency {
+                if !ready.is_empty() && running < concurrency && deferred < prefetch {
                     continue;
                 }
             }
         }
-        if running == 0 && append.is_none() {
+        if running == 0 && deferred == 0 && append.is_none() {
             // Idle (or only outputs waiting, handled below): commit what is finished.
             start_append(&log, &cfg, &tracker, &mut append, &mut outputs, &mut ledger);
             if append.is_none() {
@@ -281,7 +304,7 @@ pub async fn run<H: Handler>(
                 }
             };
             tokio::select! {
-                r = rx.recv(), if running > 0 => Event::Finished(r),
+                r = rx.recv(), if running + deferred > 0 => Event::Finished(r),
                 r = appended => Event::Appended(r),
                 () = tokio::time::sleep(wait) => Event::Timeout,
             }
@@ -304,8 +327,18 @@ pub async fn run<H: Handler>(
                 }
                 let mut fatal = None;
                 for f in finished.drain(..) {
-                    running -= 1;
+                    if f.deferred {
+                        deferred -= 1;
+                    } else {
+                        running -= 1;
+                    }
                     match f.result {
+                        Ok(Outcome::Later(later)) => {
+                            // The key stays held until the final outcome.
+                            deferred += 1;
+                            spawn_later(later, f.position, f.key, &tx, &tracker);
+                            continue;
+                        }
                         Ok(Outcome::Done(Some(r))) => outputs.push(r, f.position),
                         Ok(Outcome::Done(None)) => ledger.finish(f.position),
                         Ok(Outcome::Abandoned) => {}
@@ -330,7 +363,7 @@ pub async fn run<H: Handler>(
                 if let Some(e) = fatal {
                     return Err(e);
                 }
-                if !stopping {
+                if !stopping && deferred < prefetch {
                     spawn_ready(
                         &mut ready,
                         &mut running,
@@ -343,7 +376,7 @@ pub async fn run<H: Handler>(
             }
         }
         let due = stopping
-            || running == 0
+            || running + deferred == 0
             || outputs.records.len() >= OUTPUT_BATCH
             || outputs.since.is_some_and(|t| t.elapsed() >= OUTPUT_LINGER);
         if due {
@@ -428,9 +461,33 @@ fn spawn_ready<H: Handler>(
                 position: q.position,
                 key: q.key,
                 result,
+                deferred: false,
             });
         });
     }
+}
+
+/// Waits for a deferred outcome in its own task; it arrives as a [`Finished`] like any other.
+fn spawn_later(
+    later: Pin<Box<dyn Future<Output = Result<Outcome, StageError>> + Send>>,
+    position: Position,
+    key: Vec<u8>,
+    tx: &mpsc::UnboundedSender<Finished>,
+    tracker: &TaskTracker,
+) {
+    let tx = tx.clone();
+    tracker.spawn(async move {
+        let result = match AssertUnwindSafe(later).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(StageError::Panicked),
+        };
+        let _ = tx.send(Finished {
+            position,
+            key,
+            result,
+            deferred: true,
+        });
+    });
 }
 
 async fn commit(consumer: &mut dyn Consumer, ledger: &mut Ledger) -> Result<(), StageError> {
@@ -523,7 +580,7 @@ mod tests {
         fn prepare(&self, _delivery: &Delivery) -> Option<()> {
             Some(())
         }
-        async fn handle(&self, _job: ()) -> Result<Outcome, StageError> {
+        async fn handle(self: Arc<Self>, _job: ()) -> Result<Outcome, StageError> {
             self.0.cancelled().await;
             Ok(Outcome::Abandoned)
         }
@@ -572,5 +629,122 @@ mod tests {
         token.cancel();
         run.await.unwrap().unwrap();
         assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Hands out the given keys once, in order; remembers the committed offsets.
+    struct ListConsumer {
+        keys: VecDeque<(u64, String)>,
+        committed: Arc<parking_lot::Mutex<u64>>,
+    }
+
+    #[async_trait]
+    impl Consumer for ListConsumer {
+        async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, LogError> {
+            let n = max.min(self.keys.len());
+            if n == 0 {
+                tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+            }
+            Ok(self
+                .keys
+                .drain(..n)
+                .map(|(offset, key)| Delivery {
+                    position: pos(0, offset),
+                    record: Record::new(key, "v"),
+                })
+                .collect())
+        }
+        async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+            for p in positions {
+                let mut c = self.committed.lock();
+                *c = (*c).max(p.offset);
+            }
+            Ok(())
+        }
+        fn seek(&mut self, _position: Position) -> Result<(), LogError> {
+            Ok(())
+        }
+        fn committed(&self) -> Vec<u64> {
+            vec![*self.committed.lock()]
+        }
+    }
+
+    /// Answers every entry with [`Outcome::Later`], final once `release` is cancelled;
+    /// records the order entries started in.
+    struct Deferring {
+        release: CancellationToken,
+        started: parking_lot::Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl Handler for Deferring {
+        type Job = u64;
+        fn prepare(&self, delivery: &Delivery) -> Option<u64> {
+            Some(delivery.position.offset)
+        }
+        async fn handle(self: Arc<Self>, job: u64) -> Result<Outcome, StageError> {
+            self.started.lock().push(job);
+            let release = self.release.clone();
+            Ok(Outcome::Later(Box::pin(async move {
+                release.cancelled().await;
+                Ok(Outcome::Done(None))
+            })))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deferred_outcome_frees_its_slot_but_holds_its_key_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
+        let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
+        // Ten entries: nine keys, the last one a second entry of the first key.
+        let mut keys: VecDeque<(u64, String)> = (0..9).map(|o| (o, format!("k{o}"))).collect();
+        keys.push_back((9, "k0".to_string()));
+        let committed = Arc::new(parking_lot::Mutex::new(0));
+        let consumer = ListConsumer {
+            keys,
+            committed: committed.clone(),
+        };
+        let handler = Arc::new(Deferring {
+            release: CancellationToken::new(),
+            started: parking_lot::Mutex::new(Vec::new()),
+        });
+        let token = CancellationToken::new();
+        let cfg = RunnerConfig {
+            stage: "test",
+            concurrency: 2,
+            prefetch: 16,
+            output_topic: None,
+            drain_on_stop: false,
+        };
+        let run = tokio::spawn(run(
+            log,
+            Box::new(consumer),
+            handler.clone(),
+            cfg,
+            token.clone(),
+            TaskTracker::new(),
+        ));
+        // Far more than the concurrency of 2 start while none is final; not the second k0.
+        let start = Instant::now();
+        while handler.started.lock().len() < 9 {
+            assert!(start.elapsed() < Duration::from_secs(10), "slots not freed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!handler.started.lock().contains(&9), "the key was not held");
+        assert_eq!(
+            *committed.lock(),
+            0,
+            "an offset was committed before its outcome"
+        );
+        handler.release.cancel();
+        let start = Instant::now();
+        while *committed.lock() < 10 {
+            assert!(start.elapsed() < Duration::from_secs(10), "not committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(handler.started.lock().last(), Some(&9));
+        token.cancel();
+        run.await.unwrap().unwrap();
     }
 }

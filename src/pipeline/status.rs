@@ -144,7 +144,7 @@ impl Handler for StatusProcessor {
         })
     }
 
-    async fn handle(&self, job: StatusJob) -> Result<Outcome, StageError> {
+    async fn handle(self: Arc<Self>, job: StatusJob) -> Result<Outcome, StageError> {
         let v = &job.entry.version;
         let changed = self.batcher.apply(vec![Self::outcome_op(&job)]).await?;
         if changed.first().copied().unwrap_or(false) {

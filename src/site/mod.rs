@@ -240,6 +240,35 @@ pub fn transient_reason(detail: &str) -> FailureReason {
     }
 }
 
+/// A replica written but not yet durable: resolves once the site has made it durable (`Ok`),
+/// or with what failed. Given by [`Site::put_deferred`].
+pub struct Durable(
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SiteError>> + Send>>,
+);
+
+impl Durable {
+    /// Wraps the future that resolves once the replica is durable.
+    pub fn new(
+        f: impl std::future::Future<Output = Result<(), SiteError>> + Send + 'static,
+    ) -> Durable {
+        Durable(Box::pin(f))
+    }
+
+    /// Waits until the replica is durable.
+    ///
+    /// # Errors
+    /// What failed while making it durable (the replica is then not in place).
+    pub async fn wait(self) -> Result<(), SiteError> {
+        self.0.await
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durable")
+    }
+}
+
 /// A destination site.
 #[async_trait]
 pub trait Site: Send + Sync + 'static {
@@ -274,6 +303,20 @@ pub trait Site: Send + Sync + 'static {
         obj: &ObjectInfo,
         body: ByteStream,
     ) -> Result<PutReceipt, SiteError>;
+
+    /// [`Site::put`], except that it may answer once the replica is written but before it is
+    /// durable, with a [`Durable`] that resolves when it is (the file site's group commit).
+    /// The caller reports the replica COMPLETED only after that; meanwhile it can start the
+    /// next copy, so many replicas share one commit whatever the copy concurrency. Sites that
+    /// are durable when `put` answers (S3, Azure) give `None`.
+    async fn put_deferred(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        body: ByteStream,
+    ) -> Result<(PutReceipt, Option<Durable>), SiteError> {
+        Ok((self.put(key, obj, body).await?, None))
+    }
 
     /// Replicates a deletion of the source key: removes the replica at `key` (S3: writes a
     /// delete marker when the bucket is versioned). Writes nothing when no replica is there or
