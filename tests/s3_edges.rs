@@ -1,9 +1,10 @@
 //! S3 edge cases of issue 14 against the real binary, moto started once for the binary and a
 //! small proxy ([`common::flaky`]) in front of it answering what a real server may answer:
 //!
-//! - a site that accepts connections and never answers, with `request_timeout_s = 2`: its
-//!   first failed attempt is logged and counted within seconds (not after a minute), and the
-//!   version FAILED with reason `Timeout`;
+//! - an S3 site and an Azure site that accept connections and never answer, with
+//!   `request_timeout_s = 2`: the first failed attempt of each is logged and counted within
+//!   seconds (not after a minute), and the version FAILED with reason `Timeout`; a silent S3
+//!   source with `request_timeout_s = 2` is reported as soon;
 //! - GetObjectTagging denied at the source (403 AccessDenied): the objects are replicated
 //!   without tags and one WARN says so for the bucket (not one per object), while a bucket
 //!   whose tags can be read replicates them;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use backbeat::s3::{S3Client, S3Request};
 use common::flaky;
-use common::peers::{start_moto, Peer};
+use common::peers::{start_moto, Peer, AZURITE_ACCOUNT, AZURITE_KEY};
 use failures_support::{api_of, failed_list, post, prom, strip_ansi, wait_for};
 use hyper::{Method, StatusCode};
 use pipeline_support::*;
@@ -181,7 +182,13 @@ async fn a_silent_site_fails_its_first_attempt_within_its_request_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let [src, logs] = dirs(tmp.path(), ["inbox", "logs"]);
     let peer = silent().await;
-    let sites = s3_site("silent", &peer.url, "replica", "request_timeout_s = 2\n");
+    let sites = s3_site("silent", &peer.url, "replica", "request_timeout_s = 2\n")
+        + &format!(
+            "[[sites]]\nname = \"silent-az\"\ntype = \"azure\"\nendpoint = \"{}/{AZURITE_ACCOUNT}\"\n\
+             account = \"{AZURITE_ACCOUNT}\"\ncontainer = \"replica\"\nkey = \"{AZURITE_KEY}\"\n\
+             request_timeout_s = 2\n",
+            peer.url
+        );
     // A long backoff: the failure seen is the first attempt's.
     let retry =
         "max_retries = 2\ntimeout_s = 60\nbackoff_min_ms = 3000\nbackoff_max_ms = 3000\nreplay = 0\n";
@@ -189,7 +196,7 @@ async fn a_silent_site_fails_its_first_attempt_within_its_request_timeout() {
         &tmp.path().join("data"),
         &src,
         &sites,
-        &rule("inbox", "", &["silent"], true),
+        &rule("inbox", "", &["silent", "silent-az"], true),
         "",
         retry,
     );
@@ -199,9 +206,18 @@ async fn a_silent_site_fails_its_first_attempt_within_its_request_timeout() {
     let put_at = Instant::now();
     // The watch hands the file over at once; the attempt then waits 2 s, not 15 or 60.
     wait_for(
-        "the first failed attempt counted",
+        "the first failed attempts counted",
         Duration::from_secs(8),
-        || async { prom(api, "backbeat_replication_attempt_failures_total", "silent").await >= 1 },
+        || async {
+            prom(api, "backbeat_replication_attempt_failures_total", "silent").await >= 1
+                && prom(
+                    api,
+                    "backbeat_replication_attempt_failures_total",
+                    "silent-az",
+                )
+                .await
+                    >= 1
+        },
     )
     .await;
     let counted_after = put_at.elapsed();
@@ -214,21 +230,62 @@ async fn a_silent_site_fails_its_first_attempt_within_its_request_timeout() {
         Duration::from_secs(2),
     );
     let log = strip_ansi(&e.log());
+    for site in ["silent", "silent-az"] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("Copy to the site failed") && l.contains(&format!("site=\"{site}\" "))
+            })
+            .unwrap_or_else(|| panic!("no failure logged for {site}:\n{log}"));
+        assert!(
+            line.contains("WARN") && line.contains("timed out after 2"),
+            "{line}"
+        );
+    }
+    for site in ["silent", "silent-az"] {
+        wait_for(
+            &format!("{site} FAILED"),
+            Duration::from_secs(20),
+            || async { !failed_list(api, site).await.is_empty() },
+        )
+        .await;
+        let failed = failed_list(api, site).await;
+        assert_eq!(failed[0]["Reason"], "Timeout", "{site}: {}", failed[0]);
+    }
+    eprintln!("first failed attempts counted {counted_after:?} after the put");
+    assert!(e.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_s3_source_is_reported_within_its_request_timeout() {
+    let peer = silent().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let [site, logs] = dirs(tmp.path(), ["site", "logs"]);
+    let cfg = s3_source_config(
+        &tmp.path().join("data"),
+        &peer.url,
+        &["edge-silent"],
+        &file_site("local", &site),
+        &rule("edge-silent", "", &["local"], true),
+    )
+    .replace(
+        "scan_interval_s = 1",
+        "scan_interval_s = 1\nrequest_timeout_s = 2",
+    );
+    let started = Instant::now();
+    let e = EngineProc::start(&write_config(tmp.path(), &cfg), &logs);
+    // The versioning check, then the rules of the first pass: each waits 2 s, not 15 or 60.
+    e.wait_log(
+        "Cannot read the replication rules; the next pass retries.",
+        Duration::from_secs(10),
+    );
+    let log = strip_ansi(&e.log());
     let line = log
         .lines()
-        .find(|l| l.contains("Copy to the site failed"))
+        .find(|l| l.contains("Cannot read the replication rules"))
         .unwrap();
-    assert!(
-        line.contains("WARN") && line.contains("timed out after 2"),
-        "{line}"
-    );
-    wait_for("FAILED", Duration::from_secs(20), || async {
-        !failed_list(api, "silent").await.is_empty()
-    })
-    .await;
-    let failed = failed_list(api, "silent").await;
-    assert_eq!(failed[0]["Reason"], "Timeout", "{}", failed[0]);
-    eprintln!("first failed attempt counted {counted_after:?} after the put");
+    assert!(line.contains("timed out after 2s"), "{line}");
+    eprintln!("silent source reported after {:?}", started.elapsed());
     assert!(e.stop().success());
 }
 
