@@ -202,7 +202,9 @@ pub struct S3Options {
     pub path_style: bool,
     /// Time to establish a TCP connection.
     pub connect_timeout: Duration,
-    /// Longest wait for the answer's head, or between two chunks of a body, either way.
+    /// Longest wait for the answer's head, or between two chunks of a body, either way: the
+    /// configuration's `request_timeout_s` (15 s by default), so a peer that accepts
+    /// connections and never answers fails a request, and is logged and counted, that soon.
     pub idle_timeout: Duration,
     /// Slowest upload accepted, in bytes per second: a request with a body gets
     /// `idle_timeout + len / min_upload_rate` to be answered.
@@ -216,7 +218,7 @@ impl Default for S3Options {
         S3Options {
             path_style: true,
             connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(crate::config::defaults::request_timeout_s()),
             min_upload_rate: 64 * 1024,
             ca_file: None,
         }
@@ -288,7 +290,8 @@ impl S3Client {
         })
     }
 
-    /// A client for the S3 server a configuration describes, with the default timeouts.
+    /// A client for the S3 server a configuration describes: its request timeout, the default
+    /// connect timeout and upload rate.
     ///
     /// # Errors
     /// As [`S3Client::new`].
@@ -296,6 +299,7 @@ impl S3Client {
         let opts = S3Options {
             path_style: cfg.path_style,
             ca_file: cfg.ca_file.clone(),
+            idle_timeout: Duration::from_secs(cfg.request_timeout_s),
             ..S3Options::default()
         };
         S3Client::new(

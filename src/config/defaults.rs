@@ -85,6 +85,14 @@ pub fn region() -> String {
 pub fn scan_interval_s() -> u64 {
     30
 }
+/// Longest wait, in seconds, for the head of an S3 or Azure answer, or between two pieces of
+/// its body. A healthy server, even loaded, sends the head of its answer to a PUT within a
+/// few seconds of the last byte (and a request with a body gets its upload time at
+/// `min_upload_rate` on top), so 15 s tells a silent peer within a short outage's span rather
+/// than a minute later, without failing slow but working servers.
+pub fn request_timeout_s() -> u64 {
+    15
+}
 /// Path-style addressing (what self-hosted S3 servers expect).
 pub fn path_style() -> bool {
     true

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::fields::Fields;
-use super::s3_client::S3ClientConfig;
+use super::s3_client::{request_timeout_s, S3ClientConfig};
 use super::secret::Secret;
 use crate::bandwidth::schedule::Bandwidth;
 
@@ -93,6 +93,8 @@ pub struct AzureSiteConfig {
     pub container: String,
     /// PEM file of the CA(s) trusted for an `https://` endpoint instead of the bundled roots.
     pub ca_file: Option<PathBuf>,
+    /// Longest wait, in seconds, for an answer's head or the next piece of its body.
+    pub request_timeout_s: u64,
 }
 
 /// `type = "file"`: a local directory.
@@ -210,6 +212,7 @@ fn read_azure(f: &mut Fields<'_>) -> Option<AzureSiteConfig> {
         f.problem("key", "the account key must be base64");
     }
     let ca_file = f.ca_file("ca_file");
+    let request_timeout_s = request_timeout_s(f);
     if ca_file.is_some()
         && endpoint
             .as_deref()
@@ -223,6 +226,7 @@ fn read_azure(f: &mut Fields<'_>) -> Option<AzureSiteConfig> {
         key: key?,
         container: container?,
         ca_file,
+        request_timeout_s,
     })
 }
 

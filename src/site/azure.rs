@@ -166,8 +166,15 @@ impl AzureSite {
             container: container.to_string(),
             credential: AzureCredential::AccessKey(key),
             http: http_client(CONNECT_TIMEOUT, None)?,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(crate::config::defaults::request_timeout_s()),
         })
+    }
+
+    /// Waits at most `timeout` for an answer's head or the next piece of its body (a request
+    /// with a body gets its upload time on top): the site's `request_timeout_s`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> AzureSite {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// Trusts only the CAs of `ca_file` (PEM) for an `https://` endpoint behind a private CA;

@@ -424,7 +424,8 @@ pub fn build_site(cfg: &SiteConfig) -> Result<Arc<dyn Site>, ConfigError> {
             azure::AzureSite::new(&cfg.name, &c.endpoint, &c.account, &c.key.0, &c.container)
                 .map_err(|e| invalid("endpoint", e))?
                 .with_ca_file(c.ca_file.as_deref())
-                .map_err(|e| invalid("ca_file", e))?,
+                .map_err(|e| invalid("ca_file", e))?
+                .with_request_timeout(std::time::Duration::from_secs(c.request_timeout_s)),
         ),
     };
     Ok(site)
