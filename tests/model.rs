@@ -21,7 +21,8 @@ mod pipeline_support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use backbeat::s3::{S3Client, S3Request};
@@ -118,7 +119,15 @@ fn s3_client() -> S3Client {
     common::moto::client(&MOTO)
 }
 
-fn engine_config(data: &Path, buckets: &[String], replica: &str, file_dir: &Path) -> String {
+/// The engine's configuration; the Azure site is reached through `azure` (a proxy in front of
+/// Azurite).
+fn engine_config(
+    data: &Path,
+    buckets: &[String],
+    replica: &str,
+    file_dir: &Path,
+    azure: &str,
+) -> String {
     let list: Vec<String> = buckets.iter().map(|b| format!("\"{b}\"")).collect();
     let rules: String = buckets.iter().map(|b| rule(b, "", &SITES, true)).collect();
     format!(
@@ -177,7 +186,7 @@ replay = 1
         data = data.display(),
         moto = MOTO.url(),
         buckets = list.join(", "),
-        azurite = AZURITE.url(),
+        azurite = azure,
         account = AZURITE_ACCOUNT,
         key = AZURITE_KEY,
         file = file_dir.display(),
@@ -270,6 +279,10 @@ struct Run {
     cfg: PathBuf,
     logs: PathBuf,
     engine: Option<EngineProc>,
+    /// In front of Azurite (kept running): forwards, or answers 503 to everything while
+    /// `azure_down`.
+    _azure_proxy: common::flaky::Flaky,
+    azure_down: Arc<AtomicBool>,
     frozen: Option<(Frozen, Instant)>,
     kills: usize,
     freezes: usize,
@@ -295,6 +308,22 @@ impl Run {
         )
         .await
         .unwrap();
+        let azure_down = Arc::new(AtomicBool::new(false));
+        let down = azure_down.clone();
+        let upstream: std::net::SocketAddr =
+            AZURITE.url().trim_start_matches("http://").parse().unwrap();
+        let azure_proxy = common::flaky::start_with(
+            upstream,
+            Arc::new(move |_, _| {
+                down.load(Ordering::SeqCst).then(|| {
+                    (
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        "<Error><Code>ServerBusy</Code></Error>".to_string(),
+                    )
+                })
+            }),
+        )
+        .await;
         let tmp = tempfile::tempdir().unwrap();
         let logs = tmp.path().join("logs");
         let file_dir = tmp.path().join("site-file");
@@ -302,7 +331,13 @@ impl Run {
         std::fs::create_dir_all(&file_dir).unwrap();
         let cfg = write_config(
             tmp.path(),
-            &engine_config(&tmp.path().join("data"), &buckets, &replica, &file_dir),
+            &engine_config(
+                &tmp.path().join("data"),
+                &buckets,
+                &replica,
+                &file_dir,
+                &azure_proxy.url(),
+            ),
         );
         Run {
             seed,
@@ -314,6 +349,8 @@ impl Run {
             cfg,
             logs,
             engine: None,
+            _azure_proxy: azure_proxy,
+            azure_down,
             frozen: None,
             kills: 0,
             freezes: 0,
@@ -440,12 +477,14 @@ impl Run {
     }
 
     /// A stale deletion replayed after a newer version (newest wins, DESIGN 3), made to happen
-    /// rather than left to chance: with Azure frozen, a key is deleted and then written again
-    /// (or undeleted). The runner keeps one key's entries in log order, so the deletion's
-    /// attempts time out first and it is queued again whole (a replay) *behind* the newer
-    /// version's entry. Azure thaws once that replay is queued: the newer version reaches the
-    /// site, then the replayed deletion comes. Only the processor's current-version check stops
-    /// it from deleting the newer replica, which `verify` and the read-back would catch.
+    /// rather than left to chance: with the Azure site answering 503 (through the proxy, so
+    /// no request reaches Azurite to be carried out later), a key is deleted and then written
+    /// again (or undeleted). The runner keeps one key's entries in log order, so the
+    /// deletion's attempts fail first and it is queued again whole (a replay) *behind* the
+    /// newer version's entry. The site comes back once that replay is queued: the newer
+    /// version reaches it, then the replayed deletion comes. Only the processor's
+    /// current-version check stops it from deleting the newer replica, which `verify` and the
+    /// read-back would catch.
     async fn stale_deletion(&mut self) {
         self.frozen = None;
         let bucket = self.rng.pick(&self.buckets).clone();
@@ -456,47 +495,47 @@ impl Run {
         self.wait_settled(Duration::from_secs(60)).await;
         let api = api_of(self.engine.as_ref().unwrap());
         let replays = prom(api, "backbeat_replication_replays_total", "azure").await;
+        let failures = prom(api, "backbeat_replication_attempt_failures_total", "azure").await;
         self.log.push(format!(
-            "freeze azure (stale deletion of {bucket}/{key}, then {})",
+            "azure down (stale deletion of {bucket}/{key}, then {})",
             if undelete { "undelete" } else { "put" }
         ));
-        let failures = prom(api, "backbeat_replication_attempt_failures_total", "azure").await;
-        let frozen = Frozen::freeze(&AZURITE);
+        self.azure_down.store(true, Ordering::SeqCst);
         self.delete(&bucket, &key).await;
         // Once the deletion's first attempt has failed it is in the log (a scan queues only
         // a key's current version, so the next write must come in a later pass) and the next
         // entry of the key is queued behind it.
-        let start = Instant::now();
-        while prom(api, "backbeat_replication_attempt_failures_total", "azure").await <= failures {
-            if start.elapsed() >= Duration::from_secs(150) {
-                let kept = self.keep();
-                panic!(
-                    "the deletion never reached the frozen site\n{}\n(kept {})",
-                    self.context(),
-                    kept.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_for("the deletion never reached the site", || async {
+            prom(api, "backbeat_replication_attempt_failures_total", "azure").await > failures
+        })
+        .await;
         if undelete {
             self.remove_newest(&bucket, &key).await;
         } else {
             self.put(&bucket, &key).await;
         }
+        self.wait_for("the deletion was never replayed", || async {
+            prom(api, "backbeat_replication_replays_total", "azure").await > replays
+        })
+        .await;
+        self.azure_down.store(false, Ordering::SeqCst);
+        self.log.push("azure up".into());
+    }
+
+    /// Waits (60 s at most) until `done` says so; fails naming `what` and keeping the run.
+    async fn wait_for<F, Fut>(&mut self, what: &str, done: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let start = Instant::now();
-        while prom(api, "backbeat_replication_replays_total", "azure").await <= replays {
-            if start.elapsed() >= Duration::from_secs(150) {
+        while !done().await {
+            if start.elapsed() >= Duration::from_secs(60) {
                 let kept = self.keep();
-                panic!(
-                    "the deletion was never replayed\n{}\n(kept {})",
-                    self.context(),
-                    kept.display()
-                );
+                panic!("{what}\n{}\n(kept {})", self.context(), kept.display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        drop(frozen);
-        self.log.push("thaw azure".into());
     }
 
     /// Waits until no site has a version pending (bounded).
