@@ -39,7 +39,7 @@ use crate::pipeline::scanner;
 use crate::pipeline::{
     Populator, ReplicationProcessor, Scanner, StageError, StageTasks, StatusProcessor,
 };
-use crate::store::{StateStore, StoreError};
+use crate::store::{RetryingStore, StateStore, StoreError};
 
 /// Errors that stop the engine.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +174,15 @@ impl Engine {
             },
             clock.clone(),
         );
-        let store = crate::store::open(st, db.as_ref(), clock).await?;
+        let root = CancellationToken::new();
+        // The pipeline waits out an outage of the store (retries with backoff); the API and
+        // the background loops fail fast and the healthcheck reports it (issue 14).
+        let retrying = RetryingStore::new(
+            crate::store::open(st, db.as_ref(), clock).await?,
+            root.clone(),
+        );
+        let store: Arc<dyn StateStore> = Arc::new(retrying.fail_fast());
+        let pipeline_store: Arc<dyn StateStore> = Arc::new(retrying);
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
@@ -187,11 +195,10 @@ impl Engine {
             .local_addr()
             .map_err(|source| AppError::Bind { addr, source })?;
 
-        let root = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
         let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
         // Loaded before the processors start, so a site paused before a restart starts paused.
-        let control = Arc::new(Control::load(store.as_ref(), &sites).await?);
+        let control = Arc::new(Control::load(pipeline_store.as_ref(), &sites).await?);
         // Also loaded before: a limit set through the API before a restart applies from the start.
         let bandwidth = Arc::new(Bandwidths::new(
             config
@@ -200,9 +207,16 @@ impl Engine {
                 .map(|s| (s.name.clone(), s.bandwidth.clone())),
             Arc::new(LocalWeekClock::default()),
         ));
-        bandwidth.load(store.as_ref()).await?;
+        bandwidth.load(pipeline_store.as_ref()).await?;
         let (pipeline_intake, stages) = match start_pipeline(
-            &config, &log, &store, &control, &bandwidth, &observer, &root, &failed,
+            &config,
+            &log,
+            &pipeline_store,
+            &control,
+            &bandwidth,
+            &observer,
+            &root,
+            &failed,
         )
         .await
         {

@@ -19,6 +19,7 @@
 mod aggregates;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+pub mod retrying;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mongodb")]
 pub use self::mongo::MongoStore;
+pub use self::retrying::RetryingStore;
 pub use self::sled::SledStore;
 use crate::model::{KeyState, VersionRef};
 use crate::transitions::{FailedInfo, KeyChange};
@@ -271,6 +273,17 @@ pub enum StoreError {
     /// The storage engine failed; the store refuses further writes.
     #[error("state store storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be reached for now (MongoDB: network error, no primary, server
+    /// selection timeout); the same call may succeed later. [`RetryingStore`] retries these.
+    #[error("state store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether the error is transient: the store is unreachable for now, not broken.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 impl From<crate::durability::DbError> for StoreError {
@@ -319,6 +332,17 @@ pub fn failed_page_upper(marker: Option<u64>, now_ms: u64) -> Option<u64> {
 /// [`StoreError::Invalid`] when the configured store is not part of this build or lacks its
 /// section; any error of opening it.
 pub async fn open(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+    clock: crate::clock::SharedClock,
+) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
+    let store = open_inner(storage, db, clock).await?;
+    #[cfg(feature = "test-util")]
+    let store = crate::testkit::FaultyStore::wrap_from_env(store);
+    Ok(store)
+}
+
+async fn open_inner(
     storage: &crate::config::StorageConfig,
     db: Option<&crate::durability::SledDb>,
     clock: crate::clock::SharedClock,
