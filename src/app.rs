@@ -5,17 +5,23 @@
 //! `mongodb`) for the others, in any combination; create the topics, open the state store,
 //! build the source and sites, start the pipeline stages `[engine] stages` names (status
 //! processor, one replication processor per site, populator and scanner; all of them by
-//! default), bind the API. Several processes sharing a Kafka log split the work: the members
-//! of each consumer group share its partitions, and a process may run only some stages.
+//! default), bind the API. With Kafka, creating the topics (the first exchange with the
+//! brokers) happens in the background, retried with backoff: the API serves at once, its
+//! healthcheck answering 500 with the log unhealthy until the brokers answer, and the pipeline
+//! starts then (issue 14). Later outages of the log or the store are waited out by the stages
+//! ([`RetryingLog`], [`RetryingStore`]), not fatal. Several processes sharing a Kafka log
+//! split the work: the members of each consumer group share its partitions, and a process may
+//! run only some stages.
 //!
 //! Shutdown, in data-flow order (STYLE section D): stop taking API requests, stop the
 //! populator and scanner, let the processors finish the objects in hand, let the status
-//! processor drain, then flush the database. A stage that fails (log or store error) stops the
-//! process, which then exits with code 1.
+//! processor drain, then flush the database. A stage that fails (a log or store error that is
+//! not an outage: a poisoned database, a full disk) stops the process, which then exits with
+//! code 1.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -28,8 +34,9 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, LogKind, SourceBackend, Stage, StoreKind};
 use crate::control::{self, Control};
 use crate::durability::{DbError, SledDb};
-use crate::intake::Intake;
-use crate::log::{Log, LogError, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
+use crate::intake::{DiscoveredVersion, Intake, IntakeError};
+use crate::log::retrying::Backoff;
+use crate::log::{Log, LogError, RetryingLog, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS};
 use crate::observe::{self, Observer, Thresholds};
 use crate::pipeline::gc;
 use crate::pipeline::pause::PauseGate;
@@ -160,7 +167,8 @@ impl Engine {
         } else {
             None
         };
-        let log = crate::log::open(st, db.as_ref()).await?;
+        // A configuration error of the log is fatal now; an unreachable Kafka is not (below).
+        let log_client = crate::log::open_client(st, db.as_ref())?;
         let observer = Observer::new(
             &config
                 .sites
@@ -183,6 +191,21 @@ impl Engine {
         );
         let store: Arc<dyn StateStore> = Arc::new(retrying.fail_fast());
         let pipeline_store: Arc<dyn StateStore> = Arc::new(retrying);
+        // The same for the log, which may not even be connected yet: the API serves (and the
+        // healthcheck reports the log) while the connection is retried.
+        let retrying_log =
+            RetryingLog::pending(log_client.kind(), log_client.entry_format(), root.clone());
+        let log: Arc<dyn Log> = Arc::new(retrying_log.fail_fast());
+        let pipeline_log: Arc<dyn Log> = Arc::new(retrying_log.clone());
+        // The embedded log answers at once (its errors are never transient); a Kafka cluster
+        // is connected to in the background, and the pipeline starts once it answers.
+        let log_client = if st.log == LogKind::Sled {
+            crate::log::create_topics(log_client.as_ref(), st).await?;
+            retrying_log.connect(log_client);
+            None
+        } else {
+            Some(log_client)
+        };
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
@@ -208,28 +231,44 @@ impl Engine {
             Arc::new(LocalWeekClock::default()),
         ));
         bandwidth.load(pipeline_store.as_ref()).await?;
-        let (pipeline_intake, stages) = match start_pipeline(
-            &config,
-            &log,
-            &pipeline_store,
-            &control,
-            &bandwidth,
-            &observer,
-            &root,
-            &failed,
-        )
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                root.cancel();
-                return Err(e);
+        let stages = Stages::new(&root, &failed);
+        let api_tracker = TaskTracker::new();
+        let background = TaskTracker::new();
+        let pipeline = PipelineDeps {
+            config: config.clone(),
+            log: pipeline_log,
+            store: pipeline_store,
+            control: control.clone(),
+            bandwidth: bandwidth.clone(),
+            observer: observer.clone(),
+            stages: stages.clone(),
+        };
+        let pipeline_intake: Option<Arc<dyn Intake>> = match log_client {
+            None => match start_pipeline(&pipeline).await {
+                Ok(intake) => intake,
+                Err(e) => {
+                    root.cancel();
+                    return Err(e);
+                }
+            },
+            Some(client) => {
+                let late = Arc::new(LateIntake {
+                    buckets: observe::source_buckets(&config),
+                    intake: OnceLock::new(),
+                });
+                background.spawn(connect_then_start(
+                    client,
+                    retrying_log,
+                    pipeline,
+                    late.clone(),
+                    root.clone(),
+                    failed.clone(),
+                ));
+                config.source.is_some().then(|| late as Arc<dyn Intake>)
             }
         };
         // An intake given by the caller wins over the populator's.
         let intake = intake.or(pipeline_intake);
-        let api_tracker = TaskTracker::new();
-        let background = TaskTracker::new();
         let mut state = AppState::new(config.clone(), log.clone(), store.clone(), control.clone())
             .with_observer(observer.clone())
             .with_bandwidth(bandwidth.clone());
@@ -275,7 +314,9 @@ impl Engine {
                         () = token.cancelled() => break,
                         _ = tick.tick() => {}
                     }
-                    for topic in TOPICS {
+                    // Not connected yet, or unreachable: the healthcheck already says so.
+                    let log_up = log.check().is_ok();
+                    for topic in TOPICS.into_iter().filter(|_| log_up) {
                         match log.retain(topic).await {
                             Ok(n) if n > 0 => {
                                 tracing::debug!(topic, deleted = n, "Retention pass.")
@@ -307,7 +348,7 @@ impl Engine {
             store,
             intake,
             observer,
-            stages,
+            stages: stages.all(),
             failed,
             control,
             root,
@@ -388,7 +429,136 @@ impl Engine {
     }
 }
 
-type Pipeline = (Option<Arc<dyn Intake>>, Vec<StageTasks>);
+/// The stages of the pipeline, made before it starts (the engine stops them in this order
+/// whether or not the pipeline started).
+#[derive(Clone)]
+struct Stages {
+    populator: StageTasks,
+    processor: StageTasks,
+    status: StageTasks,
+    gc: StageTasks,
+}
+
+impl Stages {
+    fn new(root: &CancellationToken, failed: &Arc<AtomicBool>) -> Stages {
+        Stages {
+            populator: StageTasks::new("populator", root.clone(), failed.clone()),
+            processor: StageTasks::new("replication-processor", root.clone(), failed.clone()),
+            status: StageTasks::new("status-processor", root.clone(), failed.clone()),
+            gc: StageTasks::new("garbage-collector", root.clone(), failed.clone()),
+        }
+    }
+
+    /// In data-flow (and stop) order.
+    fn all(&self) -> Vec<StageTasks> {
+        vec![
+            self.populator.clone(),
+            self.processor.clone(),
+            self.status.clone(),
+            self.gc.clone(),
+        ]
+    }
+}
+
+/// What the pipeline is built from.
+struct PipelineDeps {
+    config: Arc<Config>,
+    log: Arc<dyn Log>,
+    store: Arc<dyn StateStore>,
+    control: Arc<Control>,
+    bandwidth: Arc<Bandwidths>,
+    observer: Arc<Observer>,
+    stages: Stages,
+}
+
+/// The populator's intake once the pipeline started (it starts after the log connects);
+/// until then, webhook events are refused with a 5xx so their sender retries.
+struct LateIntake {
+    buckets: Vec<String>,
+    intake: OnceLock<Arc<dyn Intake>>,
+}
+
+impl LateIntake {
+    fn get(&self) -> Result<&Arc<dyn Intake>, IntakeError> {
+        self.intake.get().ok_or_else(|| {
+            IntakeError::Unavailable("the pipeline waits for the log to connect".into())
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Intake for LateIntake {
+    fn serves(&self, bucket: &str) -> bool {
+        match self.intake.get() {
+            Some(i) => i.serves(bucket),
+            None => self.buckets.iter().any(|b| b == bucket),
+        }
+    }
+
+    async fn discovered(&self, versions: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
+        self.get()?.discovered(versions).await
+    }
+
+    async fn requeue(
+        &self,
+        items: Vec<(crate::model::VersionRef, Vec<String>)>,
+    ) -> Result<usize, IntakeError> {
+        self.get()?.requeue(items).await
+    }
+}
+
+/// First wait between two attempts to reach the log at start.
+const LOG_CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts to reach the log at start.
+const LOG_CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Creates the topics on `client` (retried with backoff while the brokers are unreachable or
+/// slow, the healthcheck reporting the log meanwhile), connects `log` to it, then starts the
+/// pipeline and hands its intake to `late`. A non-transient error stops the engine (exit 1).
+async fn connect_then_start(
+    client: Arc<dyn Log>,
+    log: RetryingLog,
+    deps: PipelineDeps,
+    late: Arc<LateIntake>,
+    root: CancellationToken,
+    failed: Arc<AtomicBool>,
+) {
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        tracing::error!(error = %crate::error::chain(e), "{what}; shutting down.");
+        failed.store(true, Ordering::SeqCst);
+        root.cancel();
+    };
+    let mut backoff = Backoff::new(LOG_CONNECT_BACKOFF_MIN, LOG_CONNECT_BACKOFF_MAX);
+    loop {
+        match crate::log::create_topics(client.as_ref(), &deps.config.storage).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                log.mark_down(&e);
+                crate::metrics::count_log_retry();
+                let delay = backoff.next_delay();
+                tracing::info!(error = %crate::error::chain(&e), retry_in_ms = delay.as_millis() as u64,
+                    "Log not reachable yet; the pipeline starts once it is.");
+                tokio::select! {
+                    () = root.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return fail("Cannot create the log's topics", &e),
+        }
+    }
+    log.connect(client);
+    if root.is_cancelled() {
+        return;
+    }
+    tracing::info!(log = log.kind(), "Log connected; starting the pipeline.");
+    match start_pipeline(&deps).await {
+        Ok(Some(intake)) => {
+            let _ = late.intake.set(intake);
+        }
+        Ok(None) => {}
+        Err(e) => fail("The pipeline could not start", &e),
+    }
+}
 
 /// Events the directory watch may hold before it drops some (and asks for a pass):
 /// `BACKBEAT_WATCH_CAPACITY` (tests force a full channel with it), else 65,536.
@@ -400,38 +570,29 @@ fn watch_capacity() -> usize {
         .unwrap_or(65_536)
 }
 
-/// Builds the source and sites and starts the stages `[engine] stages` names; returns the
-/// intake (the populator, when it runs here) and the stages in stop order. Without a source,
-/// nothing runs.
-#[allow(clippy::too_many_arguments)]
-async fn start_pipeline(
-    config: &Arc<Config>,
-    log: &Arc<dyn Log>,
-    store: &Arc<dyn StateStore>,
-    control: &Arc<Control>,
-    bandwidth: &Bandwidths,
-    observer: &Arc<Observer>,
-    root: &CancellationToken,
-    failed: &Arc<AtomicBool>,
-) -> Result<Pipeline, AppError> {
+/// Builds the source and sites and starts the stages `[engine] stages` names on `deps`'s
+/// stages; returns the intake (the populator, when it runs here). Without a source, nothing
+/// runs.
+async fn start_pipeline(deps: &PipelineDeps) -> Result<Option<Arc<dyn Intake>>, AppError> {
+    let PipelineDeps {
+        config,
+        log,
+        store,
+        control,
+        bandwidth,
+        observer,
+        stages: st,
+    } = deps;
     let Some(source_cfg) = &config.source else {
-        return Ok((None, Vec::new()));
+        return Ok(None);
     };
     let source = crate::source::build_source(source_cfg)?;
     let mut sites = Vec::with_capacity(config.sites.len());
     for s in &config.sites {
         sites.push(crate::site::build_site(s)?);
     }
-    let populator_stage = StageTasks::new("populator", root.clone(), failed.clone());
-    let processor_stage = StageTasks::new("replication-processor", root.clone(), failed.clone());
-    let status_stage = StageTasks::new("status-processor", root.clone(), failed.clone());
-    let gc_stage = StageTasks::new("garbage-collector", root.clone(), failed.clone());
-    let stages = vec![
-        populator_stage.clone(),
-        processor_stage.clone(),
-        status_stage.clone(),
-        gc_stage.clone(),
-    ];
+    let (populator_stage, processor_stage, status_stage, gc_stage) =
+        (&st.populator, &st.processor, &st.status, &st.gc);
     let runs = |s: Stage| config.engine.runs(s);
     let started = async {
         let r = &config.replication;
@@ -461,7 +622,7 @@ async fn start_pipeline(
                 started_ms: store.now_ms(),
                 control: control.clone(),
             };
-            collector.start(&gc_stage)
+            collector.start(gc_stage)
         } else {
             None
         };
@@ -471,12 +632,12 @@ async fn start_pipeline(
                 store.clone(),
                 observer.clone(),
                 hints,
-                &status_stage,
+                status_stage,
             )
             .await?;
         }
         if runs(Stage::Replication) {
-            let deps = ProcessorDeps {
+            let pdeps = ProcessorDeps {
                 log: log.clone(),
                 source: source.clone(),
                 store: store.clone(),
@@ -494,7 +655,7 @@ async fn start_pipeline(
                         .unwrap_or_else(|| Arc::new(bandwidth::Limiter::unlimited())),
                 };
                 let gate = PauseGate::new(control.subscribe(site.name()));
-                ReplicationProcessor::start(&deps, site, pcfg, gate, &processor_stage).await?;
+                ReplicationProcessor::start(&pdeps, site, pcfg, gate, processor_stage).await?;
             }
         }
         if !runs(Stage::Populator) {
@@ -506,7 +667,7 @@ async fn start_pipeline(
             log.clone(),
             config.clone(),
             observer.clone(),
-            &populator_stage,
+            populator_stage,
         );
         let (settle_ms, watched) = match &source_cfg.backend {
             SourceBackend::File(f) => (f.settle_ms, f.watch),
@@ -522,7 +683,7 @@ async fn start_pipeline(
             },
             rules_changed,
             observer.clone(),
-            &populator_stage,
+            populator_stage,
         );
         if let (true, Some(file)) = (watched, source.as_file()) {
             let capacity = watch_capacity();
@@ -532,7 +693,7 @@ async fn start_pipeline(
                 passes.clone(),
                 capacity,
                 observer.clone(),
-                &populator_stage,
+                populator_stage,
             ) {
                 // Without the watch the rescans still find everything, later.
                 tracing::error!(error = %e,
@@ -544,12 +705,9 @@ async fn start_pipeline(
     }
     .await;
     match started {
-        Ok(populator) => {
-            let intake = populator.map(|p| Arc::new(p) as Arc<dyn Intake>);
-            Ok((intake, stages))
-        }
+        Ok(populator) => Ok(populator.map(|p| Arc::new(p) as Arc<dyn Intake>)),
         Err(e) => {
-            for s in &stages {
+            for s in &st.all() {
                 s.stop(Duration::from_secs(5)).await;
             }
             Err(e.into())

@@ -15,6 +15,7 @@
 pub mod codec;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod retrying;
 pub mod sled;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 #[cfg(feature = "kafka")]
 pub use self::kafka::KafkaLog;
+pub use self::retrying::RetryingLog;
 pub use self::sled::SledLog;
 
 /// How entries are written to a log.
@@ -152,6 +154,18 @@ pub enum LogError {
     /// The storage engine failed; the log refuses further writes.
     #[error("log storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The log cannot be reached for now (Kafka: no broker answers, a request timed out, a
+    /// partition has no leader during an election); the same call may succeed later.
+    /// [`RetryingLog`] retries these.
+    #[error("log unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LogError {
+    /// Whether the error is transient: the log is unreachable for now, not broken.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
 }
 
 impl From<crate::durability::DbError> for LogError {
@@ -177,6 +191,20 @@ pub async fn open(
     storage: &crate::config::StorageConfig,
     db: Option<&crate::durability::SledDb>,
 ) -> Result<std::sync::Arc<dyn Log>, LogError> {
+    let log = open_client(storage, db)?;
+    create_topics(log.as_ref(), storage).await?;
+    Ok(log)
+}
+
+/// Opens the log `[storage] log` names without talking to it yet (Kafka's clients connect
+/// lazily): the part of [`open`] that fails only on a configuration error.
+///
+/// # Errors
+/// As [`open`], but never for an unreachable broker.
+pub fn open_client(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+) -> Result<std::sync::Arc<dyn Log>, LogError> {
     use crate::config::LogKind;
     let log: std::sync::Arc<dyn Log> = match (storage.log, db) {
         (LogKind::Sled, Some(db)) => std::sync::Arc::new(SledLog::open(db.clone())?),
@@ -199,6 +227,19 @@ pub async fn open(
             ))
         }
     };
+    Ok(log)
+}
+
+/// Creates the replication topics with `[storage] partitions` (an existing topic keeps its
+/// partition count, with a warning): the first exchange with a Kafka cluster, so the part of
+/// [`open`] that fails with [`LogError::Unavailable`] while the brokers are unreachable.
+///
+/// # Errors
+/// Any error of creating the topics.
+pub async fn create_topics(
+    log: &dyn Log,
+    storage: &crate::config::StorageConfig,
+) -> Result<(), LogError> {
     for topic in [TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS] {
         let n = log.create_topic(topic, storage.partitions).await?;
         if n != storage.partitions {
@@ -210,7 +251,7 @@ pub async fn open(
             );
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 /// A durable, partitioned, append-only log with consumer groups.

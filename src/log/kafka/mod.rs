@@ -85,8 +85,42 @@ const MAX_MESSAGE_BYTES: &str = "5000020";
 /// How long `create_topic` waits for a new topic to show in the metadata.
 const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(15);
 
-fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
-    LogError::Storage(Box::new(e))
+/// A client error as a log error: [`LogError::Unavailable`] when the brokers are out of reach
+/// or slow for now (retried by [`crate::log::RetryingLog`]), [`LogError::Storage`] otherwise.
+fn storage(e: KafkaError) -> LogError {
+    if e.rdkafka_error_code().is_some_and(is_transient_code) {
+        LogError::Unavailable(Box::new(e))
+    } else {
+        LogError::Storage(Box::new(e))
+    }
+}
+
+/// Codes of a cluster that is unreachable, slow or moving leaders: librdkafka's own timeouts
+/// and transport failures, and the brokers' retriable errors a client sees during a restart
+/// or an election.
+fn is_transient_code(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::OperationTimedOut
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::MessageTimedOut
+            | C::TimedOutQueue
+            | C::RequestTimedOut
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+            | C::CoordinatorLoadInProgress
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::NotController
+            | C::KafkaStorageError
+    )
 }
 
 fn join_error(e: tokio::task::JoinError) -> LogError {
@@ -371,9 +405,12 @@ impl Log for KafkaLog {
                 Ok(_) => tracing::info!(topic = %full, partitions, "Kafka topic created."),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(LogError::Storage(
-                        format!("cannot create kafka topic {name}: {code}").into(),
-                    ))
+                    let e = format!("cannot create kafka topic {name}: {code}").into();
+                    return Err(if is_transient_code(code) {
+                        LogError::Unavailable(e)
+                    } else {
+                        LogError::Storage(e)
+                    });
                 }
             }
         }
@@ -385,7 +422,8 @@ impl Log for KafkaLog {
                 return Ok(n);
             }
             if Instant::now() >= deadline {
-                return Err(LogError::Storage(
+                // A slow broker (elections, Tansu): the whole creation is retried.
+                return Err(LogError::Unavailable(
                     format!("kafka topic {full} was created but does not show in the metadata")
                         .into(),
                 ));
@@ -619,7 +657,7 @@ impl Log for KafkaLog {
             ));
         }
         if self.inner.health.brokers_down.load(Ordering::Acquire) {
-            return Err(LogError::Storage("every kafka broker is down".into()));
+            return Err(LogError::Unavailable("every kafka broker is down".into()));
         }
         Ok(())
     }
