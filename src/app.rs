@@ -560,6 +560,134 @@ async fn connect_then_start(
     }
 }
 
+/// Heals records lost to the broker's retention before a group read them
+/// ([`crate::log::OffsetLoss`]): which versions they carried is unknown once they are gone,
+/// so every version the store still has PENDING at an affected site (the site of a
+/// replication processor's group; every site for the status processor's) is queued again
+/// for it, and a pass of every bucket asked for (it finds what was never recorded). A version
+/// whose entry was not lost is copied once more, which changes nothing (at-least-once).
+struct Healer {
+    intake: Arc<dyn Intake>,
+    store: Arc<dyn StateStore>,
+    sites: Vec<String>,
+    buckets: Vec<String>,
+    /// Asks the scanner for a pass of every bucket.
+    pass_all: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Versions queued again per request.
+const HEAL_BATCH: usize = 1000;
+
+impl Healer {
+    async fn run(
+        self,
+        mut losses: tokio::sync::broadcast::Receiver<crate::log::OffsetLoss>,
+        token: CancellationToken,
+    ) -> Result<(), StageError> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let affected = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                r = losses.recv() => match r {
+                    Ok(loss) => affected_sites(&loss, &self.sites),
+                    // Some announcements were missed: heal every site.
+                    Err(RecvError::Lagged(_)) => self.sites.clone(),
+                    Err(RecvError::Closed) => {
+                        token.cancelled().await;
+                        return Ok(());
+                    }
+                },
+            };
+            if affected.is_empty() {
+                continue;
+            }
+            match self.requeue_pending(&affected).await {
+                Ok(n) => tracing::warn!(
+                    sites = ?affected,
+                    requeued = n,
+                    "Versions pending at sites whose log records were lost are queued again."
+                ),
+                Err(e) => tracing::error!(sites = ?affected, error = %e,
+                    "Cannot queue again the versions of lost log records; a requeue (POST crr/requeue) or a restart heals them."),
+            }
+            (self.pass_all)();
+        }
+    }
+
+    /// Queues again every version PENDING at one of `sites`; returns how many entries were
+    /// queued.
+    async fn requeue_pending(&self, sites: &[String]) -> Result<usize, String> {
+        let mut queued = 0;
+        for bucket in &self.buckets {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .key_states(bucket, "", after.as_deref(), HEAL_BATCH)
+                    .await
+                    .map_err(|e| crate::error::chain(&e))?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                let items = pending_at(bucket, &page, sites);
+                if !items.is_empty() {
+                    queued += self
+                        .intake
+                        .requeue(items)
+                        .await
+                        .map_err(|e| crate::error::chain(&e))?;
+                }
+                if page.len() < HEAL_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(queued)
+    }
+}
+
+/// The sites whose entries a loss took: a replication processor's group is one site's; the
+/// status processor's group carries every site's outcomes.
+fn affected_sites(loss: &crate::log::OffsetLoss, sites: &[String]) -> Vec<String> {
+    if loss.topic == TOPIC_REPLICATION {
+        sites
+            .iter()
+            .filter(|s| crate::log::replication_group(s) == loss.group)
+            .cloned()
+            .collect()
+    } else {
+        sites.to_vec()
+    }
+}
+
+/// The versions of `records` (keys of `bucket`) PENDING at one of `sites`, with those sites.
+fn pending_at(
+    bucket: &str,
+    records: &[(String, crate::model::KeyState)],
+    sites: &[String],
+) -> Vec<(crate::model::VersionRef, Vec<String>)> {
+    records
+        .iter()
+        .filter_map(|(key, st)| {
+            let pending: Vec<String> = sites
+                .iter()
+                .filter(|s| {
+                    st.site(s)
+                        .is_some_and(|b| b.status == crate::model::ReplicationStatus::Pending)
+                })
+                .cloned()
+                .collect();
+            (!pending.is_empty()).then(|| {
+                (
+                    crate::model::VersionRef::new(bucket, key.clone(), st.version_id.clone()),
+                    pending,
+                )
+            })
+        })
+        .collect()
+}
+
 /// Events the directory watch may hold before it drops some (and asks for a pass):
 /// `BACKBEAT_WATCH_CAPACITY` (tests force a full channel with it), else 65,536.
 fn watch_capacity() -> usize {
@@ -685,6 +813,21 @@ async fn start_pipeline(deps: &PipelineDeps) -> Result<Option<Arc<dyn Intake>>, 
             observer.clone(),
             populator_stage,
         );
+        // Records lost to the broker's retention (issue 14) are healed here, where the
+        // populator runs: their versions are queued again, and the buckets scanned.
+        if let Some(losses) = log.offset_losses() {
+            let heal = Healer {
+                intake: Arc::new(populator.clone()),
+                store: store.clone(),
+                sites: config.sites.iter().map(|s| s.name.clone()).collect(),
+                buckets: source.buckets(),
+                pass_all: Box::new({
+                    let passes = passes.clone();
+                    move || passes.request(scanner::PassRequest::All)
+                }),
+            };
+            populator_stage.spawn(heal.run(losses, populator_stage.token().clone()));
+        }
         if let (true, Some(file)) = (watched, source.as_file()) {
             let capacity = watch_capacity();
             if let Err(e) = scanner::watch(
@@ -712,5 +855,153 @@ async fn start_pipeline(deps: &PipelineDeps) -> Result<Option<Arc<dyn Intake>>, 
             }
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::durability::Durability;
+    use crate::log::OffsetLoss;
+    use crate::model::VersionRef;
+    use crate::store::{SledStore, StoreOp};
+    use crate::transitions::{KeyChange, QueuedVersion, SiteOutcome};
+
+    /// Records what it is asked to queue again.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(VersionRef, Vec<String>)>>);
+
+    #[async_trait::async_trait]
+    impl Intake for Recorder {
+        fn serves(&self, _: &str) -> bool {
+            true
+        }
+        async fn discovered(&self, _: Vec<DiscoveredVersion>) -> Result<usize, IntakeError> {
+            Ok(0)
+        }
+        async fn requeue(
+            &self,
+            items: Vec<(VersionRef, Vec<String>)>,
+        ) -> Result<usize, IntakeError> {
+            let n = items.iter().map(|(_, s)| s.len()).sum();
+            self.0.lock().extend(items);
+            Ok(n)
+        }
+    }
+
+    fn loss(topic: &str, group: &str) -> OffsetLoss {
+        OffsetLoss {
+            topic: topic.into(),
+            group: group.into(),
+            partition: 0,
+            from: 10,
+            to: 40,
+        }
+    }
+
+    #[test]
+    fn a_loss_affects_its_groups_sites() {
+        let sites = vec!["a".to_string(), "b".to_string()];
+        let a = crate::log::replication_group("a");
+        assert_eq!(affected_sites(&loss(TOPIC_REPLICATION, &a), &sites), ["a"]);
+        assert_eq!(
+            affected_sites(
+                &loss(TOPIC_REPLICATION_STATUS, crate::log::STATUS_GROUP),
+                &sites
+            ),
+            ["a", "b"]
+        );
+        assert!(affected_sites(&loss(TOPIC_REPLICATION, "other"), &sites).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_loss_queues_again_the_versions_pending_at_the_affected_site_and_asks_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(5)).unwrap();
+        let store: Arc<dyn StateStore> =
+            Arc::new(SledStore::open(db, ManualClock::new(1_000_000)).unwrap());
+        let sites = vec!["a".to_string(), "b".to_string()];
+        let mut ops = Vec::new();
+        for i in 0..3 {
+            let v = VersionRef::new("photos", format!("k{i}"), format!("v{i}"));
+            ops.push(StoreOp::key(
+                &v,
+                KeyChange::Queued {
+                    version: QueuedVersion {
+                        version_id: v.version_id.clone(),
+                        etag: "e".into(),
+                        size: 1,
+                        written_ms: 1,
+                        deleted: false,
+                        backfill: false,
+                    },
+                    sites: sites.clone(),
+                },
+            ));
+        }
+        // k1 is done at a; k2 done everywhere.
+        for (k, site) in [("k1", "a"), ("k2", "a"), ("k2", "b")] {
+            let v = VersionRef::new("photos", k, format!("v{}", &k[1..]));
+            ops.push(StoreOp::key(
+                &v,
+                KeyChange::Outcome {
+                    version_id: v.version_id.clone(),
+                    site: site.into(),
+                    outcome: SiteOutcome::Completed {
+                        data_store_version_id: None,
+                    },
+                },
+            ));
+        }
+        store.apply(ops).await.unwrap();
+
+        let recorder = Arc::new(Recorder::default());
+        let (pass_tx, mut passes) = tokio::sync::mpsc::unbounded_channel();
+        let healer = Healer {
+            intake: recorder.clone(),
+            store,
+            sites: sites.clone(),
+            buckets: vec!["photos".into()],
+            pass_all: Box::new(move || {
+                let _ = pass_tx.send(());
+            }),
+        };
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(healer.run(rx, token.clone()));
+        tx.send(loss(TOPIC_REPLICATION, &crate::log::replication_group("a")))
+            .unwrap();
+        let pass = tokio::time::timeout(Duration::from_secs(5), passes.recv())
+            .await
+            .unwrap();
+        assert_eq!(pass, Some(()));
+        let got = recorder.0.lock().clone();
+        assert_eq!(
+            got,
+            vec![(VersionRef::new("photos", "k0", "v0"), vec!["a".to_string()])]
+        );
+        // The status group's loss: every site.
+        tx.send(loss(TOPIC_REPLICATION_STATUS, crate::log::STATUS_GROUP))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), passes.recv())
+            .await
+            .unwrap();
+        let got = recorder.0.lock().clone();
+        assert_eq!(
+            got[1..],
+            [
+                (
+                    VersionRef::new("photos", "k0", "v0"),
+                    vec!["a".to_string(), "b".to_string()]
+                ),
+                (VersionRef::new("photos", "k1", "v1"), vec!["b".to_string()]),
+            ]
+        );
+        token.cancel();
+        task.await.unwrap().unwrap();
     }
 }

@@ -91,6 +91,22 @@ pub struct TopicInfo {
     pub partitions: u32,
 }
 
+/// Records of a partition removed (by the broker's retention) before a consumer group read
+/// them: the group's next offset `from` was below the partition's earliest record `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetLoss {
+    /// Our topic name.
+    pub topic: String,
+    /// Our group name.
+    pub group: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First lost offset.
+    pub from: u64,
+    /// One past the last lost offset (the earliest record left).
+    pub to: u64,
+}
+
 /// Consumer lag of one group on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartitionLag {
@@ -292,6 +308,13 @@ pub trait Log: Send + Sync + 'static {
     /// Deletes the records of `topic` below every group's committed offset; returns how many
     /// were deleted. A topic no group has committed on keeps everything.
     async fn retain(&self, topic: &str) -> Result<u64, LogError>;
+
+    /// Announcements of records lost to retention before a consumer of this log read them
+    /// ([`OffsetLoss`]); `None` for a log that never loses unread records (the sled log's
+    /// retention stops at every group's committed offset).
+    fn offset_losses(&self) -> Option<tokio::sync::broadcast::Receiver<OffsetLoss>> {
+        None
+    }
 
     /// Fails when the log cannot accept writes.
     fn check(&self) -> Result<(), LogError>;

@@ -285,6 +285,10 @@ impl Log for RetryingLog {
         self.call(|l| async move { l.retain(topic).await }).await
     }
 
+    fn offset_losses(&self) -> Option<tokio::sync::broadcast::Receiver<super::OffsetLoss>> {
+        self.shared.log.get().and_then(|l| l.offset_losses())
+    }
+
     fn check(&self) -> Result<(), LogError> {
         let Some(log) = self.shared.log.get() else {
             return Err(self.not_connected());

@@ -71,11 +71,11 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use self::consumer::{keep_alive_every, KafkaConsumer};
+use self::consumer::{keep_alive_every, report_loss, KafkaConsumer, LossSink};
 use self::context::{Ctx, Health};
 use super::{
-    check_topic, partition_for, validate_name, Consumer, Log, LogError, PartitionLag, Position,
-    Record, TopicInfo,
+    check_topic, partition_for, validate_name, Consumer, Log, LogError, OffsetLoss, PartitionLag,
+    Position, Record, TopicInfo,
 };
 use crate::config::KafkaConfig;
 
@@ -140,6 +140,8 @@ struct Inner {
     health: Arc<Health>,
     /// Partition counts of the topics seen so far, by our (unprefixed) name.
     partitions: RwLock<HashMap<String, u32>>,
+    /// Where the consumers announce records lost to retention.
+    losses: tokio::sync::broadcast::Sender<OffsetLoss>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -182,6 +184,7 @@ impl KafkaLog {
                 admin,
                 health,
                 partitions: RwLock::new(HashMap::new()),
+                losses: tokio::sync::broadcast::channel(256).0,
             }),
         })
     }
@@ -543,13 +546,32 @@ impl Log for KafkaLog {
             .zip(&watermarks)
             .map(|(c, (lo, _))| c.unwrap_or(*lo))
             .collect();
+        let losses = LossSink {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            tx: self.inner.losses.clone(),
+        };
+        // A group whose next offset was deleted while no member of it ran (a stopped engine,
+        // a paused site's restart): librdkafka will move it to the earliest record silently.
+        let mut expected = Vec::with_capacity(stored.len());
+        for (p, (c, (lo, _))) in stored.iter().zip(&watermarks).enumerate() {
+            expected.push(match c {
+                Some(c) if c < lo => {
+                    report_loss(&losses, p as u32, *c, *lo);
+                    Some(*lo)
+                }
+                c => *c,
+            });
+        }
         Ok(Box::new(KafkaConsumer::new(
             consumer,
             ctx.events,
             full,
             committed,
+            &expected,
             timeout,
             keep_alive_every(cfg.max_poll_interval_ms),
+            losses,
         )))
     }
 
@@ -648,6 +670,10 @@ impl Log for KafkaLog {
     async fn retain(&self, topic: &str) -> Result<u64, LogError> {
         self.partition_count(topic).await?;
         Ok(0)
+    }
+
+    fn offset_losses(&self) -> Option<tokio::sync::broadcast::Receiver<OffsetLoss>> {
+        Some(self.inner.losses.subscribe())
     }
 
     fn check(&self) -> Result<(), LogError> {
