@@ -264,7 +264,7 @@ impl Engine {
                     root.clone(),
                     failed.clone(),
                 ));
-                config.source.is_some().then(|| late as Arc<dyn Intake>)
+                config.source.is_some().then_some(late as Arc<dyn Intake>)
             }
         };
         // An intake given by the caller wins over the populator's.

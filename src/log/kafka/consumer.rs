@@ -129,7 +129,10 @@ pub(super) fn report_loss(sink: &LossSink, partition: u32, from: u64, to: u64) {
 
 impl KafkaConsumer {
     /// A member reading `topic` (the Kafka name) through `consumer`, already subscribed, from
-    /// its group's `committed` offsets (next to read, one per partition).
+    /// its group's `committed` offsets (next to read, one per partition), expecting `expected`
+    /// next where known (the stored commits, moved past a loss already reported), and
+    /// reporting losses to `losses`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         consumer: Arc<StreamConsumer<Ctx>>,
         events: Events,
