@@ -165,6 +165,9 @@ mod faulty {
         fn now_ms(&self) -> u64 {
             self.inner.now_ms()
         }
+        fn may_be_unavailable(&self) -> bool {
+            true
+        }
         async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
             self.gate()?;
             self.inner.apply(ops).await

@@ -1,7 +1,9 @@
 //! The durable log: topics, partitions, consumer groups and committed offsets (Kafka's model).
 //!
 //! The pipeline talks to the [`Log`] trait only. [`SledLog`] is the embedded implementation;
-//! `KafkaLog` (module `kafka`) sits behind the `kafka` feature.
+//! `KafkaLog` (module `kafka`) sits behind the `kafka` feature. The engine wraps either in a
+//! [`RetryingLog`]: connected once the topics exist, and retrying what fails while the
+//! brokers are out of reach ([`LogError::Unavailable`]).
 //!
 //! Semantics every implementation keeps:
 //! - A record goes to the partition chosen by a hash of its key (murmur2, as Kafka's default
@@ -280,6 +282,13 @@ pub trait Log: Send + Sync + 'static {
     /// Kafka topic stays readable by Zenko's tools), compact binary for the embedded log.
     fn entry_format(&self) -> EntryFormat {
         EntryFormat::Json
+    }
+
+    /// Whether calls may fail with [`LogError::Unavailable`] (a log reached over the network).
+    /// [`RetryingLog`] passes the appends of a log that never does straight through, without
+    /// keeping a copy of the records to send them again.
+    fn may_be_unavailable(&self) -> bool {
+        true
     }
 
     /// Creates `topic` with `partitions` partitions if it does not exist. An existing topic keeps

@@ -246,7 +246,16 @@ impl Log for RetryingLog {
         self.call(|l| async move { l.topics().await }).await
     }
 
+    fn may_be_unavailable(&self) -> bool {
+        self.shared.log.get().is_none_or(|l| l.may_be_unavailable())
+    }
+
     async fn append(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>, LogError> {
+        let log = self.log().await?;
+        if !log.may_be_unavailable() {
+            // Nothing to retry: no copy of the records kept (the pipeline's hot path).
+            return log.append(topic, records).await;
+        }
         self.call(|l| {
             let records = records.clone();
             async move { l.append(topic, records).await }

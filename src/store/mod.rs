@@ -1,6 +1,9 @@
 //! The state store: replication info per version, the failed set, pause state, metrics
 //! counters, source cursors and locks (what the original keeps in MongoDB, Redis and ZooKeeper).
 //!
+//! The engine wraps the store in a [`RetryingStore`], which waits out an outage
+//! ([`StoreError::Unavailable`]) for the pipeline and reports it to the healthcheck.
+//!
 //! Updates go through [`StateStore::apply`]: a list of operations applied atomically, all or
 //! nothing. A replication state change is a [`StoreOp::Key`]: one source key's record changed
 //! by [`crate::transitions::apply`] with its effects (pending counters, metrics, failed set),
@@ -375,6 +378,13 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The store's clock (ms since the epoch).
     fn now_ms(&self) -> u64;
+
+    /// Whether calls may fail with [`StoreError::Unavailable`] (a store reached over the
+    /// network). [`RetryingStore`] passes the calls of a store that never does straight
+    /// through, without keeping a copy of an update to re-do it.
+    fn may_be_unavailable(&self) -> bool {
+        true
+    }
 
     /// Applies `ops` atomically, all or nothing; returns for each op whether it changed
     /// anything (a replayed key change does not). Durable on return.

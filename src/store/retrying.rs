@@ -160,7 +160,15 @@ impl StateStore for RetryingStore {
         self.inner.now_ms()
     }
 
+    fn may_be_unavailable(&self) -> bool {
+        self.inner.may_be_unavailable()
+    }
+
     async fn apply(&self, ops: Vec<StoreOp>) -> Result<Vec<bool>, StoreError> {
+        if !self.inner.may_be_unavailable() {
+            // Nothing to retry: no copy of the update kept (the pipeline's hot path).
+            return self.inner.apply(ops).await;
+        }
         self.call(|| self.inner.apply(ops.clone())).await
     }
 
