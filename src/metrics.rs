@@ -29,6 +29,24 @@ struct Counters {
     undecodable: BTreeMap<String, u64>,
     /// What garbage collection did.
     gc: GcCounters,
+    /// Outages of the state store and the log.
+    outages: OutageCounters,
+    /// Consumer positions found below a partition's earliest record, by topic.
+    offset_out_of_range: BTreeMap<String, u64>,
+}
+
+/// Outages of the state store and the log (issue 14): each call retried after a transient
+/// error, and whether the dependency is unreachable right now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutageCounters {
+    /// State store calls retried after a transient error.
+    pub store_retries: u64,
+    /// Whether the state store is unreachable now (a call is waiting to retry).
+    pub store_unavailable: bool,
+    /// Log calls (connection at start, consumer or producer) retried after a transient error.
+    pub log_retries: u64,
+    /// Whether the log is unreachable now.
+    pub log_unavailable: bool,
 }
 
 /// What garbage collection did (DESIGN section 9).
@@ -106,6 +124,48 @@ pub fn count_gc_orphans(n: u64) {
 /// What garbage collection did so far.
 pub fn gc_counters() -> GcCounters {
     counters().lock().gc
+}
+
+/// Counts one state store call retried after a transient error.
+pub fn count_store_retry() {
+    counters().lock().outages.store_retries += 1;
+}
+
+/// Records whether the state store is unreachable now.
+pub fn set_store_unavailable(down: bool) {
+    counters().lock().outages.store_unavailable = down;
+}
+
+/// Counts one log call retried after a transient error.
+pub fn count_log_retry() {
+    counters().lock().outages.log_retries += 1;
+}
+
+/// Records whether the log is unreachable now.
+pub fn set_log_unavailable(down: bool) {
+    counters().lock().outages.log_unavailable = down;
+}
+
+/// Outage counters so far.
+pub fn outage_counters() -> OutageCounters {
+    counters().lock().outages
+}
+
+/// Counts one consumer position of `topic` found below its partition's earliest record
+/// (records lost to retention before the group read them).
+pub fn count_offset_out_of_range(topic: &str) {
+    let mut c = counters().lock();
+    match c.offset_out_of_range.get_mut(topic) {
+        Some(n) => *n += 1,
+        None => {
+            c.offset_out_of_range.insert(topic.to_string(), 1);
+        }
+    }
+}
+
+/// Positions found out of range so far, by topic.
+pub fn offset_out_of_range() -> BTreeMap<String, u64> {
+    counters().lock().offset_out_of_range.clone()
 }
 
 /// Undecodable records so far, by topic.

@@ -19,6 +19,10 @@
 //! failing or stalled one, its last error. A paused, failing or stalled site does not make the
 //! engine unhealthy: the answer stays 200 as the original's while the log and the store work,
 //! so a load balancer never takes the API away from the operator who has to act.
+//!
+//! An outage of the state store or the log (issue 14) does make it unhealthy (500, with
+//! `store.status` or `kafkaProducer.status` "error") while the pipeline waits and retries; the
+//! process stays up and the answer is 200 again once the dependency is back.
 
 use serde_json::{json, Map, Value};
 
@@ -29,10 +33,19 @@ use crate::clock::iso8601_ms;
 use crate::log::TOPIC_REPLICATION;
 use crate::observe::SiteState;
 
+/// How long the healthcheck waits for the state store's answer before calling it unusable.
+const STORE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Builds the healthcheck body and whether everything is healthy.
 pub async fn healthcheck(state: &AppState) -> Result<Value, (ApiError, Value)> {
     let log_ok = state.log.check().is_ok();
-    let store_ok = state.store.check().is_ok() && state.store.cursor("\u{1}probe").await.is_ok();
+    // The probe is bounded: an unreachable MongoDB answers only after its server selection
+    // timeout (30 s by default), and a healthcheck must answer before a load balancer gives up.
+    let store_ok = state.store.check().is_ok()
+        && matches!(
+            tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.cursor("\u{1}probe")).await,
+            Ok(Ok(_))
+        );
     let topics_res = state.log.topics().await;
     let mut topics = Map::new();
     let mut all_isr = true;

@@ -41,6 +41,9 @@
 //!   `backbeat_log_committed_offset{group,topic,partition}`,
 //!   `backbeat_log_lag{group,topic,partition}` for each site's replication group and the
 //!   status group;
+//! - outages (issue 14, in process memory): `backbeat_store_retries_total`,
+//!   `backbeat_store_unavailable`, `backbeat_log_retries_total`, `backbeat_log_unavailable`,
+//!   `backbeat_log_offset_out_of_range_total{topic}`;
 //! - garbage collection: `backbeat_gc_deleted_total`, `backbeat_gc_bytes_freed_total`,
 //!   `backbeat_gc_orphans_total` (in process memory);
 //! - the engine: `backbeat_up` (the log and the store accept writes), `backbeat_data_dir_bytes`
@@ -74,7 +77,9 @@ use crate::error::FailureReason;
 use crate::log::{
     replication_group, PartitionLag, STATUS_GROUP, TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS,
 };
-use crate::metrics::{gc_counters, site_counters, undecodable, SiteCounters};
+use crate::metrics::{
+    gc_counters, offset_out_of_range, outage_counters, site_counters, undecodable, SiteCounters,
+};
 use crate::observe::{SiteState, SiteView, LAG_BUCKETS_S};
 use crate::store::Metric;
 use crate::transitions::DropReason;
@@ -393,6 +398,50 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         "Multipart uploads and temporary files no copy owned, cleaned up at sites, since the process started.",
     );
     f.sample("backbeat_gc_orphans_total", &[], gc.orphans);
+    let outages = outage_counters();
+    for (name, kind, help, v) in [
+        (
+            "backbeat_store_retries_total",
+            "counter",
+            "State store calls retried after a transient error (store unreachable), since the process started.",
+            outages.store_retries,
+        ),
+        (
+            "backbeat_store_unavailable",
+            "gauge",
+            "1 while the state store is unreachable and the pipeline waits for it.",
+            u64::from(outages.store_unavailable),
+        ),
+        (
+            "backbeat_log_retries_total",
+            "counter",
+            "Log operations (connection, consumer, producer) retried after a transient error, since the process started.",
+            outages.log_retries,
+        ),
+        (
+            "backbeat_log_unavailable",
+            "gauge",
+            "1 while the log is unreachable and the pipeline waits for it.",
+            u64::from(outages.log_unavailable),
+        ),
+    ] {
+        f.head(name, kind, help);
+        f.sample(name, &[], v);
+    }
+    f.head(
+        "backbeat_log_offset_out_of_range_total",
+        "counter",
+        "Consumer positions found below their partition's earliest record (records removed by retention before they were read; healed by a rescan), since the process started.",
+    );
+    let out_of_range = offset_out_of_range();
+    for topic in [TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS] {
+        let n = out_of_range.get(topic).copied().unwrap_or(0);
+        f.sample(
+            "backbeat_log_offset_out_of_range_total",
+            &[("topic", topic)],
+            n,
+        );
+    }
     f.head(
         "backbeat_up",
         "gauge",

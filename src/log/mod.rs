@@ -1,7 +1,9 @@
 //! The durable log: topics, partitions, consumer groups and committed offsets (Kafka's model).
 //!
 //! The pipeline talks to the [`Log`] trait only. [`SledLog`] is the embedded implementation;
-//! `KafkaLog` (module `kafka`) sits behind the `kafka` feature.
+//! `KafkaLog` (module `kafka`) sits behind the `kafka` feature. The engine wraps either in a
+//! [`RetryingLog`]: connected once the topics exist, and retrying what fails while the
+//! brokers are out of reach ([`LogError::Unavailable`]).
 //!
 //! Semantics every implementation keeps:
 //! - A record goes to the partition chosen by a hash of its key (murmur2, as Kafka's default
@@ -15,6 +17,7 @@
 pub mod codec;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod retrying;
 pub mod sled;
 
 use std::time::Duration;
@@ -24,6 +27,7 @@ use serde::Serialize;
 
 #[cfg(feature = "kafka")]
 pub use self::kafka::KafkaLog;
+pub use self::retrying::RetryingLog;
 pub use self::sled::SledLog;
 
 /// How entries are written to a log.
@@ -89,6 +93,22 @@ pub struct TopicInfo {
     pub partitions: u32,
 }
 
+/// Records of a partition removed (by the broker's retention) before a consumer group read
+/// them: the group's next offset `from` was below the partition's earliest record `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetLoss {
+    /// Our topic name.
+    pub topic: String,
+    /// Our group name.
+    pub group: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First lost offset.
+    pub from: u64,
+    /// One past the last lost offset (the earliest record left).
+    pub to: u64,
+}
+
 /// Consumer lag of one group on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartitionLag {
@@ -152,6 +172,18 @@ pub enum LogError {
     /// The storage engine failed; the log refuses further writes.
     #[error("log storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The log cannot be reached for now (Kafka: no broker answers, a request timed out, a
+    /// partition has no leader during an election); the same call may succeed later.
+    /// [`RetryingLog`] retries these.
+    #[error("log unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LogError {
+    /// Whether the error is transient: the log is unreachable for now, not broken.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
 }
 
 impl From<crate::durability::DbError> for LogError {
@@ -177,6 +209,20 @@ pub async fn open(
     storage: &crate::config::StorageConfig,
     db: Option<&crate::durability::SledDb>,
 ) -> Result<std::sync::Arc<dyn Log>, LogError> {
+    let log = open_client(storage, db)?;
+    create_topics(log.as_ref(), storage).await?;
+    Ok(log)
+}
+
+/// Opens the log `[storage] log` names without talking to it yet (Kafka's clients connect
+/// lazily): the part of [`open`] that fails only on a configuration error.
+///
+/// # Errors
+/// As [`open`], but never for an unreachable broker.
+pub fn open_client(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+) -> Result<std::sync::Arc<dyn Log>, LogError> {
     use crate::config::LogKind;
     let log: std::sync::Arc<dyn Log> = match (storage.log, db) {
         (LogKind::Sled, Some(db)) => std::sync::Arc::new(SledLog::open(db.clone())?),
@@ -199,6 +245,19 @@ pub async fn open(
             ))
         }
     };
+    Ok(log)
+}
+
+/// Creates the replication topics with `[storage] partitions` (an existing topic keeps its
+/// partition count, with a warning): the first exchange with a Kafka cluster, so the part of
+/// [`open`] that fails with [`LogError::Unavailable`] while the brokers are unreachable.
+///
+/// # Errors
+/// Any error of creating the topics.
+pub async fn create_topics(
+    log: &dyn Log,
+    storage: &crate::config::StorageConfig,
+) -> Result<(), LogError> {
     for topic in [TOPIC_REPLICATION, TOPIC_REPLICATION_STATUS] {
         let n = log.create_topic(topic, storage.partitions).await?;
         if n != storage.partitions {
@@ -210,7 +269,7 @@ pub async fn open(
             );
         }
     }
-    Ok(log)
+    Ok(())
 }
 
 /// A durable, partitioned, append-only log with consumer groups.
@@ -223,6 +282,13 @@ pub trait Log: Send + Sync + 'static {
     /// Kafka topic stays readable by Zenko's tools), compact binary for the embedded log.
     fn entry_format(&self) -> EntryFormat {
         EntryFormat::Json
+    }
+
+    /// Whether calls may fail with [`LogError::Unavailable`] (a log reached over the network).
+    /// [`RetryingLog`] passes the appends of a log that never does straight through, without
+    /// keeping a copy of the records to send them again.
+    fn may_be_unavailable(&self) -> bool {
+        true
     }
 
     /// Creates `topic` with `partitions` partitions if it does not exist. An existing topic keeps
@@ -251,6 +317,13 @@ pub trait Log: Send + Sync + 'static {
     /// Deletes the records of `topic` below every group's committed offset; returns how many
     /// were deleted. A topic no group has committed on keeps everything.
     async fn retain(&self, topic: &str) -> Result<u64, LogError>;
+
+    /// Announcements of records lost to retention before a consumer of this log read them
+    /// ([`OffsetLoss`]); `None` for a log that never loses unread records (the sled log's
+    /// retention stops at every group's committed offset).
+    fn offset_losses(&self) -> Option<tokio::sync::broadcast::Receiver<OffsetLoss>> {
+        None
+    }
 
     /// Fails when the log cannot accept writes.
     fn check(&self) -> Result<(), LogError>;

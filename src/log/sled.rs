@@ -321,6 +321,11 @@ impl Log for SledLog {
         super::EntryFormat::Binary
     }
 
+    /// The embedded log is never out of reach: its errors are all fatal.
+    fn may_be_unavailable(&self) -> bool {
+        false
+    }
+
     fn kind(&self) -> &'static str {
         "sled"
     }

@@ -1,6 +1,9 @@
 //! The state store: replication info per version, the failed set, pause state, metrics
 //! counters, source cursors and locks (what the original keeps in MongoDB, Redis and ZooKeeper).
 //!
+//! The engine wraps the store in a [`RetryingStore`], which waits out an outage
+//! ([`StoreError::Unavailable`]) for the pipeline and reports it to the healthcheck.
+//!
 //! Updates go through [`StateStore::apply`]: a list of operations applied atomically, all or
 //! nothing. A replication state change is a [`StoreOp::Key`]: one source key's record changed
 //! by [`crate::transitions::apply`] with its effects (pending counters, metrics, failed set),
@@ -19,6 +22,7 @@
 mod aggregates;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+pub mod retrying;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "mongodb")]
 pub use self::mongo::MongoStore;
+pub use self::retrying::RetryingStore;
 pub use self::sled::SledStore;
 use crate::model::{KeyState, VersionRef};
 use crate::transitions::{FailedInfo, KeyChange};
@@ -271,6 +276,17 @@ pub enum StoreError {
     /// The storage engine failed; the store refuses further writes.
     #[error("state store storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be reached for now (MongoDB: network error, no primary, server
+    /// selection timeout); the same call may succeed later. [`RetryingStore`] retries these.
+    #[error("state store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether the error is transient: the store is unreachable for now, not broken.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 impl From<crate::durability::DbError> for StoreError {
@@ -323,6 +339,17 @@ pub async fn open(
     db: Option<&crate::durability::SledDb>,
     clock: crate::clock::SharedClock,
 ) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
+    let store = open_inner(storage, db, clock).await?;
+    #[cfg(feature = "test-util")]
+    let store = crate::testkit::FaultyStore::wrap_from_env(store);
+    Ok(store)
+}
+
+async fn open_inner(
+    storage: &crate::config::StorageConfig,
+    db: Option<&crate::durability::SledDb>,
+    clock: crate::clock::SharedClock,
+) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
     use crate::config::StoreKind;
     match (storage.store, db) {
         (StoreKind::Sled, Some(db)) => Ok(std::sync::Arc::new(SledStore::open(db.clone(), clock)?)),
@@ -351,6 +378,13 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The store's clock (ms since the epoch).
     fn now_ms(&self) -> u64;
+
+    /// Whether calls may fail with [`StoreError::Unavailable`] (a store reached over the
+    /// network). [`RetryingStore`] passes the calls of a store that never does straight
+    /// through, without keeping a copy of an update to re-do it.
+    fn may_be_unavailable(&self) -> bool {
+        true
+    }
 
     /// Applies `ops` atomically, all or nothing; returns for each op whether it changed
     /// anything (a replayed key change does not). Durable on return.

@@ -139,8 +139,57 @@ pub fn redact_uri(uri: &str) -> String {
     }
 }
 
+/// A driver error as a store error: [`StoreError::Unavailable`] when the server is out of
+/// reach for now (retried by [`super::RetryingStore`]), [`StoreError::Storage`] otherwise.
 fn storage(e: MongoError) -> StoreError {
-    StoreError::Storage(Box::new(e))
+    if is_transient(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+/// Server codes of a node that is out of reach, shutting down, stepping down or not (yet) a
+/// primary: the replica set answers again once it has one (the driver's retryable-read set:
+/// InterruptedAtShutdown, InterruptedDueToReplStateChange, NotWritablePrimary,
+/// NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary, PrimarySteppedDown, ShutdownInProgress,
+/// HostNotFound, HostUnreachable, NetworkTimeout, SocketException, ReadConcernMajorityNotAvailableYet,
+/// ExceededTimeLimit; with LegacyNotPrimary and MaxTimeMSExpired).
+const TRANSIENT_CODES: [i32; 15] = [
+    11600, 11602, 10107, 13435, 13436, 189, 91, 7, 6, 89, 9001, 134, 262, 10058, 50,
+];
+
+/// Whether a driver error means "the server cannot be reached for now" rather than "the
+/// request or the data is wrong": network errors, server selection timeouts, a cleared
+/// connection pool, a node without a primary, and anything the driver labels retryable or
+/// transient (a commit whose result stayed unknown is re-done whole: see
+/// [`super::retrying`] for why that is safe).
+fn is_transient(e: &MongoError) -> bool {
+    if matches!(
+        e.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    ) {
+        return true;
+    }
+    if [
+        mongodb::error::RETRYABLE_WRITE_ERROR,
+        TRANSIENT_TRANSACTION_ERROR,
+        UNKNOWN_TRANSACTION_COMMIT_RESULT,
+    ]
+    .iter()
+    .any(|l| e.contains_label(l))
+    {
+        return true;
+    }
+    let code = match e.kind.as_ref() {
+        ErrorKind::Command(ce) => Some(ce.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wc)) => Some(wc.code),
+        ErrorKind::InsertMany(im) => im.write_concern_error.as_ref().map(|wc| wc.code),
+        _ => None,
+    };
+    code.is_some_and(|c| TRANSIENT_CODES.contains(&c))
 }
 
 fn bin(bytes: Vec<u8>) -> Bson {
@@ -1014,7 +1063,7 @@ impl StateStore for MongoStore {
                     tokio::time::sleep(Duration::from_millis(5 + rand::random::<u64>() % 20)).await;
                 }
                 Err(e) => {
-                    if let StoreError::Storage(inner) = &e {
+                    if let StoreError::Storage(inner) | StoreError::Unavailable(inner) = &e {
                         if let Some(me) = inner.downcast_ref::<MongoError>() {
                             self.note_unreachable(me);
                         }
@@ -1315,7 +1364,7 @@ impl StateStore for MongoStore {
         if self.healthy.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(StoreError::Storage(
+            Err(StoreError::Unavailable(
                 format!("mongodb {} is unreachable", self.hosts).into(),
             ))
         }
@@ -1325,6 +1374,14 @@ impl StateStore for MongoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreachable_servers_are_transient_and_bad_data_is_not() {
+        let net = MongoError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(storage(net), StoreError::Unavailable(_)));
+        let bad = MongoError::custom("a document the store cannot write");
+        assert!(matches!(storage(bad), StoreError::Storage(_)));
+    }
 
     #[test]
     fn uri_passwords_are_redacted() {

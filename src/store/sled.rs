@@ -514,6 +514,11 @@ impl SledStore {
 
 #[async_trait]
 impl StateStore for SledStore {
+    /// The embedded store is never out of reach: its errors are all fatal.
+    fn may_be_unavailable(&self) -> bool {
+        false
+    }
+
     fn kind(&self) -> &'static str {
         "sled"
     }

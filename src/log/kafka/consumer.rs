@@ -23,6 +23,19 @@
 //! committed offset). The next `poll` resumes every partition of the topic first (a pause
 //! outlives a revocation in librdkafka, so a partition revoked while paused and assigned again
 //! must be resumed too).
+//!
+//! Records lost to retention (issue 14): a group whose next offset on a partition is below the
+//! partition's earliest record (a paused site, a stopped engine, while the broker's retention
+//! deleted what it had not read) is moved to the earliest record by librdkafka
+//! (`auto.offset.reset=earliest`) without a word. The consumer notices: it knows the offset it
+//! expects next on each partition (the committed offset when the partition is assigned, then
+//! one past each record handed out, or a seek's). When the consumer opens and when a
+//! partition is assigned, a committed offset below the partition's low watermark is a loss;
+//! when a record comes from further on than expected, the low watermark is asked, and if it
+//! is above the expected offset, the records `[expected, low)` are gone: [`report_loss`] logs an ERROR naming the topic, the partition
+//! and the range, counts it (`backbeat_log_offset_out_of_range_total`) and tells the engine
+//! ([`OffsetLoss`]), which queues the affected versions again. A gap with nothing deleted
+//! below it (compaction, transaction markers) is not a loss.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,7 +49,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::context::{Ctx, Events};
 use super::{committed_of, join_error, storage};
-use crate::log::{Consumer, Delivery, LogError, Position, Record};
+use crate::log::{Consumer, Delivery, LogError, OffsetLoss, Position, Record};
 
 /// Zero-wait receives of one `keep_alive`. Each serves one event of the consumer's queue
 /// (librdkafka's logs and rebalance events come through it) or takes one record.
@@ -68,20 +81,75 @@ pub(super) struct KafkaConsumer {
     paused: bool,
     /// See [`keep_alive_every`].
     keep_alive_every: Duration,
+    /// The offset expected next on each partition whose position is known (see the module
+    /// doc on records lost to retention).
+    expected: HashMap<u32, u64>,
+    /// Where losses are reported, and the names they carry.
+    losses: LossSink,
+}
+
+/// Where a consumer reports records lost to retention.
+#[derive(Clone)]
+pub(super) struct LossSink {
+    /// Our topic name (unprefixed).
+    pub(super) topic: String,
+    /// Our group name (unprefixed).
+    pub(super) group: String,
+    pub(super) tx: tokio::sync::broadcast::Sender<OffsetLoss>,
+}
+
+/// The records lost when a record at `delivered` comes while `expected` was next and the
+/// partition's earliest record is `low`: `[expected, low)`, when not empty.
+pub(crate) fn lost_range(expected: u64, delivered: u64, low: u64) -> Option<(u64, u64)> {
+    (delivered > expected && low > expected).then(|| (expected, low.min(delivered)))
+}
+
+/// Logs, counts and announces records of `partition` lost to retention.
+pub(super) fn report_loss(sink: &LossSink, partition: u32, from: u64, to: u64) {
+    tracing::error!(
+        topic = %sink.topic,
+        group = %sink.group,
+        partition,
+        from,
+        to,
+        lost = to - from,
+        "Kafka records [from, to) were removed by retention before this group read them; \
+         the affected versions are queued again."
+    );
+    crate::metrics::count_offset_out_of_range(&sink.topic);
+    // No receiver (the populator runs in another process): the error above is what is left.
+    let _ = sink.tx.send(OffsetLoss {
+        topic: sink.topic.clone(),
+        group: sink.group.clone(),
+        partition,
+        from,
+        to,
+    });
 }
 
 impl KafkaConsumer {
     /// A member reading `topic` (the Kafka name) through `consumer`, already subscribed, from
-    /// its group's `committed` offsets (next to read, one per partition).
+    /// its group's `committed` offsets (next to read, one per partition), expecting `expected`
+    /// next where known (the stored commits, moved past a loss already reported), and
+    /// reporting losses to `losses`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         consumer: Arc<StreamConsumer<Ctx>>,
         events: Events,
         topic: String,
         committed: Vec<u64>,
+        stored: &[Option<u64>],
         timeout: Duration,
         keep_alive_every: Duration,
+        losses: LossSink,
     ) -> KafkaConsumer {
         KafkaConsumer {
+            expected: stored
+                .iter()
+                .enumerate()
+                .filter_map(|(p, c)| c.map(|c| (p as u32, c)))
+                .collect(),
+            losses,
             consumer,
             events,
             topic,
@@ -115,6 +183,7 @@ impl KafkaConsumer {
                 refresh = true;
             } else {
                 for p in parts {
+                    self.expected.remove(&p);
                     self.seeks.remove(&p);
                     self.held.retain(|d| d.position.partition != p);
                 }
@@ -128,11 +197,20 @@ impl KafkaConsumer {
             let stored = tokio::task::spawn_blocking(move || committed_of(&*c, &topic, n, timeout))
                 .await
                 .map_err(join_error)??;
-            for (slot, c) in self.committed.iter_mut().zip(stored) {
+            let mut fresh = Vec::new();
+            for (p, (slot, c)) in self.committed.iter_mut().zip(stored).enumerate() {
                 if let Some(c) = c {
                     *slot = c;
+                    // A partition assigned now starts at its committed offset.
+                    if let std::collections::hash_map::Entry::Vacant(e) =
+                        self.expected.entry(p as u32)
+                    {
+                        e.insert(c);
+                        fresh.push((p as u32, c));
+                    }
                 }
             }
+            self.check_assigned(&fresh).await?;
         }
         Ok(refresh)
     }
@@ -172,6 +250,65 @@ impl KafkaConsumer {
             .map_err(join_error)?
             .map_err(storage)?;
         self.paused = false;
+        Ok(())
+    }
+
+    /// Reports the records lost below the committed offsets of partitions assigned now,
+    /// `(partition, committed)`: librdkafka would move past them without a word.
+    async fn check_assigned(&mut self, fresh: &[(u32, u64)]) -> Result<(), LogError> {
+        for &(partition, committed) in fresh {
+            let Some(low) = self.low_watermark(partition).await? else {
+                continue;
+            };
+            if low > committed {
+                report_loss(&self.losses, partition, committed, low);
+                self.expected.insert(partition, low);
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest offset of `partition`, `None` (logged) when the broker does not say.
+    async fn low_watermark(&self, partition: u32) -> Result<Option<u64>, LogError> {
+        let c = self.consumer.clone();
+        let topic = self.topic.clone();
+        let timeout = self.timeout;
+        let marks = tokio::task::spawn_blocking(move || {
+            c.client()
+                .fetch_watermarks(&topic, partition as i32, timeout)
+        })
+        .await
+        .map_err(join_error)?;
+        match marks {
+            Ok((low, _)) => Ok(Some(u64::try_from(low).unwrap_or(0))),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition, error = %e,
+                    "The earliest offset of a partition could not be read; records lost to retention may go unnoticed there.");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves the expected offsets past `out`, and reports the records lost before any of
+    /// them (see the module doc).
+    async fn check_gaps(&mut self, out: &[Delivery]) -> Result<(), LogError> {
+        let mut gaps = Vec::new();
+        for d in out {
+            let Position { partition, offset } = d.position;
+            if let Some(&e) = self.expected.get(&partition) {
+                if offset > e {
+                    gaps.push((partition, e, offset));
+                }
+            }
+            self.expected.insert(partition, offset + 1);
+        }
+        for (partition, expected, delivered) in gaps {
+            if let Some(low) = self.low_watermark(partition).await? {
+                if let Some((from, to)) = lost_range(expected, delivered, low) {
+                    report_loss(&self.losses, partition, from, to);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -274,6 +411,7 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
+        self.check_gaps(&out).await?;
         self.handle_rebalances().await?;
         Ok(out)
     }
@@ -340,6 +478,7 @@ impl Consumer for KafkaConsumer {
             });
         }
         self.seeks.insert(position.partition, position.offset);
+        self.expected.insert(position.partition, position.offset);
         // Held records are from before the new position.
         self.held
             .retain(|d| d.position.partition != position.partition);
@@ -386,5 +525,55 @@ impl Consumer for KafkaConsumer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_a_loss_only_below_the_earliest_record() {
+        // Retention removed 10..40 while the group expected 10: it reads 40 next.
+        assert_eq!(lost_range(10, 40, 40), Some((10, 40)));
+        // The earliest record is beyond what was delivered (read ahead raced a deletion).
+        assert_eq!(lost_range(10, 40, 55), Some((10, 40)));
+        // A gap without deletion (compaction, transaction markers): no loss.
+        assert_eq!(lost_range(10, 40, 0), None);
+        assert_eq!(lost_range(10, 40, 10), None);
+        // No gap.
+        assert_eq!(lost_range(10, 10, 30), None);
+        // A record from before (a seek back, a replay): no loss.
+        assert_eq!(lost_range(10, 5, 30), None);
+    }
+
+    #[test]
+    fn a_loss_is_counted_and_announced() {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(4);
+        let sink = LossSink {
+            topic: "loss-test-topic".into(),
+            group: "g".into(),
+            tx,
+        };
+        let before = crate::metrics::offset_out_of_range()
+            .get("loss-test-topic")
+            .copied()
+            .unwrap_or(0);
+        report_loss(&sink, 3, 10, 40);
+        assert_eq!(
+            crate::metrics::offset_out_of_range().get("loss-test-topic"),
+            Some(&(before + 1))
+        );
+        let got = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            got,
+            OffsetLoss {
+                topic: "loss-test-topic".into(),
+                group: "g".into(),
+                partition: 3,
+                from: 10,
+                to: 40,
+            }
+        );
     }
 }

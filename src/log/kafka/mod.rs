@@ -71,11 +71,11 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use self::consumer::{keep_alive_every, KafkaConsumer};
+use self::consumer::{keep_alive_every, report_loss, KafkaConsumer, LossSink};
 use self::context::{Ctx, Health};
 use super::{
-    check_topic, partition_for, validate_name, Consumer, Log, LogError, PartitionLag, Position,
-    Record, TopicInfo,
+    check_topic, partition_for, validate_name, Consumer, Log, LogError, OffsetLoss, PartitionLag,
+    Position, Record, TopicInfo,
 };
 use crate::config::KafkaConfig;
 
@@ -85,8 +85,42 @@ const MAX_MESSAGE_BYTES: &str = "5000020";
 /// How long `create_topic` waits for a new topic to show in the metadata.
 const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(15);
 
-fn storage(e: impl std::error::Error + Send + Sync + 'static) -> LogError {
-    LogError::Storage(Box::new(e))
+/// A client error as a log error: [`LogError::Unavailable`] when the brokers are out of reach
+/// or slow for now (retried by [`crate::log::RetryingLog`]), [`LogError::Storage`] otherwise.
+fn storage(e: KafkaError) -> LogError {
+    if e.rdkafka_error_code().is_some_and(is_transient_code) {
+        LogError::Unavailable(Box::new(e))
+    } else {
+        LogError::Storage(Box::new(e))
+    }
+}
+
+/// Codes of a cluster that is unreachable, slow or moving leaders: librdkafka's own timeouts
+/// and transport failures, and the brokers' retriable errors a client sees during a restart
+/// or an election.
+fn is_transient_code(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::OperationTimedOut
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::MessageTimedOut
+            | C::TimedOutQueue
+            | C::RequestTimedOut
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+            | C::CoordinatorLoadInProgress
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::NotController
+            | C::KafkaStorageError
+    )
 }
 
 fn join_error(e: tokio::task::JoinError) -> LogError {
@@ -106,6 +140,8 @@ struct Inner {
     health: Arc<Health>,
     /// Partition counts of the topics seen so far, by our (unprefixed) name.
     partitions: RwLock<HashMap<String, u32>>,
+    /// Where the consumers announce records lost to retention.
+    losses: tokio::sync::broadcast::Sender<OffsetLoss>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -148,6 +184,7 @@ impl KafkaLog {
                 admin,
                 health,
                 partitions: RwLock::new(HashMap::new()),
+                losses: tokio::sync::broadcast::channel(256).0,
             }),
         })
     }
@@ -371,9 +408,12 @@ impl Log for KafkaLog {
                 Ok(_) => tracing::info!(topic = %full, partitions, "Kafka topic created."),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(LogError::Storage(
-                        format!("cannot create kafka topic {name}: {code}").into(),
-                    ))
+                    let e = format!("cannot create kafka topic {name}: {code}").into();
+                    return Err(if is_transient_code(code) {
+                        LogError::Unavailable(e)
+                    } else {
+                        LogError::Storage(e)
+                    });
                 }
             }
         }
@@ -385,7 +425,8 @@ impl Log for KafkaLog {
                 return Ok(n);
             }
             if Instant::now() >= deadline {
-                return Err(LogError::Storage(
+                // A slow broker (elections, Tansu): the whole creation is retried.
+                return Err(LogError::Unavailable(
                     format!("kafka topic {full} was created but does not show in the metadata")
                         .into(),
                 ));
@@ -505,13 +546,32 @@ impl Log for KafkaLog {
             .zip(&watermarks)
             .map(|(c, (lo, _))| c.unwrap_or(*lo))
             .collect();
+        let losses = LossSink {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            tx: self.inner.losses.clone(),
+        };
+        // A group whose next offset was deleted while no member of it ran (a stopped engine,
+        // a paused site's restart): librdkafka will move it to the earliest record silently.
+        let mut expected = Vec::with_capacity(stored.len());
+        for (p, (c, (lo, _))) in stored.iter().zip(&watermarks).enumerate() {
+            expected.push(match c {
+                Some(c) if c < lo => {
+                    report_loss(&losses, p as u32, *c, *lo);
+                    Some(*lo)
+                }
+                c => *c,
+            });
+        }
         Ok(Box::new(KafkaConsumer::new(
             consumer,
             ctx.events,
             full,
             committed,
+            &expected,
             timeout,
             keep_alive_every(cfg.max_poll_interval_ms),
+            losses,
         )))
     }
 
@@ -612,6 +672,10 @@ impl Log for KafkaLog {
         Ok(0)
     }
 
+    fn offset_losses(&self) -> Option<tokio::sync::broadcast::Receiver<OffsetLoss>> {
+        Some(self.inner.losses.subscribe())
+    }
+
     fn check(&self) -> Result<(), LogError> {
         if let Some((code, reason)) = self.inner.producer.client().fatal_error() {
             return Err(LogError::Storage(
@@ -619,7 +683,7 @@ impl Log for KafkaLog {
             ));
         }
         if self.inner.health.brokers_down.load(Ordering::Acquire) {
-            return Err(LogError::Storage("every kafka broker is down".into()));
+            return Err(LogError::Unavailable("every kafka broker is down".into()));
         }
         Ok(())
     }
