@@ -12,6 +12,21 @@ use backbeat::config::Config;
 use backbeat::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
+/// jemalloc gives memory back after a burst (a drain, a retention pass) where glibc's per-thread
+/// arenas keep it: the idle RSS of the cost model (issue 12, DESIGN section 10).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Lets jemalloc purge freed memory from background threads, so an idle engine gives back
+/// what a burst used instead of waiting for its next allocation.
+fn allocator_purges_in_background() {
+    #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::debug!(error = %e, "jemalloc background purging unavailable");
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "backbeat",
@@ -124,6 +139,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             telemetry::init(cli.log_format);
+            allocator_purges_in_background();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
