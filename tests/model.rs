@@ -312,7 +312,9 @@ impl Run {
         let down = azure_down.clone();
         let upstream: std::net::SocketAddr =
             AZURITE.url().trim_start_matches("http://").parse().unwrap();
-        let azure_proxy = common::flaky::start_with(
+        // Its 503s come after 2.5 s, so a deletion's attempts last long enough for the next
+        // version of its key to be queued behind it before its replay is (`stale_deletion`).
+        let azure_proxy = common::flaky::start_slow(
             upstream,
             Arc::new(move |_, _| {
                 down.load(Ordering::SeqCst).then(|| {
@@ -322,6 +324,7 @@ impl Run {
                     )
                 })
             }),
+            Duration::from_millis(2500),
         )
         .await;
         let tmp = tempfile::tempdir().unwrap();

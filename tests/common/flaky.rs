@@ -82,6 +82,12 @@ pub async fn start(upstream: SocketAddr, fail_first: usize) -> Flaky {
 
 /// Starts the proxy in front of `upstream`, answering what `rule` picks.
 pub async fn start_with(upstream: SocketAddr, rule: Rule) -> Flaky {
+    start_slow(upstream, rule, std::time::Duration::ZERO).await
+}
+
+/// [`start_with`], each answer the proxy gives itself coming only after `delay` (a site slow
+/// to fail).
+pub async fn start_slow(upstream: SocketAddr, rule: Rule, delay: std::time::Duration) -> Flaky {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     let counts = Arc::new(Counts::default());
@@ -106,6 +112,7 @@ pub async fn start_with(upstream: SocketAddr, rule: Rule) -> Flaky {
                         let (mut parts, body) = req.into_parts();
                         if let Some((status, xml)) = rule(n, &parts) {
                             counts.failed.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
                             let mut r = Response::new(
                                 Full::new(Bytes::from(xml))
                                     .map_err(|never| match never {})
