@@ -4,8 +4,8 @@
 //! A listing page holds the 100 newest entries at or below the marker, in the original's order:
 //! hour by hour from the newest, and within an hour from the oldest entry (its `ZRANGE`).
 //!
-//! The first page (no marker), what a dashboard polls, is kept as rendered while the failed
-//! sets it was read from are unchanged: the store's [`SiteTotals::failed_version`] of each site
+//! The first page (no marker), what a dashboard polls, is kept as rendered (its JSON bytes,
+//! shared by every answer) while the failed sets it was read from are unchanged: the store's [`SiteTotals::failed_version`] of each site
 //! and the 24-hour window's start are its key (issue 17). A store that cannot tell when its
 //! set changes (`None`) is read every time.
 //!
@@ -37,6 +37,7 @@
 use std::cmp::Reverse;
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use serde_json::{json, Value};
@@ -82,8 +83,8 @@ type FirstPageKey = (Vec<(String, u64)>, u64);
 /// First pages kept (one per site and one for every site, per store).
 const FIRST_PAGES: usize = 64;
 
-/// The first pages last rendered, newest last.
-static FIRST_PAGE_CACHE: Mutex<Vec<(FirstPageKey, Value)>> = Mutex::new(Vec::new());
+/// The first pages last rendered (their JSON), newest last.
+static FIRST_PAGE_CACHE: Mutex<Vec<(FirstPageKey, Bytes)>> = Mutex::new(Vec::new());
 
 /// The key of the first page of `sites` now, or `None` when a site's set cannot be versioned.
 async fn first_page_key(state: &AppState, sites: &[String]) -> Option<FirstPageKey> {
@@ -95,13 +96,13 @@ async fn first_page_key(state: &AppState, sites: &[String]) -> Option<FirstPageK
     Some((versions, failed_window_start(state.store.now_ms())))
 }
 
-/// `GET crr/failed?sitename=&marker=`; without `sitename`, every site's failures, merged by
-/// time and paged the same way (entries of two sites failed in the same millisecond at a page
-/// boundary may show on both pages).
+/// `GET crr/failed?sitename=&marker=`, as JSON bytes; without `sitename`, every site's
+/// failures, merged by time and paged the same way (entries of two sites failed in the same
+/// millisecond at a page boundary may show on both pages).
 ///
 /// # Errors
 /// 500 InternalError when the store fails.
-pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
+pub async fn list(state: &AppState, route: &Route) -> Result<Bytes, ApiError> {
     let first = !route.query.contains_key("marker");
     let sites: Vec<String> = match route.query.get("sitename") {
         Some(site) => vec![site.clone()],
@@ -119,6 +120,8 @@ pub async fn list(state: &AppState, route: &Route) -> Result<Value, ApiError> {
         }
     }
     let page = read_page(state, route, &sites).await?;
+    let page =
+        Bytes::from(serde_json::to_vec(&page).map_err(|e| ApiError::internal(e.to_string()))?);
     if let Some(key) = key {
         let mut cache = FIRST_PAGE_CACHE.lock();
         // An older rendering of the same sites will not be asked for again.

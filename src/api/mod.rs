@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::error::ApiError;
-pub use self::response::{json_response, text_response};
+pub use self::response::{json_bytes_response, json_response, text_response};
 use self::routes::{Route, RouteId as R, OPENAPI};
 pub use self::state::AppState;
 
@@ -297,10 +297,16 @@ async fn run(
             let progress = route.id == R::ObjectProgress;
             ok(metrics::object_metrics(state, &route.site, &version, progress).await?)
         }
-        R::FailedList => ok(failed::list(state, &route).await?),
+        R::FailedList => Ok(json_bytes_response(
+            StatusCode::OK,
+            failed::list(state, &route).await?,
+        )),
         R::FailedVersion => match route.version() {
             Some(v) => ok(failed::of_version(state, &v).await?),
-            None => ok(failed::list(state, &route).await?),
+            None => Ok(json_bytes_response(
+                StatusCode::OK,
+                failed::list(state, &route).await?,
+            )),
         },
         R::Retry => ok(failed::retry(state, retries).await?),
         R::Requeue => ok(requeue::requeue(state, retries).await?),

@@ -9,8 +9,13 @@ use hyper::{header, Response, StatusCode};
 /// A JSON response with `Content-Type: application/json` and an explicit length.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let len = bytes.len();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes_response(status, Bytes::from(bytes))
+}
+
+/// A JSON response from bytes already serialized (a cached page).
+pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
