@@ -139,7 +139,13 @@ async fn a_store_outage_is_waited_out_reported_unhealthy_and_loses_nothing() {
     );
     assert_eq!(prom_value(api, "backbeat_store_unavailable").await, Some(0));
     engine.wait_log("State store available again.", Duration::from_secs(10));
-    assert!(engine.stop().success());
+    let log_path = engine.log_path.clone();
+    let status = engine.stop();
+    assert!(
+        status.success(),
+        "{status}:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
 
     let o = Command::new(env!("CARGO_BIN_EXE_backbeat"))
         .args(["verify", "--config"])

@@ -26,8 +26,15 @@ pub struct StoreBatcher {
     tx: mpsc::Sender<(Vec<StoreOp>, Reply)>,
 }
 
+/// The error of a merged update, for each of its callers: a transient one stays transient (so
+/// a caller that retries store outages still does), anything else is a storage failure.
 fn copy_error(e: &StoreError) -> StoreError {
-    StoreError::Storage(Box::new(std::io::Error::other(e.to_string())))
+    let copy = Box::new(std::io::Error::other(crate::error::chain(e)));
+    if e.is_transient() {
+        StoreError::Unavailable(copy)
+    } else {
+        StoreError::Storage(copy)
+    }
 }
 
 impl StoreBatcher {

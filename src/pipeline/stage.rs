@@ -66,7 +66,7 @@ impl StageTasks {
                     }
                 }
                 Ok(Err(error)) => {
-                    let cause = std::error::Error::source(&error).map(|s| s.to_string());
+                    let cause = crate::error::chain(&error);
                     tracing::error!(stage, %error, cause, "Stage failed; shutting down.");
                     failed.store(true, Ordering::SeqCst);
                     root.cancel();

@@ -139,7 +139,16 @@ impl RetryingStore {
                         rand::random::<u64>() % (half.as_millis() as u64).max(1),
                     );
                     tokio::select! {
-                        () = self.token.cancelled() => return Err(e),
+                        // Stopping: one last attempt rather than the error of the previous
+                        // one (the store may be back, and an update that goes through now
+                        // spares a failed stop).
+                        () = self.token.cancelled() => {
+                            let last = call().await;
+                            if last.is_ok() {
+                                self.mark_up();
+                            }
+                            return last;
+                        }
                         () = tokio::time::sleep(half + jitter) => {}
                     }
                     delay = (delay * 2).min(max);
