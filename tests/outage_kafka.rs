@@ -14,54 +14,15 @@ mod kafka_support;
 mod pipeline_support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use common::api::request;
-use common::peers::{free_port, start_peer, tansu_bin, Peer};
+use common::peers::{free_port, start_tansu_on, Frozen};
 use kafka_support::*;
 use pipeline_support::*;
 use serde_json::Value;
 
 const SITES: [&str; 1] = ["site-a"];
-
-/// Starts Tansu on `port`, in memory.
-fn start_tansu_on(port: u16) -> Peer {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let args = vec![
-        "broker".into(),
-        "--listener-url".into(),
-        url.clone(),
-        "--advertised-listener-url".into(),
-        url,
-        "--storage-engine".into(),
-        "memory://tansu/".into(),
-    ];
-    start_peer("tansu", &tansu_bin(), &args, &[], port, None)
-}
-
-/// SIGCONT when dropped, so a failed assertion never leaves the peer stopped.
-struct Frozen(u32);
-
-impl Frozen {
-    fn freeze(pid: u32) -> Frozen {
-        signal("-STOP", pid);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", self.0);
-    }
-}
-
-/// Signals `pid` and its children (the peer runs under a wrapper shell).
-fn signal(sig: &str, pid: u32) {
-    let pid = pid.to_string();
-    let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
-    let _ = Command::new("kill").args([sig, &pid]).status();
-}
 
 async fn health(api: SocketAddr) -> (u16, Value) {
     let r = request(api, "GET", "/_/healthcheck", None).await;

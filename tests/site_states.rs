@@ -10,39 +10,15 @@ mod common;
 mod failures_support;
 mod pipeline_support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::peers::start_s3s_fs;
+use common::peers::{start_s3s_fs, Frozen};
 use failures_support::{api_of, get_json, wait_for};
 use pipeline_support::*;
 use serde_json::Value;
 
 const AK: &str = "AKIDSTATES";
 const SK: &str = "states-secret";
-
-/// SIGCONT when dropped, so a failed assertion never leaves the peer stopped.
-struct Frozen(u32);
-
-impl Frozen {
-    /// Stops `pid` and its children (the peer may run under a wrapper).
-    fn freeze(pid: u32) -> Frozen {
-        signal("-STOP", pid);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", self.0);
-    }
-}
-
-fn signal(sig: &str, pid: u32) {
-    let pid = pid.to_string();
-    let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
-    let _ = Command::new("kill").args([sig, &pid]).status();
-}
 
 fn site<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["sites"]

@@ -402,8 +402,12 @@ pub fn start_azurite() -> Peer {
 
 /// Starts a Tansu Kafka-protocol broker on a free port, in memory.
 pub fn start_tansu() -> Peer {
+    start_tansu_on(free_port())
+}
+
+/// Starts a Tansu Kafka-protocol broker on `port`, in memory.
+pub fn start_tansu_on(port: u16) -> Peer {
     let bin = tansu_bin();
-    let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let args = vec![
         "broker".into(),
@@ -415,6 +419,35 @@ pub fn start_tansu() -> Peer {
         "memory://tansu/".into(),
     ];
     start_peer("tansu", &bin, &args, &[], port, None)
+}
+
+/// A peer stopped with SIGSTOP (it and its children: a peer may run under a wrapper); SIGCONT
+/// when dropped, so a failed assertion never leaves it stopped.
+pub struct Frozen(u32);
+
+impl Frozen {
+    /// Stops `pid` and its children.
+    pub fn freeze(pid: u32) -> Frozen {
+        signal_tree("-STOP", pid);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal_tree("-CONT", self.0);
+    }
+}
+
+/// Sends `sig` to `pid` and its children.
+fn signal_tree(sig: &str, pid: u32) {
+    let pid = pid.to_string();
+    let _ = std::process::Command::new("pkill")
+        .args([sig, "-P", &pid])
+        .status();
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status();
 }
 
 /// Status code of a plain HTTP GET, or `None` if the server did not answer.
