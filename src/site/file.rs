@@ -430,15 +430,19 @@ async fn commit_batch(batch: Vec<Commit>) {
 async fn commit_batch_syncfs(batch: Vec<Commit>) {
     let n = batch.len();
     let mut failed: Vec<Option<CommitError>> = (0..n).map(|_| None).collect();
-    let mut pending = Vec::with_capacity(n);
     let mut files = Vec::with_capacity(n);
+    let mut renames = Vec::with_capacity(n);
+    let mut dirs = Vec::with_capacity(n);
+    let mut answers = Vec::with_capacity(n);
     for c in batch {
         files.push(c.sync);
-        pending.push((c.renames, c.dir, c.done));
+        renames.push(c.renames);
+        dirs.push(c.dir);
+        answers.push(c.done);
     }
-    let dirs: Vec<PathBuf> = pending.iter().map(|p| p.1.clone()).collect();
-    let work: Vec<Vec<(PathBuf, PathBuf)>> = pending.iter().map(|p| p.0.clone()).collect();
-    let synced = blocking(move || Ok(sync_renamed(files, work, dirs))).await;
+    // Kept for the answers should the blocking task itself fail.
+    let dirs_kept = dirs.clone();
+    let synced = blocking(move || Ok(sync_renamed(files, renames, dirs))).await;
     match synced {
         Ok(results) => {
             for (i, r) in results.into_iter().enumerate() {
@@ -448,16 +452,16 @@ async fn commit_batch_syncfs(batch: Vec<Commit>) {
             }
         }
         Err(error) => {
-            for (i, p) in pending.iter().enumerate() {
+            for (i, dir) in dirs_kept.into_iter().enumerate() {
                 failed[i] = Some(CommitError {
                     what: "cannot commit in",
-                    path: p.1.clone(),
+                    path: dir,
                     error: std::io::Error::new(error.kind(), error.to_string()),
                 });
             }
         }
     }
-    for ((_, _, done), f) in pending.into_iter().zip(failed) {
+    for (done, f) in answers.into_iter().zip(failed) {
         let _ = done.send(f.map_or(Ok(()), Err));
     }
 }
