@@ -60,6 +60,7 @@ async fn corrupt_record_is_an_error_never_data() {
     {
         let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
         log.create_topic("t", 1).await.unwrap();
+        // One append: the three records are stored as one block under offset 0.
         let recs = (0..3).map(|i| Record {
             key: b"k".to_vec(),
             value: format!("v{i}").into_bytes(),
@@ -67,14 +68,15 @@ async fn corrupt_record_is_an_error_never_data() {
         });
         log.append("t", recs.collect()).await.unwrap();
     }
-    // Flip one byte of the record at offset 1, behind the log's back.
+    // Flip one byte of the record at offset 1 (the block's second), behind the log's back.
     {
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("log.p:t:0").unwrap();
-        let mut v = tree.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
-        let last = v.len() - 1;
-        v[last] ^= 0x40;
-        tree.insert(1u64.to_be_bytes(), v).unwrap();
+        assert_eq!(tree.len(), 1, "one block for one append");
+        let mut v = tree.get(0u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let at = v.windows(2).position(|w| w == b"v1").unwrap();
+        v[at + 1] ^= 0x40;
+        tree.insert(0u64.to_be_bytes(), v).unwrap();
         db.flush().unwrap();
     }
     let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
@@ -106,6 +108,69 @@ async fn corrupt_record_is_an_error_never_data() {
     assert_eq!(rest[0].record.value, b"v2");
 }
 
+/// A log written by the previous format (one record per key) is read as it is after an
+/// upgrade, retention and new appends (blocks) carry on after it, and the format is recorded as
+/// the new one, so an older binary refuses the log instead of misreading its blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_log_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |i: u64| Record {
+        key: b"k".to_vec(),
+        value: format!("v{i}").into_bytes(),
+        timestamp_ms: i,
+    };
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("log.meta").unwrap();
+        meta.insert("format", &1u32.to_be_bytes()).unwrap();
+        meta.insert("topic:t", &1u32.to_be_bytes()).unwrap();
+        let part = db.open_tree("log.p:t:0").unwrap();
+        for i in 0..3u64 {
+            part.insert(i.to_be_bytes(), backbeat::log::codec::encode(&rec(i)))
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let log = SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+    let pos = log.append("t", vec![rec(3), rec(4)]).await.unwrap();
+    assert_eq!(pos[0].offset, 3, "appends go after the old records");
+    let mut c = log.consumer("t", "g").await.unwrap();
+    let mut got = Vec::new();
+    c.seek(Position {
+        partition: 0,
+        offset: 1,
+    })
+    .unwrap();
+    while got.len() < 4 {
+        let ds = c.poll(10, Duration::from_millis(500)).await.unwrap();
+        assert!(!ds.is_empty());
+        got.extend(ds.into_iter().map(|d| (d.position.offset, d.record)));
+    }
+    let want: Vec<_> = (1..5).map(|i| (i, rec(i))).collect();
+    assert_eq!(got, want);
+    c.commit(&[Position {
+        partition: 0,
+        offset: 4,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        log.retain("t").await.unwrap(),
+        3,
+        "the three old records go; the block of 3 and 4 stays until 4 is read"
+    );
+    drop(c);
+    drop(log);
+    let db = sled::open(dir.path()).unwrap();
+    let format = db
+        .open_tree("log.meta")
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(format.as_ref(), 2u32.to_be_bytes());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,7 +185,7 @@ async fn unsupported_format_version_is_refused() {
     match SledLog::open(open_db(dir.path(), Durability::Group)) {
         Err(LogError::UnsupportedFormat {
             found: 99,
-            expected: 1,
+            expected: 2,
         }) => {}
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
@@ -130,7 +195,8 @@ fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(p).unwrap() {
         let e = e.unwrap();
-        let m = e.metadata().unwrap();
+        // sled replaces its snapshot files as it goes: one may vanish between the two calls.
+        let Ok(m) = e.metadata() else { continue };
         total += if m.is_dir() {
             dir_size(&e.path())
         } else {

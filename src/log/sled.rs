@@ -10,8 +10,15 @@
 //! tree "log.offsets"
 //!   topic 0x00 group 0x00 partition u32 BE -> u64 BE committed offset (next to read)
 //! tree "log.p:" topic ":" partition (one per partition)
-//!   offset u64 BE                    -> codec-encoded record (version, crc32, bincode body)
+//!   offset u64 BE                    -> codec-encoded record (version, crc32, bincode body),
+//!                                       or a block of the consecutive records of one append
+//!                                       from that offset on (codec::encode_block)
 //! ```
+//!
+//! Blocks keep sled's per-key cost (its page table, cache bookkeeping and, at retention, one
+//! deletion) proportional to appends rather than records: a queued backlog of a million
+//! versions is a few thousand keys (issue 12). Retention deletes a block once all its records
+//! are below the new start; the records of a block straddling it stay unreachable until then.
 //!
 //! Offsets are assigned under a per-partition mutex, in insertion order. A record becomes
 //! visible to consumers only once the flush covering it has completed (except in `interval`
@@ -34,14 +41,26 @@ use super::{
 };
 use crate::durability::SledDb;
 
-/// On-disk format version of the log.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format version of the log. Version 1 stored one record per key; version 2 adds
+/// blocks (a version 1 log is read as is and upgraded in place; a version 1 binary refuses a
+/// version 2 log rather than misread its blocks).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The earlier format this version still reads.
+const FORMAT_VERSION_READ: u32 = 1;
 
 /// Appends of at most this many records are inserted on the calling task.
 const INLINE_APPEND: usize = 16;
 
-/// Records deleted per sled batch during retention.
+/// Keys deleted per sled batch during retention.
 const RETAIN_CHUNK: usize = 10_000;
+
+/// At most this many records in one block.
+const BLOCK_RECORDS: usize = 512;
+
+/// A block is closed once its records reach this many bytes (a larger record is a block of
+/// its own).
+const BLOCK_BYTES: usize = 64 << 10;
 
 /// Positions of inserted records, and the end offset reached on each partition touched.
 type Inserted = (Vec<Position>, Vec<(u32, u64)>);
@@ -128,7 +147,9 @@ impl SledLog {
         match meta.get("format")? {
             Some(v) => {
                 let found = be_u32(&v).unwrap_or(u32::MAX);
-                if found != FORMAT_VERSION {
+                if found == FORMAT_VERSION_READ {
+                    meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
+                } else if found != FORMAT_VERSION {
                     return Err(LogError::UnsupportedFormat {
                         found,
                         expected: FORMAT_VERSION,
@@ -214,7 +235,7 @@ impl Inner {
                 None => 0,
             };
             let last = match tree.last()? {
-                Some((k, _)) => be_u64(&k).map(|o| o + 1).unwrap_or(0),
+                Some((k, v)) => be_u64(&k).map(|o| o + codec::stored_count(&v)).unwrap_or(0),
                 None => 0,
             };
             let next = last.max(start);
@@ -267,18 +288,31 @@ impl Inner {
             // not needed (an append is acknowledged only once all of it is durable, and records
             // become visible to consumers only then).
             let mut offset = *next;
-            for (i, enc) in items {
-                if let Err(e) = part.tree.insert(offset.to_be_bytes(), enc) {
-                    *next = offset;
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                let first = offset;
+                let mut block = Vec::new();
+                let mut bytes = 0usize;
+                while let Some((i, enc)) = items.next_if(|_| {
+                    block.len() < BLOCK_RECORDS && (block.is_empty() || bytes < BLOCK_BYTES)
+                }) {
+                    bytes += enc.len();
+                    block.push(enc);
+                    if let Some(slot) = positions.get_mut(i) {
+                        *slot = Position {
+                            partition: p,
+                            offset,
+                        };
+                    }
+                    offset += 1;
+                }
+                if let Err(e) = part
+                    .tree
+                    .insert(first.to_be_bytes(), codec::encode_block(&block))
+                {
+                    *next = first;
                     return Err(self.db.poison_on(&e).into());
                 }
-                if let Some(slot) = positions.get_mut(i) {
-                    *slot = Position {
-                        partition: p,
-                        offset,
-                    };
-                }
-                offset += 1;
             }
             *next = offset;
             ends.push((p, offset));
@@ -543,13 +577,20 @@ impl Log for SledLog {
                 };
                 // Delete from the first key actually present (an earlier pass may have been
                 // cut short), up to the floor.
+                // A block goes once all its records are below the floor.
                 loop {
                     let mut batch = sled::Batch::default();
                     let mut n = 0usize;
+                    let mut records = 0u64;
                     for item in part.tree.range(..floor.to_be_bytes()) {
-                        let (k, _) = item?;
+                        let (k, v) = item?;
+                        let count = codec::stored_count(&v);
+                        if be_u64(&k).unwrap_or(u64::MAX).saturating_add(count) > floor {
+                            break;
+                        }
                         batch.remove(k);
                         n += 1;
+                        records += count;
                         if n >= RETAIN_CHUNK {
                             break;
                         }
@@ -558,7 +599,7 @@ impl Log for SledLog {
                         break;
                     }
                     part.tree.apply_batch(batch)?;
-                    deleted += n as u64;
+                    deleted += records;
                 }
             }
             Ok(deleted)
@@ -624,41 +665,56 @@ impl SledConsumer {
             if *pos >= visible {
                 continue;
             }
-            for item in part.tree.range(pos.to_be_bytes()..visible.to_be_bytes()) {
-                if out.len() >= max {
-                    break;
-                }
+            // The block holding `pos` starts at or before it.
+            let from = match part.tree.range(..=pos.to_be_bytes()).next_back() {
+                Some(item) => be_u64(&item?.0).unwrap_or(*pos),
+                None => *pos,
+            };
+            'blocks: for item in part.tree.range(from.to_be_bytes()..visible.to_be_bytes()) {
                 let (k, v) = item?;
-                let offset = be_u64(&k).unwrap_or(u64::MAX);
-                if offset != *pos {
+                let base = be_u64(&k).unwrap_or(u64::MAX);
+                for (i, enc) in codec::stored(&v).enumerate() {
+                    if out.len() >= max {
+                        break 'blocks;
+                    }
+                    let offset = base.saturating_add(i as u64);
+                    if offset >= visible {
+                        break 'blocks;
+                    }
+                    let decoded = match enc {
+                        // Already read (or below the start): not even decoded.
+                        Ok(_) if offset < *pos => continue,
+                        Ok(enc) => codec::decode(enc),
+                        // The block is damaged before `pos`: what follows in it cannot be
+                        // located, so `pos` itself is reported.
+                        Err(reason) => Err(reason),
+                    };
                     // A hole below the visible end can only come from retention racing this
                     // read; skip to the next stored offset.
-                    if offset < *pos {
-                        continue;
-                    }
+                    let offset = offset.max(*pos);
                     *pos = offset;
-                }
-                match codec::decode(&v) {
-                    Ok(record) => {
-                        out.push(Delivery {
-                            position: Position {
-                                partition: p as u32,
-                                offset,
-                            },
-                            record,
-                        });
-                        *pos = offset + 1;
-                    }
-                    Err(reason) => {
-                        if out.is_empty() {
-                            return Err(LogError::Corrupt {
-                                topic: self.topic.name.clone(),
-                                partition: p as u32,
-                                offset,
-                                reason,
+                    match decoded {
+                        Ok(record) => {
+                            out.push(Delivery {
+                                position: Position {
+                                    partition: p as u32,
+                                    offset,
+                                },
+                                record,
                             });
+                            *pos = offset + 1;
                         }
-                        return Ok(out);
+                        Err(reason) => {
+                            if out.is_empty() {
+                                return Err(LogError::Corrupt {
+                                    topic: self.topic.name.clone(),
+                                    partition: p as u32,
+                                    offset,
+                                    reason,
+                                });
+                            }
+                            return Ok(out);
+                        }
                     }
                 }
             }
