@@ -47,6 +47,9 @@ const PAGE: usize = 1000;
 /// An upload whose id was lost is one started this close to its intent.
 const UPLOAD_SLACK_MS: u64 = 60_000;
 
+/// First wait before abandoned uploads that could not be aborted are tried again.
+const ORPHAN_RETRY: Duration = Duration::from_secs(5);
+
 /// This process's id, drawn at start: the owner of the uploads it records.
 pub fn instance() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
@@ -176,35 +179,62 @@ impl Collector {
         }
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An abandoned upload that could not be aborted (a site slow or down for a moment) is
+        // tried again after ORPHAN_RETRY, doubling up to the pass interval, rather than left
+        // for an hour.
+        let mut retry: Option<(tokio::time::Instant, Duration)> = None;
         loop {
-            tokio::select! {
+            let again = async {
+                match retry {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let left = tokio::select! {
                 biased;
                 () = token.cancelled() => return Ok(()),
                 _ = tick.tick() => self.pass(&token).await,
-                Some((bucket, key)) = hints.recv() => self.collect(&bucket, &key).await,
-            }
+                () = again => self.orphans_everywhere(&token).await,
+                Some((bucket, key)) = hints.recv() => {
+                    self.collect(&bucket, &key).await;
+                    continue;
+                }
+            };
+            retry = left.then(|| {
+                let wait = retry.map_or(ORPHAN_RETRY, |(_, w)| (w * 2).min(self.interval));
+                (tokio::time::Instant::now() + wait, wait)
+            });
         }
     }
 
-    /// One pass over everything.
-    async fn pass(&self, token: &CancellationToken) {
-        self.removed_sites().await;
+    /// The orphans step of [`Collector::pass`] alone; `true` when some are left for later.
+    async fn orphans_everywhere(&self, token: &CancellationToken) -> bool {
+        let mut left = false;
         for site in &self.sites {
             if token.is_cancelled() {
-                return;
+                break;
             }
-            if self.control.current(site.name()).paused {
-                // A paused site is not contacted; the next pass after the resume cleans up.
-                continue;
+            // A paused site is not contacted; the next pass after the resume cleans up.
+            if !self.control.current(site.name()).paused {
+                left |= self.orphans(site.as_ref()).await;
             }
-            self.orphans(site.as_ref()).await;
+        }
+        left
+    }
+
+    /// One pass over everything; `true` when abandoned uploads are left for a retry.
+    async fn pass(&self, token: &CancellationToken) -> bool {
+        self.removed_sites().await;
+        let left = self.orphans_everywhere(token).await;
+        if token.is_cancelled() {
+            return left;
         }
         if let Some(file) = &self.transient {
             let bucket = file.bucket().to_string();
             let mut after: Option<String> = None;
             loop {
                 if token.is_cancelled() {
-                    return;
+                    return left;
                 }
                 let page = match self
                     .store
@@ -214,7 +244,7 @@ impl Collector {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(error = %e, "Cannot read records to collect; the next pass retries.");
-                        return;
+                        return left;
                     }
                 };
                 let last = page.last().map(|(k, _)| k.clone());
@@ -229,6 +259,7 @@ impl Collector {
                 }
             }
         }
+        left
     }
 
     /// Deletes `bucket/key` from the transient source if its record is replicated
@@ -276,15 +307,16 @@ impl Collector {
     }
 
     /// Aborts the uploads recorded at `site` that no copy runs any more.
-    async fn orphans(&self, site: &dyn Site) {
+    async fn orphans(&self, site: &dyn Site) -> bool {
         let name = site.name();
         let intents = match self.store.uploads(name).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(site = name, error = %e, "Cannot read recorded uploads.");
-                return;
+                return true;
             }
         };
+        let mut left = false;
         let now = self.store.now_ms();
         let max_age = u64::try_from(self.upload_max_age.as_millis()).unwrap_or(u64::MAX);
         let mut cleaned = 0u64;
@@ -310,8 +342,9 @@ impl Collector {
                     }
                 }
                 Err(e) => {
+                    left = true;
                     tracing::warn!(site = name, key = %intent.key, error = %e,
-                        "Cannot abort an abandoned upload; the next pass retries.");
+                        "Cannot abort an abandoned upload; it is tried again shortly.");
                 }
             }
         }
@@ -328,6 +361,7 @@ impl Collector {
                 "Abandoned uploads and temporary files removed."
             );
         }
+        left
     }
 
     /// Aborts the upload of `intent` (found by key and start time when its id was lost);
