@@ -586,7 +586,10 @@ impl Log for SledLog {
                         let (k, v) = item?;
                         let count = codec::stored_count(&v);
                         if be_u64(&k).unwrap_or(u64::MAX).saturating_add(count) > floor {
-                            break;
+                            // Straddles the floor: it stays, and so does everything after
+                            // it, except after a damaged count, which must not hold back the
+                            // rest.
+                            continue;
                         }
                         batch.remove(k);
                         n += 1;
