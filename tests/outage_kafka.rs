@@ -120,16 +120,5 @@ async fn an_unreachable_broker_at_start_is_retried_and_the_pipeline_starts_when_
     assert!(retries > 0, "no log retry counted");
     assert!(engine.stop().success());
     // The site itself holds every version written before, during and after the outages.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_backbeat"))
-        .args(["verify", "--config"])
-        .arg(tmp.path().join("backbeat.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "verify:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_verified(&tmp.path().join("backbeat.toml"));
 }

@@ -16,7 +16,6 @@ mod common;
 mod failures_support;
 mod pipeline_support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use backbeat::testkit::STORE_FAULTS_ENV;
@@ -147,16 +146,5 @@ async fn a_store_outage_is_waited_out_reported_unhealthy_and_loses_nothing() {
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
 
-    let o = Command::new(env!("CARGO_BIN_EXE_backbeat"))
-        .args(["verify", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "verify:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_verified(&cfg);
 }

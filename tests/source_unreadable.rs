@@ -142,16 +142,5 @@ backoff_max_ms = 100
     assert!(log.contains("SourceUnreadable"), "{log}");
     assert!(engine.stop().success());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backbeat"))
-        .args(["verify", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_verified(&cfg);
 }

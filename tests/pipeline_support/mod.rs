@@ -12,6 +12,23 @@ use backbeat::clock::SystemClock;
 use backbeat::durability::{Durability, SledDb};
 use backbeat::store::SledStore;
 
+/// Runs `backbeat verify` on `cfg` and asserts it exits 0: every site holds exactly the
+/// source's current versions (DESIGN section 7). Its output is the failure message.
+pub fn assert_verified(cfg: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_backbeat"))
+        .args(["verify", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running engine process.
 pub struct EngineProc {
     pub child: Child,
