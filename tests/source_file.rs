@@ -305,3 +305,34 @@ async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyho
     assert!(src.scan_dir("missing/", u64::MAX, None)?.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_directory_stamp_moves_with_its_entries_not_with_in_place_writes() -> anyhow::Result<()> {
+    let dir = tree()?;
+    let root = dir.path().join("inbox");
+    let src = FileSource::new(&root)?;
+    let first = src.dir_stamp("a/")?.unwrap();
+    // Timestamps are coarse: let the clock move past the directory's last change.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(root.join("a/one"), b"rewritten in place")?;
+    assert_eq!(src.dir_stamp("a/")?.unwrap(), first);
+    std::fs::write(root.join("a/new"), b"added")?;
+    let added = src.dir_stamp("a/")?.unwrap();
+    assert_ne!(added, first);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::remove_file(root.join("a/new"))?;
+    assert_ne!(src.dir_stamp("a/")?.unwrap(), added);
+    assert_eq!(src.subdirs("a/")?.unwrap(), vec!["a/b/".to_string()]);
+    assert!(src.dir_stamp("missing/")?.is_none());
+    assert!(src.subdirs("a/one/")?.is_none());
+    // Not watched: no generation; watched: one, which a lost event changes.
+    assert_eq!(src.watch_generation(), None);
+    let w = src.watch(16)?;
+    let g = src.watch_generation().unwrap();
+    src.watch_missed();
+    assert_ne!(src.watch_generation(), Some(g));
+    assert!(src.watch_generation().is_some());
+    drop(w);
+    assert_eq!(src.watch_generation(), None);
+    Ok(())
+}

@@ -331,3 +331,101 @@ fn files_written_just_before_the_start_arrive_once_settled_not_at_the_next_resca
     );
     assert!(s.engine.stop().success());
 }
+
+/// The `dirs_read` of each "Scan pass done." line so far (directories read whole).
+fn dirs_read_per_pass(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("Scan pass done."))
+        .filter_map(|l| {
+            let at = l.find("dirs_read")? + "dirs_read".len();
+            let digits: String = l[at..]
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Waits for `n` more passes that read no directory whole, after the `seen` passes so far.
+fn wait_for_quiet_passes(s: &Setup, n: usize, limit: Duration) {
+    let seen = dirs_read_per_pass(&s.engine.log()).len();
+    wait_until("passes that read nothing whole", limit, || {
+        let passes = dirs_read_per_pass(&s.engine.log());
+        passes.len() >= seen + n && passes[seen..].iter().rev().take(n).all(|&r| r == 0)
+    });
+}
+
+/// Rewrites each of `keys` in place (same inode, same directory entry: the directory's own
+/// timestamps do not change), with `body(i)`.
+fn rewrite_in_place(s: &Setup, keys: &[String], body: impl Fn(usize) -> Vec<u8>) {
+    for (i, k) in keys.iter().enumerate() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(s.inbox.join(k))
+            .unwrap();
+        f.write_all(&body(i)).unwrap();
+    }
+}
+
+#[test]
+fn an_unchanged_watched_tree_is_not_read_again_and_in_place_writes_still_arrive() {
+    // Passes every 2 s: once the directories have settled, a pass trusts the watch and reads
+    // no directory whole; a file written in place (its directory unchanged) arrives through
+    // the watch, and a file added is found by both.
+    let s = Setup::start("stamps", None, Some(2));
+    let keys: Vec<String> = (0..30).map(|i| format!("d{}/f{i:02}", i % 3)).collect();
+    let body = |i: usize| bytes_for(i as u64 + 3000, 300 + i);
+    for (i, k) in keys.iter().enumerate() {
+        put_file(&s.inbox, k, &body(i));
+    }
+    wait_until("the files at both sites", Duration::from_secs(60), || {
+        keys.iter()
+            .enumerate()
+            .all(|(i, k)| s.both_hold(k, &body(i)))
+    });
+    wait_for_quiet_passes(&s, 2, Duration::from_secs(60));
+    let newer = |i: usize| bytes_for(i as u64 + 4000, 500 + i);
+    rewrite_in_place(&s, &keys[..5], newer);
+    wait_until(
+        "the rewritten files at both sites",
+        Duration::from_secs(30),
+        || (0..5).all(|i| s.both_hold(&keys[i], &newer(i))),
+    );
+    assert!(s.engine.stop().success());
+    assert_verified(&s.root.join("backbeat.toml"));
+}
+
+#[test]
+fn in_place_writes_a_full_watch_channel_dropped_are_found_by_the_next_pass() {
+    // A channel of one event: writes in place are mostly dropped. The directories were
+    // trusted unchanged (their own timestamps do not change), but a dropped event ends that
+    // trust: the next pass reads them whole and finds every rewritten file.
+    let s = Setup::start("stamps-lost", Some(1), Some(2));
+    let keys: Vec<String> = (0..60).map(|i| format!("e{}/f{i:02}", i % 2)).collect();
+    let body = |i: usize| bytes_for(i as u64 + 5000, 200 + i);
+    for (i, k) in keys.iter().enumerate() {
+        put_file(&s.inbox, k, &body(i));
+    }
+    wait_until("the files at both sites", Duration::from_secs(60), || {
+        keys.iter()
+            .enumerate()
+            .all(|(i, k)| s.both_hold(k, &body(i)))
+    });
+    wait_for_quiet_passes(&s, 2, Duration::from_secs(60));
+    let newer = |i: usize| bytes_for(i as u64 + 6000, 400 + i);
+    rewrite_in_place(&s, &keys, newer);
+    wait_until(
+        "every rewritten file at both sites",
+        Duration::from_secs(60),
+        || {
+            keys.iter()
+                .enumerate()
+                .all(|(i, k)| s.both_hold(k, &newer(i)))
+        },
+    );
+    assert!(s.engine.stop().success());
+    assert_verified(&s.root.join("backbeat.toml"));
+}

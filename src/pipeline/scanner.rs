@@ -14,14 +14,23 @@
 //!   `stat`s, and no store reads). A changed one is compared file by file; the summary is
 //!   stored once its changes are queued, and not when a file in it was modified less than
 //!   `settle_ms` ago (the watch, or the next pass, takes it once it has settled).
+//! - A watched directory costs less still: while the watch has reported every change since
+//!   a directory was last read ([`FileSource::watch_generation`] unchanged), a directory
+//!   whose own inode, mtime and ctime are unchanged has the same entries, and its files'
+//!   in-place writes were reported by the watch. Its files are not read again: the pass
+//!   costs one `stat` of the directory (and a read of its entries' kinds if it has
+//!   subdirectories). A directory is read whole again at least every [`STAMP_TTL_MS`] (a
+//!   file kept open and written, which the watch reports only once closed), and always
+//!   after a restart or a lost event. The stamps are kept in memory, at most
+//!   [`MAX_STAMPS`] directories.
 //!
 //! [`watch`] runs beside it for a watched directory: a file closed after writing or renamed
 //! in, or removed, is handed over within milliseconds; a directory created or moved in is
 //! walked at once; lost events ask for a pass.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -32,7 +41,7 @@ use super::{StageError, StageTasks};
 use crate::error::FailureReason;
 use crate::model::{KeyState, ObjectInfo};
 use crate::observe::Observer;
-use crate::source::file::{FileSource, FileWatch, WatchEvent};
+use crate::source::file::{DirStamp, FileSource, FileWatch, WatchEvent};
 use crate::source::{rule_for, Rule, Source};
 use crate::store::{StateStore, StoreOp};
 
@@ -42,6 +51,51 @@ const SUBMIT_BATCH: usize = 1000;
 const STORE_PAGE: usize = 1000;
 /// Failed-set entries read per page when unreadable versions are asked for again.
 const FAILED_PAGE: usize = 1000;
+/// A watched directory trusted unchanged from its stamp is read whole again after this long.
+pub const STAMP_TTL_MS: u64 = 3_600_000;
+/// Directories whose stamps are kept (about 100 bytes each); beyond, they are read whole.
+pub const MAX_STAMPS: usize = 100_000;
+/// A directory changed less than this long ago gets no stamp: file system timestamps are
+/// coarse, and an entry added in the same tick as the reading would not change them.
+const STAMP_MIN_AGE_MS: u64 = 2_000;
+
+/// What the scanner knows of a watched directory it read whole.
+#[derive(Debug, Clone)]
+struct Stamped {
+    /// The watch generation when it was read.
+    generation: u64,
+    /// Its summary (with the rules' fingerprint), as stored.
+    summary: u64,
+    /// The fingerprint of the rules it was compared with.
+    rules: u64,
+    stamp: DirStamp,
+    /// It had no subdirectories.
+    leaf: bool,
+    /// When it was read whole.
+    read_ms: u64,
+}
+
+/// The stamps of one pass: those of the last pass, and those this pass made.
+struct Stamps {
+    last: HashMap<String, Stamped>,
+    next: HashMap<String, Stamped>,
+}
+
+impl Stamps {
+    fn keep(&mut self, key: String, s: Stamped) {
+        if self.next.len() < MAX_STAMPS {
+            self.next.insert(key, s);
+        }
+    }
+}
+
+/// What a directory pass read.
+enum DirRead {
+    /// Every entry.
+    Whole(crate::source::file::DirScan),
+    /// Trusted unchanged from its stamp: only its subdirectories.
+    Unchanged(Vec<String>),
+}
 
 /// What a pass is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +140,8 @@ pub struct Scanner {
     observer: Arc<Observer>,
     /// Files of the current directory pass left for being modified too recently.
     unsettled: AtomicUsize,
+    /// The stamps of the last pass over a watched directory, by `bucket/dir`.
+    stamps: Mutex<HashMap<String, Stamped>>,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -166,6 +222,7 @@ impl Scanner {
             requests,
             observer,
             unsettled: AtomicUsize::new(0),
+            stamps: Mutex::new(HashMap::new()),
         };
         stage.spawn(s.run());
         handle
@@ -250,15 +307,18 @@ impl Scanner {
         }
         let result = match self.source.as_file() {
             Some(file) => self.file_pass(file, bucket, &rules).await,
-            None => self.keyspace_pass(bucket, &rules).await,
+            None => self.keyspace_pass(bucket, &rules).await.map(|n| (n, None)),
         };
         match result {
-            Ok(n) => {
+            Ok((n, dirs)) => {
                 self.observer.scan_done(bucket);
+                let (dirs, dirs_read) = dirs.map_or((None, None), |c| (Some(c.dirs), Some(c.read)));
                 tracing::info!(
                     bucket,
                     queued = n,
                     elapsed_ms = started.elapsed().as_millis() as u64,
+                    dirs,
+                    dirs_read,
                     "Scan pass done."
                 );
             }
@@ -465,22 +525,42 @@ impl Scanner {
         file: &FileSource,
         bucket: &str,
         rules: &[Rule],
-    ) -> Result<usize, Stop> {
+    ) -> Result<(usize, Option<PassCount>), Stop> {
         let fp = rules_fingerprint(rules);
-        let mut queued = 0;
-        let mut dirs = vec![String::new()];
-        while let Some(dir) = dirs.pop() {
-            if self.token.is_cancelled() {
-                return Err(Stop::Cancelled);
+        let mut stamps = Stamps {
+            last: std::mem::take(&mut *self.stamps.lock().unwrap_or_else(|e| e.into_inner())),
+            next: HashMap::new(),
+        };
+        let mut count = PassCount::default();
+        let result = async {
+            let mut queued = 0;
+            let mut dirs = vec![String::new()];
+            while let Some(dir) = dirs.pop() {
+                if self.token.is_cancelled() {
+                    return Err(Stop::Cancelled);
+                }
+                queued += self
+                    .dir_pass(
+                        file,
+                        bucket,
+                        rules,
+                        fp,
+                        &dir,
+                        &mut dirs,
+                        &mut stamps,
+                        &mut count,
+                    )
+                    .await?;
             }
-            queued += self
-                .dir_pass(file, bucket, rules, fp, &dir, &mut dirs)
-                .await?;
+            Ok(queued)
         }
-        Ok(queued)
+        .await;
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps.next;
+        result.map(|queued| (queued, Some(count)))
     }
 
     /// Compares one directory with the records; pushes its subdirectories on `dirs`.
+    #[allow(clippy::too_many_arguments)]
     async fn dir_pass(
         &self,
         file: &FileSource,
@@ -489,26 +569,81 @@ impl Scanner {
         fp: u64,
         dir: &str,
         dirs: &mut Vec<String>,
+        stamps: &mut Stamps,
+        count: &mut PassCount,
     ) -> Result<usize, Stop> {
         let now = self.store.now_ms();
         let settled = now.saturating_sub(self.settle_ms);
-        let f = file.clone();
-        let d = dir.to_string();
-        let scan = tokio::task::spawn_blocking(move || f.scan_dir(&d, settled, None))
-            .await
-            .map_err(|e| Stop::Retry(format!("scan task failed: {e}")))?
-            .map_err(|e| Stop::Retry(format!("cannot read directory {dir:?}: {e}")))?;
-        let Some(scan) = scan else {
-            return Ok(0);
-        };
-        dirs.extend(scan.subdirs.iter().cloned());
-        let summary = scan.summary ^ fp;
         let stored = self
             .store
             .dir_summary(bucket, dir)
             .await
             .map_err(Stop::store)?;
+        // Read before the directory: a change after this reading ends the trust in what
+        // is read now.
+        let generation = file.watch_generation();
+        let stamp_key = format!("{bucket}/{dir}");
+        let trusted = generation.and_then(|g| {
+            stamps.last.remove(&stamp_key).filter(|s| {
+                s.generation == g
+                    && s.rules == fp
+                    && stored == Some(s.summary)
+                    && now.saturating_sub(s.read_ms) < STAMP_TTL_MS
+            })
+        });
+        let f = file.clone();
+        let d = dir.to_string();
+        let expected = trusted.as_ref().map(|s| (s.stamp, s.leaf));
+        let read = tokio::task::spawn_blocking(move || {
+            let Some(stamp) = f.dir_stamp(&d)? else {
+                return Ok(None);
+            };
+            if let Some((_, leaf)) = expected.filter(|(known, _)| *known == stamp) {
+                if leaf {
+                    return Ok(Some((stamp, DirRead::Unchanged(Vec::new()))));
+                }
+                return Ok(f.subdirs(&d)?.map(|s| (stamp, DirRead::Unchanged(s))));
+            }
+            Ok(f.scan_dir(&d, settled, None)?
+                .map(|s| (stamp, DirRead::Whole(s))))
+        })
+        .await
+        .map_err(|e| Stop::Retry(format!("scan task failed: {e}")))?
+        .map_err(|e: std::io::Error| Stop::Retry(format!("cannot read directory {dir:?}: {e}")))?;
+        let Some((stamp, read)) = read else {
+            return Ok(0);
+        };
+        count.dirs += 1;
+        let scan = match read {
+            DirRead::Unchanged(subdirs) => {
+                dirs.extend(subdirs);
+                if let Some(s) = trusted {
+                    stamps.keep(stamp_key, s);
+                }
+                return Ok(0);
+            }
+            DirRead::Whole(scan) => scan,
+        };
+        count.read += 1;
+        dirs.extend(scan.subdirs.iter().cloned());
+        let summary = scan.summary ^ fp;
+        // Trusted next time only if nothing in it may change unseen in the same tick.
+        let stamped = generation
+            .filter(|_| {
+                stamp.changed_ms() < now.saturating_sub(self.settle_ms.max(STAMP_MIN_AGE_MS))
+            })
+            .map(|generation| Stamped {
+                generation,
+                summary,
+                rules: fp,
+                stamp,
+                leaf: scan.subdirs.is_empty(),
+                read_ms: now,
+            });
         if stored == Some(summary) {
+            if let Some(s) = stamped {
+                stamps.keep(stamp_key, s);
+            }
             return Ok(0);
         }
         // Changed: its files, compared one by one (streamed, never held whole).
@@ -644,8 +779,20 @@ impl Scanner {
         if !ops.is_empty() {
             self.store.apply(ops).await.map_err(Stop::store)?;
         }
+        if let (0, Some(s)) = (unsettled, stamped) {
+            stamps.keep(stamp_key, s);
+        }
         Ok(queued)
     }
+}
+
+/// The directories of a pass over a directory source.
+#[derive(Debug, Default)]
+struct PassCount {
+    /// Directories passed.
+    dirs: u64,
+    /// Those read whole (not trusted unchanged from a stamp).
+    read: u64,
 }
 
 /// Where an interrupted keyspace pass resumes.
@@ -771,6 +918,7 @@ async fn run_watch(
             e = w.events.recv() => match e {
                 Some(e) => e,
                 None => {
+                    file.watch_missed();
                     observer.set_watching(&bucket, false);
                     tracing::error!(bucket, "The watch of the source directory ended; changes are found by the rescans only.");
                     passes.request(PassRequest::All);
@@ -817,7 +965,10 @@ async fn run_watch(
                                 full: true,
                             }))
                         }
-                        _ => passes.request(PassRequest::All),
+                        _ => {
+                            file.watch_missed();
+                            passes.request(PassRequest::All);
+                        }
                     }
                 }
                 WatchEvent::Rescan => passes.request(PassRequest::All),
@@ -826,6 +977,7 @@ async fn run_watch(
         for chunk in items.chunks(SUBMIT_BATCH) {
             if let Err(error) = populator.submit(chunk.to_vec()).await {
                 tracing::warn!(%error, "Could not queue what the watch saw; a pass will.");
+                file.watch_missed();
                 passes.request(PassRequest::All);
             }
         }

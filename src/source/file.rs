@@ -26,10 +26,16 @@
 //!   crate): a file closed after writing or renamed in, a directory created or moved in (to be
 //!   walked at once), a file removed or moved out, and a lost or overflowed watch (to be
 //!   rescanned). Events may repeat; the periodic rescan catches what the watch lost.
+//!   [`FileSource::watch_generation`] names the watch's present unbroken stretch: it is set
+//!   once every directory is watched, changes whenever an event is lost, and is `None` when
+//!   nothing watches, so the scanner can tell whether the watch saw every change since it
+//!   last read a directory ([`FileSource::dir_stamp`]).
 
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,6 +121,39 @@ pub struct FileSource {
     root: PathBuf,
     bucket: String,
     page_size: usize,
+    /// The generation of the watch (0: not watched), shared by the clones.
+    watched: Arc<AtomicU64>,
+}
+
+/// Watch generations, never reused within a process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A directory's own identity and timestamps ([`FileSource::dir_stamp`]): creating, removing
+/// or renaming an entry changes its mtime and ctime; writing a file in place changes neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirStamp {
+    pub ino: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl DirStamp {
+    fn of(m: &std::fs::Metadata) -> DirStamp {
+        DirStamp {
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    /// The later of its mtime and ctime, in ms since the epoch.
+    pub fn changed_ms(&self) -> u64 {
+        u64::try_from(self.mtime_ns.max(self.ctime_ns) / 1_000_000).unwrap_or(0)
+    }
 }
 
 /// What the watch of a [`FileSource`] saw.
@@ -137,6 +176,14 @@ pub struct FileWatch {
     /// The events, in order; when the channel is full events are dropped and a
     /// [`WatchEvent::Rescan`] follows once there is room again.
     pub events: tokio::sync::mpsc::Receiver<WatchEvent>,
+    /// The source's watch generation, cleared when the watch stops.
+    generation: Arc<AtomicU64>,
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.generation.store(0, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for FileWatch {
@@ -237,6 +284,7 @@ impl FileSource {
             root,
             bucket,
             page_size: DEFAULT_PAGE_SIZE,
+            watched: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -251,6 +299,23 @@ impl FileSource {
         &self.root
     }
 
+    /// The present generation of the watch: `None` when the tree is not watched (or not yet
+    /// wholly). It changes whenever the watch may have missed a change (an event dropped or
+    /// not handled, an overflow, a watch error), so two equal readings mean every change of
+    /// the tree in between was reported as an event.
+    pub fn watch_generation(&self) -> Option<u64> {
+        match self.watched.load(Ordering::Acquire) {
+            0 => None,
+            g => Some(g),
+        }
+    }
+
+    /// Starts a new watch generation (if watched): what the watch reported may not all have
+    /// been handled, e.g. events that could not be queued.
+    pub fn watch_missed(&self) {
+        bump(&self.watched);
+    }
+
     /// Watches the directory tree; at most `capacity` events wait in [`FileWatch::events`]
     /// (more are dropped, then a [`WatchEvent::Rescan`] is sent).
     ///
@@ -261,14 +326,22 @@ impl FileSource {
         use notify::{EventKind, RecursiveMode, Watcher};
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let root = self.root.clone();
+        let generation = self.watched.clone();
+        // Not watched until every directory is.
+        generation.store(0, Ordering::Release);
+        let missed = generation.clone();
         // Set when an event could not be sent: a rescan is owed once there is room.
         let mut lost = false;
         let mut send = move |ev: WatchEvent| {
+            if ev == WatchEvent::Rescan {
+                bump(&missed);
+            }
             if lost && tx.try_send(WatchEvent::Rescan).is_ok() {
                 lost = false;
             }
             if !lost && tx.try_send(ev).is_err() {
                 lost = true;
+                bump(&missed);
                 tracing::debug!("File watch channel full; a rescan will catch up.");
             }
         };
@@ -332,9 +405,11 @@ impl FileSource {
             .map_err(|e| {
                 SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
             })?;
+        generation.store(next_generation(), Ordering::Release);
         Ok(FileWatch {
             _watcher: watcher,
             events: rx,
+            generation,
         })
     }
 
@@ -572,6 +647,11 @@ impl FileSource {
 
     /// The directory of key prefix `prefix` (`""` for the root, else `dir/`), if it is one.
     fn dir_path(&self, prefix: &str) -> std::io::Result<Option<PathBuf>> {
+        Ok(self.dir_meta(prefix)?.map(|(p, _)| p))
+    }
+
+    /// The path and metadata of directory `prefix`, `None` if it is not a directory.
+    fn dir_meta(&self, prefix: &str) -> std::io::Result<Option<(PathBuf, std::fs::Metadata)>> {
         let dir = if prefix.is_empty() {
             self.root.clone()
         } else {
@@ -581,11 +661,52 @@ impl FileSource {
             }
         };
         match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => Ok(Some(dir)),
+            Ok(m) if m.is_dir() => Ok(Some((dir, m))),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The stamp of directory `prefix` (`None` if it is not a directory).
+    ///
+    /// # Errors
+    /// An I/O error other than "not found".
+    pub fn dir_stamp(&self, prefix: &str) -> std::io::Result<Option<DirStamp>> {
+        Ok(self.dir_meta(prefix)?.map(|(_, m)| DirStamp::of(&m)))
+    }
+
+    /// The subdirectories of directory `prefix`, as key prefixes, from the directory's
+    /// entries alone (no `stat` of its files where the file system reports entry kinds).
+    /// `None` when it is not a directory (any more).
+    ///
+    /// # Errors
+    /// An I/O error other than "not found".
+    pub fn subdirs(&self, prefix: &str) -> std::io::Result<Option<Vec<String>>> {
+        let Some(dir) = self.dir_path(prefix)? else {
+            return Ok(None);
+        };
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry?;
+            match entry.file_type() {
+                Ok(ft) if ft.is_dir() => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            if let Ok(name) = entry.file_name().into_string() {
+                if !is_reserved(&name) {
+                    out.push(format!("{prefix}{name}/"));
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Reads directory `prefix` (`""` for the root, else `dir/` or `dir/sub/`) entry by
@@ -702,6 +823,14 @@ impl FileSource {
         };
         Ok(KeyPage { items: out, next })
     }
+}
+
+/// Starts a new generation of a watch, unless it is not watched.
+fn bump(generation: &AtomicU64) {
+    let next = next_generation();
+    let _ = generation.fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+        (g != 0).then_some(next)
+    });
 }
 
 /// What [`FileSource::open_blocking`] found.
