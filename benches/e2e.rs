@@ -13,6 +13,18 @@
 //! Each comparison runs `BACKBEAT_BENCH_ROUNDS` (default 3) interleaved rounds of both sides,
 //! so both meet the same machine load, and compares the medians.
 //!
+//! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure (e.g. a build of the code
+//! before a change), so before and after run through the same bench.
+//!
+//! Nothing written on the disk is deleted before the last round. On ext4 the inode allocator
+//! steps over inodes freed in the last minutes while their inode table blocks are dirty (its
+//! `recently_deleted` check): right after a tree of tens of thousands of files is deleted,
+//! creating files in the same block groups cost several times more (kernel profile:
+//! `find_inode_bit` -> `recently_deleted` -> `find_get_block_common`, 40 % of the engine's
+//! CPU), and the rounds after a deletion measured that, for both sides. For the same reason,
+//! leave a few minutes between a large deletion (e.g. the end of `benches/scale.rs`) and
+//! this bench.
+//!
 //! `cargo bench --bench e2e`. Part 2 needs s3s-fs 0.14.1 and rclone: `BACKBEAT_BENCH_S3S`
 //! names the s3s-fs binary (`cargo install s3s-fs@0.14.1 --locked --features binary --root
 //! /work/.peers-bench` puts it in `/work/.peers-bench/bin/s3s-fs`, which is also looked for),
@@ -100,7 +112,11 @@ fn start_engine(tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
     let cfg = config(&tmp.join(format!("data-{name}")), src, port, site);
     let cfg_path = tmp.join(format!("{name}.toml"));
     std::fs::write(&cfg_path, cfg).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_backbeat"))
+    let bin = std::env::var_os("BACKBEAT_BENCH_ENGINE").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_backbeat")),
+        PathBuf::from,
+    );
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&cfg_path)
         .env("RUST_LOG", "warn")
@@ -232,8 +248,8 @@ fn file_to_file(tmp: &Path) {
             ours[round],
             anchor[round]
         );
-        let _ = std::fs::remove_dir_all(&site);
-        let _ = std::fs::remove_dir_all(&dst);
+        // The trees stay until the end of the bench (see the module doc: deleting them here
+        // would slow the next round's file creations).
     }
     side_by_side(
         &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
@@ -336,7 +352,6 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
                 &s3_site(port),
                 N_S3,
             ));
-            let _ = std::fs::remove_dir_all(inbox);
         }
         rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(

@@ -200,7 +200,7 @@ impl ReplicationProcessor {
         let runner_cfg = RunnerConfig {
             stage: "replication-processor",
             concurrency: cfg.concurrency,
-            prefetch: cfg.concurrency.saturating_mul(4).max(64),
+            prefetch: cfg.concurrency.saturating_mul(4).max(512),
             output_topic: Some(TOPIC_REPLICATION_STATUS),
             drain_on_stop: false,
         };

@@ -219,10 +219,11 @@ pub struct CommitStats {
     pub batches: u64,
 }
 
-/// What one replica (or deletion) asks of the group commit.
+/// What one replica (or deletion) asks of the group commit. It holds paths, not open files:
+/// however many replicas wait for a commit, they hold no file descriptors.
 struct Commit {
-    /// Written files to make durable first (data, sidecar).
-    sync: Vec<std::fs::File>,
+    /// Written files to make durable first (data, sidecar), closed.
+    sync: Vec<PathBuf>,
     /// Renames `(from, to)`, in order, once every file of this commit is durable.
     renames: Vec<(PathBuf, PathBuf)>,
     /// The directory whose entries change, fsynced after the renames.
@@ -257,7 +258,7 @@ impl Committer {
     /// Makes `commit` durable with whatever else is waiting; returns once it is.
     async fn commit(
         &self,
-        sync: Vec<std::fs::File>,
+        sync: Vec<PathBuf>,
         renames: Vec<(PathBuf, PathBuf)>,
         dir: PathBuf,
     ) -> Result<(), CommitError> {
@@ -267,7 +268,7 @@ impl Committer {
     /// Hands a commit to the committer at once; the future resolves once it is durable.
     fn submit(
         &self,
-        sync: Vec<std::fs::File>,
+        sync: Vec<PathBuf>,
         renames: Vec<(PathBuf, PathBuf)>,
         dir: PathBuf,
     ) -> impl std::future::Future<Output = Result<(), CommitError>> + Send + 'static {
@@ -336,8 +337,8 @@ async fn commit_batch(batch: Vec<Commit>) {
     let mut syncs = Vec::new();
     let mut pending = Vec::with_capacity(batch.len());
     for (i, c) in batch.into_iter().enumerate() {
-        for f in c.sync {
-            syncs.push((i, blocking(move || f.sync_data())));
+        for path in c.sync {
+            syncs.push((i, blocking(move || sync_path(&path))));
         }
         pending.push(Some((c.renames, c.dir, c.done)));
     }
@@ -468,37 +469,64 @@ async fn commit_batch_syncfs(batch: Vec<Commit>) {
 
 /// The blocking part of [`commit_batch_syncfs`]: per commit, `Ok` or what failed.
 fn sync_renamed(
-    files: Vec<Vec<std::fs::File>>,
+    files: Vec<Vec<PathBuf>>,
     renames: Vec<Vec<(PathBuf, PathBuf)>>,
     dirs: Vec<PathBuf>,
 ) -> Vec<Result<(), CommitError>> {
     let n = files.len();
     let mut out: Vec<Result<(), CommitError>> = (0..n).map(|_| Ok(())).collect();
-    // 1. The files' data, one syncfs per file system (a key's directory may be a mount).
-    let mut by_dev: HashMap<u64, (std::fs::File, Vec<usize>)> = HashMap::new();
-    for (i, fs) in files.into_iter().enumerate() {
-        for f in fs {
-            match device_of(&f) {
-                Ok(dev) => by_dev
-                    .entry(dev)
-                    .or_insert_with(|| (f, Vec::new()))
-                    .1
-                    .push(i),
-                Err(error) => {
-                    out[i] = Err(CommitError {
-                        what: "cannot inspect",
-                        path: renames[i]
-                            .first()
-                            .map_or_else(|| dirs[i].clone(), |r| r.0.clone()),
-                        error,
-                    });
+    // The file systems of the batch, found through the commits' directories (a file lives on
+    // its directory's file system; a key's directory may be a mount): one open directory
+    // each, to sync them through.
+    let mut by_dir: HashMap<&Path, Option<u64>> = HashMap::new();
+    let mut devs: HashMap<u64, (std::fs::File, Vec<usize>)> = HashMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let dev = match by_dir.get(dir.as_path()) {
+            Some(d) => *d,
+            None => {
+                let opened = std::fs::File::open(dir).and_then(|d| Ok((device_of(&d)?, d)));
+                let dev = match opened {
+                    Ok((dev, d)) => {
+                        devs.entry(dev).or_insert_with(|| (d, Vec::new()));
+                        Some(dev)
+                    }
+                    Err(error) => {
+                        out[i] = Err(CommitError {
+                            what: "cannot inspect",
+                            path: dir.clone(),
+                            error,
+                        });
+                        None
+                    }
+                };
+                by_dir.insert(dir.as_path(), dev);
+                dev
+            }
+        };
+        match (dev, out[i].is_ok()) {
+            (Some(dev), true) => {
+                if let Some(e) = devs.get_mut(&dev) {
+                    e.1.push(i);
                 }
             }
+            (None, true) => {
+                out[i] = Err(CommitError {
+                    what: "cannot inspect",
+                    path: dir.clone(),
+                    error: std::io::Error::other("its directory could not be opened"),
+                });
+            }
+            _ => {}
         }
     }
-    for (f, who) in by_dev.into_values() {
-        if let Err(error) = syncfs(&f) {
-            for i in who {
+    // 1. The files' data and inodes, one syncfs per file system.
+    let has_files: Vec<bool> = files.iter().map(|f| !f.is_empty()).collect();
+    for (d, who) in devs.values() {
+        if !who.iter().any(|&i| has_files[i]) {
+            continue;
+        }
+        if let Err(error) = syncfs(d) {
+            for &i in who {
                 if out[i].is_ok() {
                     out[i] = Err(CommitError {
                         what: "cannot sync",
@@ -517,38 +545,28 @@ fn sync_renamed(
         }
     }
     // 3. The directories' new entries, one syncfs per file system.
-    let mut dir_devs: HashMap<u64, (std::fs::File, Vec<usize>)> = HashMap::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        if out[i].is_err() {
+    for (d, who) in devs.values() {
+        if !who.iter().any(|&i| out[i].is_ok()) {
             continue;
         }
-        match std::fs::File::open(dir).and_then(|d| Ok((device_of(&d)?, d))) {
-            Ok((dev, d)) => dir_devs
-                .entry(dev)
-                .or_insert_with(|| (d, Vec::new()))
-                .1
-                .push(i),
-            Err(error) => {
-                out[i] = Err(CommitError {
-                    what: "cannot sync directory",
-                    path: dir.clone(),
-                    error,
-                });
-            }
-        }
-    }
-    for (d, who) in dir_devs.into_values() {
-        if let Err(error) = syncfs(&d) {
-            for i in who {
-                out[i] = Err(CommitError {
-                    what: "cannot sync directory",
-                    path: dirs[i].clone(),
-                    error: std::io::Error::new(error.kind(), error.to_string()),
-                });
+        if let Err(error) = syncfs(d) {
+            for &i in who {
+                if out[i].is_ok() {
+                    out[i] = Err(CommitError {
+                        what: "cannot sync directory",
+                        path: dirs[i].clone(),
+                        error: std::io::Error::new(error.kind(), error.to_string()),
+                    });
+                }
             }
         }
     }
     out
+}
+
+/// Makes the data of the (closed) file at `path` durable.
+fn sync_path(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_data()
 }
 
 /// The file system (device) `f` lives on.
@@ -671,7 +689,14 @@ impl FileSite {
     ) -> Durable {
         let target = dir.join(file);
         let meta = dir.join(format!("{file}{SIDECAR_SUFFIX}"));
-        let sync: Vec<std::fs::File> = data_file.into_iter().chain([meta_file]).collect();
+        // Closed now: a replica waiting for its commit holds no file descriptor.
+        let mut sync = Vec::with_capacity(2);
+        if let Some(f) = data_file {
+            drop(f);
+            sync.push(data_tmp.clone());
+        }
+        drop(meta_file);
+        sync.push(meta_tmp.clone());
         let committed = self.committer.submit(
             sync,
             vec![(data_tmp, target), (meta_tmp, meta)],
