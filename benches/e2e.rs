@@ -13,8 +13,10 @@
 //! Each comparison runs `BACKBEAT_BENCH_ROUNDS` (default 3) interleaved rounds of both sides,
 //! so both meet the same machine load, and compares the medians.
 //!
-//! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure (e.g. a build of the code
-//! before a change), so before and after run through the same bench.
+//! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure instead of this build's;
+//! `BACKBEAT_BENCH_BASELINE` names a second one (e.g. a build of the code before a change)
+//! that part 1 drains in every round too, interleaved, and compares: before and after meet
+//! the same machine and disk state.
 //!
 //! Nothing written on the disk is deleted before the last round. On ext4 the inode allocator
 //! steps over inodes freed in the last minutes while their inode table blocks are dirty (its
@@ -107,15 +109,23 @@ struct Engine {
     port: u16,
 }
 
+/// The engine binary to measure: `BACKBEAT_BENCH_ENGINE`, else this build's.
+fn engine_bin() -> PathBuf {
+    std::env::var_os("BACKBEAT_BENCH_ENGINE").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_backbeat")),
+        PathBuf::from,
+    )
+}
+
 fn start_engine(tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
+    start_engine_bin(&engine_bin(), tmp, name, src, site)
+}
+
+fn start_engine_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
     let port = free_port();
     let cfg = config(&tmp.join(format!("data-{name}")), src, port, site);
     let cfg_path = tmp.join(format!("{name}.toml"));
     std::fs::write(&cfg_path, cfg).unwrap();
-    let bin = std::env::var_os("BACKBEAT_BENCH_ENGINE").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_backbeat")),
-        PathBuf::from,
-    );
     let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&cfg_path)
@@ -154,8 +164,12 @@ fn wait_completed(e: &Engine, n: usize, since: Instant) {
 /// Starts an engine on the full directory `src` and returns objects/s from its start until
 /// `n` versions are COMPLETED.
 fn drain(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+    drain_bin(&engine_bin(), tmp, name, src, site, n)
+}
+
+fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
     let start = Instant::now();
-    let engine = start_engine(tmp, name, src, site);
+    let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_completed(&engine, n, start);
     n as f64 / start.elapsed().as_secs_f64()
 }
@@ -230,8 +244,25 @@ fn side_by_side(what: &str, ours: Vec<f64>, anchor_name: &str, anchor: Vec<f64>)
 fn file_to_file(tmp: &Path) {
     let src = tmp.join("ff").join("photos");
     make_source(&src, N_FILE);
-    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    let (mut ours, mut anchor, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
+        if let Some(bin) = &baseline {
+            let site = tmp.join(format!("ff-base-site-{round}"));
+            base.push(drain_bin(
+                bin,
+                tmp,
+                &format!("ff-base-{round}"),
+                &src,
+                &file_site(&site),
+                N_FILE,
+            ));
+            println!(
+                "round {}: file -> file, baseline engine {:.0} objects/s",
+                round + 1,
+                base[round]
+            );
+        }
         let site = tmp.join(format!("ff-site-{round}"));
         ours.push(drain(
             tmp,
@@ -250,6 +281,14 @@ fn file_to_file(tmp: &Path) {
         );
         // The trees stay until the end of the bench (see the module doc: deleting them here
         // would slow the next round's file creations).
+    }
+    if !base.is_empty() {
+        side_by_side(
+            &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
+            ours.clone(),
+            "baseline engine",
+            base,
+        );
     }
     side_by_side(
         &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
