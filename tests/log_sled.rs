@@ -31,6 +31,22 @@ pub fn open_db(dir: &Path, mode: Durability) -> SledDb {
     }
 }
 
+/// Opens the database with sled itself (behind the log's back), retrying as [`open_db`] does.
+fn open_raw(dir: &Path) -> sled::Db {
+    let mut tries = 0;
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    }
+}
+
 fn opener(dir: PathBuf, mode: Durability) -> suite::Opener {
     Box::new(move || {
         let dir = dir.clone();
@@ -70,7 +86,7 @@ async fn corrupt_record_is_an_error_never_data() {
     }
     // Flip one byte of the record at offset 1 (the block's second), behind the log's back.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         let tree = db.open_tree("log.p:t:0").unwrap();
         assert_eq!(tree.len(), 1, "one block for one append");
         let mut v = tree.get(0u64.to_be_bytes()).unwrap().unwrap().to_vec();
@@ -120,7 +136,7 @@ async fn a_format_1_log_is_read_and_upgraded() {
         timestamp_ms: i,
     };
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         let meta = db.open_tree("log.meta").unwrap();
         meta.insert("format", &1u32.to_be_bytes()).unwrap();
         meta.insert("topic:t", &1u32.to_be_bytes()).unwrap();
@@ -161,7 +177,7 @@ async fn a_format_1_log_is_read_and_upgraded() {
     );
     drop(c);
     drop(log);
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw(dir.path());
     let format = db
         .open_tree("log.meta")
         .unwrap()
@@ -175,7 +191,7 @@ async fn a_format_1_log_is_read_and_upgraded() {
 async fn unsupported_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         db.open_tree("log.meta")
             .unwrap()
             .insert("format", &99u32.to_be_bytes())
