@@ -15,15 +15,15 @@ use conformance::log as suite;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Opens the database, retrying while a just-dropped handle still holds sled's file lock.
-pub fn open_db(dir: &Path, mode: Durability) -> SledDb {
+/// Calls `open` until it succeeds, retrying (up to 100 times, 20 ms apart) while a
+/// just-dropped handle still holds sled's file lock.
+fn retry_open<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
     let mut tries = 0;
     loop {
-        match SledDb::open(dir, mode, Duration::from_millis(20)) {
+        match open() {
             Ok(db) => return db,
-            Err(e) if tries < 100 => {
+            Err(_) if tries < 100 => {
                 tries += 1;
-                let _ = e;
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => panic!("open sled: {e}"),
@@ -31,20 +31,14 @@ pub fn open_db(dir: &Path, mode: Durability) -> SledDb {
     }
 }
 
-/// Opens the database with sled itself (behind the log's back), retrying as [`open_db`] does.
+/// Opens the database (see [`retry_open`]).
+pub fn open_db(dir: &Path, mode: Durability) -> SledDb {
+    retry_open(|| SledDb::open(dir, mode, Duration::from_millis(20)))
+}
+
+/// Opens the database with sled itself, behind the log's back (see [`retry_open`]).
 fn open_raw(dir: &Path) -> sled::Db {
-    let mut tries = 0;
-    loop {
-        match sled::open(dir) {
-            Ok(db) => return db,
-            Err(e) if tries < 100 => {
-                tries += 1;
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open sled: {e}"),
-        }
-    }
+    retry_open(|| sled::open(dir))
 }
 
 fn opener(dir: PathBuf, mode: Durability) -> suite::Opener {

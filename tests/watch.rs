@@ -357,6 +357,20 @@ fn wait_for_quiet_passes(s: &Setup, n: usize, limit: Duration) {
     });
 }
 
+/// Writes `keys` (`body(i)` each), waits until both sites hold them, then for two passes
+/// that read no directory whole (the directories settled and trusted).
+fn settle_replicated(s: &Setup, keys: &[String], body: impl Fn(usize) -> Vec<u8>) {
+    for (i, k) in keys.iter().enumerate() {
+        put_file(&s.inbox, k, &body(i));
+    }
+    wait_until("the files at both sites", Duration::from_secs(60), || {
+        keys.iter()
+            .enumerate()
+            .all(|(i, k)| s.both_hold(k, &body(i)))
+    });
+    wait_for_quiet_passes(s, 2, Duration::from_secs(60));
+}
+
 /// Rewrites each of `keys` in place (same inode, same directory entry: the directory's own
 /// timestamps do not change), with `body(i)`.
 fn rewrite_in_place(s: &Setup, keys: &[String], body: impl Fn(usize) -> Vec<u8>) {
@@ -377,16 +391,7 @@ fn an_unchanged_watched_tree_is_not_read_again_and_in_place_writes_still_arrive(
     // the watch, and a file added is found by both.
     let s = Setup::start("stamps", None, Some(2));
     let keys: Vec<String> = (0..30).map(|i| format!("d{}/f{i:02}", i % 3)).collect();
-    let body = |i: usize| bytes_for(i as u64 + 3000, 300 + i);
-    for (i, k) in keys.iter().enumerate() {
-        put_file(&s.inbox, k, &body(i));
-    }
-    wait_until("the files at both sites", Duration::from_secs(60), || {
-        keys.iter()
-            .enumerate()
-            .all(|(i, k)| s.both_hold(k, &body(i)))
-    });
-    wait_for_quiet_passes(&s, 2, Duration::from_secs(60));
+    settle_replicated(&s, &keys, |i| bytes_for(i as u64 + 3000, 300 + i));
     let newer = |i: usize| bytes_for(i as u64 + 4000, 500 + i);
     rewrite_in_place(&s, &keys[..5], newer);
     wait_until(
@@ -405,16 +410,7 @@ fn in_place_writes_a_full_watch_channel_dropped_are_found_by_the_next_pass() {
     // trust: the next pass reads them whole and finds every rewritten file.
     let s = Setup::start("stamps-lost", Some(1), Some(2));
     let keys: Vec<String> = (0..60).map(|i| format!("e{}/f{i:02}", i % 2)).collect();
-    let body = |i: usize| bytes_for(i as u64 + 5000, 200 + i);
-    for (i, k) in keys.iter().enumerate() {
-        put_file(&s.inbox, k, &body(i));
-    }
-    wait_until("the files at both sites", Duration::from_secs(60), || {
-        keys.iter()
-            .enumerate()
-            .all(|(i, k)| s.both_hold(k, &body(i)))
-    });
-    wait_for_quiet_passes(&s, 2, Duration::from_secs(60));
+    settle_replicated(&s, &keys, |i| bytes_for(i as u64 + 5000, 200 + i));
     let newer = |i: usize| bytes_for(i as u64 + 6000, 400 + i);
     rewrite_in_place(&s, &keys, newer);
     wait_until(

@@ -521,22 +521,7 @@ fn sync_renamed(
     }
     // 1. The files' data and inodes, one syncfs per file system.
     let has_files: Vec<bool> = files.iter().map(|f| !f.is_empty()).collect();
-    for (d, who) in devs.values() {
-        if !who.iter().any(|&i| has_files[i]) {
-            continue;
-        }
-        if let Err(error) = syncfs(d) {
-            for &i in who {
-                if out[i].is_ok() {
-                    out[i] = Err(CommitError {
-                        what: "cannot sync",
-                        path: dirs[i].clone(),
-                        error: std::io::Error::new(error.kind(), error.to_string()),
-                    });
-                }
-            }
-        }
-    }
+    sync_devices(&devs, "cannot sync", &dirs, &mut out, |i, _| has_files[i]);
     // 2. The renames of every commit whose files are durable.
     for (i, r) in renames.iter().enumerate() {
         let go = out[i].is_ok();
@@ -545,15 +530,28 @@ fn sync_renamed(
         }
     }
     // 3. The directories' new entries, one syncfs per file system.
+    sync_devices(&devs, "cannot sync directory", &dirs, &mut out, |_, ok| ok);
+    out
+}
+
+/// One `syncfs` per file system of `devs` where `wanted(i, out[i].is_ok())` holds for a
+/// commit `i` on it; a failure fails those of its commits still `Ok`, as `what`.
+fn sync_devices(
+    devs: &HashMap<u64, (std::fs::File, Vec<usize>)>,
+    what: &'static str,
+    dirs: &[PathBuf],
+    out: &mut [Result<(), CommitError>],
+    wanted: impl Fn(usize, bool) -> bool,
+) {
     for (d, who) in devs.values() {
-        if !who.iter().any(|&i| out[i].is_ok()) {
+        if !who.iter().any(|&i| wanted(i, out[i].is_ok())) {
             continue;
         }
         if let Err(error) = syncfs(d) {
             for &i in who {
                 if out[i].is_ok() {
                     out[i] = Err(CommitError {
-                        what: "cannot sync directory",
+                        what,
                         path: dirs[i].clone(),
                         error: std::io::Error::new(error.kind(), error.to_string()),
                     });
@@ -561,7 +559,6 @@ fn sync_renamed(
             }
         }
     }
-    out
 }
 
 /// Makes the data of the (closed) file at `path` durable.

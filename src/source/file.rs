@@ -668,6 +668,18 @@ impl FileSource {
         }
     }
 
+    /// The path and entries of directory `prefix`, `None` if it is not a directory (any more).
+    fn read_dir(&self, prefix: &str) -> std::io::Result<Option<(PathBuf, std::fs::ReadDir)>> {
+        let Some(dir) = self.dir_path(prefix)? else {
+            return Ok(None);
+        };
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => Ok(Some((dir, rd))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The stamp of directory `prefix` (`None` if it is not a directory).
     ///
     /// # Errors
@@ -683,13 +695,8 @@ impl FileSource {
     /// # Errors
     /// An I/O error other than "not found".
     pub fn subdirs(&self, prefix: &str) -> std::io::Result<Option<Vec<String>>> {
-        let Some(dir) = self.dir_path(prefix)? else {
+        let Some((_, rd)) = self.read_dir(prefix)? else {
             return Ok(None);
-        };
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
         };
         let mut out = Vec::new();
         for entry in rd {
@@ -722,13 +729,8 @@ impl FileSource {
         settled_before_ms: u64,
         mut emit: Option<&mut dyn FnMut(ObjectInfo)>,
     ) -> std::io::Result<Option<DirScan>> {
-        let Some(dir) = self.dir_path(prefix)? else {
+        let Some((dir, rd)) = self.read_dir(prefix)? else {
             return Ok(None);
-        };
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
         };
         let mut scan = DirScan {
             summary: 0,
