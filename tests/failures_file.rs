@@ -335,6 +335,23 @@ async fn pause_survives_restart_resume_drains_and_scheduled_resume_fires_after_r
     assert!(e.stop().success());
 }
 
+/// Pauses site A (stored, so it holds after a restart), then kills the engine with `kill -9`.
+async fn pause_a_and_kill9(e: EngineProc) {
+    post(api_of(&e), "/_/crr/pause/A", &json!({})).await;
+    e.kill9();
+}
+
+/// Restarts the engine with A still paused, removes A's directory (the file site recreates it
+/// at start), then resumes A: no copy can reach A between the start and its death, so the
+/// versions left keep failing at A (they would all complete there in that window otherwise,
+/// and none would ever be FAILED).
+async fn restart_with_a_dead(cfg: &Path, d: &Dirs, dead: &Path) -> EngineProc {
+    let e = EngineProc::start(cfg, &d.logs);
+    kill_dir(&d.a, dead);
+    post(api_of(&e), "/_/crr/resume/A", &json!({})).await;
+    e
+}
+
 /// Removes the site directory `dir`, moving the replicas written into it meanwhile to `keep`.
 fn kill_dir(dir: &Path, keep: &Path) {
     std::fs::create_dir_all(keep.join("bkt")).unwrap();
@@ -365,25 +382,21 @@ async fn kill9_while_retrying_and_replaying_loses_nothing_and_counts_once() {
     std::fs::rename(&d.a, &dead).unwrap();
     put_objects(&d.src, 0..30);
     e.wait_log("queued again for a replay", Duration::from_secs(60));
-    e.kill9();
-    // Restarted while A is dead (its directory is recreated at start, so kill it again at
-    // once), killed mid-replay; restarted, killed once some versions are FAILED and others
-    // are still being replayed; restarted for good.
-    let e = EngineProc::start(&cfg_path, &d.logs);
-    kill_dir(&d.a, &dead);
+    pause_a_and_kill9(e).await;
+    // Restarted while A is dead, killed mid-replay; restarted, killed once some versions are
+    // FAILED and others are still being replayed; restarted for good.
+    let e = restart_with_a_dead(&cfg_path, &d, &dead).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    e.kill9();
-    let e = EngineProc::start(&cfg_path, &d.logs);
-    kill_dir(&d.a, &dead);
+    pause_a_and_kill9(e).await;
+    let e = restart_with_a_dead(&cfg_path, &d, &dead).await;
     let api = api_of(&e);
     wait_for("some FAILED", Duration::from_secs(60), || async {
         !failed_list(api, "A").await.is_empty()
     })
     .await;
     let partial = failed_list(api, "A").await.len();
-    e.kill9();
-    let e = EngineProc::start(&cfg_path, &d.logs);
-    kill_dir(&d.a, &dead);
+    pause_a_and_kill9(e).await;
+    let e = restart_with_a_dead(&cfg_path, &d, &dead).await;
     let api = api_of(&e);
     // Every version ends COMPLETED or FAILED at A, each once.
     wait_settled(api, "A", 30).await;
