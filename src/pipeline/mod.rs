@@ -8,6 +8,8 @@
 //!   rescans, deletions), and the directory watch.
 //! - [`processor`]: copies the data of each entry to one site, streaming, and reports the
 //!   outcome on the status topic.
+//! - `local`: a small file from a directory source to a file site read and written in one
+//!   blocking call.
 //! - [`status`]: applies the outcomes to the state store, exactly once per (version, site).
 //! - [`runner`]: the consuming loop shared by both consumers: bounded concurrency, per-key
 //!   order, an offset ledger so only contiguous finished offsets are committed.
@@ -21,6 +23,7 @@
 
 pub mod batch;
 pub mod gc;
+mod local;
 pub mod pause;
 pub mod populator;
 pub mod processor;

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::local::{self, Local};
 use super::pause::PauseGate;
 use super::replay::next_replay;
 use super::retry::{retry, Retried, RetryPolicy};
@@ -123,7 +124,7 @@ pub struct CopyJob {
 
 /// Why one copy attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum CopyError {
+pub(super) enum CopyError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -155,7 +156,7 @@ enum Copied {
 }
 
 /// Whether `current` (the source's answer about the key) is the version `entry` is about.
-fn is_current(entry: &Entry, current: &ObjectInfo) -> bool {
+pub(super) fn is_current(entry: &Entry, current: &ObjectInfo) -> bool {
     current.version.version_id == entry.version.version_id
         && !current.is_delete_marker
         && (entry.version.version_id != NULL_VERSION || current.etag == entry.etag)
@@ -275,6 +276,20 @@ impl ReplicationProcessor {
             .multipart()
             .filter(|_| e.size >= self.cfg.mpu_threshold && e.size > 0);
         let Some(mp) = multipart else {
+            if let (false, Some(src), Some(dst)) =
+                (maybe_done, self.source.as_file(), self.site.as_file())
+            {
+                let receipt = PutReceipt {
+                    wrote: true,
+                    ..PutReceipt::default()
+                };
+                match local::copy_small(src, dst, e, key, &self.cfg.bandwidth).await? {
+                    Local::Written(durable) => return Ok(Copied::Deferred(receipt, durable)),
+                    Local::Superseded => return Ok(Copied::Dropped(DropReason::Superseded)),
+                    Local::Replica => return Ok(Copied::Dropped(DropReason::Replica)),
+                    Local::Unsuited => {}
+                }
+            }
             let want_md5 = self.site.needs_md5_up_front();
             let Some((cur, body)) = self.source.open_current(bucket, src_key, want_md5).await?
             else {

@@ -26,8 +26,10 @@ use crate::observe::Observer;
 use crate::store::{StateStore, StoreOp};
 use crate::transitions::{KeyChange, SiteOutcome};
 
-/// Status updates in flight (each is one store transaction; their flushes are shared).
-const STATUS_CONCURRENCY: usize = 64;
+/// Status updates in flight. Those waiting together are merged into one store transaction
+/// (up to 512, [`StoreBatcher`]): as many in flight as one transaction takes, so a drain's
+/// updates share a few transactions and flushes instead of one per 64 (issue 17).
+const STATUS_CONCURRENCY: usize = 512;
 
 /// The status processor.
 pub struct StatusProcessor {

@@ -739,28 +739,38 @@ impl FileSite {
         let (chunks, md5) = read_exact(body, obj.size)
             .await
             .map_err(|detail| SiteError::transient(&self.name, detail))?;
-        let sidecar = sidecar_json(&self.name, obj, &crate::checksum::hex(&md5))?;
-        let (name, root, k) = (self.name.clone(), self.root.clone(), key.to_string());
+        let writer = self.small_writer();
+        let (k, obj) = (key.to_string(), obj.clone());
         let written = tokio::task::spawn_blocking(move || {
-            let (dir, file) = prepare_blocking(&name, &root, &k)?;
-            let data_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
             let slices: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
-            let data = write_new(&data_tmp, &slices)
-                .map_err(|e| io_error(&name, "cannot write", &data_tmp, e))?;
-            let meta_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
-            match write_new(&meta_tmp, &[&sidecar]) {
-                Ok(meta) => Ok((dir, file, data_tmp, data, meta_tmp, meta)),
-                Err(e) => {
-                    drop(data);
-                    let _ = std::fs::remove_file(&data_tmp);
-                    Err(io_error(&name, "cannot write sidecar", &meta_tmp, e))
-                }
-            }
+            writer.write(&k, &obj, &slices, &crate::checksum::hex(&md5))
         })
         .await
         .map_err(|e| SiteError::transient(&self.name, format!("write task failed: {e}")))??;
-        let (dir, file, data_tmp, data, meta_tmp, meta) = written;
-        Ok(self.commit_replica(&dir, &file, data_tmp, Some(data), meta_tmp, meta))
+        Ok(self.commit_written(written))
+    }
+
+    /// What writes a small replica on the calling thread ([`SmallWriter::write`]), for a
+    /// caller that is already off the runtime's threads (a local copy read and written in one
+    /// blocking call). Its replica is made durable by [`FileSite::commit_written`].
+    pub fn small_writer(&self) -> SmallWriter {
+        SmallWriter {
+            name: self.name.clone(),
+            root: self.root.clone(),
+        }
+    }
+
+    /// Hands a replica written by a [`SmallWriter`] to the group commit; the [`Durable`]
+    /// resolves once it is in place and durable.
+    pub fn commit_written(&self, w: Written) -> Durable {
+        self.commit_replica(
+            &w.dir,
+            &w.file,
+            w.data_tmp,
+            Some(w.data),
+            w.meta_tmp,
+            w.meta,
+        )
     }
 
     /// A large object: streamed to a temporary file as it arrives, then the sidecar, then
@@ -833,6 +843,64 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 fn random_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// Writes small replicas of a [`FileSite`] on the calling thread (blocking).
+#[derive(Debug, Clone)]
+pub struct SmallWriter {
+    name: String,
+    root: PathBuf,
+}
+
+/// A replica written to temporary files, not yet durable nor in place: for
+/// [`FileSite::commit_written`].
+#[derive(Debug)]
+pub struct Written {
+    dir: PathBuf,
+    file: String,
+    data_tmp: PathBuf,
+    data: std::fs::File,
+    meta_tmp: PathBuf,
+    meta: std::fs::File,
+}
+
+impl SmallWriter {
+    /// Creates the directories of `key`, then writes `chunks` (the object `obj`, whose MD5 is
+    /// `md5`, in hexadecimal) and its sidecar to temporary files beside the target. Blocking. On failure
+    /// nothing is left behind.
+    ///
+    /// # Errors
+    /// The site's error for a key it cannot hold or a failed write.
+    pub fn write(
+        &self,
+        key: &str,
+        obj: &ObjectInfo,
+        chunks: &[&[u8]],
+        md5: &str,
+    ) -> Result<Written, SiteError> {
+        let name = &self.name;
+        let sidecar = sidecar_json(name, obj, md5)?;
+        let (dir, file) = prepare_blocking(name, &self.root, key)?;
+        let data_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
+        let data = write_new(&data_tmp, chunks)
+            .map_err(|e| io_error(name, "cannot write", &data_tmp, e))?;
+        let meta_tmp = dir.join(format!("{file}{TMP_INFIX}{}", random_hex()));
+        match write_new(&meta_tmp, &[&sidecar]) {
+            Ok(meta) => Ok(Written {
+                dir,
+                file,
+                data_tmp,
+                data,
+                meta_tmp,
+                meta,
+            }),
+            Err(e) => {
+                drop(data);
+                let _ = std::fs::remove_file(&data_tmp);
+                Err(io_error(name, "cannot write sidecar", &meta_tmp, e))
+            }
+        }
+    }
 }
 
 fn rejected(site: &str, detail: impl Into<String>) -> SiteError {

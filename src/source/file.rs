@@ -634,6 +634,19 @@ impl FileSource {
         )))
     }
 
+    /// [`Source::open_current`] on the calling thread (blocking), for a caller already off the
+    /// runtime's threads: `key`'s current version and its bytes, whole when the file is at
+    /// most one chunk (256 KiB), else open to stream. `None` when there is no such file.
+    ///
+    /// # Errors
+    /// The source's error for a file that cannot be read (or keeps changing while read).
+    pub fn open_current_blocking(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ObjectInfo, Opened)>, SourceError> {
+        self.open_blocking(key, false).map_err(io_to_source)
+    }
+
     fn info(&self, key: String, m: &std::fs::Metadata) -> ObjectInfo {
         let vid = version_id_of(m);
         ObjectInfo {
@@ -835,8 +848,9 @@ fn bump(generation: &AtomicU64) {
     });
 }
 
-/// What [`FileSource::open_blocking`] found.
-enum Opened {
+/// What [`FileSource::open_current_blocking`] found.
+#[derive(Debug)]
+pub enum Opened {
     /// The whole file (at most one chunk).
     Whole(Bytes),
     /// A larger file, open at offset 0, to stream.
