@@ -43,7 +43,9 @@
 //!
 //! Objects up to [`SMALL_OBJECT`] bytes are read whole into memory and written in one blocking
 //! call (directories, data and sidecar), sparing a thread hop per system call; larger ones are
-//! streamed to disk as they arrive.
+//! streamed to disk as they arrive. A [`SmallWriter`] does the same write for a caller already
+//! off the runtime's threads (a small file from a directory source, read and written in the
+//! same call); its replica then goes through the same group commit ([`FileSite::commit_written`]).
 //!
 //! A key that needs a name both as a file and as a directory (`a` and `a/b`) cannot be stored:
 //! the second one is [`SiteError::Rejected`].
@@ -866,8 +868,8 @@ pub struct Written {
 
 impl SmallWriter {
     /// Creates the directories of `key`, then writes `chunks` (the object `obj`, whose MD5 is
-    /// `md5`, in hexadecimal) and its sidecar to temporary files beside the target. Blocking. On failure
-    /// nothing is left behind.
+    /// `md5`, in hexadecimal) and its sidecar to temporary files beside the target. Blocking.
+    /// On failure nothing is left behind.
     ///
     /// # Errors
     /// The site's error for a key it cannot hold or a failed write.
