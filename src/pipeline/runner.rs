@@ -236,7 +236,9 @@ pub async fn run<H: Handler>(
             let outstanding = running + ready.len() + blocked_count;
             let room = prefetch.saturating_sub(outstanding);
             if room > 0 {
-                let idle = outstanding == 0 && flushed;
+                // Not idle while replicas wait for their commit: their outcomes arrive
+                // without an entry to read, and a long poll would hold them back.
+                let idle = outstanding == 0 && deferred == 0 && flushed;
                 let wait = if idle && !draining {
                     IDLE_POLL
                 } else {
@@ -631,15 +633,18 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 1);
     }
 
-    /// Hands out the given keys once, in order; remembers the committed offsets.
+    /// Hands out the given keys once, in order; remembers the committed offsets and how long
+    /// each poll was allowed to wait.
     struct ListConsumer {
         keys: VecDeque<(u64, String)>,
         committed: Arc<parking_lot::Mutex<u64>>,
+        waits: Arc<parking_lot::Mutex<Vec<Duration>>>,
     }
 
     #[async_trait]
     impl Consumer for ListConsumer {
         async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, LogError> {
+            self.waits.lock().push(wait);
             let n = max.min(self.keys.len());
             if n == 0 {
                 tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
@@ -700,9 +705,11 @@ mod tests {
         let mut keys: VecDeque<(u64, String)> = (0..9).map(|o| (o, format!("k{o}"))).collect();
         keys.push_back((9, "k0".to_string()));
         let committed = Arc::new(parking_lot::Mutex::new(0));
+        let waits = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let consumer = ListConsumer {
             keys,
             committed: committed.clone(),
+            waits: waits.clone(),
         };
         let handler = Arc::new(Deferring {
             release: CancellationToken::new(),
@@ -744,6 +751,76 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(handler.started.lock().last(), Some(&9));
+        token.cancel();
+        run.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn replicas_waiting_for_their_commit_are_not_held_back_by_a_long_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
+        let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
+        let committed = Arc::new(parking_lot::Mutex::new(0));
+        let waits = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let consumer = ListConsumer {
+            keys: (0..4).map(|o| (o, format!("k{o}"))).collect(),
+            committed: committed.clone(),
+            waits: waits.clone(),
+        };
+        let handler = Arc::new(Deferring {
+            release: CancellationToken::new(),
+            started: parking_lot::Mutex::new(Vec::new()),
+        });
+        let token = CancellationToken::new();
+        let cfg = RunnerConfig {
+            stage: "test",
+            concurrency: 4,
+            prefetch: 16,
+            output_topic: None,
+            drain_on_stop: false,
+        };
+        let run = tokio::spawn(run(
+            log,
+            Box::new(consumer),
+            handler.clone(),
+            cfg,
+            token.clone(),
+            TaskTracker::new(),
+        ));
+        let start = Instant::now();
+        while handler.started.lock().len() < 4 {
+            assert!(start.elapsed() < Duration::from_secs(10), "not started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every copy is done, every outcome waits (a commit in progress): the log is empty,
+        // but the loop is not idle. Its polls must not wait: an outcome that becomes final
+        // meanwhile would wait for the poll's end (IDLE_POLL) before it is counted.
+        let seen = waits.lock().len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let long: Vec<Duration> = waits
+            .lock()
+            .iter()
+            .skip(seen)
+            .copied()
+            .filter(|w| *w >= IDLE_POLL)
+            .collect();
+        assert!(
+            long.is_empty(),
+            "long polls while outcomes waited: {long:?}"
+        );
+        handler.release.cancel();
+        let start = Instant::now();
+        while *committed.lock() < 4 {
+            assert!(start.elapsed() < Duration::from_secs(10), "not committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Idle again once nothing waits: the loop goes back to long polls.
+        let seen = waits.lock().len();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            waits.lock().iter().skip(seen).any(|w| *w >= IDLE_POLL),
+            "an idle loop polled without waiting"
+        );
         token.cancel();
         run.await.unwrap().unwrap();
     }
