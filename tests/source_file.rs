@@ -336,3 +336,43 @@ async fn a_directory_stamp_moves_with_its_entries_not_with_in_place_writes() -> 
     assert_eq!(src.watch_generation(), None);
     Ok(())
 }
+
+#[tokio::test]
+async fn many_keys_are_looked_up_together_each_as_current_tells_it() -> anyhow::Result<()> {
+    let dir = tree()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("many"))?;
+    for i in 0..150 {
+        std::fs::write(root.join(format!("many/{i:03}")), format!("file {i}"))?;
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("top"), root.join("link"))?;
+    let src = FileSource::new(&root)?;
+    // More keys than one blocking call takes, with files, missing keys, a directory, a link
+    // and a key that cannot name a file, in an order of their own.
+    let mut keys: Vec<String> = (0..150).rev().map(|i| format!("many/{i:03}")).collect();
+    for (at, k) in [
+        (0, "gone"),
+        (70, "a"),
+        (71, "link"),
+        (140, "../top"),
+        (149, "top"),
+    ] {
+        keys.insert(at, k.to_string());
+    }
+    let found = src.current_many("inbox", &keys).await;
+    assert_eq!(found.len(), keys.len());
+    for (k, f) in keys.iter().zip(found) {
+        let one = src.current("inbox", k).await?;
+        assert_eq!(f?, one, "{k}");
+        let present = k.starts_with("many/") || k == "top";
+        assert_eq!(one.is_some(), present, "{k}");
+    }
+    // Another bucket: every key is refused.
+    let other = src.current_many("elsewhere", &keys[..3]).await;
+    assert_eq!(other.len(), 3);
+    assert!(other
+        .iter()
+        .all(|r| matches!(r, Err(SourceError::NotFound(_)))));
+    Ok(())
+}

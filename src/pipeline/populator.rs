@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +50,6 @@ use crate::transitions::{FailedInfo, KeyChange, QueuedVersion, SiteOutcome};
 
 /// Discoveries merged into one batch at most.
 const MAX_BATCH: usize = 4096;
-/// Source reads (current versions) in flight.
-const HEAD_CONCURRENCY: usize = 16;
 /// A bucket's replication configuration is read again after this long.
 pub const RULES_TTL: Duration = Duration::from_secs(30);
 
@@ -432,27 +429,48 @@ impl PopulatorTask {
                 }
             }
         }
-        // 1. Current versions (read where the discovery does not carry them).
-        let source = self.source.clone();
-        let resolved: Vec<_> = stream::iter(order.into_iter().filter_map(|id| latest.remove(&id)))
-            .map(|(i, d)| {
-                let source = source.clone();
-                async move {
-                    let current = match &d {
-                        Discovery::Current { current, full, .. } if *full || current.is_none() => {
-                            Ok(current.as_deref().cloned())
-                        }
-                        _ => {
-                            let (b, k) = d.bucket_key();
-                            source.current(b, k).await
-                        }
-                    };
-                    (i, d, current)
+        // 1. Current versions: read, per bucket in one call, where the discovery does not
+        //    carry them.
+        let items: Vec<(usize, Discovery)> = order
+            .into_iter()
+            .filter_map(|id| latest.remove(&id))
+            .collect();
+        let mut currents: Vec<Option<Result<Option<ObjectInfo>, _>>> = items
+            .iter()
+            .map(|(_, d)| match d {
+                Discovery::Current { current, full, .. } if *full || current.is_none() => {
+                    Some(Ok(current.as_deref().cloned()))
                 }
+                _ => None,
             })
-            .buffered(HEAD_CONCURRENCY)
-            .collect()
-            .await;
+            .collect();
+        let mut lookups: BTreeMap<&str, (Vec<usize>, Vec<String>)> = BTreeMap::new();
+        for (n, (_, d)) in items.iter().enumerate() {
+            if currents[n].is_none() {
+                let (b, k) = d.bucket_key();
+                let (at, keys) = lookups.entry(b).or_default();
+                at.push(n);
+                keys.push(k.to_string());
+            }
+        }
+        for (bucket, (at, keys)) in lookups {
+            let found = self.source.current_many(bucket, &keys).await;
+            for (n, c) in at.into_iter().zip(found) {
+                currents[n] = Some(c);
+            }
+        }
+        let resolved: Vec<_> = items
+            .into_iter()
+            .zip(currents)
+            .map(|((i, d), c)| {
+                let c = c.unwrap_or_else(|| {
+                    Err(crate::source::SourceError::Transient(
+                        "the source gave no answer about the key".into(),
+                    ))
+                });
+                (i, d, c)
+            })
+            .collect();
         // 2-3. Rules and records.
         let now = self.store.now_ms();
         let lag_target = self.config.replication.lag_target_s.saturating_mul(1000);

@@ -902,6 +902,16 @@ pub fn watch(
 /// How long events are gathered before they are handed over (one populator batch).
 const WATCH_LINGER: Duration = Duration::from_millis(5);
 
+/// Moves the events waiting in `rx` to `events`, up to [`SUBMIT_BATCH`] in all.
+fn take_ready(rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>, events: &mut Vec<WatchEvent>) {
+    while events.len() < SUBMIT_BATCH {
+        match rx.try_recv() {
+            Ok(e) => events.push(e),
+            Err(_) => break,
+        }
+    }
+}
+
 async fn run_watch(
     file: FileSource,
     mut w: FileWatch,
@@ -926,13 +936,18 @@ async fn run_watch(
                 }
             },
         };
+        // What comes within WATCH_LINGER joins the batch. The task sleeps meanwhile, then
+        // takes what came: waiting on the channel instead would wake it once per event (a
+        // file written is an event; a burst of small files, thousands of wake-ups a second).
         let mut events = vec![first];
-        let deadline = tokio::time::Instant::now() + WATCH_LINGER;
-        while events.len() < SUBMIT_BATCH {
-            match tokio::time::timeout_at(deadline, w.events.recv()).await {
-                Ok(Some(e)) => events.push(e),
-                _ => break,
+        take_ready(&mut w.events, &mut events);
+        if events.len() < SUBMIT_BATCH {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return Ok(()),
+                () = tokio::time::sleep(WATCH_LINGER) => {}
             }
+            take_ready(&mut w.events, &mut events);
         }
         let mut items = Vec::new();
         for e in events {

@@ -115,6 +115,12 @@ pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Size of the chunks `get` streams.
 const CHUNK: usize = 256 * 1024;
 
+/// Keys stat'ed in one blocking call by [`Source::current_many`].
+const STAT_BATCH: usize = 64;
+
+/// Blocking calls of [`Source::current_many`] at once.
+const STAT_CALLS: usize = 4;
+
 /// A local directory as a source of versions.
 #[derive(Debug, Clone)]
 pub struct FileSource {
@@ -924,6 +930,49 @@ impl Source for FileSource {
             .stat(key)
             .await?
             .map(|(_, m)| self.info(key.to_string(), &m)))
+    }
+
+    async fn current_many(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Vec<Result<Option<ObjectInfo>, SourceError>> {
+        if let Err(e) = self.check_bucket(bucket) {
+            return keys.iter().map(|_| Err(e.clone())).collect();
+        }
+        // A few keys per blocking call (a hand-off to the blocking pool costs more than the
+        // stats of a cached directory), a few calls at once (a cold disk still sees several
+        // stats in flight).
+        let calls: Vec<_> = keys
+            .chunks(STAT_BATCH)
+            .map(|chunk| (self.clone(), chunk.to_vec()))
+            .map(|(me, chunk)| async move {
+                let n = chunk.len();
+                match tokio::task::spawn_blocking(move || {
+                    chunk
+                        .into_iter()
+                        .map(|k| {
+                            me.stat_blocking(&k)
+                                .map(|found| found.map(|(_, m)| me.info(k, &m)))
+                                .map_err(io_to_source)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let e = SourceError::Transient(format!("stat task failed: {e}"));
+                        (0..n).map(|_| Err(e.clone())).collect()
+                    }
+                }
+            })
+            .collect();
+        futures_util::stream::iter(calls)
+            .buffered(STAT_CALLS)
+            .flat_map(futures_util::stream::iter)
+            .collect()
+            .await
     }
 
     async fn open_current(

@@ -17,6 +17,9 @@ use crate::error::Disposition;
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
 use crate::s3::S3Client;
 
+/// Lookups of [`Source::current_many`] in flight at once (by default).
+pub const CURRENT_CONCURRENCY: usize = 16;
+
 /// A replication rule of a source bucket: from the bucket's own replication configuration
 /// (AWS semantics, field by field) or from `[[replication.rules]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -111,7 +114,7 @@ pub struct KeyPage {
 }
 
 /// Errors of a source, classified where they arise.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
     /// The version or bucket does not exist (any more).
@@ -178,6 +181,23 @@ pub trait Source: Send + Sync + 'static {
     /// The current version of `bucket/key` with its full metadata (a delete marker when the
     /// key is deleted in a versioned bucket); `Ok(None)` when the key has no version.
     async fn current(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, SourceError>;
+
+    /// [`Source::current`] of each of `keys` of `bucket`, in the same order. By default up to
+    /// [`CURRENT_CONCURRENCY`] lookups run at once; a source that reads many keys more cheaply
+    /// together (the file source: a few blocking calls for the lot instead of one each)
+    /// overrides it.
+    async fn current_many(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Vec<Result<Option<ObjectInfo>, SourceError>> {
+        use futures_util::stream::{self, StreamExt};
+        let lookups: Vec<_> = keys.iter().map(|k| self.current(bucket, k)).collect();
+        stream::iter(lookups)
+            .buffered(CURRENT_CONCURRENCY)
+            .collect()
+            .await
+    }
 
     /// The current version of `bucket/key` with its data, in one request where the source
     /// can (S3: a `GET` without `versionId`): what a copy needs. No body for a delete marker.
