@@ -941,12 +941,9 @@ async fn run_watch(
         // file written is an event; a burst of small files, thousands of wake-ups a second).
         let mut events = vec![first];
         take_ready(&mut w.events, &mut events);
+        // Not cut short by a stop: what was taken is handed over, as before the linger.
         if events.len() < SUBMIT_BATCH {
-            tokio::select! {
-                biased;
-                () = token.cancelled() => return Ok(()),
-                () = tokio::time::sleep(WATCH_LINGER) => {}
-            }
+            tokio::time::sleep(WATCH_LINGER).await;
             take_ready(&mut w.events, &mut events);
         }
         let mut items = Vec::new();
