@@ -653,6 +653,14 @@ impl FileSource {
         self.open_blocking(key, false).map_err(io_to_source)
     }
 
+    /// [`Source::current`] on the calling thread (blocking): `key`'s file stat'ed.
+    fn current_blocking(&self, key: &str) -> Result<Option<ObjectInfo>, SourceError> {
+        Ok(self
+            .stat_blocking(key)
+            .map_err(io_to_source)?
+            .map(|(_, m)| self.info(key.to_string(), &m)))
+    }
+
     fn info(&self, key: String, m: &std::fs::Metadata) -> ObjectInfo {
         let vid = version_id_of(m);
         ObjectInfo {
@@ -926,10 +934,10 @@ impl Source for FileSource {
 
     async fn current(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, SourceError> {
         self.check_bucket(bucket)?;
-        Ok(self
-            .stat(key)
-            .await?
-            .map(|(_, m)| self.info(key.to_string(), &m)))
+        let (me, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || me.current_blocking(&key))
+            .await
+            .map_err(|e| SourceError::Transient(format!("stat task failed: {e}")))?
     }
 
     async fn current_many(
@@ -950,12 +958,8 @@ impl Source for FileSource {
                 let n = chunk.len();
                 match tokio::task::spawn_blocking(move || {
                     chunk
-                        .into_iter()
-                        .map(|k| {
-                            me.stat_blocking(&k)
-                                .map(|found| found.map(|(_, m)| me.info(k, &m)))
-                                .map_err(io_to_source)
-                        })
+                        .iter()
+                        .map(|k| me.current_blocking(k))
                         .collect::<Vec<_>>()
                 })
                 .await
