@@ -696,102 +696,111 @@ mod tests {
         }
     }
 
+    /// A runner over a [`ListConsumer`] of `keys` with a [`Deferring`] handler.
+    struct DeferringRun {
+        handler: Arc<Deferring>,
+        committed: Arc<parking_lot::Mutex<u64>>,
+        waits: Arc<parking_lot::Mutex<Vec<Duration>>>,
+        token: CancellationToken,
+        run: tokio::task::JoinHandle<Result<(), StageError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl DeferringRun {
+        fn start(keys: VecDeque<(u64, String)>, concurrency: usize) -> DeferringRun {
+            let dir = tempfile::tempdir().unwrap();
+            let db =
+                SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
+            let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
+            let committed = Arc::new(parking_lot::Mutex::new(0));
+            let waits = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let consumer = ListConsumer {
+                keys,
+                committed: committed.clone(),
+                waits: waits.clone(),
+            };
+            let handler = Arc::new(Deferring {
+                release: CancellationToken::new(),
+                started: parking_lot::Mutex::new(Vec::new()),
+            });
+            let token = CancellationToken::new();
+            let cfg = RunnerConfig {
+                stage: "test",
+                concurrency,
+                prefetch: 16,
+                output_topic: None,
+                drain_on_stop: false,
+            };
+            let run = tokio::spawn(run(
+                log,
+                Box::new(consumer),
+                handler.clone(),
+                cfg,
+                token.clone(),
+                TaskTracker::new(),
+            ));
+            DeferringRun {
+                handler,
+                committed,
+                waits,
+                token,
+                run,
+                _dir: dir,
+            }
+        }
+
+        /// Waits until `n` entries started.
+        async fn started(&self, n: usize) {
+            let start = Instant::now();
+            while self.handler.started.lock().len() < n {
+                assert!(start.elapsed() < Duration::from_secs(10), "not started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// Releases every outcome, then waits until offsets up to `offset` are committed.
+        async fn release_until_committed(&self, offset: u64) {
+            self.handler.release.cancel();
+            let start = Instant::now();
+            while *self.committed.lock() < offset {
+                assert!(start.elapsed() < Duration::from_secs(10), "not committed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        async fn stop(self) {
+            self.token.cancel();
+            self.run.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_deferred_outcome_frees_its_slot_but_holds_its_key_and_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
-        let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
         // Ten entries: nine keys, the last one a second entry of the first key.
         let mut keys: VecDeque<(u64, String)> = (0..9).map(|o| (o, format!("k{o}"))).collect();
         keys.push_back((9, "k0".to_string()));
-        let committed = Arc::new(parking_lot::Mutex::new(0));
-        let waits = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let consumer = ListConsumer {
-            keys,
-            committed: committed.clone(),
-            waits: waits.clone(),
-        };
-        let handler = Arc::new(Deferring {
-            release: CancellationToken::new(),
-            started: parking_lot::Mutex::new(Vec::new()),
-        });
-        let token = CancellationToken::new();
-        let cfg = RunnerConfig {
-            stage: "test",
-            concurrency: 2,
-            prefetch: 16,
-            output_topic: None,
-            drain_on_stop: false,
-        };
-        let run = tokio::spawn(run(
-            log,
-            Box::new(consumer),
-            handler.clone(),
-            cfg,
-            token.clone(),
-            TaskTracker::new(),
-        ));
-        // Far more than the concurrency of 2 start while none is final; not the second k0.
-        let start = Instant::now();
-        while handler.started.lock().len() < 9 {
-            assert!(start.elapsed() < Duration::from_secs(10), "slots not freed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let r = DeferringRun::start(keys, 2);
+        let handler = &r.handler;
+        // Far more than the concurrency of 2 start while none is final (the slots are
+        // freed); not the second k0.
+        r.started(9).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!handler.started.lock().contains(&9), "the key was not held");
         assert_eq!(
-            *committed.lock(),
+            *r.committed.lock(),
             0,
             "an offset was committed before its outcome"
         );
-        handler.release.cancel();
-        let start = Instant::now();
-        while *committed.lock() < 10 {
-            assert!(start.elapsed() < Duration::from_secs(10), "not committed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        r.release_until_committed(10).await;
         assert_eq!(handler.started.lock().last(), Some(&9));
-        token.cancel();
-        run.await.unwrap().unwrap();
+        r.stop().await;
     }
 
     #[tokio::test]
     async fn replicas_waiting_for_their_commit_are_not_held_back_by_a_long_poll() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SledDb::open(dir.path(), Durability::Group, Duration::from_millis(20)).unwrap();
-        let log: Arc<dyn Log> = Arc::new(SledLog::open(db).unwrap());
-        let committed = Arc::new(parking_lot::Mutex::new(0));
-        let waits = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let consumer = ListConsumer {
-            keys: (0..4).map(|o| (o, format!("k{o}"))).collect(),
-            committed: committed.clone(),
-            waits: waits.clone(),
-        };
-        let handler = Arc::new(Deferring {
-            release: CancellationToken::new(),
-            started: parking_lot::Mutex::new(Vec::new()),
-        });
-        let token = CancellationToken::new();
-        let cfg = RunnerConfig {
-            stage: "test",
-            concurrency: 4,
-            prefetch: 16,
-            output_topic: None,
-            drain_on_stop: false,
-        };
-        let run = tokio::spawn(run(
-            log,
-            Box::new(consumer),
-            handler.clone(),
-            cfg,
-            token.clone(),
-            TaskTracker::new(),
-        ));
-        let start = Instant::now();
-        while handler.started.lock().len() < 4 {
-            assert!(start.elapsed() < Duration::from_secs(10), "not started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let r = DeferringRun::start((0..4).map(|o| (o, format!("k{o}"))).collect(), 4);
+        let waits = &r.waits;
+        r.started(4).await;
         // Every copy is done, every outcome waits (a commit in progress): the log is empty,
         // but the loop is not idle. Its polls must not wait: an outcome that becomes final
         // meanwhile would wait for the poll's end (IDLE_POLL) before it is counted.
@@ -808,12 +817,7 @@ mod tests {
             long.is_empty(),
             "long polls while outcomes waited: {long:?}"
         );
-        handler.release.cancel();
-        let start = Instant::now();
-        while *committed.lock() < 4 {
-            assert!(start.elapsed() < Duration::from_secs(10), "not committed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        r.release_until_committed(4).await;
         // Idle again once nothing waits: the loop goes back to long polls.
         let seen = waits.lock().len();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -821,7 +825,6 @@ mod tests {
             waits.lock().iter().skip(seen).any(|w| *w >= IDLE_POLL),
             "an idle loop polled without waiting"
         );
-        token.cancel();
-        run.await.unwrap().unwrap();
+        r.stop().await;
     }
 }
