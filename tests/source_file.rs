@@ -215,6 +215,7 @@ async fn next_event(w: &mut backbeat::source::file::FileWatch) -> WatchEvent {
 #[tokio::test]
 async fn the_watch_tells_closed_files_moved_directories_removals_and_lost_events(
 ) -> anyhow::Result<()> {
+    let _alone = WATCHING.lock().await;
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("inbox");
     std::fs::create_dir_all(root.join("sub"))?;
@@ -280,6 +281,141 @@ async fn the_watch_tells_closed_files_moved_directories_removals_and_lost_events
     Ok(())
 }
 
+/// The distinct events that come within `quiet` of each other, in the order first seen
+/// (events may repeat); none, an empty list.
+async fn events_until_quiet(
+    w: &mut backbeat::source::file::FileWatch,
+    quiet: Duration,
+) -> Vec<WatchEvent> {
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, w.events.recv()).await {
+        if !seen.contains(&e) {
+            seen.push(e);
+        }
+    }
+    seen
+}
+
+/// The distinct events told, once each of `expected` was (or 5 s passed) and then nothing
+/// more for 200 ms.
+async fn events_told(
+    w: &mut backbeat::source::file::FileWatch,
+    expected: &[WatchEvent],
+) -> Vec<WatchEvent> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !expected.iter().all(|e| seen.contains(e)) {
+        match tokio::time::timeout_at(until, w.events.recv()).await {
+            Ok(Some(e)) if !seen.contains(&e) => seen.push(e),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    for e in events_until_quiet(w, Duration::from_millis(200)).await {
+        if !seen.contains(&e) {
+            seen.push(e);
+        }
+    }
+    seen
+}
+
+/// Held by the tests that watch, so that one of them can count the watch threads.
+static WATCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == name)
+        })
+        .count()
+}
+
+/// Waits up to 5 s for `n` threads named `name` (a thread names itself once it runs).
+async fn wait_for_threads(name: &str, n: usize) -> usize {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while threads_named(name) != n && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    threads_named(name)
+}
+
+#[tokio::test]
+async fn the_watch_follows_directories_created_moved_and_moved_out_and_not_links(
+) -> anyhow::Result<()> {
+    let _alone = WATCHING.lock().await;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("old/deep"))?;
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&outside)?;
+    std::os::unix::fs::symlink(&outside, root.join("link"))?;
+    std::fs::write(root.join("old/deep/f"), b"1")?;
+    let threads = threads_named("backbeat-watch");
+    let src = FileSource::new(&root)?;
+    let mut watch = src.watch(256)?;
+    assert_eq!(
+        wait_for_threads("backbeat-watch", threads + 1).await,
+        threads + 1
+    );
+
+    // Reading a file, as a copy does, is not an event.
+    assert_eq!(std::fs::read(root.join("old/deep/f"))?, b"1");
+    assert_eq!(
+        events_until_quiet(&mut watch, Duration::from_millis(200)).await,
+        []
+    );
+
+    // A directory made after the start is watched: what is written in it is told.
+    std::fs::create_dir_all(root.join("new/sub"))?;
+    let made = events_told(&mut watch, &[WatchEvent::Directory("new/".into())]).await;
+    assert!(
+        made.contains(&WatchEvent::Directory("new/".into())),
+        "{made:?}"
+    );
+    std::fs::write(root.join("new/sub/g"), b"2")?;
+    let written = [WatchEvent::Written("new/sub/g".into())];
+    assert_eq!(events_told(&mut watch, &written).await, written);
+
+    // A directory moved within the tree is told under its new name, and so is what is
+    // written in it afterwards.
+    std::fs::rename(root.join("old"), root.join("renamed"))?;
+    let moved = [
+        WatchEvent::Removed("old".into()),
+        WatchEvent::Directory("renamed/".into()),
+    ];
+    assert_eq!(events_told(&mut watch, &moved).await, moved);
+    std::fs::write(root.join("renamed/deep/h"), b"3")?;
+    let written = [WatchEvent::Written("renamed/deep/h".into())];
+    assert_eq!(events_told(&mut watch, &written).await, written);
+
+    // A directory moved out is no longer watched.
+    std::fs::rename(root.join("renamed"), outside.join("gone"))?;
+    let out = [WatchEvent::Removed("renamed".into())];
+    assert_eq!(events_told(&mut watch, &out).await, out);
+    std::fs::write(outside.join("gone/deep/i"), b"4")?;
+    // Nor is a link followed out of the tree.
+    std::fs::write(root.join("link/j"), b"5")?;
+    assert_eq!(
+        events_until_quiet(&mut watch, Duration::from_millis(300)).await,
+        []
+    );
+
+    // Dropping the watch ends its thread.
+    drop(watch);
+    assert_eq!(wait_for_threads("backbeat-watch", threads).await, threads);
+
+    // The watched directory removed: a rescan is asked for, and the watch ends.
+    let mut watch = src.watch(16)?;
+    std::fs::remove_dir_all(&root)?;
+    let last = events_told(&mut watch, &[WatchEvent::Rescan]).await;
+    assert_eq!(last.last(), Some(&WatchEvent::Rescan), "{last:?}");
+    assert!(watch.events.recv().await.is_none(), "the watch still runs");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyhow::Result<()> {
     let dir = tree()?;
@@ -308,6 +444,7 @@ async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyho
 
 #[tokio::test]
 async fn a_directory_stamp_moves_with_its_entries_not_with_in_place_writes() -> anyhow::Result<()> {
+    let _alone = WATCHING.lock().await;
     let dir = tree()?;
     let root = dir.path().join("inbox");
     let src = FileSource::new(&root)?;

@@ -22,10 +22,10 @@
 //!   deletes a replicated version if the file still is that version, grabbing it first with
 //!   an atomic rename to a name containing [`GC_INFIX`] (never a key: such names are not
 //!   listed, watched or read), so a file rewritten meanwhile is put back, never lost.
-//! - [`FileSource::watch`] reports changes within milliseconds (inotify, through the `notify`
-//!   crate): a file closed after writing or renamed in, a directory created or moved in (to be
-//!   walked at once), a file removed or moved out, and a lost or overflowed watch (to be
-//!   rescanned). Events may repeat; the periodic rescan catches what the watch lost.
+//! - [`FileSource::watch`] reports changes within milliseconds (inotify, read by a thread of
+//!   its own: [`watch`]): a file closed after writing or renamed in, a directory created or
+//!   moved in (to be walked at once), a file removed or moved out, and a lost or overflowed
+//!   watch (to be rescanned). Events may repeat; the periodic rescan catches what the watch lost.
 //!   [`FileSource::watch_generation`] names the watch's present unbroken stretch: it is set
 //!   once every directory is watched, changes whenever an event is lost, and is `None` when
 //!   nothing watches, so the scanner can tell whether the watch saw every change since it
@@ -47,6 +47,9 @@ use tokio_util::io::ReaderStream;
 
 use super::{KeyPage, Rule, Source, SourceError};
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
+
+mod watch;
+pub use watch::{FileWatch, WatchEvent};
 
 /// Names containing this are the engine's own (a file being collected): never keys.
 pub const GC_INFIX: &str = ".backbeat-gc-";
@@ -159,42 +162,6 @@ impl DirStamp {
     /// The later of its mtime and ctime, in ms since the epoch.
     pub fn changed_ms(&self) -> u64 {
         u64::try_from(self.mtime_ns.max(self.ctime_ns) / 1_000_000).unwrap_or(0)
-    }
-}
-
-/// What the watch of a [`FileSource`] saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// A file was closed after writing, or renamed in: its key.
-    Written(String),
-    /// A file was removed or moved out: its key.
-    Removed(String),
-    /// A directory was created or moved in: its key prefix (`dir/`), to be walked at once.
-    Directory(String),
-    /// Events were lost (the kernel queue overflowed, the channel was full, a watch failed):
-    /// the whole tree is to be rescanned.
-    Rescan,
-}
-
-/// The changes of a watched [`FileSource`]; watching stops when this is dropped.
-pub struct FileWatch {
-    _watcher: notify::RecommendedWatcher,
-    /// The events, in order; when the channel is full events are dropped and a
-    /// [`WatchEvent::Rescan`] follows once there is room again.
-    pub events: tokio::sync::mpsc::Receiver<WatchEvent>,
-    /// The source's watch generation, cleared when the watch stops.
-    generation: Arc<AtomicU64>,
-}
-
-impl Drop for FileWatch {
-    fn drop(&mut self) {
-        self.generation.store(0, Ordering::Release);
-    }
-}
-
-impl std::fmt::Debug for FileWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileWatch").finish_non_exhaustive()
     }
 }
 
@@ -328,95 +295,7 @@ impl FileSource {
     /// # Errors
     /// [`SourceError::Transient`] if the watch cannot be set up (e.g. the inotify watch limit).
     pub fn watch(&self, capacity: usize) -> Result<FileWatch, SourceError> {
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-        use notify::{EventKind, RecursiveMode, Watcher};
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-        let root = self.root.clone();
-        let generation = self.watched.clone();
-        // Not watched until every directory is.
-        generation.store(0, Ordering::Release);
-        let missed = generation.clone();
-        // Set when an event could not be sent: a rescan is owed once there is room.
-        let mut lost = false;
-        let mut send = move |ev: WatchEvent| {
-            if ev == WatchEvent::Rescan {
-                bump(&missed);
-            }
-            if lost && tx.try_send(WatchEvent::Rescan).is_ok() {
-                lost = false;
-            }
-            if !lost && tx.try_send(ev).is_err() {
-                lost = true;
-                bump(&missed);
-                tracing::debug!("File watch channel full; a rescan will catch up.");
-            }
-        };
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let ev = match res {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "File watch error; rescanning.");
-                    send(WatchEvent::Rescan);
-                    return;
-                }
-            };
-            if ev.need_rescan() {
-                send(WatchEvent::Rescan);
-                return;
-            }
-            let dir_of = |p: &Path| key_of(&root, p).map(|k| format!("{k}/"));
-            for (i, p) in ev.paths.iter().enumerate() {
-                let Some(key) = key_of(&root, p) else {
-                    continue;
-                };
-                let event = match ev.kind {
-                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                        WatchEvent::Written(key)
-                    }
-                    EventKind::Create(CreateKind::Folder) => match dir_of(p) {
-                        Some(d) => WatchEvent::Directory(d),
-                        None => continue,
-                    },
-                    EventKind::Remove(_) => WatchEvent::Removed(key),
-                    EventKind::Modify(ModifyKind::Name(mode)) => {
-                        // `Both` carries [from, to].
-                        let moved_in = match mode {
-                            RenameMode::To => true,
-                            RenameMode::From => false,
-                            RenameMode::Both => i == 1,
-                            _ => p.exists(),
-                        };
-                        if !moved_in {
-                            WatchEvent::Removed(key)
-                        } else if p.is_dir() {
-                            match dir_of(p) {
-                                Some(d) => WatchEvent::Directory(d),
-                                None => continue,
-                            }
-                        } else {
-                            WatchEvent::Written(key)
-                        }
-                    }
-                    // Being written (wait for the close), attributes, opens: nothing yet.
-                    _ => continue,
-                };
-                send(event);
-            }
-        })
-        .map_err(|e| {
-            SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
-        })?;
-        watcher
-            .watch(&self.root, RecursiveMode::Recursive)
-            .map_err(|e| {
-                SourceError::Transient(format!("cannot watch {}: {e}", self.root.display()))
-            })?;
-        generation.store(next_generation(), Ordering::Release);
-        Ok(FileWatch {
-            _watcher: watcher,
-            events: rx,
-            generation,
-        })
+        watch::start(&self.root, capacity, self.watched.clone())
     }
 
     /// The bucket name (the directory's last segment).
