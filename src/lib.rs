@@ -28,6 +28,8 @@
 //! - [`api`]: the REST API (hyper).
 //! - [`app`]: builds the engine from a configuration and runs it until shutdown.
 //! - [`checksum`]: MD5 computed while streaming (integrity end to end).
+//! - [`blocking`]: short blocking calls queued and run together on a few pool threads (the
+//!   file source's opens).
 //! - [`fswalk`]: directory trees walked in key byte order with bounded memory (file source and
 //!   file site listings).
 //! - [`clock`]: wall-clock time, injectable for expiry tests.
@@ -39,6 +41,7 @@
 pub mod api;
 pub mod app;
 pub mod bandwidth;
+pub mod blocking;
 pub mod checksum;
 pub mod client;
 pub mod clock;

@@ -416,6 +416,52 @@ async fn the_watch_follows_directories_created_moved_and_moved_out_and_not_links
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_asked_together_each_get_their_own_file() -> anyhow::Result<()> {
+    let dir = tree()?;
+    let root = dir.path().join("inbox");
+    std::fs::create_dir_all(root.join("many"))?;
+    for i in 0..120 {
+        // Sizes on both sides of one read chunk (256 KiB): read whole, or streamed.
+        let len = if i % 10 == 0 { 300 * 1024 + i } else { 10 + i };
+        let body: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+        std::fs::write(root.join(format!("many/{i:03}")), body)?;
+    }
+    let src = FileSource::new(&root)?;
+    let opens = (0..150).map(|i| {
+        let src = src.clone();
+        async move {
+            // Keys 120..150 do not exist.
+            let key = format!("many/{i:03}");
+            let opened = src.open_current("inbox", &key, i % 3 == 0).await?;
+            let got = match opened {
+                Some((info, Some(body))) => Some((info, collect(body).await?)),
+                Some((info, None)) => Some((info, Vec::new())),
+                None => None,
+            };
+            anyhow::Ok((i, key, got))
+        }
+    });
+    let handles: Vec<_> = opens.map(tokio::spawn).collect();
+    for h in handles {
+        let (i, key, got) = h.await??;
+        match got {
+            None => assert!(i >= 120, "{key} not found"),
+            Some((info, bytes)) => {
+                assert!(i < 120, "{key} found");
+                assert_eq!(info.version.key, key);
+                assert_eq!(bytes, std::fs::read(root.join(&key))?, "{key}");
+                assert_eq!(info.size, bytes.len() as u64);
+                if i % 3 == 0 {
+                    let md5 = backbeat::checksum::hex(&backbeat::checksum::md5(&bytes));
+                    assert_eq!(info.content_md5.as_deref(), Some(md5.as_str()), "{key}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_directory_scan_summarises_its_entries_without_holding_them() -> anyhow::Result<()> {
     let dir = tree()?;

@@ -46,6 +46,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::{KeyPage, Rule, Source, SourceError};
+use crate::blocking::BlockingQueue;
 use crate::model::{ByteStream, ObjectInfo, VersionRef};
 
 mod watch;
@@ -132,6 +133,8 @@ pub struct FileSource {
     page_size: usize,
     /// The generation of the watch (0: not watched), shared by the clones.
     watched: Arc<AtomicU64>,
+    /// The copies' opens, made together, shared by the clones.
+    opener: Arc<BlockingQueue>,
 }
 
 /// Watch generations, never reused within a process.
@@ -258,6 +261,7 @@ impl FileSource {
             bucket,
             page_size: DEFAULT_PAGE_SIZE,
             watched: Arc::new(AtomicU64::new(0)),
+            opener: Arc::new(BlockingQueue::new()),
         })
     }
 
@@ -865,9 +869,12 @@ impl Source for FileSource {
         want_md5: bool,
     ) -> Result<Option<(ObjectInfo, Option<ByteStream>)>, SourceError> {
         self.check_bucket(bucket)?;
+        // Opens asked together share one blocking call ([`BlockingQueue`]).
         let me = self.clone();
         let k = key.to_string();
-        let opened = tokio::task::spawn_blocking(move || me.open_blocking(&k, want_md5))
+        let opened = self
+            .opener
+            .run(move || me.open_blocking(&k, want_md5))
             .await
             .map_err(|e| SourceError::Transient(format!("open task failed: {e}")))?
             .map_err(io_to_source)?;
