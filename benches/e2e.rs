@@ -15,7 +15,7 @@
 //!
 //! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure instead of this build's;
 //! `BACKBEAT_BENCH_BASELINE` names a second one (e.g. a build of the code before a change)
-//! that part 1 drains in every round too, interleaved, and compares: before and after meet
+//! that every part runs in every round too, interleaved, and compares: before and after meet
 //! the same machine and disk state.
 //!
 //! Nothing written on the disk is deleted before the last round. On ext4 the inode allocator
@@ -117,10 +117,6 @@ fn engine_bin() -> PathBuf {
     )
 }
 
-fn start_engine(tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
-    start_engine_bin(&engine_bin(), tmp, name, src, site)
-}
-
 fn start_engine_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str) -> Engine {
     let port = free_port();
     let cfg = config(&tmp.join(format!("data-{name}")), src, port, site);
@@ -177,8 +173,12 @@ fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usiz
 /// Starts an engine on the empty inbox `src`, then writes `n` files into it; objects/s from the
 /// first file written until `n` versions are COMPLETED.
 fn landing(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+    landing_bin(&engine_bin(), tmp, name, src, site, n)
+}
+
+fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
     std::fs::create_dir_all(src).unwrap();
-    let engine = start_engine(tmp, name, src, site);
+    let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_healthy(&engine);
     let start = Instant::now();
     for i in 0..n {
@@ -370,7 +370,40 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
     let src = tmp.join("fs").join("photos");
     make_source(&src, N_S3);
     let (mut scan, mut land, mut rclone) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut base_scan, mut base_land) = (Vec::new(), Vec::new());
+    let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
+        if let Some(engine) = &baseline {
+            {
+                let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-base-scan-{round}"));
+                base_scan.push(drain_bin(
+                    engine,
+                    tmp,
+                    &format!("s3-base-scan-{round}"),
+                    &src,
+                    &s3_site(port),
+                    N_S3,
+                ));
+            }
+            {
+                let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-base-land-{round}"));
+                let inbox = tmp.join(format!("base-inbox-{round}")).join("photos");
+                base_land.push(landing_bin(
+                    engine,
+                    tmp,
+                    &format!("s3-base-land-{round}"),
+                    &inbox,
+                    &s3_site(port),
+                    N_S3,
+                ));
+            }
+            println!(
+                "round {}: dir -> aws_s3 (s3s-fs), baseline engine: initial scan {:.0} objects/s, watched inbox {:.0} objects/s",
+                round + 1,
+                base_scan[round],
+                base_land[round]
+            );
+        }
         {
             let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-scan-{round}"));
             scan.push(drain(
@@ -399,6 +432,20 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
             scan[round],
             land[round],
             rclone[round]
+        );
+    }
+    if !base_scan.is_empty() {
+        side_by_side(
+            &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, initial scan"),
+            scan.clone(),
+            "baseline engine",
+            base_scan,
+        );
+        side_by_side(
+            &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, watched inbox"),
+            land.clone(),
+            "baseline engine",
+            base_land,
         );
     }
     side_by_side(
