@@ -136,10 +136,14 @@ pub(super) fn start(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
-    std::thread::Builder::new()
+    if let Err(e) = std::thread::Builder::new()
         .name("backbeat-watch".into())
         .spawn(move || tree.run(&stopped))
-        .map_err(|e| cannot(&e))?;
+    {
+        // Nothing watches after all.
+        generation.store(0, Ordering::Release);
+        return Err(cannot(&e));
+    }
     Ok(FileWatch {
         events: rx,
         generation,
