@@ -227,6 +227,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cfg: Config) -> ExitCode {
+    // Before the engine starts: a stop asked as soon as it answers is a drain, not a kill.
+    let mut signals = StopSignals::listen();
     let engine = match Engine::start_default_clock(cfg).await {
         Ok(e) => e,
         Err(e) => {
@@ -236,10 +238,10 @@ async fn serve(cfg: Config) -> ExitCode {
     };
     let token = engine.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         tracing::info!("Stop requested; draining (send the signal again to stop at once).");
         token.cancel();
-        wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("Second stop signal; exiting now.");
         std::process::exit(1);
     });
@@ -294,27 +296,39 @@ async fn status(cfg: &Config, json: bool) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened to from the moment this is made: a signal that comes before
+/// anything waits on it is kept for [`StopSignals::next`] instead of killing the process at
+/// once (a service manager may stop the engine right after it starts answering).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                streams: signal(SignalKind::terminate())
+                    .and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+                    .ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next stop signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = self.streams.as_mut() {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -122,6 +122,40 @@ fn serve_answers_the_healthcheck_and_drains_on_sigterm() {
 }
 
 #[test]
+fn a_stop_as_soon_as_the_engine_answers_is_a_drain_not_a_kill() {
+    // A service manager may stop the engine the moment it reports itself up: the signal must
+    // be handled (drain, exit code 0), not kill the process (143) while it finishes starting.
+    // Two busy threads keep the cores taken, as on a loaded machine, where the gap between
+    // the API answering and the engine listening for signals was wide enough to hit.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(60);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.toml"), "[server]\nport = 0\n").unwrap();
+        let (child, _) = start(dir.path(), &["serve", "--config", "c.toml"]);
+        assert_eq!(
+            sigterm_and_wait(child, Duration::from_secs(20)),
+            Some(0),
+            "SIGTERM right after start-up drains to exit code 0"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in busy {
+        t.join().unwrap();
+    }
+}
+
+#[test]
 fn serve_without_config_uses_the_embedded_default() {
     // The default port may be taken on a shared machine; only run the check if it is free.
     if std::net::TcpListener::bind("127.0.0.1:8900").is_err() {
