@@ -16,7 +16,9 @@
 //! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure instead of this build's;
 //! `BACKBEAT_BENCH_BASELINE` names a second one (e.g. a build of the code before a change)
 //! that every part runs in every round too, interleaved, and compares: before and after meet
-//! the same machine and disk state.
+//! the same machine and disk state. Each engine's CPU time (user and system, from `/proc`) is
+//! printed beside its rate, and compared per 1,000 objects: on a shared machine the rates
+//! swing more than the CPU an engine spends on the same work.
 //!
 //! Nothing written on the disk is deleted before the last round. On ext4 the inode allocator
 //! steps over inodes freed in the last minutes while their inode table blocks are dirty (its
@@ -157,29 +159,55 @@ fn wait_completed(e: &Engine, n: usize, since: Instant) {
     }
 }
 
-/// Starts an engine on the full directory `src` and returns objects/s from its start until
-/// `n` versions are COMPLETED.
-fn drain(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+/// One engine run: objects/s, and the engine's CPU time (user and system) over the same span.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_s: f64,
+}
+
+/// CPU time used so far by the engine, in seconds (`/proc/<pid>/stat`, in USER_HZ = 100).
+fn cpu_s(e: &Engine) -> f64 {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", e._proc.0.id())).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// Starts an engine on the full directory `src`: objects/s from its start until `n` versions
+/// are COMPLETED.
+fn drain(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
     drain_bin(&engine_bin(), tmp, name, src, site, n)
 }
 
-fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
     let start = Instant::now();
     let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_completed(&engine, n, start);
-    n as f64 / start.elapsed().as_secs_f64()
+    Run {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu_s: cpu_s(&engine),
+    }
 }
 
-/// Starts an engine on the empty inbox `src`, then writes `n` files into it; objects/s from the
+/// Starts an engine on the empty inbox `src`, then writes `n` files into it: objects/s from the
 /// first file written until `n` versions are COMPLETED.
-fn landing(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+fn landing(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
     landing_bin(&engine_bin(), tmp, name, src, site, n)
 }
 
-fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> f64 {
+fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
     std::fs::create_dir_all(src).unwrap();
     let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_healthy(&engine);
+    let cpu_before = cpu_s(&engine);
     let start = Instant::now();
     for i in 0..n {
         let p = src.join(rel_path(i));
@@ -189,7 +217,10 @@ fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: us
         std::fs::write(p, body_of(i)).unwrap();
     }
     wait_completed(&engine, n, start);
-    n as f64 / start.elapsed().as_secs_f64()
+    Run {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu_s: cpu_s(&engine) - cpu_before,
+    }
 }
 
 fn file_site(dir: &Path) -> String {
@@ -233,6 +264,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn rates(runs: &[Run]) -> Vec<f64> {
+    runs.iter().map(|r| r.rate).collect()
+}
+
+/// The engines' CPU per 1,000 objects, after against before (medians).
+fn cpu_side_by_side(what: &str, ours: &[Run], base: &[Run], n: usize) {
+    let per_k = |runs: &[Run]| median(runs.iter().map(|r| r.cpu_s * 1000.0 / n as f64).collect());
+    let (ours, base) = (per_k(ours), per_k(base));
+    println!(
+        "{what:<44} engine CPU {ours:>6.3} s per 1,000 objects | baseline engine {base:>6.3} s | ratio {:.2}",
+        ours / base
+    );
+}
+
 fn side_by_side(what: &str, ours: Vec<f64>, anchor_name: &str, anchor: Vec<f64>) {
     let (ours, anchor) = (median(ours), median(anchor));
     println!(
@@ -258,9 +303,10 @@ fn file_to_file(tmp: &Path) {
                 N_FILE,
             ));
             println!(
-                "round {}: file -> file, baseline engine {:.0} objects/s",
+                "round {}: file -> file, baseline engine {:.0} objects/s (CPU {:.2} s)",
                 round + 1,
-                base[round]
+                base[round].rate,
+                base[round].cpu_s
             );
         }
         let site = tmp.join(format!("ff-site-{round}"));
@@ -274,28 +320,21 @@ fn file_to_file(tmp: &Path) {
         let dst = tmp.join(format!("ff-cp-{round}"));
         anchor.push(cp_sync(&src, &dst, N_FILE));
         println!(
-            "round {}: file -> file {:.0} objects/s, cp + sync {:.0} objects/s",
+            "round {}: file -> file {:.0} objects/s (CPU {:.2} s), cp + sync {:.0} objects/s",
             round + 1,
-            ours[round],
+            ours[round].rate,
+            ours[round].cpu_s,
             anchor[round]
         );
         // The trees stay until the end of the bench (see the module doc: deleting them here
         // would slow the next round's file creations).
     }
+    let what = format!("file -> file, {N_FILE} x {SIZE} B, drain");
     if !base.is_empty() {
-        side_by_side(
-            &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
-            ours.clone(),
-            "baseline engine",
-            base,
-        );
+        side_by_side(&what, rates(&ours), "baseline engine", rates(&base));
+        cpu_side_by_side(&what, &ours, &base, N_FILE);
     }
-    side_by_side(
-        &format!("file -> file, {N_FILE} x {SIZE} B, drain"),
-        ours,
-        "cp -r + sync -f",
-        anchor,
-    );
+    side_by_side(&what, rates(&ours), "cp -r + sync -f", anchor);
 }
 
 /// Where s3s-fs keeps its buckets: a tmpfs when the machine has one. The S3 server stands for
@@ -398,10 +437,12 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
                 ));
             }
             println!(
-                "round {}: dir -> aws_s3 (s3s-fs), baseline engine: initial scan {:.0} objects/s, watched inbox {:.0} objects/s",
+                "round {}: dir -> aws_s3 (s3s-fs), baseline engine: initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s)",
                 round + 1,
-                base_scan[round],
-                base_land[round]
+                base_scan[round].rate,
+                base_scan[round].cpu_s,
+                base_land[round].rate,
+                base_land[round].cpu_s
             );
         }
         {
@@ -427,39 +468,35 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
         }
         rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(
-            "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s, watched inbox {:.0} objects/s, rclone copy {:.0} objects/s",
+            "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s), rclone copy {:.0} objects/s",
             round + 1,
-            scan[round],
-            land[round],
+            scan[round].rate,
+            scan[round].cpu_s,
+            land[round].rate,
+            land[round].cpu_s,
             rclone[round]
         );
     }
+    let scan_what = format!("dir -> s3s-fs, {N_S3} x {SIZE} B, initial scan");
+    let land_what = format!("dir -> s3s-fs, {N_S3} x {SIZE} B, watched inbox");
     if !base_scan.is_empty() {
         side_by_side(
-            &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, initial scan"),
-            scan.clone(),
+            &scan_what,
+            rates(&scan),
             "baseline engine",
-            base_scan,
+            rates(&base_scan),
         );
+        cpu_side_by_side(&scan_what, &scan, &base_scan, N_S3);
         side_by_side(
-            &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, watched inbox"),
-            land.clone(),
+            &land_what,
+            rates(&land),
             "baseline engine",
-            base_land,
+            rates(&base_land),
         );
+        cpu_side_by_side(&land_what, &land, &base_land, N_S3);
     }
-    side_by_side(
-        &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, initial scan"),
-        scan,
-        "rclone copy",
-        rclone.clone(),
-    );
-    side_by_side(
-        &format!("dir -> s3s-fs, {N_S3} x {SIZE} B, watched inbox"),
-        land,
-        "rclone copy",
-        rclone,
-    );
+    side_by_side(&scan_what, rates(&scan), "rclone copy", rclone.clone());
+    side_by_side(&land_what, rates(&land), "rclone copy", rclone);
 }
 
 fn main() {
