@@ -383,7 +383,7 @@ async fn the_watch_follows_directories_created_moved_and_moved_out_and_not_links
     // written in it afterwards.
     std::fs::rename(root.join("old"), root.join("renamed"))?;
     let moved = [
-        WatchEvent::Removed("old".into()),
+        WatchEvent::DirectoryGone("old/".into()),
         WatchEvent::Directory("renamed/".into()),
     ];
     assert_eq!(events_told(&mut watch, &moved).await, moved);
@@ -393,7 +393,7 @@ async fn the_watch_follows_directories_created_moved_and_moved_out_and_not_links
 
     // A directory moved out is no longer watched.
     std::fs::rename(root.join("renamed"), outside.join("gone"))?;
-    let out = [WatchEvent::Removed("renamed".into())];
+    let out = [WatchEvent::DirectoryGone("renamed/".into())];
     assert_eq!(events_told(&mut watch, &out).await, out);
     std::fs::write(outside.join("gone/deep/i"), b"4")?;
     // Nor is a link followed out of the tree.

@@ -265,6 +265,24 @@ fn a_directory_of_500_files_moved_in_arrives_whole_and_deletes_follow() {
         assert_eq!(view["sites"]["s3"]["status"], "COMPLETED", "{view}");
         assert_ne!(view["versionId"], vid.as_str(), "{view}");
     });
+
+    // A directory moved out of the inbox is its files deleted, at once (not at the next
+    // rescan, 300 s away with the watch).
+    std::fs::rename(s.inbox.join("batch/sub"), s.root.join("moved-out")).unwrap();
+    let t0 = Instant::now();
+    let sub: Vec<String> = (0..500).filter(|i| i % 5 == 0).map(key).collect();
+    wait_until(
+        "the files of the moved-out directory gone at both sites",
+        Duration::from_secs(30),
+        || {
+            sub.iter()
+                .all(|k| !s.at_file(k).exists() && !s.at_s3(k).exists())
+        },
+    );
+    eprintln!(
+        "a directory moved out: its 100 files gone at both sites after {:?}",
+        t0.elapsed()
+    );
     assert!(s.engine.stop().success());
 }
 

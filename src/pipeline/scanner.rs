@@ -26,7 +26,8 @@
 //!
 //! [`watch`] runs beside it for a watched directory: a file closed after writing or renamed
 //! in, or removed, is handed over within milliseconds; a directory created or moved in is
-//! walked at once; lost events ask for a pass.
+//! walked at once; a directory moved out asks for a pass of its bucket (its files' deletions
+//! are found when its parent, changed, is read); lost events ask for a pass.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -984,6 +985,10 @@ async fn run_watch(
                     }
                 }
                 WatchEvent::Rescan => passes.request(PassRequest::All),
+                // Its files' records are compared when its parent, changed, is read: a pass
+                // of this bucket, with the watch's generation kept (only changed directories
+                // are read).
+                WatchEvent::DirectoryGone(_) => passes.request(PassRequest::Bucket(bucket.clone())),
             }
         }
         for chunk in items.chunks(SUBMIT_BATCH) {

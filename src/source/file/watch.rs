@@ -11,7 +11,8 @@
 //!   `fs.inotify.max_queued_events`; an overflow is a [`WatchEvent::Rescan`]).
 //! - A directory created or moved in is watched, its whole subtree, before it is reported:
 //!   the walk that follows finds what was there, the watch tells what comes after. A
-//!   directory moved out loses its watches (what happens there is no longer ours).
+//!   directory moved out loses its watches (what happens there is no longer ours) and is
+//!   reported as gone, so that its files' deletions are found at once.
 //! - Symbolic links are not followed (a link could lead out of the tree).
 //! - A directory that cannot be watched (`fs.inotify.max_user_watches`, permissions) leaves
 //!   part of the tree unwatched: the source's watch generation is cleared for as long as this
@@ -51,6 +52,10 @@ pub enum WatchEvent {
     Removed(String),
     /// A directory was created or moved in: its key prefix (`dir/`), to be walked at once.
     Directory(String),
+    /// A directory was moved out (or removed): its key prefix (`dir/`). Its files' records
+    /// are to be compared with the tree (a pass of the bucket reads the directories that
+    /// changed, its parent among them).
+    DirectoryGone(String),
     /// Events were lost (the kernel queue overflowed, the channel was full, a watch failed):
     /// the whole tree is to be rescanned.
     Rescan,
@@ -345,12 +350,12 @@ impl Tree {
             || flags.contains(ReadFlags::MOVED_TO)
         {
             WatchEvent::Written(key)
-        } else if flags.contains(ReadFlags::MOVED_FROM) {
-            if is_dir {
-                self.unwatch(&path);
-            }
-            WatchEvent::Removed(key)
-        } else if flags.contains(ReadFlags::DELETE) {
+        } else if flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::DELETE) && is_dir {
+            // Moved out: what happens there is no longer ours. (Removed: its watch ends by
+            // itself, and its files were told one by one.)
+            self.unwatch(&path);
+            WatchEvent::DirectoryGone(format!("{key}/"))
+        } else if flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::DELETE) {
             WatchEvent::Removed(key)
         } else {
             // A file created: told once closed.
