@@ -193,6 +193,16 @@ impl Out {
     }
 }
 
+/// What [`Tree::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Added {
+    Watched,
+    /// No such directory any more.
+    Gone,
+    /// It could not be watched (the tree is partial).
+    Failed,
+}
+
 /// What the thread keeps: the watched directories and where events go.
 struct Tree {
     fd: Arc<OwnedFd>,
@@ -230,15 +240,25 @@ impl Tree {
                     continue;
                 }
                 let path = entry.path();
-                match inotify::add_watch(&*self.fd, &path, mask()) {
-                    Ok(wd) => {
-                        self.dirs.insert(wd, path.clone());
-                        stack.push(path);
-                    }
-                    // Removed, or replaced by something else, since it was listed.
-                    Err(Errno::NOENT | Errno::NOTDIR) => {}
-                    Err(e) => self.cannot_watch(&path, &e),
+                if self.add(&path) == Added::Watched {
+                    stack.push(path);
                 }
+            }
+        }
+    }
+
+    /// Watches directory `dir` itself.
+    fn add(&mut self, dir: &Path) -> Added {
+        match inotify::add_watch(&*self.fd, dir, mask()) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+                Added::Watched
+            }
+            // Removed, or replaced by something else, since it was seen.
+            Err(Errno::NOENT | Errno::NOTDIR) => Added::Gone,
+            Err(e) => {
+                self.cannot_watch(dir, &e);
+                Added::Failed
             }
         }
     }
@@ -337,13 +357,11 @@ impl Tree {
         };
         let is_dir = flags.contains(ReadFlags::ISDIR);
         let event = if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) && is_dir {
-            match inotify::add_watch(&*self.fd, &path, mask()) {
-                Ok(wd) => {
-                    self.dirs.insert(wd, path.clone());
-                    self.watch_below(&path);
-                }
-                Err(Errno::NOENT | Errno::NOTDIR) => return true,
-                Err(e) => self.cannot_watch(&path, &e),
+            match self.add(&path) {
+                Added::Watched => self.watch_below(&path),
+                Added::Gone => return true,
+                // Not watched (the tree is partial now), still walked.
+                Added::Failed => {}
             }
             WatchEvent::Directory(format!("{key}/"))
         } else if flags.contains(ReadFlags::CLOSE_WRITE) && !is_dir
