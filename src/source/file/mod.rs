@@ -25,7 +25,8 @@
 //! - [`FileSource::watch`] reports changes within milliseconds (inotify, read by a thread of
 //!   its own: [`watch`]): a file closed after writing or renamed in, a directory created or
 //!   moved in (to be walked at once), a file removed or moved out, a directory moved out (its
-//!   files' deletions to be found), and a lost or overflowed watch (to be rescanned). Events may repeat; the periodic rescan catches what the watch lost.
+//!   files' deletions to be found), and a lost or overflowed watch (to be rescanned). Events
+//!   may repeat; the periodic rescan catches what the watch lost.
 //!   [`FileSource::watch_generation`] names the watch's present unbroken stretch: it is set
 //!   once every directory is watched, changes whenever an event is lost, and is `None` when
 //!   nothing watches, so the scanner can tell whether the watch saw every change since it
