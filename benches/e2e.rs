@@ -199,10 +199,6 @@ fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usiz
 
 /// Starts an engine on the empty inbox `src`, then writes `n` files into it: objects/s from the
 /// first file written until `n` versions are COMPLETED.
-fn landing(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
-    landing_bin(&engine_bin(), tmp, name, src, site, n)
-}
-
 fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
     std::fs::create_dir_all(src).unwrap();
     let engine = start_engine_bin(bin, tmp, name, src, site);
@@ -405,6 +401,42 @@ fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
     N_S3 as f64 / start.elapsed().as_secs_f64()
 }
 
+/// One round of `engine` to a fresh s3s-fs (`s3s`) each time: the initial scan of `src`, then
+/// files landing in a watched inbox; the runs are named with `tag`.
+fn scan_and_land(
+    engine: &Path,
+    s3s: &Path,
+    tmp: &Path,
+    src: &Path,
+    tag: &str,
+    round: usize,
+) -> (Run, Run) {
+    let scan = {
+        let (_s3s, port, _root) = s3s_to(s3s, tmp, &format!("s3s-{tag}scan-{round}"));
+        drain_bin(
+            engine,
+            tmp,
+            &format!("s3-{tag}scan-{round}"),
+            src,
+            &s3_site(port),
+            N_S3,
+        )
+    };
+    let land = {
+        let (_s3s, port, _root) = s3s_to(s3s, tmp, &format!("s3s-{tag}land-{round}"));
+        let inbox = tmp.join(format!("{tag}inbox-{round}")).join("photos");
+        landing_bin(
+            engine,
+            tmp,
+            &format!("s3-{tag}land-{round}"),
+            &inbox,
+            &s3_site(port),
+            N_S3,
+        )
+    };
+    (scan, land)
+}
+
 fn file_to_s3(tmp: &Path, bin: &Path) {
     let src = tmp.join("fs").join("photos");
     make_source(&src, N_S3);
@@ -413,59 +445,21 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
         if let Some(engine) = &baseline {
-            {
-                let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-base-scan-{round}"));
-                base_scan.push(drain_bin(
-                    engine,
-                    tmp,
-                    &format!("s3-base-scan-{round}"),
-                    &src,
-                    &s3_site(port),
-                    N_S3,
-                ));
-            }
-            {
-                let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-base-land-{round}"));
-                let inbox = tmp.join(format!("base-inbox-{round}")).join("photos");
-                base_land.push(landing_bin(
-                    engine,
-                    tmp,
-                    &format!("s3-base-land-{round}"),
-                    &inbox,
-                    &s3_site(port),
-                    N_S3,
-                ));
-            }
+            let (s, l) = scan_and_land(engine, bin, tmp, &src, "base-", round);
+            base_scan.push(s);
+            base_land.push(l);
             println!(
                 "round {}: dir -> aws_s3 (s3s-fs), baseline engine: initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s)",
                 round + 1,
-                base_scan[round].rate,
-                base_scan[round].cpu_s,
-                base_land[round].rate,
-                base_land[round].cpu_s
+                s.rate,
+                s.cpu_s,
+                l.rate,
+                l.cpu_s
             );
         }
-        {
-            let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-scan-{round}"));
-            scan.push(drain(
-                tmp,
-                &format!("s3-scan-{round}"),
-                &src,
-                &s3_site(port),
-                N_S3,
-            ));
-        }
-        {
-            let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-land-{round}"));
-            let inbox = tmp.join(format!("inbox-{round}")).join("photos");
-            land.push(landing(
-                tmp,
-                &format!("s3-land-{round}"),
-                &inbox,
-                &s3_site(port),
-                N_S3,
-            ));
-        }
+        let (s, l) = scan_and_land(&engine_bin(), bin, tmp, &src, "", round);
+        scan.push(s);
+        land.push(l);
         rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(
             "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s), rclone copy {:.0} objects/s",
