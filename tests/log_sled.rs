@@ -276,7 +276,7 @@ async fn retention_bounds_the_directory_after_a_million_records() {
 }
 
 mod model {
-    //! Model check: random append / poll / commit / restart sequences against a simple
+    //! Model check: random append / poll / commit / restart / seek sequences against a simple
     //! in-memory model of one topic and one consumer group.
 
     use super::*;
@@ -290,6 +290,9 @@ mod model {
         CommitPolled,
         Restart,
         Retain,
+        /// Moves the read position of a partition (a part of 0..3) to an offset between its
+        /// committed offset and its end (the byte picks where).
+        Seek(u32, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -299,6 +302,7 @@ mod model {
             2 => Just(Op::CommitPolled),
             1 => Just(Op::Restart),
             1 => Just(Op::Retain),
+            1 => (0u32..3, any::<u8>()).prop_map(|(p, at)| Op::Seek(p, at)),
         ]
     }
 
@@ -374,7 +378,12 @@ mod model {
                     c.commit(&pos).await.unwrap();
                     for (p, o) in &m.polled {
                         let e = m.committed.entry(*p).or_insert(0);
-                        *e = (*e).max(*o);
+                        if *o > *e {
+                            *e = *o;
+                            // A read position behind a new committed offset moves up to it.
+                            let r = m.read.entry(*p).or_insert(0);
+                            *r = (*r).max(*o);
+                        }
                     }
                 }
                 Op::Restart => {
@@ -387,6 +396,17 @@ mod model {
                 }
                 Op::Retain => {
                     log.retain("m").await.unwrap();
+                }
+                Op::Seek(p, at) => {
+                    let len = m.parts.get(&p).map_or(0, |r| r.len() as u64);
+                    let from = m.committed.get(&p).copied().unwrap_or(0);
+                    let offset = from + u64::from(at) % (len - from + 1);
+                    c.seek(Position {
+                        partition: p,
+                        offset,
+                    })
+                    .unwrap();
+                    m.read.insert(p, offset);
                 }
             }
             let lag: u64 = log.lag("m", "g").await.unwrap().iter().map(|l| l.lag).sum();
