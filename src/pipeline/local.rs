@@ -2,7 +2,8 @@
 //! source file's checks, its read and MD5, then the replica's directories, data and sidecar,
 //! with no hand-off between threads in the middle. On a file -> file drain the hand-offs to
 //! the blocking pool (a thread woken, then the task woken back) were the largest single cost
-//! (issue 17). The replica then joins the site's group commit like any other, so it is
+//! (issue 17); the call goes through the source's queue of blocking jobs
+//! ([`FileSource::run_blocking`]), so copies asked together share one hand-off. The replica then joins the site's group commit like any other, so it is
 //! COMPLETED only once durable, exactly as on the general path.
 //!
 //! Only for a first copy of an entry: an entry that may have been copied before (a replay, a
@@ -13,7 +14,6 @@ use crate::entry::Entry;
 use crate::site::file::{FileSite, Written};
 use crate::site::Durable;
 use crate::source::file::{FileSource, Opened};
-use crate::source::SourceError;
 
 use super::processor::{is_current, CopyError};
 
@@ -62,26 +62,27 @@ pub(super) async fn copy_small(
         bandwidth.acquire(n).await;
         left -= n;
     }
-    let (source, writer) = (source.clone(), site.small_writer());
+    let (me, writer) = (source.clone(), site.small_writer());
     let (entry, key) = (entry.clone(), key.to_string());
-    let done = tokio::task::spawn_blocking(move || -> Result<Done, CopyError> {
-        let Some((info, opened)) = source.open_current_blocking(&entry.version.key)? else {
-            return Ok(Done::Superseded);
-        };
-        if !is_current(&entry, &info) {
-            return Ok(Done::Superseded);
-        }
-        if info.replica {
-            return Ok(Done::Replica);
-        }
-        let (Opened::Whole(bytes), Some(md5)) = (opened, info.content_md5.as_deref()) else {
-            return Ok(Done::Unsuited);
-        };
-        let written = writer.write(&key, &info, &[&bytes], md5)?;
-        Ok(Done::Written(Box::new(written)))
-    })
-    .await
-    .map_err(|e| SourceError::Transient(format!("copy task failed: {e}")))??;
+    // In the source's queue of blocking jobs: copies asked together share one hand-off.
+    let done = source
+        .run_blocking(move || -> Result<Done, CopyError> {
+            let Some((info, opened)) = me.open_current_blocking(&entry.version.key)? else {
+                return Ok(Done::Superseded);
+            };
+            if !is_current(&entry, &info) {
+                return Ok(Done::Superseded);
+            }
+            if info.replica {
+                return Ok(Done::Replica);
+            }
+            let (Opened::Whole(bytes), Some(md5)) = (opened, info.content_md5.as_deref()) else {
+                return Ok(Done::Unsuited);
+            };
+            let written = writer.write(&key, &info, &[&bytes], md5)?;
+            Ok(Done::Written(Box::new(written)))
+        })
+        .await??;
     Ok(match done {
         Done::Written(w) => Local::Written(site.commit_written(*w)),
         Done::Superseded => Local::Superseded,

@@ -134,7 +134,8 @@ pub struct FileSource {
     page_size: usize,
     /// The generation of the watch (0: not watched), shared by the clones.
     watched: Arc<AtomicU64>,
-    /// The copies' opens, made together, shared by the clones.
+    /// The copies' opens (and [`FileSource::run_blocking`]'s jobs), made together, shared by
+    /// the clones.
     opener: Arc<BlockingQueue>,
 }
 
@@ -522,6 +523,23 @@ impl FileSource {
         Err(std::io::Error::other(format!(
             "{key} keeps changing while it is opened"
         )))
+    }
+
+    /// Runs `job` (blocking work on this source's files, e.g. a read then a write elsewhere)
+    /// in the queue the copies' opens share, so that jobs asked together share one hand-off to
+    /// the blocking pool ([`BlockingQueue`]).
+    ///
+    /// # Errors
+    /// Transient if the job panicked.
+    pub async fn run_blocking<T, F>(&self, job: F) -> Result<T, SourceError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.opener
+            .run(job)
+            .await
+            .map_err(|e| SourceError::Transient(format!("blocking task failed: {e}")))
     }
 
     /// [`Source::open_current`] on the calling thread (blocking), for a caller already off the
