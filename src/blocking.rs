@@ -10,7 +10,8 @@
 //!
 //! - Several jobs still run at once when many wait (a cold disk serves several reads in
 //!   flight): another drain starts while more than [`PER_DRAIN`] jobs wait for each running
-//!   drain, up to [`MAX_DRAINS`].
+//!   drain, up to twice the machine's cores, and at least [`MIN_DRAINS`] (a job may also
+//!   write, as a small file -> file copy does: a larger machine runs more of them at once).
 //! - Never stuck behind one slow job: a job still waiting after [`STUCK`], with no drain
 //!   having taken a job meanwhile, starts another drain, whatever their number.
 //! - A job that panics loses only its own answer ([`JobLost`]); the queue goes on.
@@ -24,8 +25,8 @@ use tokio::sync::oneshot;
 
 /// Jobs waiting per running drain before another one starts.
 const PER_DRAIN: usize = 2;
-/// Drains at once, unless they are stuck.
-const MAX_DRAINS: usize = 4;
+/// The least number of drains allowed at once (unless they are stuck), on any machine.
+const MIN_DRAINS: usize = 4;
 /// How long a job waits, with no drain taking any job, before it starts another drain.
 const STUCK: Duration = Duration::from_millis(20);
 
@@ -47,6 +48,8 @@ struct State {
 /// A queue of blocking jobs (see the module documentation).
 pub struct BlockingQueue {
     state: Mutex<State>,
+    /// Drains at once, unless they are stuck.
+    max_drains: usize,
 }
 
 impl std::fmt::Debug for BlockingQueue {
@@ -70,6 +73,9 @@ impl BlockingQueue {
                 drains: 0,
                 progress: Instant::now(),
             }),
+            max_drains: std::thread::available_parallelism()
+                .map_or(MIN_DRAINS, |n| n.get().saturating_mul(2))
+                .max(MIN_DRAINS),
         }
     }
 
@@ -91,7 +97,7 @@ impl BlockingQueue {
             let mut st = self.state.lock();
             st.queue.push_back(job);
             let start = st.drains == 0
-                || (st.drains < MAX_DRAINS && st.queue.len() > st.drains * PER_DRAIN);
+                || (st.drains < self.max_drains && st.queue.len() > st.drains * PER_DRAIN);
             if start {
                 st.drains += 1;
                 st.progress = Instant::now();
@@ -171,6 +177,7 @@ impl Drop for Running<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Waits up to 10 s for `rx` (a bound on a hang, not a measure of speed).
     async fn within<T>(rx: tokio::task::JoinHandle<T>) -> T {
@@ -193,6 +200,34 @@ mod tests {
             assert_eq!(within(t).await, Ok(i * 3));
         }
         // Every drain ended once the queue was empty.
+        assert_eq!(q.state.lock().drains, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_asked_together_run_on_several_threads_up_to_twice_the_cores() {
+        let q = Arc::new(BlockingQueue::new());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(q.max_drains, (cores * 2).max(MIN_DRAINS));
+        let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (q, running, peak) = (q.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    q.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(within(t).await, Ok(()));
+        }
+        // Jobs that each block for a while do not all wait on one thread.
+        assert!(peak.load(Ordering::SeqCst) >= 2, "one drain ran them all");
         assert_eq!(q.state.lock().drains, 0);
     }
 
