@@ -15,8 +15,8 @@
 //!
 //! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure instead of this build's;
 //! `BACKBEAT_BENCH_BASELINE` names a second one (e.g. a build of the code before a change)
-//! that every part runs in every round too, interleaved, and compares: before and after meet
-//! the same machine and disk state. Each engine's CPU time (user and system, from `/proc`) is
+//! that every part runs in every round too, interleaved (first in odd rounds, second in even
+//! ones), and compares: before and after meet the same machine and disk state. Each engine's CPU time (user and system, from `/proc`) is
 //! printed beside its rate, and compared per 1,000 objects: on a shared machine the rates
 //! swing more than the CPU an engine spends on the same work.
 //!
@@ -247,6 +247,14 @@ fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Whether the baseline engine runs before this build in `round` (0-based): every other
+/// round, so that neither side always runs first. In runs where the baseline always went first,
+/// it spent about a fifth more CPU on the same initial scan than an identical build run after
+/// it, in all of 5 rounds: the order itself weighed on the comparison.
+fn first_is_baseline(round: usize) -> bool {
+    round.is_multiple_of(2)
+}
+
 fn rounds() -> usize {
     std::env::var("BACKBEAT_BENCH_ROUNDS")
         .ok()
@@ -288,22 +296,30 @@ fn file_to_file(tmp: &Path) {
     let (mut ours, mut anchor, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
-        if let Some(bin) = &baseline {
+        let run_base = |base: &mut Vec<Run>| {
+            let Some(bin) = &baseline else {
+                return;
+            };
             let site = tmp.join(format!("ff-base-site-{round}"));
-            base.push(drain_bin(
+            let run = drain_bin(
                 bin,
                 tmp,
                 &format!("ff-base-{round}"),
                 &src,
                 &file_site(&site),
                 N_FILE,
-            ));
+            );
             println!(
                 "round {}: file -> file, baseline engine {:.0} objects/s (CPU {:.2} s)",
                 round + 1,
-                base[round].rate,
-                base[round].cpu_s
+                run.rate,
+                run.cpu_s
             );
+            base.push(run);
+        };
+        // Which engine goes first alternates (see `first_is_baseline`).
+        if first_is_baseline(round) {
+            run_base(&mut base);
         }
         let site = tmp.join(format!("ff-site-{round}"));
         ours.push(drain(
@@ -313,6 +329,9 @@ fn file_to_file(tmp: &Path) {
             &file_site(&site),
             N_FILE,
         ));
+        if !first_is_baseline(round) {
+            run_base(&mut base);
+        }
         let dst = tmp.join(format!("ff-cp-{round}"));
         anchor.push(cp_sync(&src, &dst, N_FILE));
         println!(
@@ -444,7 +463,10 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
     let (mut base_scan, mut base_land) = (Vec::new(), Vec::new());
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
-        if let Some(engine) = &baseline {
+        let run_base = |base_scan: &mut Vec<Run>, base_land: &mut Vec<Run>| {
+            let Some(engine) = &baseline else {
+                return;
+            };
             let (s, l) = scan_and_land(engine, bin, tmp, &src, "base-", round);
             base_scan.push(s);
             base_land.push(l);
@@ -456,10 +478,16 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
                 l.rate,
                 l.cpu_s
             );
+        };
+        if first_is_baseline(round) {
+            run_base(&mut base_scan, &mut base_land);
         }
         let (s, l) = scan_and_land(&engine_bin(), bin, tmp, &src, "", round);
         scan.push(s);
         land.push(l);
+        if !first_is_baseline(round) {
+            run_base(&mut base_scan, &mut base_land);
+        }
         rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(
             "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s), rclone copy {:.0} objects/s",
