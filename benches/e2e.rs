@@ -20,6 +20,8 @@
 //! printed beside its rate, and compared per 1,000 objects: on a shared machine the rates
 //! swing more than the CPU an engine spends on the same work.
 //!
+//! Before each timed run, `sync` writes back what the earlier runs left dirty (untimed).
+//!
 //! Nothing written on the disk is deleted before the last round. On ext4 the inode allocator
 //! steps over inodes freed in the last minutes while their inode table blocks are dirty (its
 //! `recently_deleted` check): right after a tree of tens of thousands of files is deleted,
@@ -188,6 +190,7 @@ fn drain(tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
 }
 
 fn drain_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: usize) -> Run {
+    settle();
     let start = Instant::now();
     let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_completed(&engine, n, start);
@@ -203,6 +206,7 @@ fn landing_bin(bin: &Path, tmp: &Path, name: &str, src: &Path, site: &str, n: us
     std::fs::create_dir_all(src).unwrap();
     let engine = start_engine_bin(bin, tmp, name, src, site);
     wait_healthy(&engine);
+    settle();
     let cpu_before = cpu_s(&engine);
     let start = Instant::now();
     for i in 0..n {
@@ -228,6 +232,7 @@ fn file_site(dir: &Path) -> String {
 
 /// `cp -r` then `sync -f` of the destination's file system; objects/s.
 fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
+    settle();
     let start = Instant::now();
     let ok = Command::new("cp")
         .arg("-r")
@@ -245,6 +250,14 @@ fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
         .success();
     assert!(ok, "sync failed");
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Writes back what earlier runs left dirty (`sync`), untimed, so that no run pays for the
+/// previous one's writeback: its fsyncs would wait on (and its file system's journal carry)
+/// the thousands of files the run before it wrote.
+fn settle() {
+    let ok = Command::new("sync").status().is_ok_and(|s| s.success());
+    assert!(ok, "sync failed");
 }
 
 /// Whether the baseline engine runs before this build in `round` (0-based): every other
@@ -391,6 +404,7 @@ fn s3_site(port: u16) -> String {
 /// One `rclone copy` to a fresh s3s-fs; objects/s.
 fn rclone_to_s3s(tmp: &Path, src: &Path, bin: &Path, round: usize) -> f64 {
     let (_s3s, port, _root) = s3s_to(bin, tmp, &format!("s3s-rclone-{round}"));
+    settle();
     let start = Instant::now();
     let status = Command::new("rclone")
         .args([
