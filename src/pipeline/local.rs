@@ -3,8 +3,9 @@
 //! with no hand-off between threads in the middle. On a file -> file drain the hand-offs to
 //! the blocking pool (a thread woken, then the task woken back) were the largest single cost
 //! (issue 17); the call goes through the source's queue of blocking jobs
-//! ([`FileSource::run_blocking`]), so copies asked together share one hand-off. The replica then joins the site's group commit like any other, so it is
-//! COMPLETED only once durable, exactly as on the general path.
+//! ([`FileSource::run_blocking`]), so copies asked together share one hand-off. The replica
+//! then joins the site's group commit like any other, so it is COMPLETED only once durable,
+//! exactly as on the general path.
 //!
 //! Only for a first copy of an entry: an entry that may have been copied before (a replay, a
 //! retry) takes the general path, which first asks the site whether the replica is there.
