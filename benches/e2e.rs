@@ -16,9 +16,10 @@
 //! `BACKBEAT_BENCH_ENGINE` names another engine binary to measure instead of this build's;
 //! `BACKBEAT_BENCH_BASELINE` names a second one (e.g. a build of the code before a change)
 //! that every part runs in every round too, interleaved (first in odd rounds, second in even
-//! ones), and compares: before and after meet the same machine and disk state. Each engine's CPU time (user and system, from `/proc`) is
-//! printed beside its rate, and compared per 1,000 objects: on a shared machine the rates
-//! swing more than the CPU an engine spends on the same work.
+//! ones), and compares: before and after meet the same machine and disk state. Each engine's
+//! CPU time (user and system, from `/proc`) is printed beside its rate, and compared per 1,000
+//! objects: on a shared machine the rates swing more than the CPU an engine spends on the same
+//! work.
 //!
 //! Before each timed run, `sync` writes back what the earlier runs left dirty (untimed).
 //!
@@ -252,9 +253,8 @@ fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Writes back what earlier runs left dirty (`sync`), untimed, so that no run pays for the
-/// previous one's writeback: its fsyncs would wait on (and its file system's journal carry)
-/// the thousands of files the run before it wrote.
+/// Writes back what earlier runs left dirty (`sync`), untimed, so that no run starts with the
+/// writeback of the thousands of files the run before it wrote still pending.
 fn settle() {
     let ok = Command::new("sync").status().is_ok_and(|s| s.success());
     assert!(ok, "sync failed");
