@@ -892,10 +892,8 @@ impl Source for FileSource {
         let me = self.clone();
         let k = key.to_string();
         let opened = self
-            .opener
-            .run(move || me.open_blocking(&k, want_md5))
-            .await
-            .map_err(|e| SourceError::Transient(format!("open task failed: {e}")))?
+            .run_blocking(move || me.open_blocking(&k, want_md5))
+            .await?
             .map_err(io_to_source)?;
         Ok(opened.map(|(info, opened)| {
             let body: ByteStream = match opened {
