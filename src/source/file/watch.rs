@@ -369,8 +369,9 @@ impl Tree {
         {
             WatchEvent::Written(key)
         } else if flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::DELETE) && is_dir {
-            // Moved out: what happens there is no longer ours. (Removed: its watch ends by
-            // itself, and its files were told one by one.)
+            // Moved out: what happens there is no longer ours. Removed: the kernel has ended
+            // its watch already (dropping our record of it is all that is left), and its files
+            // were told one by one; the pass finds nothing more.
             self.unwatch(&path);
             WatchEvent::DirectoryGone(format!("{key}/"))
         } else if flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::DELETE) {
