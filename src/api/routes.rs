@@ -22,6 +22,7 @@
 //! - A query string on `healthcheck` or `monitoring/metrics` is ignored (the original's exact
 //!   string compare made it a 404).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use hyper::Method;
@@ -317,40 +318,42 @@ fn site_ok(id: RouteId, site: &str, sites: &[String]) -> bool {
     }
 }
 
-/// The parameters of a matched template: `(site, bucket, key)`.
-type Params = (Option<String>, Option<String>, Option<String>);
+/// The parameters of a matched template, borrowed from the path's segments: `(site, bucket,
+/// key)`, the key as the index of its first segment (it runs to the end of the path). Only the
+/// route chosen copies them out, so matching a request allocates nothing per template.
+type Params<'a> = (Option<&'a str>, Option<&'a str>, Option<usize>);
 
 /// Matches `segments` against one template; returns `(site, bucket, key)`.
-fn match_template(template: &str, segments: &[String]) -> Option<Params> {
-    let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-    let (mut site, mut bucket, mut key) = (None, None, None);
-    for (i, part) in parts.iter().enumerate() {
-        match *part {
+fn match_template<'a>(template: &str, segments: &'a [Cow<'_, str>]) -> Option<Params<'a>> {
+    let (mut site, mut bucket) = (None, None);
+    let mut parts = 0;
+    for (i, part) in template.trim_start_matches('/').split('/').enumerate() {
+        parts = i + 1;
+        match part {
             "{key}" => {
                 let rest = segments.get(i..).filter(|r| !r.is_empty())?;
-                let k = rest.join("/");
-                if k.is_empty() {
+                // The key is the rest joined with `/`: empty only as one empty segment.
+                if rest.len() == 1 && rest[0].is_empty() {
                     return None;
                 }
-                key = Some(k);
-                return Some((site, bucket, key));
+                return Some((site, bucket, Some(i)));
             }
             "{site}" | "{bucket}" => {
                 let seg = segments.get(i).filter(|s| !s.is_empty())?;
-                if *part == "{site}" {
-                    site = Some(seg.clone());
+                if part == "{site}" {
+                    site = Some(seg.as_ref());
                 } else {
-                    bucket = Some(seg.clone());
+                    bucket = Some(seg.as_ref());
                 }
             }
             lit => {
-                if segments.get(i).map(String::as_str) != Some(lit) {
+                if segments.get(i).map(AsRef::as_ref) != Some(lit) {
                     return None;
                 }
             }
         }
     }
-    (segments.len() == parts.len()).then_some((site, bucket, key))
+    (segments.len() == parts).then_some((site, bucket, None))
 }
 
 /// The rows whose template matches `segments`, with the template's parameters.
@@ -362,8 +365,8 @@ fn match_template(template: &str, segments: &[String]) -> Option<Params> {
 /// `monitoring/metrics`, `openapi.json`) are compared as whole strings there, so they never
 /// take a trailing `/`. A key keeps its trailing `/` (`crr/failed/b/dir/` names the key
 /// `dir/`), since the `{key}` templates match the path as it is first.
-fn matching_rows(segments: &[String]) -> Vec<(&'static RouteSpec, Params)> {
-    let rows = |segs: &[String], trimmed: bool| -> Vec<(&'static RouteSpec, Params)> {
+fn matching_rows<'a>(segments: &'a [Cow<'_, str>]) -> Vec<(&'static RouteSpec, Params<'a>)> {
+    let rows = |segs: &'a [Cow<'_, str>], trimmed: bool| -> Vec<(&'static RouteSpec, Params<'a>)> {
         ROUTES
             .iter()
             .filter(|spec| !(trimmed && FIXED.contains(&spec.id)))
@@ -379,12 +382,18 @@ fn matching_rows(segments: &[String]) -> Vec<(&'static RouteSpec, Params)> {
     }
 }
 
-/// The path's segments after the prefix, percent-decoded; `None` without a prefix or on a bad
-/// escape.
-fn path_segments(path: &str) -> Option<Vec<String>> {
+/// The path's segments after the prefix, percent-decoded (borrowed when there is nothing to
+/// decode); `None` without a prefix or on a bad escape.
+fn path_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
     strip_prefix(path)?
         .split('/')
-        .map(|s| percent_decode(s, false))
+        .map(|s| {
+            if s.contains('%') {
+                percent_decode(s, false).map(Cow::Owned)
+            } else {
+                Some(Cow::Borrowed(s))
+            }
+        })
         .collect()
 }
 
@@ -425,16 +434,16 @@ pub fn parse(
             wrong_method |= FIXED.contains(&spec.id);
             continue;
         }
-        let site = site.unwrap_or_else(|| "all".to_string());
-        if !site_ok(spec.id, &site, sites) {
+        let site = site.unwrap_or("all");
+        if !site_ok(spec.id, site, sites) {
             return Err(not_found(rest));
         }
         let query = parse_query(query)?;
         let route = Route {
             id: spec.id,
-            site,
-            bucket,
-            key,
+            site: site.to_string(),
+            bucket: bucket.map(str::to_string),
+            key: key.and_then(|first| Some(segments.get(first..)?.join("/"))),
             query,
         };
         validate_query(&route)?;
