@@ -275,6 +275,75 @@ async fn retention_bounds_the_directory_after_a_million_records() {
     assert_eq!(lag, 0);
 }
 
+/// The lag the API and the metrics report (read from memory since issue 17) follows every
+/// write of a group's committed offsets: its registration, its commits, its deletion, and a
+/// restart reads the same numbers back from the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_follows_registration_commits_deletion_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let total_lag = |l: Vec<backbeat::log::PartitionLag>| -> (u64, Vec<u64>) {
+        (
+            l.iter().map(|p| p.lag).sum(),
+            l.iter().map(|p| p.committed).collect(),
+        )
+    };
+    let open = || SledLog::open(open_db(dir.path(), Durability::Group)).unwrap();
+    let log = open();
+    log.create_topic("l", 2).await.unwrap();
+    let recs = |n: usize| {
+        (0..n)
+            .map(|i| Record {
+                key: format!("k{i}").into_bytes(),
+                value: b"v".to_vec(),
+                timestamp_ms: 0,
+            })
+            .collect::<Vec<_>>()
+    };
+    log.append("l", recs(10)).await.unwrap();
+    // Read before the group exists, so what is remembered must follow its first write.
+    assert_eq!(total_lag(log.lag("l", "g").await.unwrap()).0, 10);
+    let mut c = log.consumer("l", "g").await.unwrap();
+    assert_eq!(log.groups("l").await.unwrap(), vec!["g".to_string()]);
+    assert_eq!(total_lag(log.lag("l", "g").await.unwrap()).0, 10);
+    let got = conformance::log::poll_n(&mut c, 10, WAIT).await;
+    assert_eq!(got.len(), 10);
+    c.commit(&conformance::log::commit_positions(&got))
+        .await
+        .unwrap();
+    let (lag, committed) = total_lag(log.lag("l", "g").await.unwrap());
+    assert_eq!(lag, 0, "a commit shows at once");
+    assert_eq!(committed.iter().sum::<u64>(), 10);
+    log.append("l", recs(4)).await.unwrap();
+    assert_eq!(total_lag(log.lag("l", "g").await.unwrap()).0, 4);
+    // Deleted: the group is gone and its lag counts from the first record again.
+    drop(c);
+    log.delete_group("l", "g").await.unwrap();
+    assert!(log.groups("l").await.unwrap().is_empty());
+    assert_eq!(total_lag(log.lag("l", "g").await.unwrap()).0, 14);
+    // Registered again, it reads everything; a partial commit shows as it is.
+    let mut c = log.consumer("l", "g").await.unwrap();
+    let got = conformance::log::poll_n(&mut c, 14, WAIT).await;
+    assert_eq!(got.len(), 14);
+    let first: Vec<_> = got
+        .iter()
+        .filter(|r| r.position.partition == 0)
+        .cloned()
+        .collect();
+    c.commit(&conformance::log::commit_positions(&first))
+        .await
+        .unwrap();
+    let before = total_lag(log.lag("l", "g").await.unwrap());
+    assert_eq!(before.0, 14 - first.len() as u64);
+    drop(c);
+    drop(log);
+    let log = open();
+    assert_eq!(
+        total_lag(log.lag("l", "g").await.unwrap()),
+        before,
+        "a restart reads the same offsets from the tree"
+    );
+}
+
 mod model {
     //! Model check: random append / poll / commit / restart / seek sequences against a simple
     //! in-memory model of one topic and one consumer group.

@@ -89,7 +89,15 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     open_groups: Mutex<HashSet<(String, String)>>,
     appended: AtomicU64,
+    /// The committed offsets as `offsets` holds them, by topic then group: read from the tree
+    /// once, then kept in step with every write to it (this process is its only writer, and a
+    /// write updates this after its batch is applied), so the lag the API and the metrics
+    /// report reads no tree. One entry per consumer group: bounded by the groups the tree has.
+    committed: Mutex<HashMap<String, GroupOffsets>>,
 }
+
+/// Committed offsets by group, one slot per partition (`None`: the group never committed).
+type GroupOffsets = HashMap<String, Vec<Option<u64>>>;
 
 /// The embedded log. Cheap to clone.
 #[derive(Clone)]
@@ -167,6 +175,7 @@ impl SledLog {
             topics: RwLock::new(HashMap::new()),
             open_groups: Mutex::new(HashSet::new()),
             appended: AtomicU64::new(0),
+            committed: Mutex::new(HashMap::new()),
         };
         let mut topics = HashMap::new();
         for item in inner.meta.scan_prefix("topic:") {
@@ -337,6 +346,13 @@ impl Inner {
         group: &str,
         partitions: u32,
     ) -> Result<Vec<Option<u64>>, LogError> {
+        // Held across the tree read, so a write that lands meanwhile updates what is cached.
+        let mut cache = self.committed.lock();
+        if let Some(known) = cache.get(topic).and_then(|groups| groups.get(group)) {
+            if known.len() == partitions as usize {
+                return Ok(known.clone());
+            }
+        }
         let mut out = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             out.push(
@@ -345,7 +361,27 @@ impl Inner {
                     .and_then(|v| be_u64(&v)),
             );
         }
+        cache
+            .entry(topic.to_string())
+            .or_default()
+            .insert(group.to_string(), out.clone());
         Ok(out)
+    }
+
+    /// Records offsets just written to `offsets` for `group`, in the cache of committed
+    /// offsets (a group not read yet is left to be read from the tree).
+    fn committed_written(&self, topic: &str, group: &str, written: &[(usize, u64)]) {
+        let mut cache = self.committed.lock();
+        if let Some(known) = cache
+            .get_mut(topic)
+            .and_then(|groups| groups.get_mut(group))
+        {
+            for &(p, offset) in written {
+                if let Some(slot) = known.get_mut(p) {
+                    *slot = Some(offset);
+                }
+            }
+        }
     }
 }
 
@@ -441,7 +477,7 @@ impl Log for SledLog {
         let stored = self.inner.committed_offsets(topic, group, n)?;
         let mut committed = Vec::with_capacity(n as usize);
         let mut batch = sled::Batch::default();
-        let mut registered = false;
+        let mut registered = Vec::new();
         for (p, c) in stored.into_iter().enumerate() {
             let start = t
                 .partitions
@@ -453,13 +489,14 @@ impl Log for SledLog {
                 None => {
                     // Register the group at the earliest record so retention waits for it.
                     batch.insert(offset_key(topic, group, p as u32), &start.to_be_bytes());
-                    registered = true;
+                    registered.push((p, start));
                     committed.push(start);
                 }
             }
         }
-        if registered {
+        if !registered.is_empty() {
             self.inner.offsets.apply_batch(batch)?;
+            self.inner.committed_written(topic, group, &registered);
             self.inner.db.sync().await?;
         }
         let rx = t.changed.subscribe();
@@ -522,6 +559,9 @@ impl Log for SledLog {
             batch.remove(offset_key(topic, group, p));
         }
         self.inner.offsets.apply_batch(batch)?;
+        if let Some(groups) = self.inner.committed.lock().get_mut(topic) {
+            groups.remove(group);
+        }
         self.inner.db.sync().await?;
         Ok(())
     }
@@ -786,6 +826,8 @@ impl Consumer for SledConsumer {
         if let Err(e) = self.inner.offsets.apply_batch(batch) {
             return Err(self.inner.db.poison_on(&e).into());
         }
+        self.inner
+            .committed_written(&self.topic.name, &self.group, &updates);
         self.inner.db.sync().await?;
         for (p, off) in updates {
             if let Some(c) = self.committed.get_mut(p) {
