@@ -573,6 +573,17 @@ impl SiteObs {
         }
     }
 
+    /// See [`Observer::note_backlog`].
+    fn note_backlog(&mut self, pending_ops: i64, paused: bool, now_ms: u64) {
+        if paused {
+            self.waiting_since_ms = None;
+        } else if pending_ops > 0 || self.oldest_pending_ms.is_some() {
+            self.work_seen(now_ms);
+        } else {
+            self.waiting_since_ms = None;
+        }
+    }
+
     fn view(&self, now_ms: u64) -> SiteView {
         let [p50, p99] = self.window.quantiles(now_ms, [0.5, 0.99]);
         let now_s = now_ms / 1000;
@@ -826,15 +837,7 @@ impl Observer {
     /// oldest pending. A paused site's work is not waiting on the site: its stall count
     /// starts again when it is resumed.
     pub fn note_backlog(&self, site: &str, pending_ops: i64, paused: bool) {
-        self.with_site(site, |o, now| {
-            if paused {
-                o.waiting_since_ms = None;
-            } else if pending_ops > 0 || o.oldest_pending_ms.is_some() {
-                o.work_seen(now);
-            } else {
-                o.waiting_since_ms = None;
-            }
-        });
+        self.with_site(site, |o, now| o.note_backlog(pending_ops, paused, now));
     }
 
     /// A copy of `site`'s observations now; `None` for a site it does not observe.
@@ -848,11 +851,24 @@ impl Observer {
     /// `site`'s state now, given its pause flag and pending ops counter (which it also notes,
     /// see [`Observer::note_backlog`]); `ok` for a site it does not observe.
     pub fn state(&self, site: &str, paused: bool, pending_ops: i64) -> SiteState {
-        self.note_backlog(site, pending_ops, paused);
-        match self.view(site) {
-            Some(v) => v.state(paused, pending_ops, &self.thresholds, self.clock.now_ms()),
-            None => SiteState::Ok,
-        }
+        let Some(obs) = self.sites.get(site) else {
+            return SiteState::Ok;
+        };
+        let now = self.clock.now_ms();
+        // Read from the observations themselves: a whole view (quantiles, totals) is not
+        // needed for the five figures a state is judged on.
+        let mut o = obs.lock();
+        o.note_backlog(pending_ops, paused, now);
+        let inputs = StateInputs {
+            paused,
+            consecutive_failures: o.consecutive_failures,
+            pending_ops,
+            oldest_pending_ms: o.oldest_pending_ms,
+            last_completion_ms: o.last_completion_ms,
+            waiting_since_ms: o.waiting_since_ms,
+        };
+        drop(o);
+        site_state(&inputs, &self.thresholds, now)
     }
 
     /// Mean and largest lag of each of the `slots` newest 5-minute slots of `site`, oldest

@@ -60,6 +60,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -115,22 +116,50 @@ fn push_escaped(out: &mut String, v: &str) {
     }
 }
 
-/// A sample's value: integers print as integers.
+/// A sample's value, appended to the text: integers print as integers (through `itoa`, not
+/// the formatting machinery: a scrape writes a few hundred of them).
+trait SampleValue {
+    fn put(&self, out: &mut String);
+}
+
+macro_rules! integer_sample_values {
+    ($($t:ty),*) => {$(
+        impl SampleValue for $t {
+            fn put(&self, out: &mut String) {
+                out.push_str(itoa::Buffer::new().format(*self));
+            }
+        }
+    )*};
+}
+
+integer_sample_values!(u8, u64, i64, usize);
+
+impl SampleValue for f64 {
+    fn put(&self, out: &mut String) {
+        let _ = write!(out, "{self}");
+    }
+}
+
+/// A sample's value taken from a site's numbers.
 enum Num<'a> {
     I(i64),
     U(u64),
     S(&'a str),
 }
 
-impl std::fmt::Display for Num<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl SampleValue for Num<'_> {
+    fn put(&self, out: &mut String) {
         match self {
-            Num::I(v) => v.fmt(f),
-            Num::U(v) => v.fmt(f),
-            Num::S(v) => f.write_str(v),
+            Num::I(v) => v.put(out),
+            Num::U(v) => v.put(out),
+            Num::S(v) => out.push_str(v),
         }
     }
 }
+
+/// The `le` labels of the lag histogram's buckets, written once.
+static LE_LABELS: LazyLock<Vec<String>> =
+    LazyLock::new(|| LAG_BUCKETS_S.iter().map(f64::to_string).collect());
 
 struct Family<'a> {
     out: &'a mut String,
@@ -142,7 +171,7 @@ impl Family<'_> {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
         self.sample_of(name, "", labels, value);
     }
 
@@ -152,7 +181,7 @@ impl Family<'_> {
         name: &str,
         suffix: &str,
         labels: &[(&str, &str)],
-        value: impl std::fmt::Display,
+        value: impl SampleValue,
     ) {
         self.out.push_str(name);
         self.out.push_str(suffix);
@@ -170,7 +199,7 @@ impl Family<'_> {
             self.out.push('}');
         }
         self.out.push(' ');
-        let _ = write!(self.out, "{value}");
+        value.put(self.out);
         self.out.push('\n');
     }
 }
@@ -330,16 +359,19 @@ pub async fn prometheus(state: &AppState) -> Result<Response<Full<Bytes>>, ApiEr
         "gauge",
         "Next offset to be written, per topic partition.",
     );
-    let mut seen = std::collections::HashSet::new();
+    // Every group of a topic reads the same partitions: their ends are written once.
+    let mut topics_done: Vec<&str> = Vec::new();
     for (_, topic, parts) in &lags {
+        if topics_done.contains(topic) {
+            continue;
+        }
+        topics_done.push(topic);
         for p in parts {
-            if seen.insert((*topic, p.partition)) {
-                f.sample(
-                    "backbeat_log_end_offset",
-                    &[("topic", topic), ("partition", partition(p.partition))],
-                    p.end,
-                );
-            }
+            f.sample(
+                "backbeat_log_end_offset",
+                &[("topic", topic), ("partition", partition(p.partition))],
+                p.end,
+            );
         }
     }
     for (name, help, get) in [
@@ -542,10 +574,9 @@ fn observed(f: &mut Family, sites: &[SiteNumbers], state: &AppState) {
         "histogram",
         "Seconds from a version's source write to COMPLETED at the site (backfill excluded), since the process started.",
     );
-    let bounds: Vec<String> = LAG_BUCKETS_S.iter().map(f64::to_string).collect();
     for s in sites {
         let h = &s.view.lag_histogram;
-        for (bound, n) in bounds.iter().zip(h.cumulative) {
+        for (bound, n) in LE_LABELS.iter().zip(h.cumulative) {
             f.sample_of(name, "_bucket", &[("site", &s.site), ("le", bound)], n);
         }
         f.sample_of(
