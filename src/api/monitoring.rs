@@ -102,7 +102,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Appends a label value, escaped (`\\`, `"` and newlines), without allocating.
 fn push_escaped(out: &mut String, v: &str) {
-    if !v.contains(['\\', '"', '\n']) {
+    // A byte scan: a pattern of chars costs more than the copy it saves on a short value.
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(v);
         return;
     }
@@ -167,8 +168,19 @@ struct Family<'a> {
 
 impl Family<'_> {
     fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        for part in [
+            "# HELP ",
+            name,
+            " ",
+            help,
+            "\n# TYPE ",
+            name,
+            " ",
+            kind,
+            "\n",
+        ] {
+            self.out.push_str(part);
+        }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
@@ -788,5 +800,43 @@ fn process_metrics(f: &mut Family) {
             "Start time of the process since the Unix epoch in seconds.",
         );
         f.sample("process_start_time_seconds", &[], btime + start / USER_HZ);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_asks() {
+        let mut out = String::new();
+        push_escaped(&mut out, "plain-site_1");
+        assert_eq!(out, "plain-site_1");
+        out.clear();
+        push_escaped(&mut out, "a\\b\"c\nd é");
+        assert_eq!(out, "a\\\\b\\\"c\\nd é");
+    }
+
+    #[test]
+    fn a_family_writes_its_head_and_samples_line_by_line() {
+        let mut out = String::new();
+        let mut f = Family { out: &mut out };
+        f.head("x_total", "counter", "Things.");
+        f.sample(
+            "x_total",
+            &[("site", "s\"1"), ("reason", "r")],
+            18_446_744_073_709_551_615u64,
+        );
+        f.sample("x_total", &[], -3i64);
+        f.sample_of("x", "_sum", &[("le", "0.5")], 1.25f64);
+        f.sample("x", &[], Num::S("0.125"));
+        assert_eq!(
+            out,
+            "# HELP x_total Things.\n# TYPE x_total counter\n\
+             x_total{site=\"s\\\"1\",reason=\"r\"} 18446744073709551615\n\
+             x_total -3\n\
+             x_sum{le=\"0.5\"} 1.25\n\
+             x 0.125\n"
+        );
     }
 }
