@@ -443,27 +443,6 @@ pub struct SiteView {
     pub lag_histogram: LagHistogram,
 }
 
-impl SiteView {
-    /// The site's state at `now_ms`, given its pause flag and pending ops counter.
-    pub fn state(
-        &self,
-        paused: bool,
-        pending_ops: i64,
-        thresholds: &Thresholds,
-        now_ms: u64,
-    ) -> SiteState {
-        let inputs = StateInputs {
-            paused,
-            consecutive_failures: self.consecutive_failures,
-            pending_ops,
-            oldest_pending_ms: self.oldest_pending_ms,
-            last_completion_ms: self.last_completion_ms,
-            waiting_since_ms: self.waiting_since_ms,
-        };
-        site_state(&inputs, thresholds, now_ms)
-    }
-}
-
 /// One source bucket as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceView {
