@@ -260,12 +260,18 @@ fn settle() {
     assert!(ok, "sync failed");
 }
 
-/// Whether the baseline engine runs before this build in `round` (0-based): every other
-/// round, so that neither side always runs first. In runs where the baseline always went first,
-/// it spent about a fifth more CPU on the same initial scan than an identical build run after
-/// it, in all of 5 rounds: the order itself weighed on the comparison.
-fn first_is_baseline(round: usize) -> bool {
-    round.is_multiple_of(2)
+/// Runs the baseline's part and this build's part of `round` (0-based), the baseline first in
+/// every other round, so that neither side always runs first. In runs where the baseline always
+/// went first, it spent about a fifth more CPU on the same initial scan than an identical build
+/// run after it, in all of 5 rounds: the order itself weighed on the comparison.
+fn in_turn(round: usize, base: impl FnOnce(), ours: impl FnOnce()) {
+    if round.is_multiple_of(2) {
+        base();
+        ours();
+    } else {
+        ours();
+        base();
+    }
 }
 
 fn rounds() -> usize {
@@ -309,7 +315,7 @@ fn file_to_file(tmp: &Path) {
     let (mut ours, mut anchor, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
-        let run_base = |base: &mut Vec<Run>| {
+        let run_base = || {
             let Some(bin) = &baseline else {
                 return;
             };
@@ -330,21 +336,17 @@ fn file_to_file(tmp: &Path) {
             );
             base.push(run);
         };
-        // Which engine goes first alternates (see `first_is_baseline`).
-        if first_is_baseline(round) {
-            run_base(&mut base);
-        }
-        let site = tmp.join(format!("ff-site-{round}"));
-        ours.push(drain(
-            tmp,
-            &format!("ff-{round}"),
-            &src,
-            &file_site(&site),
-            N_FILE,
-        ));
-        if !first_is_baseline(round) {
-            run_base(&mut base);
-        }
+        let run_ours = || {
+            let site = tmp.join(format!("ff-site-{round}"));
+            ours.push(drain(
+                tmp,
+                &format!("ff-{round}"),
+                &src,
+                &file_site(&site),
+                N_FILE,
+            ));
+        };
+        in_turn(round, run_base, run_ours);
         let dst = tmp.join(format!("ff-cp-{round}"));
         anchor.push(cp_sync(&src, &dst, N_FILE));
         println!(
@@ -477,7 +479,7 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
     let (mut base_scan, mut base_land) = (Vec::new(), Vec::new());
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
-        let run_base = |base_scan: &mut Vec<Run>, base_land: &mut Vec<Run>| {
+        let run_base = || {
             let Some(engine) = &baseline else {
                 return;
             };
@@ -493,15 +495,12 @@ fn file_to_s3(tmp: &Path, bin: &Path) {
                 l.cpu_s
             );
         };
-        if first_is_baseline(round) {
-            run_base(&mut base_scan, &mut base_land);
-        }
-        let (s, l) = scan_and_land(&engine_bin(), bin, tmp, &src, "", round);
-        scan.push(s);
-        land.push(l);
-        if !first_is_baseline(round) {
-            run_base(&mut base_scan, &mut base_land);
-        }
+        let run_ours = || {
+            let (s, l) = scan_and_land(&engine_bin(), bin, tmp, &src, "", round);
+            scan.push(s);
+            land.push(l);
+        };
+        in_turn(round, run_base, run_ours);
         rclone.push(rclone_to_s3s(tmp, &src, bin, round));
         println!(
             "round {}: dir -> aws_s3 (s3s-fs) initial scan {:.0} objects/s (CPU {:.2} s), watched inbox {:.0} objects/s (CPU {:.2} s), rclone copy {:.0} objects/s",
