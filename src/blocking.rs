@@ -187,6 +187,21 @@ mod tests {
             .expect("task ran")
     }
 
+    /// Waits up to 10 s for every drain to end (a bound on a hang). A drain counts itself out
+    /// only when it next finds the queue empty, just after its last job sent its answer, so
+    /// the count is read after that, not at once.
+    async fn drains_end(q: &BlockingQueue) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.state.lock().drains != 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            q.state.lock().drains,
+            0,
+            "every drain ends once the queue is empty"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_asked_together_each_get_their_own_answer() {
         let q = Arc::new(BlockingQueue::new());
@@ -200,7 +215,7 @@ mod tests {
             assert_eq!(within(t).await, Ok(i * 3));
         }
         // Every drain ended once the queue was empty.
-        assert_eq!(q.state.lock().drains, 0);
+        drains_end(&q).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +243,7 @@ mod tests {
         }
         // Jobs that each block for a while do not all wait on one thread.
         assert!(peak.load(Ordering::SeqCst) >= 2, "one drain ran them all");
-        assert_eq!(q.state.lock().drains, 0);
+        drains_end(&q).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +288,6 @@ mod tests {
             within(tokio::spawn(async move { q2.run(|| 7).await })).await,
             Ok(7)
         );
-        assert_eq!(q.state.lock().drains, 0);
+        drains_end(&q).await;
     }
 }
