@@ -16,13 +16,23 @@
 //! both `kill -9` and power loss: anything written in the last `flush_interval_ms` (default
 //! 100 ms) may be lost. `every` and `group` return only after `fsync`.
 //!
+//! sled's own flush is not enough for power loss: sled 0.34 writes its log with
+//! `sync_file_range`, which neither commits the file's metadata (the log file grows as it is
+//! written) nor flushes the disk's write cache, and writes its blobs (items over a quarter of a
+//! segment) with no sync at all (sled issue 1452). So every flush here is followed by
+//! [`DiskSync`]: an `fsync` of each blob file not synced yet, then an `fdatasync` of the
+//! database file. In `interval` mode our own thread flushes this way every `flush_interval_ms`
+//! (sled's background flusher would only `sync_file_range`).
+//!
 //! Group commit: writers insert into sled, then take a ticket (a sequence number) and wait until
 //! the flusher thread has completed a flush that started after their ticket. While one flush
 //! runs (~4 ms here), every writer that arrives queues behind the next one, so concurrent writers
 //! share flushes.
 
 use std::any::Any;
-use std::path::Path;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -98,6 +108,7 @@ impl Signal {
 
 struct Shared {
     db: sled::Db,
+    disk: DiskSync,
     mode: Durability,
     /// Tickets handed out; a ticket is taken after the caller's writes are in sled.
     written: AtomicU64,
@@ -122,7 +133,79 @@ impl Drop for Shared {
     }
 }
 
+/// What makes a flushed database durable on power loss (see the module doc).
+struct DiskSync {
+    /// The database file (sled's log and pages), open for its syncs.
+    db_file: std::fs::File,
+    /// sled's directory of blob files.
+    blobs: PathBuf,
+    /// The blob files already synced; forgotten once sled removes them.
+    synced_blobs: Mutex<HashSet<OsString>>,
+}
+
+impl DiskSync {
+    /// Opens the database file of the database in `dir` and makes its creation durable.
+    fn open(dir: &Path) -> std::io::Result<DiskSync> {
+        let db_file = std::fs::File::open(dir.join("db"))?;
+        db_file.sync_all()?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(DiskSync {
+            db_file,
+            blobs: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Makes everything sled has written durable: its new blobs first (a blob must be on disk
+    /// before the log that points at it), then the database file.
+    fn sync(&self) -> std::io::Result<()> {
+        self.sync_blobs()?;
+        self.db_file.sync_data()
+    }
+
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.synced_blobs.lock();
+        let mut present = HashSet::with_capacity(synced.len());
+        let mut added = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // Collected by sled meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                added = true;
+            }
+            present.insert(name);
+        }
+        if added {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
+}
+
 impl Shared {
+    /// One flush of sled, made durable ([`DiskSync`]); counted.
+    fn flush_durably(&self) -> Result<(), String> {
+        let res = self
+            .db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| self.disk.sync().map_err(|e| format!("cannot sync: {e}")));
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        res
+    }
+
     fn poison(&self, msg: String) -> DbError {
         tracing::error!(error = %msg, "Flush failed; refusing further writes.");
         *self.poisoned.lock() = Some(msg.clone());
@@ -172,15 +255,10 @@ impl SledDb {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput);
-        // sled's own background flusher runs only in interval mode; in the other modes we flush
-        // ourselves and an extra fsync every 500 ms would only compete with ours.
-        let config = match mode {
-            Durability::Interval => {
-                config.flush_every_ms(Some(flush_interval.as_millis().max(1) as u64))
-            }
-            _ => config.flush_every_ms(None),
-        };
-        let db = config.open()?;
+        // We flush ourselves in every mode (sled's background flusher would not make its
+        // writes durable, see the module doc).
+        let db = config.flush_every_ms(None).open()?;
+        let disk = DiskSync::open(dir).map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
         let durable = Arc::new(watch::channel(0u64).0);
         let signal = Arc::new(Signal {
             wake: Mutex::new(false),
@@ -189,6 +267,7 @@ impl SledDb {
         });
         let shared = Arc::new(Shared {
             db,
+            disk,
             mode,
             written: AtomicU64::new(0),
             durable,
@@ -199,12 +278,25 @@ impl SledDb {
             syncs: AtomicU64::new(0),
             extension: OnceLock::new(),
         });
-        if mode == Durability::Group {
-            let weak = Arc::downgrade(&shared);
-            std::thread::Builder::new()
-                .name("backbeat-flusher".into())
-                .spawn(move || flusher_loop(weak, signal))
-                .map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
+        let weak = Arc::downgrade(&shared);
+        let flusher = match mode {
+            Durability::Group => Some(
+                std::thread::Builder::new()
+                    .name("backbeat-flusher".into())
+                    .spawn(move || flusher_loop(weak, signal)),
+            ),
+            Durability::Interval => {
+                let every = flush_interval.max(Duration::from_millis(1));
+                Some(
+                    std::thread::Builder::new()
+                        .name("backbeat-flusher".into())
+                        .spawn(move || interval_loop(weak, signal, every)),
+                )
+            }
+            Durability::Every => None,
+        };
+        if let Some(spawned) = flusher {
+            spawned.map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
         }
         Ok(SledDb { shared })
     }
@@ -257,9 +349,7 @@ impl SledDb {
             Durability::Every => {
                 let shared = self.shared.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    let r = shared.db.flush();
-                    shared.flushes.fetch_add(1, Ordering::Relaxed);
-                    r.map(|_| ()).map_err(|e| shared.poison(e.to_string()))
+                    shared.flush_durably().map_err(|e| shared.poison(e))
                 })
                 .await;
                 match res {
@@ -293,24 +383,24 @@ impl SledDb {
         self.check()?;
         match self.shared.mode {
             Durability::Interval => Ok(()),
-            _ => {
-                let r = self.shared.db.flush();
-                self.shared.flushes.fetch_add(1, Ordering::Relaxed);
-                r.map(|_| ()).map_err(|e| self.shared.poison(e.to_string()))
-            }
+            _ => self
+                .shared
+                .flush_durably()
+                .map_err(|e| self.shared.poison(e)),
         }
     }
 
-    /// Flushes everything now, whatever the mode (used at shutdown).
+    /// Flushes everything now, durably, whatever the mode (used at shutdown).
     ///
     /// # Errors
-    /// `DbError::Sled` when the flush fails.
+    /// `DbError::Poisoned` when the flush fails (the database then refuses every later write),
+    /// `DbError::Closed` if the flush task could not run.
     pub async fn flush_now(&self) -> Result<(), DbError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.db.flush())
+        tokio::task::spawn_blocking(move || shared.flush_durably())
             .await
-            .map_err(|_| DbError::Closed)??;
-        Ok(())
+            .map_err(|_| DbError::Closed)?
+            .map_err(|e| self.shared.poison(e))
     }
 
     /// Records a failed write: the database refuses every later write, so nothing is
@@ -402,9 +492,8 @@ fn flusher_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>) {
         }
         let target = shared.written.load(Ordering::Acquire);
         let started = std::time::Instant::now();
-        let res = shared.db.flush();
+        let res = shared.flush_durably();
         last_flush = started.elapsed();
-        shared.flushes.fetch_add(1, Ordering::Relaxed);
         match res {
             Ok(_) => {
                 let batch = (target - durable).max(1);
@@ -414,9 +503,31 @@ fn flusher_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>) {
                 announce.send_replace(target);
             }
             Err(e) => {
-                shared.poison(e.to_string());
+                shared.poison(e);
                 return;
             }
+        }
+    }
+}
+
+/// The flusher of `interval` mode: one durable flush every `every`. Holds the database only
+/// while flushing; when the last handle goes, sled's own close flushes and fsyncs its file.
+fn interval_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>, every: Duration) {
+    loop {
+        {
+            let mut w = signal.wake.lock();
+            if !*w && !signal.stop.load(Ordering::SeqCst) {
+                signal.cv.wait_for(&mut w, every);
+            }
+            *w = false;
+        }
+        let Some(shared) = weak.upgrade() else { return };
+        if let Err(e) = shared.flush_durably() {
+            shared.poison(e);
+            return;
+        }
+        if signal.stop.load(Ordering::SeqCst) {
+            return;
         }
     }
 }

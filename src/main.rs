@@ -109,6 +109,9 @@ enum Command {
         /// Durability mode.
         #[arg(long, default_value = "group")]
         durability: String,
+        /// Stop once this many records were acknowledged (default: never).
+        #[arg(long)]
+        records: Option<u64>,
     },
 }
 
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
             path,
             first,
             durability,
+            records,
         } => {
             telemetry::init(cli.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -215,7 +219,12 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(_) => return ExitCode::from(1),
             };
-            match rt.block_on(backbeat::testkit::log_torture(&path, first, &durability)) {
+            match rt.block_on(backbeat::testkit::log_torture(
+                &path,
+                first,
+                &durability,
+                records,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("backbeat: {e}");

