@@ -21,8 +21,9 @@
 //! written) nor flushes the disk's write cache, and writes its blobs (items over a quarter of a
 //! segment) with no sync at all (sled issue 1452). So every flush here is followed by
 //! [`DiskSync`]: an `fsync` of each blob file not synced yet, then an `fdatasync` of the
-//! database file. In `interval` mode our own thread flushes this way every `flush_interval_ms`
-//! (sled's background flusher would only `sync_file_range`).
+//! database file. In `interval` mode sled's own background flusher runs every
+//! `flush_interval_ms`; it ends each round with an `fsync` of the database file (and is also
+//! what cleans sled's segments).
 //!
 //! Group commit: writers insert into sled, then take a ticket (a sequence number) and wait until
 //! the flusher thread has completed a flush that started after their ticket. While one flush
@@ -255,9 +256,15 @@ impl SledDb {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput);
-        // We flush ourselves in every mode (sled's background flusher would not make its
-        // writes durable, see the module doc).
-        let db = config.flush_every_ms(None).open()?;
+        // sled's own background flusher runs only in interval mode; in the other modes we flush
+        // ourselves and an extra fsync every 500 ms would only compete with ours.
+        let config = match mode {
+            Durability::Interval => {
+                config.flush_every_ms(Some(flush_interval.as_millis().max(1) as u64))
+            }
+            _ => config.flush_every_ms(None),
+        };
+        let db = config.open()?;
         let disk = DiskSync::open(dir).map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
         let durable = Arc::new(watch::channel(0u64).0);
         let signal = Arc::new(Signal {
@@ -278,25 +285,12 @@ impl SledDb {
             syncs: AtomicU64::new(0),
             extension: OnceLock::new(),
         });
-        let weak = Arc::downgrade(&shared);
-        let flusher = match mode {
-            Durability::Group => Some(
-                std::thread::Builder::new()
-                    .name("backbeat-flusher".into())
-                    .spawn(move || flusher_loop(weak, signal)),
-            ),
-            Durability::Interval => {
-                let every = flush_interval.max(Duration::from_millis(1));
-                Some(
-                    std::thread::Builder::new()
-                        .name("backbeat-flusher".into())
-                        .spawn(move || interval_loop(weak, signal, every)),
-                )
-            }
-            Durability::Every => None,
-        };
-        if let Some(spawned) = flusher {
-            spawned.map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
+        if mode == Durability::Group {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("backbeat-flusher".into())
+                .spawn(move || flusher_loop(weak, signal))
+                .map_err(|e| DbError::Sled(sled::Error::Io(e)))?;
         }
         Ok(SledDb { shared })
     }
@@ -506,28 +500,6 @@ fn flusher_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>) {
                 shared.poison(e);
                 return;
             }
-        }
-    }
-}
-
-/// The flusher of `interval` mode: one durable flush every `every`. Holds the database only
-/// while flushing; when the last handle goes, sled's own close flushes and fsyncs its file.
-fn interval_loop(weak: std::sync::Weak<Shared>, signal: Arc<Signal>, every: Duration) {
-    loop {
-        {
-            let mut w = signal.wake.lock();
-            if !*w && !signal.stop.load(Ordering::SeqCst) {
-                signal.cv.wait_for(&mut w, every);
-            }
-            *w = false;
-        }
-        let Some(shared) = weak.upgrade() else { return };
-        if let Err(e) = shared.flush_durably() {
-            shared.poison(e);
-            return;
-        }
-        if signal.stop.load(Ordering::SeqCst) {
-            return;
         }
     }
 }
