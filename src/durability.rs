@@ -157,8 +157,9 @@ impl DiskSync {
         })
     }
 
-    /// Makes everything sled has written durable: its new blobs first (a blob must be on disk
-    /// before the log that points at it), then the database file.
+    /// Makes everything sled has written durable: its new blobs, then the database file (sled
+    /// writes a blob before the log entry that points at it; syncing the blobs first keeps
+    /// that order as far as sled's own unsynced writes allow).
     fn sync(&self) -> std::io::Result<()> {
         self.sync_blobs()?;
         self.db_file.sync_data()

@@ -22,7 +22,7 @@ pub fn torture_value(n: u64) -> Vec<u8> {
 
 /// Appends batches and commits consumed offsets, printing to stdout, after each
 /// acknowledgement: `A <partition> <offset> <n>` per appended record and `C <partition>
-/// <offset>` per committed offset. Forever, or until `records` records were acknowledged.
+/// <offset>` per committed offset. Forever, or until `limit` records were acknowledged.
 ///
 /// # Errors
 /// A description of the failure.
@@ -30,7 +30,7 @@ pub async fn log_torture(
     path: &Path,
     first: u64,
     durability: &str,
-    records: Option<u64>,
+    limit: Option<u64>,
 ) -> Result<(), String> {
     let mode = match durability {
         "every" => Durability::Every,
@@ -60,7 +60,7 @@ pub async fn log_torture(
     let mut n = first;
     let mut i: u64 = 0;
     let stdout = std::io::stdout();
-    while records.is_none_or(|r| n - first < r) {
+    while limit.is_none_or(|l| n - first < l) {
         i += 1;
         let size = 1 + (i * 7 % 23) as usize;
         let records: Vec<Record> = (0..size as u64)
