@@ -1,7 +1,8 @@
 //! Checksums computed while streaming (DESIGN section 3, "Integrity end to end"): a stream
 //! wrapper that hashes every chunk it passes on (MD5, what S3 ETags and Azure's Content-MD5
 //! are made of) and counts the bytes, so a copy knows the MD5 of exactly what it sent without
-//! reading or holding the object twice.
+//! reading or holding the object twice (or only counts them, when the source already gave
+//! their MD5: [`hashed_unless_known`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -107,6 +108,8 @@ struct State {
     md5: Md5,
     len: u64,
     failed: bool,
+    /// The body's MD5, known before it was read: not computed again.
+    known: Option<[u8; 16]>,
 }
 
 /// Where the result of a [`hashed`] stream appears.
@@ -131,7 +134,10 @@ impl Digest5 {
         if s.failed {
             return None;
         }
-        let md5: [u8; 16] = s.md5.clone().finalize().into();
+        let md5: [u8; 16] = match s.known {
+            Some(md5) => md5,
+            None => s.md5.clone().finalize().into(),
+        };
         Some(Digested { md5, len: s.len })
     }
 }
@@ -149,7 +155,9 @@ impl Stream for Hashed {
         match &next {
             Poll::Ready(Some(Ok(chunk))) => {
                 let mut s = self.state.lock();
-                s.md5.update(chunk);
+                if s.known.is_none() {
+                    s.md5.update(chunk);
+                }
                 s.len += chunk.len() as u64;
             }
             Poll::Ready(Some(Err(_))) => self.state.lock().failed = true,
@@ -161,7 +169,19 @@ impl Stream for Hashed {
 
 /// Wraps `body` so the MD5 and length of what was read of it are known.
 pub fn hashed(body: ByteStream) -> (ByteStream, Digest5) {
-    let state = Arc::new(Mutex::new(State::default()));
+    hashed_unless_known(body, None)
+}
+
+/// [`hashed`], except that when the MD5 of `body` is already `known` (the source's digest of
+/// these very bytes) it is not computed again: the stream only counts, and [`Digest5::get`]
+/// reports `known` with the length that passed. What a site answers compared with it then
+/// checks the site's bytes against the source's, which is what hashing again would check,
+/// one MD5 fewer.
+pub fn hashed_unless_known(body: ByteStream, known: Option<[u8; 16]>) -> (ByteStream, Digest5) {
+    let state = Arc::new(Mutex::new(State {
+        known,
+        ..State::default()
+    }));
     let stream = Hashed {
         inner: body,
         state: state.clone(),
@@ -194,6 +214,26 @@ mod tests {
         );
         assert_eq!(md5_of_base64("XrY7u+Ae7tCTyyK7j1rNww=="), Some(got.md5));
         assert_eq!(md5_of_hex("abc-2"), None);
+    }
+
+    #[tokio::test]
+    async fn a_known_md5_is_reported_not_recomputed_and_the_length_still_counted() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"hello ")),
+            Ok(Bytes::from_static(b"world")),
+        ];
+        let known = md5(b"something else");
+        let (mut s, d) =
+            hashed_unless_known(Box::pin(futures_util::stream::iter(chunks)), Some(known));
+        while s.next().await.is_some() {}
+        let got = d.get().unwrap();
+        assert_eq!(got.len, 11);
+        assert_eq!(got.md5, known);
+        // Unknown: computed.
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(b"ab"))];
+        let (mut s, d) = hashed_unless_known(Box::pin(futures_util::stream::iter(chunks)), None);
+        while s.next().await.is_some() {}
+        assert_eq!(d.get().unwrap().md5, md5(b"ab"));
     }
 
     #[test]

@@ -21,10 +21,11 @@
 //! would strip) is sent in its RFC 2047 form (`=?UTF-8?B?...?=`), which S3 decodes and stores
 //! exactly; a value the source already gave in that form is sent as it is.
 //!
-//! Integrity: the body of every PUT and part is hashed as it is sent and compared with the
-//! ETag S3 answers (the MD5 of what it stored); the completed upload's ETag with the MD5 of the
-//! parts' MD5s. A mismatch, or `BadDigest` against our `Content-MD5`, is
-//! [`SiteError::ChecksumMismatch`].
+//! Integrity: the ETag S3 answers for a PUT (the MD5 of what it stored) is compared with the
+//! source's MD5 of the bytes when the source gave one (also sent as `Content-MD5`), else with
+//! the MD5 of the body hashed as it is sent; every part is hashed as it is sent and compared
+//! with its ETag, and the completed upload's ETag with the MD5 of the parts' MD5s. A mismatch,
+//! or `BadDigest` against our `Content-MD5`, is [`SiteError::ChecksumMismatch`].
 //!
 //! [`Site::delete`] reads the key first (HEAD): nothing there, or a delete marker already on
 //! top, and nothing is written.
@@ -37,7 +38,7 @@ use super::{
     recorded_md5, ListPage, MultipartSite, PartReceipt, PutReceipt, ReplicaInfo, Site, SiteError,
     META_BUCKET, META_MD5, META_SIZE, META_STATUS, META_VERSION,
 };
-use crate::checksum::{hashed, md5_of_hex, multipart_etag};
+use crate::checksum::{hashed, hashed_unless_known, md5_of_hex, multipart_etag};
 use crate::config::SiteKind;
 use crate::http::{rfc2047_encode, uri_decode, uri_encode, xml_escape, Body};
 use crate::model::{ByteStream, ObjectInfo};
@@ -297,11 +298,15 @@ impl Site for S3Site {
         obj: &ObjectInfo,
         body: ByteStream,
     ) -> Result<PutReceipt, SiteError> {
-        let (body, digest) = hashed(body);
+        // The source's MD5 of these bytes, when known, is sent as Content-MD5 (S3 refuses a
+        // body that does not match it) and is what the ETag must equal: the bytes are not
+        // hashed again on the way.
+        let source_md5 = obj.content_md5.as_deref().and_then(md5_of_hex);
+        let (body, digest) = hashed_unless_known(body, source_md5);
         let mut req =
             S3Request::new(Method::PUT, &self.bucket, Some(key)).body(Body::Stream(body, obj.size));
         req.headers = self.replica_headers(obj)?;
-        if let Some(md5) = obj.content_md5.as_deref().and_then(md5_of_hex) {
+        if let Some(md5) = source_md5 {
             let b64 = base64_of(&md5);
             if let Ok(v) = HeaderValue::from_str(&b64) {
                 req.headers
@@ -317,9 +322,14 @@ impl Site for S3Site {
         if let Some(got) = r.etag.as_deref().and_then(md5_of_hex) {
             if got != sent.md5 {
                 return Err(self.mismatch(format!(
-                    "PUT {key}: ETag {} is not the MD5 of the {} bytes sent ({})",
+                    "PUT {key}: ETag {} is not the MD5 of the {} bytes {} ({})",
                     r.etag.as_deref().unwrap_or_default(),
                     sent.len,
+                    if source_md5.is_some() {
+                        "read from the source"
+                    } else {
+                        "sent"
+                    },
                     sent.hex()
                 )));
             }
