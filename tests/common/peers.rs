@@ -129,29 +129,19 @@ pub fn schemathesis_bin() -> PathBuf {
 /// Path of Debian's Chromium, installing the `chromium` package with `apt-get` if
 /// `/usr/bin/chromium` is missing (about a minute; needs root).
 pub fn chromium_bin() -> PathBuf {
-    let bin = PathBuf::from("/usr/bin/chromium");
-    ensure(&bin, "chromium", |_| {
-        run(
-            Command::new("apt-get")
-                .args(["update", "-q"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get update",
-        );
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "chromium"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install chromium",
-        );
-    });
-    bin
+    debian_bin("/usr/bin/chromium", "chromium")
 }
 
 /// Path of Debian's strace, installing the `strace` package with `apt-get` if
 /// `/usr/bin/strace` is missing (needs root).
 pub fn strace_bin() -> PathBuf {
-    let bin = PathBuf::from("/usr/bin/strace");
-    ensure(&bin, "strace", |_| {
+    debian_bin("/usr/bin/strace", "strace")
+}
+
+/// `path`, installing Debian's `package` (which provides it) with `apt-get` if it is missing.
+fn debian_bin(path: &str, package: &str) -> PathBuf {
+    let bin = PathBuf::from(path);
+    ensure(&bin, package, |_| {
         run(
             Command::new("apt-get")
                 .args(["update", "-q"])
@@ -160,9 +150,9 @@ pub fn strace_bin() -> PathBuf {
         );
         run(
             Command::new("apt-get")
-                .args(["install", "-y", "-q", "strace"])
+                .args(["install", "-y", "-q", package])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install strace",
+            &format!("apt-get install {package}"),
         );
     });
     bin
