@@ -107,6 +107,9 @@ pub struct RuleConfig {
     pub enabled: bool,
 }
 
+/// Largest `lag_target_s` and `stall_after_s`: a week.
+const MAX_THRESHOLD_S: u64 = 7 * 24 * 3600;
+
 /// Reads and checks `[replication]` (its rules' sites are checked by [`check_rule_sites`], once
 /// every site is known).
 pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<ReplicationConfig> {
@@ -122,6 +125,17 @@ pub(super) fn read(value: toml::Value, e: &mut Vec<String>) -> Option<Replicatio
             "replication.mpu_threshold_mb: {} must be between 5 and 5000000",
             r.mpu_threshold_mb
         ));
+    }
+    for (name, v) in [
+        ("lag_target_s", r.lag_target_s),
+        ("stall_after_s", r.stall_after_s),
+    ] {
+        // 0 would make every site with anything waiting `behind` or `stalled` at once.
+        if v == 0 || v > MAX_THRESHOLD_S {
+            e.push(format!(
+                "replication.{name}: {v} must be between 1 and {MAX_THRESHOLD_S} (a week)"
+            ));
+        }
     }
     check_retry(&r.retry, e);
     for (i, rule) in r.rules.iter().enumerate() {
