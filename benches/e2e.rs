@@ -7,7 +7,9 @@
 //!    followed by `sync -f` on the destination (the same bytes made durable with no bookkeeping).
 //!    Second anchor, the bound under it: the file system work of the file site's replica format
 //!    alone, with no engine ([`format_floor`]: two files per replica, each written beside its
-//!    target and renamed, `syncfs` per group, 10 threads).
+//!    target and renamed, `syncfs` per group, 10 threads), and beside it the same for a replica
+//!    that would be one file with its metadata in an extended attribute (not built; the
+//!    figure a change of DESIGN section 3 would buy).
 //! 2. dir -> aws_s3 on s3s-fs, 4,000 objects of 4 KiB, 10 in flight, (a) from the initial scan
 //!    of a full directory, and (b) from files landing in the watched inbox of an engine already
 //!    running (timed from the first file written to the last COMPLETED). Anchor: `rclone copy`
@@ -260,16 +262,28 @@ fn cp_sync(src: &Path, dst: &Path, n: usize) -> f64 {
 /// group commit gathered per `syncfs` in a profiled 10,000-object drain (722 for 10,001).
 const FLOOR_GROUP: usize = 14;
 
-/// The file system work of the file site's replica format alone, with no engine: for each
-/// object, the source file opened, stat'ed and read; the site's checks (`lstat` of the two
-/// directories leading to the replica, created when missing, and of the replica's path); the
-/// data and a sidecar of the engine's size each written to a new temporary file beside the
-/// target and renamed into place; one `syncfs` per [`FLOOR_GROUP`] objects of a thread and one
-/// at its end. [`CONCURRENCY`] threads, as the engine's copies in flight. Objects/s.
+/// A replica's layout on disk, for [`format_floor`].
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    /// The file site's: the data file and its sidecar, each written beside its target and
+    /// renamed into place.
+    TwoFiles,
+    /// Not built, measured for the decision it would need (DESIGN section 3 names a sidecar
+    /// file): the data file alone, the sidecar's bytes in a user extended attribute set on the
+    /// temporary file before its one rename.
+    Xattr,
+}
+
+/// The file system work of a replica `format` alone, with no engine: for each object, the
+/// source file opened, stat'ed and read; the site's checks (`lstat` of the two directories
+/// leading to the replica, created when missing, and of the replica's path); the files of
+/// the format written as temporary files beside their targets and renamed into place; one
+/// `syncfs` per [`FLOOR_GROUP`] objects of a thread and one at its end. [`CONCURRENCY`]
+/// threads, as the engine's copies in flight. Objects/s.
 ///
-/// What no engine can beat on this machine while a replica is two files, each made atomic by
-/// a rename, and durable: the bound under the file -> file figure.
-fn format_floor(src: &Path, dst: &Path, n: usize) -> f64 {
+/// With [`Format::TwoFiles`], what no engine can beat on this machine while a replica is two
+/// files, each made atomic by a rename, and durable: the bound under the file -> file figure.
+fn format_floor(src: &Path, dst: &Path, n: usize, format: Format) -> f64 {
     use std::io::{Read, Write};
     settle();
     let sidecar = format!("{{\n  \"pad\": \"{}\"\n}}", "x".repeat(330)).into_bytes();
@@ -294,8 +308,12 @@ fn format_floor(src: &Path, dst: &Path, n: usize) -> f64 {
                     }
                     let _ = std::fs::symlink_metadata(&target);
                     let meta = PathBuf::from(format!("{}%meta.json", target.display()));
+                    let mut files = vec![(target, &body[..])];
+                    if format == Format::TwoFiles {
+                        files.push((meta, &sidecar[..]));
+                    }
                     let mut renames = Vec::with_capacity(2);
-                    for (to, bytes) in [(target, &body[..]), (meta, &sidecar[..])] {
+                    for (to, bytes) in files {
                         let tmp = PathBuf::from(format!("{}%tmp.{i:016x}", to.display()));
                         let mut o = std::fs::OpenOptions::new()
                             .write(true)
@@ -303,6 +321,15 @@ fn format_floor(src: &Path, dst: &Path, n: usize) -> f64 {
                             .open(&tmp)
                             .unwrap();
                         o.write_all(bytes).unwrap();
+                        if format == Format::Xattr {
+                            rustix::fs::fsetxattr(
+                                &o,
+                                "user.backbeat",
+                                sidecar,
+                                rustix::fs::XattrFlags::empty(),
+                            )
+                            .unwrap();
+                        }
                         renames.push((tmp, to));
                     }
                     for (from, to) in renames {
@@ -379,7 +406,7 @@ fn file_to_file(tmp: &Path) {
     let src = tmp.join("ff").join("photos");
     make_source(&src, N_FILE);
     let (mut ours, mut anchor, mut base) = (Vec::new(), Vec::new(), Vec::new());
-    let mut floor = Vec::new();
+    let (mut floor, mut xattr) = (Vec::new(), Vec::new());
     let baseline = std::env::var_os("BACKBEAT_BENCH_BASELINE").map(PathBuf::from);
     for round in 0..rounds() {
         let run_base = || {
@@ -418,15 +445,23 @@ fn file_to_file(tmp: &Path) {
         anchor.push(cp_sync(&src, &dst, N_FILE));
         let dst = tmp.join(format!("ff-floor-{round}"));
         std::fs::create_dir_all(&dst).unwrap();
-        floor.push(format_floor(&src, &dst, N_FILE));
+        floor.push(format_floor(&src, &dst, N_FILE, Format::TwoFiles));
+        let dst = tmp.join(format!("ff-xattr-{round}"));
+        std::fs::create_dir_all(&dst).unwrap();
+        if user_xattrs(&dst) {
+            xattr.push(format_floor(&src, &dst, N_FILE, Format::Xattr));
+        }
         println!(
             "round {}: file -> file {:.0} objects/s (CPU {:.2} s), cp + sync {:.0} objects/s, \
-             replica format alone {:.0} objects/s",
+             replica format alone {:.0} objects/s (one file + xattr, not built: {})",
             round + 1,
             ours[round].rate,
             ours[round].cpu_s,
             anchor[round],
-            floor[round]
+            floor[round],
+            xattr
+                .get(round)
+                .map_or("no user xattrs here".into(), |r| format!("{r:.0}"))
         );
         // The trees stay until the end of the bench (see the module doc: deleting them here
         // would slow the next round's file creations).
@@ -437,7 +472,26 @@ fn file_to_file(tmp: &Path) {
         cpu_side_by_side(&what, &ours, &base, N_FILE);
     }
     side_by_side(&what, rates(&ours), "cp -r + sync -f", anchor);
-    side_by_side(&what, rates(&ours), "replica format alone", floor);
+    side_by_side(&what, rates(&ours), "replica format alone", floor.clone());
+    if xattr.len() == floor.len() {
+        side_by_side(
+            "  (format bound: two files / one + xattr)",
+            floor,
+            "one file + xattr",
+            xattr,
+        );
+    }
+}
+
+/// Whether the file system of `dir` takes user extended attributes (tmpfs before Linux 6.6
+/// does not).
+fn user_xattrs(dir: &Path) -> bool {
+    let probe = dir.join("xattr-probe");
+    let f = std::fs::File::create(&probe).unwrap();
+    let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    drop(f);
+    std::fs::remove_file(probe).unwrap();
+    ok
 }
 
 /// Where s3s-fs keeps its buckets: a tmpfs when the machine has one. The S3 server stands for
