@@ -281,8 +281,9 @@ enum Format {
 /// `syncfs` per [`FLOOR_GROUP`] objects of a thread and one at its end. [`CONCURRENCY`]
 /// threads, as the engine's copies in flight. Objects/s.
 ///
-/// With [`Format::TwoFiles`], what no engine can beat on this machine while a replica is two
-/// files, each made atomic by a rename, and durable: the bound under the file -> file figure.
+/// With [`Format::TwoFiles`], about the most any engine can reach on this machine while a
+/// replica is two files, each made atomic by a rename, and durable (larger groups moved it by
+/// a few percent): the bound under the file -> file figure.
 fn format_floor(src: &Path, dst: &Path, n: usize, format: Format) -> f64 {
     use std::io::{Read, Write};
     settle();
